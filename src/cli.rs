@@ -1,0 +1,171 @@
+//! Flags shared by the servers (and, for ports, by the load generator), and their parsing.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::{Args, ValueEnum};
+
+/// A set of TCP ports: `6000`, `6000-6049`, or `6000,6002,7000-7009`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortList(Vec<u16>);
+
+impl PortList {
+    pub fn ports(&self) -> &[u16] {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The most ports one list may name: each costs a listener fd per shard.
+pub const MAX_PORTS: usize = 4096;
+
+impl FromStr for PortList {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let port = |p: &str| -> Result<u16, String> {
+            match p.trim().parse::<u16>() {
+                Ok(0) => Err("port 0 is not a port a client can reach".to_string()),
+                Ok(n) => Ok(n),
+                Err(_) => Err(format!("`{p}` is not a port (1-65535)")),
+            }
+        };
+        let mut out = Vec::new();
+        for part in s.split(',') {
+            match part.split_once('-') {
+                Some((a, b)) => {
+                    let (a, b) = (port(a)?, port(b)?);
+                    if a > b {
+                        return Err(format!("range `{part}` runs backwards"));
+                    }
+                    out.extend(a..=b);
+                }
+                None => out.push(port(part)?),
+            }
+            if out.len() > MAX_PORTS {
+                return Err(format!("more than {MAX_PORTS} ports"));
+            }
+        }
+        let mut sorted = out.clone();
+        sorted.sort_unstable();
+        if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+            return Err(format!("port {} is named twice", w[0]));
+        }
+        Ok(PortList(out))
+    }
+}
+
+impl fmt::Display for PortList {
+    /// "6000-6049" for a run, the comma list otherwise.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = &self.0;
+        match p.as_slice() {
+            [] => Ok(()),
+            [one] => write!(f, "{one}"),
+            [first, .., last] if p.windows(2).all(|w| w[1] == w[0] + 1) => {
+                write!(f, "{first}-{last}")
+            }
+            _ => {
+                let parts: Vec<String> = p.iter().map(|x| x.to_string()).collect();
+                write!(f, "{}", parts.join(","))
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Proto {
+    /// Every byte received is sent back, in order.
+    Echo,
+}
+
+/// The flags both servers take.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// Shard threads are pinned to this many cores (default: every core this process may use).
+    #[arg(long, value_name = "N")]
+    pub cores: Option<usize>,
+
+    /// Ports to listen on: one port, a range A-B, or a comma list of both.
+    #[arg(long, default_value = "6000", value_name = "PORTS")]
+    pub ports: PortList,
+
+    /// IPv4 address to listen on.
+    #[arg(long, default_value = "0.0.0.0", value_name = "ADDR")]
+    pub host: Ipv4Addr,
+
+    /// The protocol served.
+    #[arg(long, value_enum, default_value_t = Proto::Echo)]
+    pub proto: Proto,
+
+    /// The connection target the server plans its shards for (default: what one shard per
+    /// core holds within the fd limit).
+    #[arg(long, value_name = "N")]
+    pub max_conns: Option<u64>,
+
+    /// Print a stats line every second.
+    #[arg(long)]
+    pub stats: bool,
+
+    /// Write the exit summary as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub stats_json: Option<PathBuf>,
+
+    /// On SIGINT/SIGTERM, how long owed output may take before connections are cut.
+    #[arg(long, default_value = "5", value_name = "SECONDS")]
+    pub shutdown_timeout: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ports(s: &str) -> Result<Vec<u16>, String> {
+        s.parse::<PortList>().map(|p| p.0)
+    }
+
+    #[test]
+    fn port_lists_parse() {
+        assert_eq!(ports("6000").unwrap(), vec![6000]);
+        assert_eq!(ports("6000-6003").unwrap(), vec![6000, 6001, 6002, 6003]);
+        assert_eq!(
+            ports("80,6000-6001, 7000").unwrap(),
+            vec![80, 6000, 6001, 7000]
+        );
+        assert_eq!(ports("6000-6049").unwrap().len(), 50);
+    }
+
+    #[test]
+    fn bad_port_lists_say_why() {
+        assert!(ports("0").unwrap_err().contains("port 0"));
+        assert!(
+            ports("70000")
+                .unwrap_err()
+                .contains("`70000` is not a port")
+        );
+        assert!(ports("6010-6000").unwrap_err().contains("backwards"));
+        assert!(ports("6000,6000").unwrap_err().contains("named twice"));
+        assert!(ports("x").unwrap_err().contains("not a port"));
+        assert!(ports("1-65535").unwrap_err().contains("more than"));
+        assert!(ports("").is_err());
+    }
+
+    #[test]
+    fn port_lists_display_compactly() {
+        assert_eq!(
+            "6000-6049".parse::<PortList>().unwrap().to_string(),
+            "6000-6049"
+        );
+        assert_eq!("6000".parse::<PortList>().unwrap().to_string(), "6000");
+        assert_eq!("1,3".parse::<PortList>().unwrap().to_string(), "1,3");
+    }
+}

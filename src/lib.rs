@@ -1,0 +1,10 @@
+//! c1m: a Proactor (io_uring) TCP server, its Reactor (epoll) baseline, the load generator
+//! that measures them, and the bench that compares them, up to 1,000,000 connections on one
+//! Linux host. See README.md and DESIGN.md.
+
+pub mod cli;
+pub mod error;
+pub mod plan;
+pub mod proactor;
+pub mod stats;
+pub mod sys;

@@ -1,0 +1,328 @@
+//! Shard planning and preflight: from the connection target, the cores and the host limits to
+//! a number of shards and their fixed-file tables, or an error that names the limit and the fix.
+//! Pure code: the limits come in as values, so every message is unit-tested.
+
+use crate::error::Error;
+use crate::sys::limits::HostLimits;
+
+/// The kernel's cap on one ring's fixed-file table (IORING_MAX_FIXED_FILES).
+pub const MAX_FIXED_FILES: u64 = 1 << 20;
+/// Planned fill of a shard's table. SO_REUSEPORT spreads connections by hash, not evenly, and
+/// accepting pauses a little below a full table (a full table makes a multishot accept fail
+/// with -ENFILE and drop that connection), so a shard is planned for 80 % of its table.
+const PLAN_FILL_PCT: u64 = 80;
+/// File descriptors kept free for everything that is not a listener, eventfd or ring.
+const FD_RESERVE: u64 = 64;
+/// Kernel memory one server-side connection costs, measured here: half of 7.8 KB per idle
+/// loopback pair, plus about 870 B for its armed multishot recv (DESIGN.md).
+pub const KERNEL_BYTES_PER_CONN: u64 = 4_800;
+/// Below this somaxconn, connect bursts overflow the backlog (each overflow: a 1 s SYN retransmit).
+const GOOD_SOMAXCONN: u64 = 4096;
+
+/// What a server was asked for.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub max_conns: Option<u64>,
+    pub cores: Option<usize>,
+    pub ports: usize,
+}
+
+/// How a server will run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub max_conns: u64,
+    /// The CPU each shard is pinned to; its length is the number of shards.
+    pub shard_cpus: Vec<usize>,
+    /// The distinct CPUs used, ascending.
+    pub cpus: Vec<usize>,
+    /// Slots in each shard's fixed-file table.
+    pub table_slots: u32,
+    /// Connections each shard is planned to hold.
+    pub per_shard: u64,
+    /// Things the user should know that do not stop the server.
+    pub warnings: Vec<String>,
+}
+
+impl Plan {
+    pub fn shards(&self) -> usize {
+        self.shard_cpus.len()
+    }
+
+    /// "0-1", "0,2,5": the CPUs in the compact form the ready line prints.
+    pub fn cpus_label(&self) -> String {
+        compact_list(&self.cpus)
+    }
+
+    /// One line on how the server planned, printed at start.
+    pub fn describe(&self) -> String {
+        let per_core = self.shards() / self.cpus.len().max(1);
+        format!(
+            "plan: {} connections -> {} shards ({} per core) x {} fixed-file slots, {} per shard planned",
+            self.max_conns,
+            self.shards(),
+            per_core,
+            self.table_slots,
+            self.per_shard
+        )
+    }
+}
+
+/// "0-3" for a run, "0,2,5" otherwise.
+pub fn compact_list(items: &[usize]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [first, .., last] if last - first + 1 == items.len() => format!("{first}-{last}"),
+        _ => items
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+    }
+}
+
+/// Plans the shards for `req` on a host with `limits` whose allowed CPUs are `allowed_cpus`.
+pub fn plan(req: &Request, allowed_cpus: &[usize], limits: &HostLimits) -> Result<Plan, Error> {
+    let mut warnings = Vec::new();
+    if allowed_cpus.is_empty() {
+        return Err(Error::BadFlag("no CPU is available to this process".into()));
+    }
+    let cores = match req.cores {
+        Some(0) => return Err(Error::BadFlag("--cores must be at least 1".into())),
+        Some(n) if n > allowed_cpus.len() => {
+            warnings.push(format!(
+                "--cores {n} asked, but this process may use {} CPUs ({}): using those",
+                allowed_cpus.len(),
+                compact_list(allowed_cpus)
+            ));
+            allowed_cpus.len()
+        }
+        Some(n) => n,
+        None => allowed_cpus.len(),
+    };
+    let cpus = allowed_cpus[..cores].to_vec();
+
+    let table_cap = limits.nofile_soft.min(MAX_FIXED_FILES);
+    if table_cap < 256 {
+        return Err(Error::Limit {
+            what: format!(
+                "RLIMIT_NOFILE is {} (hard {}), which also caps each io_uring fixed-file table",
+                limits.nofile_soft, limits.nofile_hard
+            ),
+            fix: "run where the fd limit is at least 256 (`ulimit -n`)".into(),
+        });
+    }
+    let per_shard_cap = table_cap * PLAN_FILL_PCT / 100;
+    let max_conns = req.max_conns.unwrap_or(per_shard_cap * cores as u64);
+    if max_conns == 0 {
+        return Err(Error::BadFlag("--max-conns must be at least 1".into()));
+    }
+    let needed = max_conns.div_ceil(per_shard_cap) as usize;
+    let shards = needed.max(cores).div_ceil(cores) * cores;
+    let per_shard = max_conns.div_ceil(shards as u64);
+
+    // Every shard holds real fds: one listener per port, an eventfd, its ring.
+    let fds = shards as u64 * (req.ports as u64 + 2) + FD_RESERVE;
+    if fds > limits.nofile_soft {
+        let max_ports =
+            (limits.nofile_soft.saturating_sub(FD_RESERVE) / shards as u64).saturating_sub(2);
+        return Err(Error::Limit {
+            what: format!(
+                "{shards} shards x ({} ports + 2) need {fds} file descriptors, above RLIMIT_NOFILE {}",
+                req.ports, limits.nofile_soft
+            ),
+            fix: format!(
+                "use at most {max_ports} ports at this --max-conns, or a lower --max-conns (the fd \
+                 limit cannot be raised without CAP_SYS_RESOURCE; connections themselves use no fd)"
+            ),
+        });
+    }
+
+    let kernel_bytes = max_conns * KERNEL_BYTES_PER_CONN;
+    if limits.mem_total > 0 && kernel_bytes > limits.mem_total / 10 * 8 {
+        return Err(Error::Limit {
+            what: format!(
+                "{max_conns} connections need about {} MB of kernel memory, above 80 % of this host's {} MB",
+                kernel_bytes / 1_000_000,
+                limits.mem_total / 1_000_000
+            ),
+            fix: "lower --max-conns or run on a host with more memory".into(),
+        });
+    }
+    let files_free = limits.file_max.saturating_sub(limits.files_open);
+    if max_conns > files_free {
+        warnings.push(format!(
+            "fs.file-max {} with {} files open leaves room for {files_free} sockets, below {max_conns}; \
+             raise it with `sysctl -w fs.file-max={}` (scripts/tune-host.sh does)",
+            limits.file_max,
+            limits.files_open,
+            (limits.files_open + 2 * max_conns).max(limits.file_max)
+        ));
+    }
+    if limits.somaxconn < GOOD_SOMAXCONN {
+        warnings.push(format!(
+            "net.core.somaxconn is {}: every listen backlog is capped there, and a connect burst \
+             beyond it costs 1 s SYN retransmits; raise it with `sysctl -w net.core.somaxconn=65535`",
+            limits.somaxconn
+        ));
+    }
+    let range = u64::from(limits.port_range.1.saturating_sub(limits.port_range.0)) + 1;
+    let one_source = range * req.ports as u64;
+    if max_conns > one_source {
+        warnings.push(format!(
+            "a client from one source address reaches at most {one_source} connections here \
+             ({} ports x {range} ephemeral ports, net.ipv4.ip_local_port_range); to reach {max_conns} \
+             clients need more --ports or several source addresses",
+            req.ports
+        ));
+    }
+    const TCP_MEM_FOR_1M: u64 = 1_500_000;
+    if max_conns >= 500_000 && limits.tcp_mem[1] < TCP_MEM_FOR_1M * max_conns / 1_000_000 {
+        warnings.push(format!(
+            "net.ipv4.tcp_mem pressure is {} pages: {max_conns} connections with data in flight may \
+             enter TCP memory pressure; `sysctl -w net.ipv4.tcp_mem='1500000 2000000 3000000'` held 1M here",
+            limits.tcp_mem[1]
+        ));
+    }
+
+    Ok(Plan {
+        max_conns,
+        shard_cpus: (0..shards).map(|i| cpus[i % cores]).collect(),
+        cpus,
+        table_slots: table_cap as u32,
+        per_shard,
+        warnings,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host() -> HostLimits {
+        HostLimits {
+            nofile_soft: 20_000,
+            nofile_hard: 20_000,
+            somaxconn: 4096,
+            port_range: (1024, 65535),
+            file_max: 2_466_174,
+            files_open: 2_000,
+            tcp_mem: [287_898, 383_866, 575_796],
+            mem_total: 24 << 30,
+        }
+    }
+
+    fn req(max_conns: Option<u64>, cores: Option<usize>, ports: usize) -> Request {
+        Request {
+            max_conns,
+            cores,
+            ports,
+        }
+    }
+
+    #[test]
+    fn default_is_one_shard_per_core_at_planned_fill() {
+        let p = plan(&req(None, None, 1), &[0, 1], &host()).unwrap();
+        assert_eq!(p.shard_cpus, vec![0, 1]);
+        assert_eq!(p.table_slots, 20_000);
+        assert_eq!(p.max_conns, 32_000);
+        assert_eq!(p.per_shard, 16_000);
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        assert_eq!(p.cpus_label(), "0-1");
+    }
+
+    #[test]
+    fn above_the_fd_limit_plans_several_shards_per_core() {
+        let p = plan(&req(Some(100_000), None, 50), &[0, 1], &host()).unwrap();
+        assert_eq!(p.shards(), 8);
+        assert_eq!(p.shard_cpus, vec![0, 1, 0, 1, 0, 1, 0, 1]);
+        assert_eq!(p.per_shard, 12_500);
+        assert!(
+            p.describe().contains("8 shards (4 per core)"),
+            "{}",
+            p.describe()
+        );
+    }
+
+    #[test]
+    fn one_million_fits_with_fifty_ports() {
+        let p = plan(&req(Some(1_000_000), Some(2), 50), &[0, 1], &host()).unwrap();
+        assert_eq!(p.shards(), 64);
+        assert!(p.per_shard <= 16_000);
+        // tcp_mem default is too low for 1M: said, not fatal.
+        assert!(
+            p.warnings.iter().any(|w| w.contains("tcp_mem")),
+            "{:?}",
+            p.warnings
+        );
+    }
+
+    #[test]
+    fn too_many_listener_fds_names_the_limit_and_the_fix() {
+        let e = plan(&req(Some(1_000_000), None, 400), &[0, 1], &host()).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("RLIMIT_NOFILE 20000"), "{msg}");
+        assert!(msg.contains("use at most 309 ports"), "{msg}");
+    }
+
+    #[test]
+    fn more_cores_than_cpus_is_a_warning_and_uses_what_there_is() {
+        let p = plan(&req(None, Some(8), 50), &[0, 1], &host()).unwrap();
+        assert_eq!(p.cpus, vec![0, 1]);
+        assert!(
+            p.warnings[0].contains("--cores 8 asked"),
+            "{:?}",
+            p.warnings
+        );
+    }
+
+    #[test]
+    fn zero_values_are_flag_errors() {
+        assert!(matches!(
+            plan(&req(Some(0), None, 1), &[0], &host()),
+            Err(Error::BadFlag(_))
+        ));
+        assert!(matches!(
+            plan(&req(None, Some(0), 1), &[0], &host()),
+            Err(Error::BadFlag(_))
+        ));
+    }
+
+    #[test]
+    fn memory_beyond_the_host_is_an_error() {
+        let mut h = host();
+        h.mem_total = 1 << 30;
+        let msg = plan(&req(Some(1_000_000), None, 50), &[0, 1], &h)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("kernel memory"), "{msg}");
+    }
+
+    #[test]
+    fn low_somaxconn_and_one_source_reach_are_warnings() {
+        let mut h = host();
+        h.somaxconn = 128;
+        let p = plan(&req(Some(100_000), None, 1), &[0, 1], &h).unwrap();
+        assert!(p.warnings.iter().any(|w| w.contains("somaxconn is 128")));
+        assert!(
+            p.warnings
+                .iter()
+                .any(|w| w.contains("at most 64512 connections"))
+        );
+    }
+
+    #[test]
+    fn tiny_fd_limit_is_an_error() {
+        let mut h = host();
+        h.nofile_soft = 100;
+        let msg = plan(&req(None, None, 1), &[0], &h).unwrap_err().to_string();
+        assert!(msg.contains("RLIMIT_NOFILE is 100"), "{msg}");
+    }
+
+    #[test]
+    fn compact_lists() {
+        assert_eq!(compact_list(&[3]), "3");
+        assert_eq!(compact_list(&[0, 1, 2]), "0-2");
+        assert_eq!(compact_list(&[0, 2, 5]), "0,2,5");
+    }
+}

@@ -1,0 +1,150 @@
+//! The provided-buffer ring (kernel 5.19+): `count` buffers of `size` bytes that the kernel
+//! picks from for multishot recvs, and that are given back one by one as soon as their bytes
+//! have been sent (or copied). Owns the ring entries and the buffer memory.
+
+use std::io;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use io_uring::Submitter;
+use io_uring::types::BufRingEntry;
+
+/// An anonymous private mapping, page-aligned and zeroed, unmapped on drop.
+struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl Mapping {
+    fn new(len: usize) -> io::Result<Self> {
+        // SAFETY: an anonymous private mapping touches no existing memory; the result is checked.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapping {
+            ptr: NonNull::new(ptr.cast()).expect("mmap never returns null on success"),
+            len,
+        })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len are exactly what mmap returned, and this is the only unmap. The
+        // owner (Ring) drops a mapping only once no operation that could touch it is in flight.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+pub struct BufRing {
+    entries: Mapping,
+    mem: Mapping,
+    count: u16,
+    size: u32,
+    tail: u16,
+    bgid: u16,
+    /// Buffers the kernel has handed us and we have not given back.
+    held: usize,
+}
+
+impl BufRing {
+    /// Registers a ring of `count` (a power of two, at most 32768) buffers of `size` bytes as
+    /// buffer group `bgid`, all of them available to the kernel.
+    pub fn new(submitter: &Submitter<'_>, bgid: u16, count: u16, size: u32) -> io::Result<Self> {
+        if !count.is_power_of_two() || count > 32768 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "buffer count must be a power of two up to 32768",
+            ));
+        }
+        let entries = Mapping::new(usize::from(count) * std::mem::size_of::<BufRingEntry>())?;
+        let mem = Mapping::new(usize::from(count) * size as usize)?;
+        // SAFETY: `entries` is page-aligned, sized for `count` entries, and lives as long as
+        // this BufRing, which its owning Ring drops only after the io_uring itself.
+        unsafe {
+            submitter.register_buf_ring_with_flags(entries.ptr.as_ptr() as u64, count, bgid, 0)?
+        };
+        let mut ring = BufRing {
+            entries,
+            mem,
+            count,
+            size,
+            tail: 0,
+            bgid,
+            held: usize::from(count),
+        };
+        for bid in 0..count {
+            ring.recycle(bid);
+        }
+        Ok(ring)
+    }
+
+    pub fn bgid(&self) -> u16 {
+        self.bgid
+    }
+
+    pub fn buf_size(&self) -> u32 {
+        self.size
+    }
+
+    /// Buffers the kernel can pick from now.
+    pub fn available(&self) -> usize {
+        usize::from(self.count) - self.held
+    }
+
+    /// Records that a completion handed buffer `bid` to us.
+    pub fn taken(&mut self, bid: u16) {
+        debug_assert!(bid < self.count);
+        self.held += 1;
+    }
+
+    /// The first `len` bytes of buffer `bid`, which a completion handed to us.
+    pub fn bytes(&self, bid: u16, len: u32) -> &[u8] {
+        assert!(
+            bid < self.count && len <= self.size,
+            "buffer {bid} len {len} out of range"
+        );
+        let start = usize::from(bid) * self.size as usize;
+        // SAFETY: the range lies inside `mem` (checked above); the kernel wrote these bytes
+        // before posting the CQE that handed us `bid`, and will not write the buffer again
+        // until `recycle(bid)` puts it back in the ring.
+        unsafe { std::slice::from_raw_parts(self.mem.ptr.as_ptr().add(start), len as usize) }
+    }
+
+    /// Address of byte `off` of buffer `bid`, for a send the Ring submits.
+    pub(super) fn addr(&self, bid: u16, off: u32, len: u32) -> *const u8 {
+        self.bytes(bid, off + len)[off as usize..].as_ptr()
+    }
+
+    /// Gives buffer `bid` back to the kernel.
+    pub fn recycle(&mut self, bid: u16) {
+        assert!(bid < self.count, "buffer id {bid} out of range");
+        debug_assert!(self.held > 0);
+        self.held -= 1;
+        let mask = self.count - 1;
+        let base = self.entries.ptr.as_ptr().cast::<BufRingEntry>();
+        // SAFETY: `tail & mask` < count, so the entry lies inside the `entries` mapping; the
+        // kernel reads entries only between its head and the published tail, and this slot is
+        // past the tail until the store below publishes it.
+        let entry = unsafe { &mut *base.add(usize::from(self.tail & mask)) };
+        entry.set_addr(self.bytes(bid, 0).as_ptr() as u64);
+        entry.set_len(self.size);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+        // SAFETY: the tail field overlays entry 0's reserved field in the shared mapping (the
+        // io_uring_buf_ring layout); it is naturally aligned, and AtomicU16 has u16's layout.
+        let tail = unsafe { AtomicU16::from_ptr(BufRingEntry::tail(base).cast_mut()) };
+        // Release: the entry written above must be visible before the kernel sees the tail.
+        tail.store(self.tail, Ordering::Release);
+    }
+}

@@ -1,0 +1,468 @@
+//! One echo connection's state in the Proactor: completions in, actions out (send this,
+//! recycle that buffer, re-arm or cancel the recv, close). No fds, no unsafe: the shard
+//! carries the actions out through `ConnIo`, and the tests below record them.
+//!
+//! Output rules: at most one send in flight. Bytes that arrive while it is in flight are
+//! copied to `queued` (coalescing them into the next send) and their buffer goes back at once;
+//! bytes that arrive when nothing is in flight are sent straight from their provided buffer,
+//! which goes back when the send has taken them all. A short send resubmits the rest.
+
+/// What the connection asks of the ring.
+pub trait ConnIo {
+    /// Send `len` bytes from byte `off` of provided buffer `bid` (held by this connection).
+    fn send_buf(&mut self, bid: u16, off: u32, len: u32);
+    /// Send `data[start..]`; the bytes come back in `on_sent_vec`.
+    fn send_vec(&mut self, data: Vec<u8>, start: usize);
+    /// The first `len` bytes of held buffer `bid`.
+    fn buf_bytes(&self, bid: u16, len: u32) -> &[u8];
+    /// Give buffer `bid` back to the kernel.
+    fn recycle(&mut self, bid: u16);
+    fn arm_recv(&mut self);
+    /// The recv ended for lack of buffers: re-arm once some have come back.
+    fn wait_buffers(&mut self);
+    fn cancel_recv(&mut self);
+    /// Cancel every operation on the connection (the recv and a send that may never finish).
+    fn cancel_all(&mut self);
+    fn close(&mut self);
+    fn short_send(&mut self);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recv {
+    Armed,
+    /// Ended for lack of buffers; the shard re-arms it.
+    WaitingBuffers,
+    /// Ended for good: EOF, error, or cancelled on purpose.
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Inflight {
+    None,
+    Buf { bid: u16, off: u32, len: u32 },
+    Vec,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Open,
+    /// The peer half-closed: echo what arrived, then close.
+    PeerDone,
+    /// Stop reading, finish what is owed, then close (server shutdown).
+    Draining,
+    /// An error or a deadline: drop what is owed and close as soon as operations end.
+    Aborting,
+    /// The close was submitted.
+    Closing,
+}
+
+/// Grown coalescing buffers above this are dropped once drained rather than kept idle.
+const KEEP_QUEUE_CAPACITY: usize = 64 * 1024;
+
+#[derive(Debug)]
+pub struct Conn {
+    pub generation: u32,
+    pub fixed: u32,
+    recv: Recv,
+    inflight: Inflight,
+    queued: Vec<u8>,
+    phase: Phase,
+}
+
+impl Conn {
+    /// A connection just accepted into direct slot `fixed`; arms its recv.
+    pub fn accepted(generation: u32, fixed: u32, io: &mut impl ConnIo) -> Self {
+        io.arm_recv();
+        Conn {
+            generation,
+            fixed,
+            recv: Recv::Armed,
+            inflight: Inflight::None,
+            queued: Vec::new(),
+            phase: Phase::Open,
+        }
+    }
+
+    /// Whether the recv is waiting for buffers and may be re-armed.
+    pub fn wants_buffers(&self) -> bool {
+        self.recv == Recv::WaitingBuffers
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.phase == Phase::Closing
+    }
+
+    /// Bytes owed to the peer and not yet handed to a send.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued.len()
+    }
+
+    /// A recv completion with data in buffer `bid`; `more` is IORING_CQE_F_MORE.
+    pub fn on_data(&mut self, bid: u16, len: u32, more: bool, io: &mut impl ConnIo) {
+        if matches!(self.phase, Phase::Aborting | Phase::Closing) {
+            io.recycle(bid);
+        } else if self.inflight == Inflight::None && self.queued.is_empty() {
+            self.inflight = Inflight::Buf { bid, off: 0, len };
+            io.send_buf(bid, 0, len);
+        } else {
+            self.queued.extend_from_slice(io.buf_bytes(bid, len));
+            io.recycle(bid);
+        }
+        if !more {
+            // The multishot ended after this buffer (it can, e.g. on CQ overflow): go on.
+            if self.phase == Phase::Open {
+                io.arm_recv();
+            } else {
+                self.recv = Recv::Done;
+            }
+        }
+        self.maybe_close(io);
+    }
+
+    /// A recv completion without data: `res` is 0 (EOF) or -errno; never has F_MORE.
+    pub fn on_recv_end(&mut self, res: i32, io: &mut impl ConnIo) {
+        self.recv = Recv::Done;
+        match -res {
+            0 => {
+                if self.phase == Phase::Open {
+                    self.phase = Phase::PeerDone;
+                }
+            }
+            libc::ENOBUFS if self.phase == Phase::Open => {
+                self.recv = Recv::WaitingBuffers;
+                io.wait_buffers();
+            }
+            libc::ENOBUFS | libc::ECANCELED => {}
+            _ => self.abort(io),
+        }
+        self.maybe_close(io);
+    }
+
+    /// Re-arms a recv that waited for buffers (the shard calls this when some came back).
+    pub fn rearm(&mut self, io: &mut impl ConnIo) {
+        if self.recv == Recv::WaitingBuffers {
+            if self.phase == Phase::Open {
+                self.recv = Recv::Armed;
+                io.arm_recv();
+            } else {
+                self.recv = Recv::Done;
+                self.maybe_close(io);
+            }
+        }
+    }
+
+    /// The send from a provided buffer completed with `res`.
+    pub fn on_sent_buf(&mut self, res: i32, io: &mut impl ConnIo) {
+        let Inflight::Buf { bid, off, len } = self.inflight else {
+            debug_assert!(false, "buffer send completion without one in flight");
+            return;
+        };
+        self.inflight = Inflight::None;
+        match u32::try_from(res) {
+            Ok(n) if n > 0 && n < len && self.phase != Phase::Aborting => {
+                io.short_send();
+                self.inflight = Inflight::Buf {
+                    bid,
+                    off: off + n,
+                    len: len - n,
+                };
+                io.send_buf(bid, off + n, len - n);
+            }
+            Ok(n) if n == len => {
+                io.recycle(bid);
+                self.send_queued(io);
+            }
+            _ => {
+                io.recycle(bid);
+                self.abort(io);
+            }
+        }
+        self.maybe_close(io);
+    }
+
+    /// The send of `data[start..]` completed with `res`.
+    pub fn on_sent_vec(&mut self, res: i32, mut data: Vec<u8>, start: usize, io: &mut impl ConnIo) {
+        debug_assert_eq!(self.inflight, Inflight::Vec);
+        self.inflight = Inflight::None;
+        let rest = data.len() - start;
+        match usize::try_from(res) {
+            Ok(n) if n > 0 && n < rest && self.phase != Phase::Aborting => {
+                io.short_send();
+                self.inflight = Inflight::Vec;
+                io.send_vec(data, start + n);
+            }
+            Ok(n) if n == rest => {
+                if self.queued.is_empty() && data.capacity() <= KEEP_QUEUE_CAPACITY {
+                    data.clear();
+                    self.queued = data;
+                }
+                self.send_queued(io);
+            }
+            _ => self.abort(io),
+        }
+        self.maybe_close(io);
+    }
+
+    /// Server shutdown: stop reading, send what is owed, then close.
+    pub fn drain(&mut self, io: &mut impl ConnIo) {
+        if self.phase == Phase::Open || self.phase == Phase::PeerDone {
+            self.phase = Phase::Draining;
+            if self.recv == Recv::Armed {
+                io.cancel_recv();
+            }
+        }
+        self.maybe_close(io);
+    }
+
+    /// Drop what is owed and close once every operation has ended.
+    pub fn abort(&mut self, io: &mut impl ConnIo) {
+        if matches!(self.phase, Phase::Aborting | Phase::Closing) {
+            return;
+        }
+        self.phase = Phase::Aborting;
+        self.queued = Vec::new();
+        if self.recv == Recv::Armed || self.inflight != Inflight::None {
+            io.cancel_all();
+        }
+        self.maybe_close(io);
+    }
+
+    fn send_queued(&mut self, io: &mut impl ConnIo) {
+        if !self.queued.is_empty() && self.phase != Phase::Aborting {
+            self.inflight = Inflight::Vec;
+            io.send_vec(std::mem::take(&mut self.queued), 0);
+        }
+    }
+
+    fn maybe_close(&mut self, io: &mut impl ConnIo) {
+        let finished = match self.phase {
+            Phase::Open | Phase::Closing => false,
+            Phase::PeerDone | Phase::Draining => self.queued.is_empty(),
+            Phase::Aborting => true,
+        };
+        if finished && self.recv != Recv::Armed && self.inflight == Inflight::None {
+            self.phase = Phase::Closing;
+            io.close();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, Eq, Clone)]
+    enum Act {
+        SendBuf(u16, u32, u32),
+        SendVec(Vec<u8>, usize),
+        Recycle(u16),
+        Arm,
+        Wait,
+        CancelRecv,
+        CancelAll,
+        Close,
+        Short,
+    }
+
+    #[derive(Default)]
+    struct Rec {
+        acts: Vec<Act>,
+    }
+
+    impl Rec {
+        fn take(&mut self) -> Vec<Act> {
+            std::mem::take(&mut self.acts)
+        }
+    }
+
+    /// Buffer `bid` holds bytes `bid, bid, bid...`.
+    static BUF: [u8; 4096] = [0; 4096];
+
+    impl ConnIo for Rec {
+        fn send_buf(&mut self, bid: u16, off: u32, len: u32) {
+            self.acts.push(Act::SendBuf(bid, off, len));
+        }
+        fn send_vec(&mut self, data: Vec<u8>, start: usize) {
+            self.acts.push(Act::SendVec(data, start));
+        }
+        fn buf_bytes(&self, _bid: u16, len: u32) -> &[u8] {
+            &BUF[..len as usize]
+        }
+        fn recycle(&mut self, bid: u16) {
+            self.acts.push(Act::Recycle(bid));
+        }
+        fn arm_recv(&mut self) {
+            self.acts.push(Act::Arm);
+        }
+        fn wait_buffers(&mut self) {
+            self.acts.push(Act::Wait);
+        }
+        fn cancel_recv(&mut self) {
+            self.acts.push(Act::CancelRecv);
+        }
+        fn cancel_all(&mut self) {
+            self.acts.push(Act::CancelAll);
+        }
+        fn close(&mut self) {
+            self.acts.push(Act::Close);
+        }
+        fn short_send(&mut self) {
+            self.acts.push(Act::Short);
+        }
+    }
+
+    fn open() -> (Conn, Rec) {
+        let mut io = Rec::default();
+        let c = Conn::accepted(1, 5, &mut io);
+        assert_eq!(io.take(), vec![Act::Arm]);
+        (c, io)
+    }
+
+    #[test]
+    fn data_is_sent_from_its_buffer_and_recycled_when_all_sent() {
+        let (mut c, mut io) = open();
+        c.on_data(3, 100, true, &mut io);
+        assert_eq!(io.take(), vec![Act::SendBuf(3, 0, 100)]);
+        c.on_sent_buf(100, &mut io);
+        assert_eq!(io.take(), vec![Act::Recycle(3)]);
+    }
+
+    #[test]
+    fn short_send_then_second_short_send_sends_exactly_the_rest() {
+        let (mut c, mut io) = open();
+        c.on_data(3, 100, true, &mut io);
+        io.take();
+        c.on_sent_buf(30, &mut io);
+        assert_eq!(io.take(), vec![Act::Short, Act::SendBuf(3, 30, 70)]);
+        c.on_sent_buf(50, &mut io);
+        assert_eq!(io.take(), vec![Act::Short, Act::SendBuf(3, 80, 20)]);
+        c.on_sent_buf(20, &mut io);
+        assert_eq!(io.take(), vec![Act::Recycle(3)]);
+    }
+
+    #[test]
+    fn data_during_a_send_is_coalesced_and_its_buffers_go_back_at_once() {
+        let (mut c, mut io) = open();
+        c.on_data(1, 10, true, &mut io);
+        c.on_data(2, 20, true, &mut io);
+        c.on_data(3, 30, true, &mut io);
+        assert_eq!(
+            io.take(),
+            vec![Act::SendBuf(1, 0, 10), Act::Recycle(2), Act::Recycle(3)]
+        );
+        assert_eq!(c.queued_bytes(), 50);
+        c.on_sent_buf(10, &mut io);
+        assert_eq!(
+            io.take(),
+            vec![Act::Recycle(1), Act::SendVec(vec![0; 50], 0)]
+        );
+        // A short vec send resubmits from where it stopped.
+        c.on_sent_vec(20, vec![0; 50], 0, &mut io);
+        assert_eq!(io.take(), vec![Act::Short, Act::SendVec(vec![0; 50], 20)]);
+        c.on_sent_vec(30, vec![0; 50], 20, &mut io);
+        assert_eq!(io.take(), vec![]);
+    }
+
+    #[test]
+    fn enobufs_waits_then_rearms() {
+        let (mut c, mut io) = open();
+        c.on_recv_end(-libc::ENOBUFS, &mut io);
+        assert_eq!(io.take(), vec![Act::Wait]);
+        assert!(c.wants_buffers());
+        c.rearm(&mut io);
+        assert_eq!(io.take(), vec![Act::Arm]);
+        assert!(!c.wants_buffers());
+    }
+
+    #[test]
+    fn final_data_cqe_without_more_rearms() {
+        let (mut c, mut io) = open();
+        c.on_data(4, 8, false, &mut io);
+        assert_eq!(io.take(), vec![Act::SendBuf(4, 0, 8), Act::Arm]);
+    }
+
+    #[test]
+    fn eof_while_a_send_is_in_flight_closes_after_the_send() {
+        let (mut c, mut io) = open();
+        c.on_data(1, 10, true, &mut io);
+        c.on_data(2, 5, true, &mut io);
+        io.take();
+        c.on_recv_end(0, &mut io);
+        assert_eq!(io.take(), vec![]);
+        c.on_sent_buf(10, &mut io);
+        assert_eq!(
+            io.take(),
+            vec![Act::Recycle(1), Act::SendVec(vec![0; 5], 0)]
+        );
+        c.on_sent_vec(5, vec![0; 5], 0, &mut io);
+        assert_eq!(io.take(), vec![Act::Close]);
+        assert!(c.is_closing());
+    }
+
+    #[test]
+    fn eof_with_nothing_owed_closes_at_once() {
+        let (mut c, mut io) = open();
+        c.on_recv_end(0, &mut io);
+        assert_eq!(io.take(), vec![Act::Close]);
+    }
+
+    #[test]
+    fn reset_drops_what_is_owed_and_closes_after_the_send_ends() {
+        let (mut c, mut io) = open();
+        c.on_data(1, 10, true, &mut io);
+        c.on_data(2, 10, true, &mut io);
+        io.take();
+        c.on_recv_end(-libc::ECONNRESET, &mut io);
+        assert_eq!(io.take(), vec![Act::CancelAll]);
+        c.on_sent_buf(-libc::ECANCELED, &mut io);
+        assert_eq!(io.take(), vec![Act::Recycle(1), Act::Close]);
+    }
+
+    #[test]
+    fn send_error_cancels_the_recv_and_closes_when_it_ends() {
+        let (mut c, mut io) = open();
+        c.on_data(1, 10, true, &mut io);
+        io.take();
+        c.on_sent_buf(-libc::EPIPE, &mut io);
+        assert_eq!(io.take(), vec![Act::Recycle(1), Act::CancelAll]);
+        c.on_data(2, 10, true, &mut io);
+        assert_eq!(io.take(), vec![Act::Recycle(2)]);
+        c.on_recv_end(-libc::ECANCELED, &mut io);
+        assert_eq!(io.take(), vec![Act::Close]);
+    }
+
+    #[test]
+    fn drain_cancels_the_recv_echoes_late_data_then_closes() {
+        let (mut c, mut io) = open();
+        c.drain(&mut io);
+        assert_eq!(io.take(), vec![Act::CancelRecv]);
+        // Data that raced the cancel is still echoed.
+        c.on_data(1, 10, true, &mut io);
+        assert_eq!(io.take(), vec![Act::SendBuf(1, 0, 10)]);
+        c.on_recv_end(-libc::ECANCELED, &mut io);
+        assert_eq!(io.take(), vec![]);
+        c.on_sent_buf(10, &mut io);
+        assert_eq!(io.take(), vec![Act::Recycle(1), Act::Close]);
+    }
+
+    #[test]
+    fn drain_while_waiting_for_buffers_closes_at_once_and_a_late_rearm_is_a_no_op() {
+        let (mut c, mut io) = open();
+        c.on_recv_end(-libc::ENOBUFS, &mut io);
+        io.take();
+        c.drain(&mut io);
+        assert_eq!(io.take(), vec![Act::Close]);
+        c.rearm(&mut io);
+        assert_eq!(io.take(), vec![]);
+    }
+
+    #[test]
+    fn abort_twice_acts_once() {
+        let (mut c, mut io) = open();
+        c.abort(&mut io);
+        c.abort(&mut io);
+        assert_eq!(io.take(), vec![Act::CancelAll]);
+        c.on_recv_end(-libc::ECANCELED, &mut io);
+        assert_eq!(io.take(), vec![Act::Close]);
+    }
+}

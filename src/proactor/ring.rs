@@ -1,0 +1,499 @@
+//! One io_uring (SINGLE_ISSUER | DEFER_TASKRUN, kernel 6.1+) and every piece of memory the
+//! kernel may touch through it: the provided-buffer ring, the data of sends in flight, the
+//! addresses connects read, the eventfd counter. This is the only place SQEs are pushed; each
+//! push method first takes ownership of what the operation will touch, and the memory is
+//! released only by the completion that ends the operation. `user_data` is encoded here too.
+
+use std::io;
+use std::net::SocketAddrV4;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+
+use super::bufring::BufRing;
+use crate::sys::sockaddr_in;
+
+/// What an operation was for, the top byte of its `user_data`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// Multishot accept; `slot` is the listener index.
+    Accept = 1,
+    /// Multishot recv on a connection.
+    Recv,
+    /// Send from a provided buffer.
+    SendBuf,
+    /// Send from bytes the ring holds for the operation (`send_vec`).
+    SendVec,
+    /// Send from a pinned region (`send_region`).
+    SendRegion,
+    /// Cancel requests; its own completion carries nothing to act on.
+    Cancel,
+    /// Close a direct descriptor.
+    Close,
+    /// Read of the shard's wake-up eventfd.
+    Wake,
+    /// SOCKET into a chosen direct slot (the load generator).
+    Socket,
+    /// CONNECT on a direct descriptor, linked after its SOCKET.
+    Connect,
+}
+
+const KINDS: [Kind; 10] = [
+    Kind::Accept,
+    Kind::Recv,
+    Kind::SendBuf,
+    Kind::SendVec,
+    Kind::SendRegion,
+    Kind::Cancel,
+    Kind::Close,
+    Kind::Wake,
+    Kind::Socket,
+    Kind::Connect,
+];
+
+/// Decoded `user_data`: kind (8 bits) | generation (24 bits) | slot (32 bits). The generation
+/// makes a late completion for a closed connection unmistakable for its slot's next tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserData {
+    pub kind: Kind,
+    pub generation: u32,
+    pub slot: u32,
+}
+
+pub const GEN_MASK: u32 = 0xFF_FFFF;
+
+impl UserData {
+    pub fn new(kind: Kind, slot: u32, generation: u32) -> Self {
+        UserData {
+            kind,
+            generation: generation & GEN_MASK,
+            slot,
+        }
+    }
+
+    pub fn encode(self) -> u64 {
+        (self.kind as u64) << 56
+            | u64::from(self.generation & GEN_MASK) << 32
+            | u64::from(self.slot)
+    }
+
+    /// None for a value this crate never encodes.
+    pub fn decode(v: u64) -> Option<Self> {
+        let kind = *KINDS.iter().find(|k| **k as u64 == v >> 56)?;
+        Some(UserData {
+            kind,
+            generation: (v >> 32) as u32 & GEN_MASK,
+            slot: v as u32,
+        })
+    }
+}
+
+/// One completion, copied out of the CQ.
+#[derive(Debug)]
+pub struct Completion {
+    pub ud: UserData,
+    pub res: i32,
+    pub flags: u32,
+    /// For `Kind::SendVec`: the bytes the send owned and the offset it started at, handed
+    /// back for a short send's rest or for reuse of the allocation.
+    pub vec: Option<(Vec<u8>, usize)>,
+}
+
+impl Completion {
+    /// The multishot that posted this goes on (IORING_CQE_F_MORE).
+    pub fn more(&self) -> bool {
+        cqueue::more(self.flags)
+    }
+
+    /// The provided buffer this completion filled.
+    pub fn buffer(&self) -> Option<u16> {
+        cqueue::buffer_select(self.flags)
+    }
+}
+
+/// Ring sizes: the SQ is flushed when full, the CQ sized for a loop turn's burst (the kernel
+/// keeps overflowed completions, IORING_FEAT_NODROP, and we count them).
+pub struct RingConfig {
+    pub sq_entries: u32,
+    pub cq_entries: u32,
+    pub fixed_files: u32,
+    /// Provided buffers: (count, size); None for no buffer ring.
+    pub bufs: Option<(u16, u32)>,
+}
+
+pub struct Ring {
+    // Field order is drop order: the io_uring goes first, then the memory it may touch.
+    uring: IoUring,
+    bufs: Option<BufRing>,
+    /// Bytes owned by the SendVec in flight on each slot (one send in flight per slot).
+    send_vecs: Vec<Option<(Vec<u8>, usize)>>,
+    /// Read-only memory sends may point into; lives as long as the ring.
+    regions: Vec<Box<[u8]>>,
+    /// Socket addresses connects read; live as long as the ring. Boxed so that growing the
+    /// Vec never moves an address the kernel may still read.
+    #[allow(clippy::vec_box)]
+    addrs: Vec<Box<libc::sockaddr_in>>,
+    /// Where the wake-up eventfd's counter is read to.
+    wake_buf: Box<u64>,
+    /// Operations pushed whose final completion has not been seen.
+    in_flight: usize,
+    /// io_uring_enter calls made.
+    pub enters: u64,
+}
+
+impl Ring {
+    /// Must be called on the thread that will submit (IORING_SETUP_SINGLE_ISSUER).
+    pub fn new(cfg: &RingConfig) -> io::Result<Self> {
+        let uring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_submit_all()
+            .setup_cqsize(cfg.cq_entries)
+            .build(cfg.sq_entries)?;
+        let submitter = uring.submitter();
+        submitter.register_files_sparse(cfg.fixed_files)?;
+        let bufs = match cfg.bufs {
+            Some((count, size)) => Some(BufRing::new(&submitter, 0, count, size)?),
+            None => None,
+        };
+        Ok(Ring {
+            uring,
+            bufs,
+            send_vecs: Vec::new(),
+            regions: Vec::new(),
+            addrs: Vec::new(),
+            wake_buf: Box::new(0),
+            in_flight: 0,
+            enters: 0,
+        })
+    }
+
+    pub fn bufs(&self) -> &BufRing {
+        self.bufs
+            .as_ref()
+            .expect("ring was built with provided buffers")
+    }
+
+    pub fn bufs_mut(&mut self) -> &mut BufRing {
+        self.bufs
+            .as_mut()
+            .expect("ring was built with provided buffers")
+    }
+
+    /// Operations pushed and not finished.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Completions the kernel could not fit in the CQ so far (kept and delivered later).
+    pub fn cq_overflow(&mut self) -> u64 {
+        u64::from(self.uring.completion().overflow())
+    }
+
+    /// The single place SQEs enter the SQ. When it is full, submits and retries.
+    ///
+    /// # Safety
+    /// Every buffer the entry points to must stay valid, and not be written by us if the
+    /// kernel reads it, until the operation's final completion has been reaped.
+    unsafe fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: forwarded from this function's contract.
+            if unsafe { self.uring.submission().push(entry) }.is_ok() {
+                self.in_flight += 1;
+                return Ok(());
+            }
+            self.submit()?;
+        }
+    }
+
+    /// Pushes a chain of linked entries, all or none, submitting first if they do not fit.
+    ///
+    /// # Safety
+    /// As for `push`, for every entry.
+    unsafe fn push_linked(&mut self, entries: &[squeue::Entry]) -> io::Result<()> {
+        loop {
+            // SAFETY: forwarded from this function's contract.
+            if unsafe { self.uring.submission().push_multiple(entries) }.is_ok() {
+                self.in_flight += entries.len();
+                return Ok(());
+            }
+            self.submit()?;
+        }
+    }
+
+    /// Submits what is queued without waiting.
+    pub fn submit(&mut self) -> io::Result<()> {
+        self.enters += 1;
+        match self.uring.submit() {
+            Ok(_) => Ok(()),
+            Err(e) if retryable(&e) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Submits what is queued and waits for at least one completion, or until `timeout`.
+    pub fn submit_and_wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.enters += 1;
+        let res = match timeout {
+            None => self.uring.submit_and_wait(1),
+            Some(t) => {
+                let ts = types::Timespec::from(t);
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.uring.submitter().submit_with_args(1, &args)
+            }
+        };
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if retryable(&e) || e.raw_os_error() == Some(libc::ETIME) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Moves every completion now in the CQ into `out`.
+    pub fn drain(&mut self, out: &mut Vec<Completion>) {
+        let mut cq = self.uring.completion();
+        cq.sync();
+        for cqe in &mut cq {
+            let Some(ud) = UserData::decode(cqe.user_data()) else {
+                continue;
+            };
+            let flags = cqe.flags();
+            if !cqueue::more(flags) {
+                self.in_flight -= 1;
+            }
+            let vec = if ud.kind == Kind::SendVec {
+                self.send_vecs
+                    .get_mut(ud.slot as usize)
+                    .and_then(Option::take)
+            } else {
+                None
+            };
+            out.push(Completion {
+                ud,
+                res: cqe.result(),
+                flags,
+                vec,
+            });
+        }
+    }
+
+    pub fn accept_multishot(&mut self, listener: RawFd, ud: UserData) -> io::Result<()> {
+        let e = opcode::AcceptMulti::new(types::Fd(listener))
+            // SOCK_CLOEXEC is -EINVAL with a direct descriptor, which no exec can inherit anyway.
+            .allocate_file_index(true)
+            .build()
+            .user_data(ud.encode());
+        // SAFETY: a multishot accept into direct descriptors points to no memory of ours.
+        unsafe { self.push(&e) }
+    }
+
+    pub fn recv_multishot(&mut self, fixed: u32, ud: UserData) -> io::Result<()> {
+        let bgid = self.bufs().bgid();
+        let e = opcode::RecvMulti::new(types::Fixed(fixed), bgid)
+            .build()
+            .user_data(ud.encode());
+        // SAFETY: the recv writes only into provided buffers, which the BufRing owned by this
+        // Ring keeps mapped until after the io_uring is dropped.
+        unsafe { self.push(&e) }
+    }
+
+    /// Sends `len` bytes from byte `off` of provided buffer `bid`, which the caller holds
+    /// (it must not recycle `bid` before this send completes).
+    pub fn send_buf(
+        &mut self,
+        fixed: u32,
+        bid: u16,
+        off: u32,
+        len: u32,
+        ud: UserData,
+    ) -> io::Result<()> {
+        let ptr = self.bufs().addr(bid, off, len);
+        let e = opcode::Send::new(types::Fixed(fixed), ptr, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(ud.encode());
+        // SAFETY: the bytes lie in the BufRing's mapping (bounds checked by `addr`), which
+        // lives as long as the ring; a held buffer is not in the ring, so the kernel does not
+        // write it while it is sent.
+        unsafe { self.push(&e) }
+    }
+
+    /// Sends `data[start..]`; the ring owns `data` until the completion hands it back.
+    pub fn send_vec(
+        &mut self,
+        fixed: u32,
+        data: Vec<u8>,
+        start: usize,
+        ud: UserData,
+    ) -> io::Result<()> {
+        assert!(start < data.len(), "send_vec of nothing");
+        let slot = ud.slot as usize;
+        if self.send_vecs.len() <= slot {
+            self.send_vecs.resize_with(slot + 1, || None);
+        }
+        assert!(
+            self.send_vecs[slot].is_none(),
+            "two sends in flight on slot {slot}"
+        );
+        let len = u32::try_from(data.len() - start).unwrap_or(u32::MAX);
+        let ptr = data[start..].as_ptr();
+        self.send_vecs[slot] = Some((data, start));
+        let e = opcode::Send::new(types::Fixed(fixed), ptr, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(ud.encode());
+        // SAFETY: the Vec now lives in `send_vecs[slot]`, its heap block does not move, and
+        // only `drain` takes it out, on this operation's completion (or the ring leaks it).
+        unsafe { self.push(&e) }
+    }
+
+    /// Pins read-only memory for the life of the ring; sends may point into it.
+    pub fn pin_region(&mut self, bytes: Box<[u8]>) -> usize {
+        self.regions.push(bytes);
+        self.regions.len() - 1
+    }
+
+    pub fn region(&self, region: usize) -> &[u8] {
+        &self.regions[region]
+    }
+
+    /// Sends `len` bytes at `off` of a pinned region.
+    pub fn send_region(
+        &mut self,
+        fixed: u32,
+        region: usize,
+        off: usize,
+        len: usize,
+        ud: UserData,
+    ) -> io::Result<()> {
+        let bytes = &self.regions[region][off..off + len];
+        let e = opcode::Send::new(types::Fixed(fixed), bytes.as_ptr(), len as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(ud.encode());
+        // SAFETY: regions are never written or freed while the ring lives (bounds checked
+        // by the slice above).
+        unsafe { self.push(&e) }
+    }
+
+    /// Pins a socket address for the life of the ring, for `socket_connect`.
+    pub fn pin_addr(&mut self, addr: SocketAddrV4) -> usize {
+        self.addrs.push(Box::new(sockaddr_in(addr)));
+        self.addrs.len() - 1
+    }
+
+    /// SOCKET into direct slot `fixed`, linked to CONNECT on it to pinned address `addr`.
+    pub fn socket_connect(
+        &mut self,
+        fixed: u32,
+        addr: usize,
+        socket_ud: UserData,
+        connect_ud: UserData,
+    ) -> io::Result<()> {
+        let dest = types::DestinationSlot::try_from_slot_target(fixed)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "slot out of range"))?;
+        let sa: *const libc::sockaddr_in = &*self.addrs[addr];
+        let socket = opcode::Socket::new(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0)
+            .file_index(Some(dest))
+            .build()
+            .flags(squeue::Flags::IO_LINK)
+            .user_data(socket_ud.encode());
+        let connect = opcode::Connect::new(
+            types::Fixed(fixed),
+            sa.cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+        .build()
+        .user_data(connect_ud.encode());
+        // SAFETY: the sockaddr is boxed in `addrs`, never freed or written while the ring lives.
+        unsafe { self.push_linked(&[socket, connect]) }
+    }
+
+    /// Cancels the request whose user_data is `target`.
+    pub fn cancel(&mut self, target: UserData, ud: UserData) -> io::Result<()> {
+        let e = opcode::AsyncCancel::new(target.encode())
+            .build()
+            .user_data(ud.encode());
+        // SAFETY: a cancel points to no memory.
+        unsafe { self.push(&e) }
+    }
+
+    /// Cancels every request on direct descriptor `fixed`.
+    pub fn cancel_fixed(&mut self, fixed: u32, ud: UserData) -> io::Result<()> {
+        let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fixed(fixed)).all())
+            .build()
+            .user_data(ud.encode());
+        // SAFETY: a cancel points to no memory.
+        unsafe { self.push(&e) }
+    }
+
+    /// Closes direct descriptor `fixed`, freeing its table slot.
+    pub fn close_fixed(&mut self, fixed: u32, ud: UserData) -> io::Result<()> {
+        let e = opcode::Close::new(types::Fixed(fixed))
+            .build()
+            .user_data(ud.encode());
+        // SAFETY: a close points to no memory.
+        unsafe { self.push(&e) }
+    }
+
+    /// Reads the eventfd `fd` (8 bytes) into the ring's own counter.
+    pub fn read_eventfd(&mut self, fd: RawFd, ud: UserData) -> io::Result<()> {
+        let ptr: *mut u64 = &mut *self.wake_buf;
+        let e = opcode::Read::new(types::Fd(fd), ptr.cast(), 8)
+            .build()
+            .user_data(ud.encode());
+        // SAFETY: the counter is boxed in the ring and only the kernel writes it.
+        unsafe { self.push(&e) }
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        if self.in_flight > 0 {
+            // Closing the ring cancels its requests asynchronously; memory they may touch is
+            // leaked rather than freed under them. Only error paths get here.
+            std::mem::forget(self.bufs.take());
+            std::mem::forget(std::mem::take(&mut self.send_vecs));
+            std::mem::forget(std::mem::take(&mut self.regions));
+            std::mem::forget(std::mem::take(&mut self.addrs));
+            std::mem::forget(std::mem::replace(&mut self.wake_buf, Box::new(0)));
+        }
+    }
+}
+
+/// Errors io_uring_enter returns that mean "call again": a signal, or completions that must
+/// be reaped first (EBUSY: overflowed CQEs waiting).
+fn retryable(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_data_round_trips() {
+        for kind in KINDS {
+            let ud = UserData::new(kind, 0xDEAD_BEEF, 0x12_3456);
+            assert_eq!(UserData::decode(ud.encode()), Some(ud));
+        }
+    }
+
+    #[test]
+    fn generation_wraps_at_24_bits() {
+        let ud = UserData::new(Kind::Recv, 7, GEN_MASK + 2);
+        assert_eq!(ud.generation, 1);
+        assert_eq!(UserData::decode(ud.encode()).unwrap().generation, 1);
+    }
+
+    #[test]
+    fn unknown_user_data_is_none() {
+        assert_eq!(UserData::decode(0), None);
+        assert_eq!(UserData::decode(0xFF << 56), None);
+    }
+}

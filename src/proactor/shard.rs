@@ -1,0 +1,458 @@
+//! One Proactor shard: a thread pinned to a core that owns a ring, its listeners, its
+//! connections and its provided buffers, and only reacts to completions.
+//!
+//! Accepting pauses before the fixed-file table fills (a multishot accept into a full table
+//! fails with -ENFILE and that connection is lost) and resumes below a low mark. A recv that
+//! ended with -ENOBUFS is re-armed only after buffers have come back, one waiting connection
+//! per returned buffer, so an empty ring never becomes a storm of re-arms.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+
+use super::conn::{Conn, ConnIo};
+use super::ring::{Completion, Kind, Ring, RingConfig, UserData};
+use crate::stats::{Counters, SharedCounters};
+
+pub struct ShardConfig {
+    pub index: usize,
+    pub ring: RingConfig,
+    pub listeners: Vec<OwnedFd>,
+    pub wake: OwnedFd,
+    pub shutdown_timeout: Duration,
+    pub counters: Arc<SharedCounters>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Accept {
+    Armed,
+    /// Cancel submitted; the final completion has not come yet.
+    Cancelling,
+    Off,
+}
+
+pub struct Shard {
+    ring: Ring,
+    conns: Slab<Conn>,
+    listeners: Vec<OwnedFd>,
+    accept: Vec<Accept>,
+    wake: OwnedFd,
+    /// Direct descriptors in the table: accepted and not yet closed.
+    in_table: u32,
+    high_mark: u32,
+    low_mark: u32,
+    paused: bool,
+    /// Connections whose recv waits for buffers: (slot, generation), oldest first.
+    waiting: VecDeque<(u32, u32)>,
+    next_gen: u32,
+    counters: Counters,
+    shared: Arc<SharedCounters>,
+    shutdown_timeout: Duration,
+    deadline: Option<Instant>,
+    aborted: bool,
+}
+
+/// Carries a connection's actions out on the ring.
+struct Io<'a> {
+    ring: &'a mut Ring,
+    counters: &'a mut Counters,
+    waiting: &'a mut VecDeque<(u32, u32)>,
+    slot: u32,
+    generation: u32,
+    fixed: u32,
+    err: Option<io::Error>,
+}
+
+impl Io<'_> {
+    fn ud(&self, kind: Kind) -> UserData {
+        UserData::new(kind, self.slot, self.generation)
+    }
+
+    fn check(&mut self, r: io::Result<()>) {
+        if let Err(e) = r {
+            self.err.get_or_insert(e);
+        }
+    }
+}
+
+impl ConnIo for Io<'_> {
+    fn send_buf(&mut self, bid: u16, off: u32, len: u32) {
+        self.counters.sends += 1;
+        let ud = self.ud(Kind::SendBuf);
+        let r = self.ring.send_buf(self.fixed, bid, off, len, ud);
+        self.check(r);
+    }
+
+    fn send_vec(&mut self, data: Vec<u8>, start: usize) {
+        self.counters.sends += 1;
+        let ud = self.ud(Kind::SendVec);
+        let r = self.ring.send_vec(self.fixed, data, start, ud);
+        self.check(r);
+    }
+
+    fn buf_bytes(&self, bid: u16, len: u32) -> &[u8] {
+        self.ring.bufs().bytes(bid, len)
+    }
+
+    fn recycle(&mut self, bid: u16) {
+        self.ring.bufs_mut().recycle(bid);
+    }
+
+    fn arm_recv(&mut self) {
+        let ud = self.ud(Kind::Recv);
+        let r = self.ring.recv_multishot(self.fixed, ud);
+        self.check(r);
+    }
+
+    fn wait_buffers(&mut self) {
+        self.waiting.push_back((self.slot, self.generation));
+    }
+
+    fn cancel_recv(&mut self) {
+        let (target, ud) = (self.ud(Kind::Recv), self.ud(Kind::Cancel));
+        let r = self.ring.cancel(target, ud);
+        self.check(r);
+    }
+
+    fn cancel_all(&mut self) {
+        let ud = self.ud(Kind::Cancel);
+        let r = self.ring.cancel_fixed(self.fixed, ud);
+        self.check(r);
+    }
+
+    fn close(&mut self) {
+        let ud = self.ud(Kind::Close);
+        let r = self.ring.close_fixed(self.fixed, ud);
+        self.check(r);
+    }
+
+    fn short_send(&mut self) {
+        self.counters.short_sends += 1;
+    }
+}
+
+impl Shard {
+    /// Builds the ring on the calling thread (it becomes the ring's single issuer).
+    pub fn new(cfg: ShardConfig) -> io::Result<Self> {
+        let ring = Ring::new(&cfg.ring)?;
+        let slots = cfg.ring.fixed_files;
+        // Pause with room to spare for the accepts that complete before the cancel lands.
+        let high_mark = slots - (slots / 16).max(64).min(slots / 2);
+        let low_mark = high_mark - (slots / 8).min(high_mark / 2);
+        let n = cfg.listeners.len();
+        Ok(Shard {
+            ring,
+            conns: Slab::with_capacity(1024),
+            listeners: cfg.listeners,
+            accept: vec![Accept::Off; n],
+            wake: cfg.wake,
+            in_table: 0,
+            high_mark,
+            low_mark,
+            paused: false,
+            waiting: VecDeque::new(),
+            next_gen: 0,
+            counters: Counters::default(),
+            shared: cfg.counters,
+            shutdown_timeout: cfg.shutdown_timeout,
+            deadline: None,
+            aborted: false,
+        })
+    }
+
+    /// Runs until a wake-up asks it to stop and every connection has closed.
+    pub fn run(mut self) -> io::Result<Counters> {
+        for l in 0..self.listeners.len() {
+            self.arm_accept(l)?;
+        }
+        let wake_ud = UserData::new(Kind::Wake, 0, 0);
+        self.ring.read_eventfd(self.wake.as_raw_fd(), wake_ud)?;
+        let mut cqes = Vec::with_capacity(4096);
+        loop {
+            let timeout = self.deadline.map(|d| {
+                d.saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(10))
+            });
+            self.ring.submit_and_wait(timeout)?;
+            self.ring.drain(&mut cqes);
+            for c in cqes.drain(..) {
+                self.complete(c)?;
+            }
+            self.after_turn()?;
+            if self.deadline.is_some() && self.conns.is_empty() && self.ring.in_flight() == 0 {
+                self.publish();
+                return Ok(self.counters);
+            }
+        }
+    }
+
+    fn publish(&mut self) {
+        self.counters.syscalls = self.ring.enters;
+        self.counters.cq_overflow = self.ring.cq_overflow();
+        self.shared.publish(&self.counters);
+    }
+
+    fn arm_accept(&mut self, l: usize) -> io::Result<()> {
+        let ud = UserData::new(Kind::Accept, l as u32, 0);
+        self.ring
+            .accept_multishot(self.listeners[l].as_raw_fd(), ud)?;
+        self.accept[l] = Accept::Armed;
+        Ok(())
+    }
+
+    fn cancel_accepts(&mut self) -> io::Result<()> {
+        for l in 0..self.accept.len() {
+            if self.accept[l] == Accept::Armed {
+                let target = UserData::new(Kind::Accept, l as u32, 0);
+                self.ring
+                    .cancel(target, UserData::new(Kind::Cancel, 0, 0))?;
+                self.accept[l] = Accept::Cancelling;
+            }
+        }
+        Ok(())
+    }
+
+    fn accepting(&self) -> bool {
+        !self.paused && self.deadline.is_none()
+    }
+
+    /// Runs `f` on the connection in `slot` if it is still generation `generation`.
+    /// Returns None for a completion that outlived its connection.
+    fn with_conn<R>(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        f: impl FnOnce(&mut Conn, &mut Io<'_>) -> R,
+    ) -> io::Result<Option<R>> {
+        let Some(conn) = self
+            .conns
+            .get_mut(slot as usize)
+            .filter(|c| c.generation == generation)
+        else {
+            return Ok(None);
+        };
+        let mut io = Io {
+            ring: &mut self.ring,
+            counters: &mut self.counters,
+            waiting: &mut self.waiting,
+            slot,
+            generation,
+            fixed: conn.fixed,
+            err: None,
+        };
+        let r = f(conn, &mut io);
+        match io.err {
+            Some(e) => Err(e),
+            None => Ok(Some(r)),
+        }
+    }
+
+    fn complete(&mut self, c: Completion) -> io::Result<()> {
+        let UserData {
+            kind,
+            slot,
+            generation,
+        } = c.ud;
+        match kind {
+            Kind::Accept => self.on_accept(slot as usize, &c)?,
+            Kind::Recv => self.on_recv(&c)?,
+            Kind::SendBuf => {
+                self.count_send(c.res);
+                self.with_conn(slot, generation, |conn, io| conn.on_sent_buf(c.res, io))?;
+            }
+            Kind::SendVec => {
+                self.count_send(c.res);
+                let (data, start) = c.vec.expect("the ring hands back a SendVec's bytes");
+                self.with_conn(slot, generation, |conn, io| {
+                    conn.on_sent_vec(c.res, data, start, io)
+                })?;
+            }
+            Kind::Close => {
+                if self
+                    .conns
+                    .get(slot as usize)
+                    .is_some_and(|conn| conn.generation == generation)
+                {
+                    self.conns.remove(slot as usize);
+                    self.in_table -= 1;
+                    self.counters.closed += 1;
+                }
+            }
+            Kind::Wake => self.begin_stop()?,
+            Kind::Cancel | Kind::SendRegion | Kind::Socket | Kind::Connect => {}
+        }
+        Ok(())
+    }
+
+    fn count_send(&mut self, res: i32) {
+        if res > 0 {
+            self.counters.bytes_out += res as u64;
+        } else if res != -libc::ECANCELED {
+            self.counters.conn_errors += 1;
+        }
+    }
+
+    fn on_accept(&mut self, l: usize, c: &Completion) -> io::Result<()> {
+        if !c.more() {
+            self.accept[l] = Accept::Off;
+        }
+        if c.res >= 0 {
+            let fixed = c.res as u32;
+            self.counters.accepted += 1;
+            self.in_table += 1;
+            self.next_gen = self.next_gen.wrapping_add(1);
+            let generation = self.next_gen & super::ring::GEN_MASK;
+            let entry = self.conns.vacant_entry();
+            let slot = entry.key() as u32;
+            let mut io = Io {
+                ring: &mut self.ring,
+                counters: &mut self.counters,
+                waiting: &mut self.waiting,
+                slot,
+                generation,
+                fixed,
+                err: None,
+            };
+            let conn = entry.insert(Conn::accepted(generation, fixed, &mut io));
+            if self.deadline.is_some() {
+                conn.drain(&mut io);
+            }
+            if let Some(e) = io.err {
+                return Err(e);
+            }
+        } else {
+            match -c.res {
+                libc::ECANCELED => {}
+                // Misuse of the listener, not a peer's doing: re-arming would spin.
+                e @ (libc::EINVAL | libc::EBADF | libc::ENOTSOCK | libc::EOPNOTSUPP) => {
+                    return Err(io::Error::new(
+                        io::Error::from_raw_os_error(e).kind(),
+                        format!(
+                            "multishot accept failed: {}",
+                            io::Error::from_raw_os_error(e)
+                        ),
+                    ));
+                }
+                // -ENFILE (table full), -ECONNABORTED, -ENOMEM...: that connection is lost.
+                _ => self.counters.refused += 1,
+            }
+        }
+        if self.in_table >= self.high_mark && !self.paused {
+            self.paused = true;
+            self.counters.accept_pauses += 1;
+            self.cancel_accepts()?;
+        }
+        if self.accept[l] == Accept::Off && self.accepting() {
+            self.counters.rearms += 1;
+            self.arm_accept(l)?;
+        }
+        Ok(())
+    }
+
+    fn on_recv(&mut self, c: &Completion) -> io::Result<()> {
+        let (slot, generation) = (c.ud.slot, c.ud.generation);
+        let more = c.more();
+        match c.buffer() {
+            Some(bid) => {
+                self.ring.bufs_mut().taken(bid);
+                let len = c.res.max(0) as u32;
+                if len > 0 {
+                    self.counters.recvs += 1;
+                    self.counters.bytes_in += u64::from(len);
+                }
+                let handled = self.with_conn(slot, generation, |conn, io| {
+                    if len > 0 {
+                        conn.on_data(bid, len, more, io);
+                    } else {
+                        io.recycle(bid);
+                    }
+                })?;
+                if handled.is_none() {
+                    self.ring.bufs_mut().recycle(bid);
+                }
+                if len > 0 && !more {
+                    self.counters.rearms += 1;
+                }
+                if len == 0 && !more {
+                    self.with_conn(slot, generation, |conn, io| conn.on_recv_end(c.res, io))?;
+                }
+            }
+            None => {
+                match -c.res {
+                    libc::ENOBUFS => self.counters.enobufs += 1,
+                    0 | libc::ECANCELED => {}
+                    _ => self.counters.conn_errors += 1,
+                }
+                self.with_conn(slot, generation, |conn, io| conn.on_recv_end(c.res, io))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn begin_stop(&mut self) -> io::Result<()> {
+        self.deadline = Some(Instant::now() + self.shutdown_timeout);
+        self.cancel_accepts()?;
+        // Closing our fds makes each listener go away once its accept has ended, so new
+        // connections are refused rather than left in a backlog nobody accepts from.
+        self.listeners.clear();
+        let slots: Vec<(u32, u32)> = self
+            .conns
+            .iter()
+            .map(|(k, c)| (k as u32, c.generation))
+            .collect();
+        for (slot, generation) in slots {
+            self.with_conn(slot, generation, |conn, io| conn.drain(io))?;
+        }
+        Ok(())
+    }
+
+    fn after_turn(&mut self) -> io::Result<()> {
+        if self.paused && self.in_table <= self.low_mark {
+            self.paused = false;
+        }
+        if self.accepting() {
+            for l in 0..self.accept.len() {
+                if self.accept[l] == Accept::Off {
+                    self.counters.rearms += 1;
+                    self.arm_accept(l)?;
+                }
+            }
+        }
+        // One waiting connection per buffer available: each re-arm can take at least one.
+        let mut budget = self.ring.bufs().available();
+        while budget > 0 {
+            let Some((slot, generation)) = self.waiting.pop_front() else {
+                break;
+            };
+            let rearmed = self.with_conn(slot, generation, |conn, io| {
+                let wanted = conn.wants_buffers();
+                conn.rearm(io);
+                wanted
+            })?;
+            if rearmed == Some(true) {
+                self.counters.rearms += 1;
+                budget -= 1;
+            }
+        }
+        if let Some(deadline) = self.deadline
+            && !self.aborted
+            && Instant::now() >= deadline
+        {
+            self.aborted = true;
+            let slots: Vec<(u32, u32)> = self
+                .conns
+                .iter()
+                .map(|(k, c)| (k as u32, c.generation))
+                .collect();
+            for (slot, generation) in slots {
+                self.with_conn(slot, generation, |conn, io| conn.abort(io))?;
+            }
+        }
+        self.publish();
+        Ok(())
+    }
+}

@@ -1,0 +1,170 @@
+//! Per-shard counters: each shard owns plain counters and publishes them after every loop
+//! turn into its `SharedCounters` (relaxed stores, no contention); the main thread sums them
+//! for the per-second line, the summary and `--stats-json`.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use serde::Serialize;
+
+macro_rules! counters {
+    ($($name:ident: $doc:literal,)*) => {
+        /// One shard's counters (or their sum).
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+        pub struct Counters {
+            $(#[doc = $doc] pub $name: u64,)*
+        }
+
+        /// The published copy of a shard's counters, readable from other threads.
+        #[derive(Debug, Default)]
+        pub struct SharedCounters {
+            $($name: AtomicU64,)*
+        }
+
+        impl SharedCounters {
+            pub fn publish(&self, c: &Counters) {
+                $(self.$name.store(c.$name, Relaxed);)*
+            }
+
+            pub fn snapshot(&self) -> Counters {
+                Counters { $($name: self.$name.load(Relaxed),)* }
+            }
+        }
+
+        impl std::ops::AddAssign for Counters {
+            fn add_assign(&mut self, o: Self) {
+                $(self.$name += o.$name;)*
+            }
+        }
+    };
+}
+
+counters! {
+    accepted: "Connections accepted.",
+    closed: "Connections closed (by either side).",
+    refused: "Connections the server could not take (accept errors, -ENFILE).",
+    conn_errors: "Connections ended by an error: reset, broken pipe.",
+    bytes_in: "Bytes received.",
+    bytes_out: "Bytes sent.",
+    recvs: "Receive completions that carried data.",
+    sends: "Send operations submitted (the Reactor: write calls).",
+    short_sends: "Sends that took fewer bytes than offered and were resubmitted.",
+    enobufs: "Multishot recvs ended by an empty buffer ring (-ENOBUFS).",
+    rearms: "Multishot operations re-armed after they ended.",
+    accept_pauses: "Times accepting paused because the fixed-file table neared full.",
+    syscalls: "System calls into the kernel (the Proactor: io_uring_enter).",
+    cq_overflow: "Completions that overflowed the CQ (kept by the kernel, never lost).",
+}
+
+impl Counters {
+    pub fn sum<'a>(all: impl IntoIterator<Item = &'a Counters>) -> Counters {
+        let mut total = Counters::default();
+        for c in all {
+            total += *c;
+        }
+        total
+    }
+
+    /// Connections open now.
+    pub fn active(&self) -> u64 {
+        self.accepted.saturating_sub(self.closed)
+    }
+}
+
+/// The per-second line: totals now, rates since the previous line.
+pub fn stats_line(elapsed: Duration, now: &Counters, prev: &Counters, dt: Duration) -> String {
+    let secs = dt.as_secs_f64().max(1e-9);
+    let rate = |a: u64, b: u64| (a.saturating_sub(b)) as f64 / secs;
+    format!(
+        "t={:.0}s conns={} accepted/s={:.0} closed/s={:.0} in={:.1}MB/s out={:.1}MB/s recvs/s={:.0} \
+         sends/s={:.0} syscalls/s={:.0} enobufs={} pauses={} errors={}",
+        elapsed.as_secs_f64(),
+        now.active(),
+        rate(now.accepted, prev.accepted),
+        rate(now.closed, prev.closed),
+        rate(now.bytes_in, prev.bytes_in) / 1e6,
+        rate(now.bytes_out, prev.bytes_out) / 1e6,
+        rate(now.recvs, prev.recvs),
+        rate(now.sends, prev.sends),
+        rate(now.syscalls, prev.syscalls),
+        now.enobufs,
+        now.accept_pauses,
+        now.conn_errors,
+    )
+}
+
+/// What a server reports at exit, also written as JSON by `--stats-json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub engine: &'static str,
+    pub duration_s: f64,
+    pub shards: usize,
+    pub cpu_user_s: f64,
+    pub cpu_sys_s: f64,
+    pub totals: Counters,
+    pub per_shard: Vec<Counters>,
+}
+
+impl Summary {
+    pub fn human(&self) -> String {
+        let t = &self.totals;
+        format!(
+            "{} summary: {:.1}s, {} shards, accepted {}, closed {}, refused {}, errors {}, \
+             in {} B, out {} B, sends {} ({} short), enobufs {}, re-arms {}, accept pauses {}, \
+             syscalls {}, cq overflow {}, cpu user {:.2}s sys {:.2}s",
+            self.engine,
+            self.duration_s,
+            self.shards,
+            t.accepted,
+            t.closed,
+            t.refused,
+            t.conn_errors,
+            t.bytes_in,
+            t.bytes_out,
+            t.sends,
+            t.short_sends,
+            t.enobufs,
+            t.rearms,
+            t.accept_pauses,
+            t.syscalls,
+            t.cq_overflow,
+            self.cpu_user_s,
+            self.cpu_sys_s,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_snapshot_and_sum() {
+        let shared = SharedCounters::default();
+        let c = Counters {
+            accepted: 5,
+            closed: 2,
+            bytes_in: 100,
+            ..Default::default()
+        };
+        shared.publish(&c);
+        let s = shared.snapshot();
+        assert_eq!(s, c);
+        let total = Counters::sum([&s, &s]);
+        assert_eq!(total.accepted, 10);
+        assert_eq!(total.active(), 6);
+    }
+
+    #[test]
+    fn stats_line_shows_rates() {
+        let prev = Counters::default();
+        let now = Counters {
+            accepted: 10,
+            bytes_in: 2_000_000,
+            ..Default::default()
+        };
+        let line = stats_line(Duration::from_secs(3), &now, &prev, Duration::from_secs(2));
+        assert!(line.starts_with("t=3s conns=10 accepted/s=5 "), "{line}");
+        assert!(line.contains("in=1.0MB/s"), "{line}");
+    }
+}

@@ -1,0 +1,95 @@
+//! The host limits that decide how many connections a process can hold: read, never assumed.
+
+use std::fs;
+use std::io;
+
+use super::syscall;
+
+/// What the host allows, read at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostLimits {
+    /// RLIMIT_NOFILE after raising the soft limit to the hard one.
+    pub nofile_soft: u64,
+    pub nofile_hard: u64,
+    /// net.core.somaxconn: the cap on every listen backlog.
+    pub somaxconn: u64,
+    /// net.ipv4.ip_local_port_range.
+    pub port_range: (u16, u16),
+    /// fs.file-max and the files open now (fs.file-nr).
+    pub file_max: u64,
+    pub files_open: u64,
+    /// net.ipv4.tcp_mem in pages: low, pressure, high.
+    pub tcp_mem: [u64; 3],
+    /// MemTotal in bytes.
+    pub mem_total: u64,
+}
+
+fn read_proc(path: &str) -> io::Result<String> {
+    fs::read_to_string(path).map_err(|e| io::Error::new(e.kind(), format!("reading {path}: {e}")))
+}
+
+fn numbers(text: &str) -> Vec<u64> {
+    text.split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect()
+}
+
+fn getrlimit_nofile() -> io::Result<libc::rlimit> {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // The pointer is to a live local rlimit.
+    syscall!(getrlimit(libc::RLIMIT_NOFILE, &mut rl))?;
+    Ok(rl)
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit (always allowed), since a ring's
+/// fixed-file table is capped at the soft limit when it is registered.
+pub fn raise_nofile() -> io::Result<()> {
+    let mut rl = getrlimit_nofile()?;
+    if rl.rlim_cur < rl.rlim_max {
+        rl.rlim_cur = rl.rlim_max;
+        // The pointer is to a live local rlimit.
+        syscall!(setrlimit(libc::RLIMIT_NOFILE, &rl))?;
+    }
+    Ok(())
+}
+
+impl HostLimits {
+    /// Reads the limits; raises the soft fd limit first (see `raise_nofile`).
+    pub fn read() -> io::Result<Self> {
+        raise_nofile()?;
+        let rl = getrlimit_nofile()?;
+        let somaxconn = numbers(&read_proc("/proc/sys/net/core/somaxconn")?);
+        let range = numbers(&read_proc("/proc/sys/net/ipv4/ip_local_port_range")?);
+        let file_max = numbers(&read_proc("/proc/sys/fs/file-max")?);
+        let file_nr = numbers(&read_proc("/proc/sys/fs/file-nr")?);
+        let tcp_mem = numbers(&read_proc("/proc/sys/net/ipv4/tcp_mem")?);
+        let meminfo = read_proc("/proc/meminfo")?;
+        let mem_kb = meminfo
+            .lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .map(numbers)
+            .and_then(|v| v.first().copied())
+            .unwrap_or(0);
+        let bad =
+            |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("cannot parse {what}"));
+        Ok(HostLimits {
+            nofile_soft: rl.rlim_cur,
+            nofile_hard: rl.rlim_max,
+            somaxconn: *somaxconn.first().ok_or_else(|| bad("somaxconn"))?,
+            port_range: match range[..] {
+                [lo, hi] => (lo as u16, hi as u16),
+                _ => return Err(bad("ip_local_port_range")),
+            },
+            file_max: *file_max.first().ok_or_else(|| bad("file-max"))?,
+            files_open: *file_nr.first().ok_or_else(|| bad("file-nr"))?,
+            tcp_mem: match tcp_mem[..] {
+                [a, b, c] => [a, b, c],
+                _ => return Err(bad("tcp_mem")),
+            },
+            mem_total: mem_kb * 1024,
+        })
+    }
+}

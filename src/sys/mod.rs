@@ -1,0 +1,200 @@
+//! Raw system calls behind one `syscall!` helper: sockets and their options, CPU affinity,
+//! eventfd, signals. Nearly all of the crate's `unsafe` outside the io_uring modules is here.
+
+pub mod limits;
+
+use std::io;
+use std::mem;
+use std::net::SocketAddrV4;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+/// Calls a libc function and turns a `-1` return into the thread's `errno` as `io::Error`.
+macro_rules! syscall {
+    ($fn:ident ( $($arg:expr),* $(,)? )) => {{
+        // SAFETY: every call site passes arguments that satisfy the libc function's contract;
+        // each caller states below which pointers it passes and why they are valid.
+        let res = unsafe { libc::$fn($($arg),*) };
+        if res == -1 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(res)
+        }
+    }};
+}
+pub(crate) use syscall;
+
+/// The backlog passed to listen(2); the kernel clamps it to net.core.somaxconn.
+pub const LISTEN_BACKLOG: i32 = 65535;
+
+fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
+    // The pointer is to a live local i32 and the length is its size.
+    syscall!(setsockopt(
+        fd,
+        level,
+        name,
+        (&value as *const i32).cast(),
+        mem::size_of::<i32>() as libc::socklen_t
+    ))
+    .map(drop)
+}
+
+/// A `sockaddr_in` for an IPv4 socket address.
+pub fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*addr.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+fn tcp_socket() -> io::Result<OwnedFd> {
+    let fd = syscall!(socket(
+        libc::AF_INET,
+        libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+        0
+    ))?;
+    // SAFETY: socket(2) just returned this fd and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn bind(fd: RawFd, addr: SocketAddrV4) -> io::Result<()> {
+    let sa = sockaddr_in(addr);
+    // The pointer is to a live local sockaddr_in and the length is its size.
+    syscall!(bind(
+        fd,
+        (&sa as *const libc::sockaddr_in).cast(),
+        mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
+    ))
+    .map(drop)
+}
+
+/// A listening TCP socket for one shard: SO_REUSEADDR (the server ports lie inside the
+/// ephemeral range), SO_REUSEPORT (one listener per shard per port, the kernel spreads
+/// connections over them), TCP_NODELAY (inherited by accepted sockets), the largest backlog.
+pub fn reuseport_listener(addr: SocketAddrV4) -> io::Result<OwnedFd> {
+    let sock = tcp_socket()?;
+    let fd = sock.as_raw_fd();
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
+    bind(fd, addr)?;
+    syscall!(listen(fd, LISTEN_BACKLOG))?;
+    Ok(sock)
+}
+
+/// Whether another socket already listens on `addr`. SO_REUSEPORT would let a second server
+/// of the same user bind silently and share the port, so every port is probed first with a
+/// socket that does not set it: only a free port binds.
+pub fn port_in_use(addr: SocketAddrV4) -> io::Result<bool> {
+    let sock = tcp_socket()?;
+    setsockopt_int(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    match bind(sock.as_raw_fd(), addr) {
+        Ok(()) => Ok(false),
+        Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
+/// The CPUs this process may run on, in ascending order.
+pub fn allowed_cpus() -> io::Result<Vec<usize>> {
+    // SAFETY: cpu_set_t is a plain bit array; all-zero is a valid (empty) set.
+    let mut set: libc::cpu_set_t = unsafe { mem::zeroed() };
+    // The pointer is to a live local cpu_set_t and the size is its size.
+    syscall!(sched_getaffinity(
+        0,
+        mem::size_of::<libc::cpu_set_t>(),
+        &mut set
+    ))?;
+    Ok((0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `cpu` is below CPU_SETSIZE, the bit count of `set`.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect())
+}
+
+/// Pins the calling thread to one CPU.
+pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    // SAFETY: cpu_set_t is a plain bit array; all-zero is a valid (empty) set.
+    let mut set: libc::cpu_set_t = unsafe { mem::zeroed() };
+    // SAFETY: the caller passes a CPU from `allowed_cpus`, below CPU_SETSIZE.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // The pointer is to a live local cpu_set_t and the size is its size.
+    syscall!(sched_setaffinity(
+        0,
+        mem::size_of::<libc::cpu_set_t>(),
+        &set
+    ))
+    .map(drop)
+}
+
+/// A non-blocking eventfd, used to wake a shard blocked in io_uring_enter.
+pub fn eventfd() -> io::Result<OwnedFd> {
+    let fd = syscall!(eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK))?;
+    // SAFETY: eventfd(2) just returned this fd and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Adds one to an eventfd's counter, waking whatever reads it.
+pub fn eventfd_wake(fd: RawFd) -> io::Result<()> {
+    let one: u64 = 1;
+    // The pointer is to a live local u64, the 8 bytes eventfd(2) requires.
+    syscall!(write(fd, (&one as *const u64).cast(), 8)).map(drop)
+}
+
+fn stop_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
+    let mut set: libc::sigset_t = unsafe { mem::zeroed() };
+    // SAFETY: `set` is a live sigset_t; SIGINT and SIGTERM are valid signal numbers.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+    }
+    set
+}
+
+/// Blocks SIGINT and SIGTERM in the calling thread (and in every thread it spawns after),
+/// so that they are taken only by `wait_stop_signal`; ignores SIGPIPE, since a peer that
+/// resets must show up as an error result, not end the process.
+pub fn block_stop_signals() -> io::Result<()> {
+    let set = stop_signals();
+    // SAFETY: `set` is an initialised sigset_t; a null old-set pointer is allowed.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    // SAFETY: SIG_IGN is a valid disposition for SIGPIPE.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    Ok(())
+}
+
+/// Waits up to `timeout` for SIGINT or SIGTERM (blocked beforehand by `block_stop_signals`);
+/// returns the signal number, or None on timeout.
+pub fn wait_stop_signal(timeout: Duration) -> io::Result<Option<i32>> {
+    let set = stop_signals();
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // Pointers are to a live local sigset_t and timespec; a null siginfo is allowed.
+    match syscall!(sigtimedwait(&set, std::ptr::null_mut(), &ts)) {
+        Ok(sig) => Ok(Some(sig)),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// CPU time used so far by this process, user and system, in seconds.
+pub fn process_cpu_times() -> (f64, f64) {
+    // SAFETY: rusage is plain data; all-zero is valid and getrusage overwrites it.
+    let mut ru: libc::rusage = unsafe { mem::zeroed() };
+    // The pointer is to a live local rusage.
+    if syscall!(getrusage(libc::RUSAGE_SELF, &mut ru)).is_err() {
+        return (0.0, 0.0);
+    }
+    let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    (secs(ru.ru_utime), secs(ru.ru_stime))
+}
