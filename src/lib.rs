@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod error;
+pub mod load;
 pub mod plan;
 pub mod proactor;
 pub mod stats;

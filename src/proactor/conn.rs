@@ -21,8 +21,9 @@ pub trait ConnIo {
     /// The recv ended for lack of buffers: re-arm once some have come back.
     fn wait_buffers(&mut self);
     fn cancel_recv(&mut self);
-    /// Cancel every operation on the connection (the recv and a send that may never finish).
-    fn cancel_all(&mut self);
+    /// Cancel the send in flight (one to a peer that does not read may never finish);
+    /// `vec` tells which kind it is.
+    fn cancel_send(&mut self, vec: bool);
     fn close(&mut self);
     fn short_send(&mut self);
 }
@@ -221,8 +222,13 @@ impl Conn {
         }
         self.phase = Phase::Aborting;
         self.queued = Vec::new();
-        if self.recv == Recv::Armed || self.inflight != Inflight::None {
-            io.cancel_all();
+        if self.recv == Recv::Armed {
+            io.cancel_recv();
+        }
+        match self.inflight {
+            Inflight::None => {}
+            Inflight::Buf { .. } => io.cancel_send(false),
+            Inflight::Vec => io.cancel_send(true),
         }
         self.maybe_close(io);
     }
@@ -259,7 +265,7 @@ mod tests {
         Arm,
         Wait,
         CancelRecv,
-        CancelAll,
+        CancelSend(bool),
         Close,
         Short,
     }
@@ -300,8 +306,8 @@ mod tests {
         fn cancel_recv(&mut self) {
             self.acts.push(Act::CancelRecv);
         }
-        fn cancel_all(&mut self) {
-            self.acts.push(Act::CancelAll);
+        fn cancel_send(&mut self, vec: bool) {
+            self.acts.push(Act::CancelSend(vec));
         }
         fn close(&mut self) {
             self.acts.push(Act::Close);
@@ -413,7 +419,7 @@ mod tests {
         c.on_data(2, 10, true, &mut io);
         io.take();
         c.on_recv_end(-libc::ECONNRESET, &mut io);
-        assert_eq!(io.take(), vec![Act::CancelAll]);
+        assert_eq!(io.take(), vec![Act::CancelSend(false)]);
         c.on_sent_buf(-libc::ECANCELED, &mut io);
         assert_eq!(io.take(), vec![Act::Recycle(1), Act::Close]);
     }
@@ -424,7 +430,7 @@ mod tests {
         c.on_data(1, 10, true, &mut io);
         io.take();
         c.on_sent_buf(-libc::EPIPE, &mut io);
-        assert_eq!(io.take(), vec![Act::Recycle(1), Act::CancelAll]);
+        assert_eq!(io.take(), vec![Act::Recycle(1), Act::CancelRecv]);
         c.on_data(2, 10, true, &mut io);
         assert_eq!(io.take(), vec![Act::Recycle(2)]);
         c.on_recv_end(-libc::ECANCELED, &mut io);
@@ -457,11 +463,26 @@ mod tests {
     }
 
     #[test]
+    fn abort_with_a_coalesced_send_in_flight_cancels_it_and_the_recv() {
+        let (mut c, mut io) = open();
+        c.on_data(1, 10, true, &mut io);
+        c.on_data(2, 10, true, &mut io);
+        c.on_sent_buf(10, &mut io);
+        io.take();
+        c.abort(&mut io);
+        assert_eq!(io.take(), vec![Act::CancelRecv, Act::CancelSend(true)]);
+        c.on_sent_vec(-libc::ECANCELED, vec![0; 10], 0, &mut io);
+        assert_eq!(io.take(), vec![]);
+        c.on_recv_end(-libc::ECANCELED, &mut io);
+        assert_eq!(io.take(), vec![Act::Close]);
+    }
+
+    #[test]
     fn abort_twice_acts_once() {
         let (mut c, mut io) = open();
         c.abort(&mut io);
         c.abort(&mut io);
-        assert_eq!(io.take(), vec![Act::CancelAll]);
+        assert_eq!(io.take(), vec![Act::CancelRecv]);
         c.on_recv_end(-libc::ECANCELED, &mut io);
         assert_eq!(io.take(), vec![Act::Close]);
     }

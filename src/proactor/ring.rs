@@ -395,7 +395,7 @@ impl Ring {
         let dest = types::DestinationSlot::try_from_slot_target(fixed)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "slot out of range"))?;
         let sa: *const libc::sockaddr_in = &*self.addrs[addr];
-        let socket = opcode::Socket::new(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0)
+        let socket = opcode::Socket::new(libc::AF_INET, libc::SOCK_STREAM, 0)
             .file_index(Some(dest))
             .build()
             .flags(squeue::Flags::IO_LINK)
@@ -411,18 +411,11 @@ impl Ring {
         unsafe { self.push_linked(&[socket, connect]) }
     }
 
-    /// Cancels the request whose user_data is `target`.
+    /// Cancels the request whose user_data is `target`. Matching by user_data is a hash
+    /// lookup in the kernel; matching by fd (IORING_ASYNC_CANCEL_FD) scans every pending
+    /// request, which made closing 15,000 connections take seconds.
     pub fn cancel(&mut self, target: UserData, ud: UserData) -> io::Result<()> {
         let e = opcode::AsyncCancel::new(target.encode())
-            .build()
-            .user_data(ud.encode());
-        // SAFETY: a cancel points to no memory.
-        unsafe { self.push(&e) }
-    }
-
-    /// Cancels every request on direct descriptor `fixed`.
-    pub fn cancel_fixed(&mut self, fixed: u32, ud: UserData) -> io::Result<()> {
-        let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fixed(fixed)).all())
             .build()
             .user_data(ud.encode());
         // SAFETY: a cancel points to no memory.

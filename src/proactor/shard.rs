@@ -118,9 +118,10 @@ impl ConnIo for Io<'_> {
         self.check(r);
     }
 
-    fn cancel_all(&mut self) {
+    fn cancel_send(&mut self, vec: bool) {
+        let target = self.ud(if vec { Kind::SendVec } else { Kind::SendBuf });
         let ud = self.ud(Kind::Cancel);
-        let r = self.ring.cancel_fixed(self.fixed, ud);
+        let r = self.ring.cancel(target, ud);
         self.check(r);
     }
 

@@ -1,0 +1,389 @@
+//! The load generator's engine: plans client shards from the connection count and the fd
+//! limit, connects every connection, runs the closed-loop echo workload with every byte
+//! verified, and reports what happened to each connection.
+
+pub mod conn;
+pub mod shard;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::cli::PortList;
+use crate::error::{Error, Result};
+use crate::sys::{self, limits::HostLimits};
+use conn::PATTERN_SPREAD;
+use shard::{LoadShard, ShardPlan, Shared};
+
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    pub host: Ipv4Addr,
+    pub ports: PortList,
+    pub conns: u64,
+    pub size: usize,
+    pub duration: Duration,
+    /// Requests per connection: the run ends when every connection has done them.
+    pub requests: Option<u64>,
+    pub cores: Option<usize>,
+    /// Connects in flight per shard.
+    pub connect_inflight: usize,
+    pub seed: u64,
+    /// Print a progress line per second on stderr.
+    pub progress: bool,
+}
+
+/// Connections one client ring is planned for (its fixed-file table is capped by RLIMIT_NOFILE).
+const CONNS_PER_SHARD: u64 = 16_000;
+/// Largest payload: the pattern every request is cut from is held once per shard.
+pub const MAX_SIZE: usize = 64 << 20;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Percentiles {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub p9999: u64,
+    pub max: u64,
+}
+
+impl Percentiles {
+    fn of(h: &Histogram<u64>) -> Self {
+        Percentiles {
+            p50: h.value_at_quantile(0.50),
+            p90: h.value_at_quantile(0.90),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            p9999: h.value_at_quantile(0.9999),
+            max: h.max(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientCpu {
+    pub user_s: f64,
+    pub sys_s: f64,
+}
+
+/// Everything a run measured; `--json` writes it as is.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub conns_requested: u64,
+    pub conns_established: u64,
+    pub conns_failed: u64,
+    pub conns_closed_by_peer: u64,
+    pub requests: u64,
+    /// Errors by kind ("verify_mismatch", "connect:connection_refused", ...).
+    pub errors: BTreeMap<String, u64>,
+    pub duration_s: f64,
+    pub throughput_rps: f64,
+    pub size: usize,
+    pub latency_us: Percentiles,
+    pub connect_us: Percentiles,
+    pub client_cpu: ClientCpu,
+}
+
+impl Report {
+    pub fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    pub fn human(&self) -> String {
+        let l = &self.latency_us;
+        let c = &self.connect_us;
+        let errors = if self.errors.is_empty() {
+            "none".to_string()
+        } else {
+            self.errors
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        format!(
+            "connections: requested {} established {} failed {} closed-by-peer {}\n\
+             requests:    {} in {:.2}s = {:.0} req/s ({} B each, every byte verified)\n\
+             errors:      {errors}\n\
+             latency us:  p50 {} p90 {} p99 {} p99.9 {} p99.99 {} max {}\n\
+             connect us:  p50 {} p90 {} p99 {} p99.9 {} max {}\n\
+             client cpu:  user {:.2}s sys {:.2}s",
+            self.conns_requested,
+            self.conns_established,
+            self.conns_failed,
+            self.conns_closed_by_peer,
+            self.requests,
+            self.duration_s,
+            self.throughput_rps,
+            self.size,
+            l.p50,
+            l.p90,
+            l.p99,
+            l.p999,
+            l.p9999,
+            l.max,
+            c.p50,
+            c.p90,
+            c.p99,
+            c.p999,
+            c.max,
+            self.client_cpu.user_s,
+            self.client_cpu.sys_s,
+        )
+    }
+}
+
+/// The bytes every request is cut from: pseudo-random, so no two offsets look alike.
+fn pattern(len: usize, seed: u64) -> Box<[u8]> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            // xorshift64*
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
+        })
+        .collect()
+}
+
+fn check(cfg: &LoadConfig, limits: &HostLimits) -> Result<()> {
+    if cfg.conns == 0 {
+        return Err(Error::BadFlag("--conns must be at least 1".into()));
+    }
+    if cfg.size == 0 || cfg.size > MAX_SIZE {
+        return Err(Error::BadFlag(format!(
+            "--size must be from 1 to {MAX_SIZE} bytes"
+        )));
+    }
+    if cfg.connect_inflight == 0 {
+        return Err(Error::BadFlag(
+            "--connect-inflight must be at least 1".into(),
+        ));
+    }
+    let range = u64::from(limits.port_range.1.saturating_sub(limits.port_range.0)) + 1;
+    let reach = range * cfg.ports.len() as u64;
+    if cfg.conns > reach {
+        return Err(Error::Limit {
+            what: format!(
+                "{} connections from one source address to {} ports need more than the {range} \
+                 ephemeral ports per destination (net.ipv4.ip_local_port_range {}-{}): at most {reach}",
+                cfg.conns,
+                cfg.ports.len(),
+                limits.port_range.0,
+                limits.port_range.1
+            ),
+            fix: format!(
+                "use at least {} --ports (the server must listen on them too)",
+                cfg.conns.div_ceil(range)
+            ),
+        });
+    }
+    if limits.nofile_soft < 256 {
+        return Err(Error::Limit {
+            what: format!(
+                "RLIMIT_NOFILE is {}, which caps each ring's fixed-file table",
+                limits.nofile_soft
+            ),
+            fix: "run where `ulimit -n` is at least 256".into(),
+        });
+    }
+    Ok(())
+}
+
+pub fn run(cfg: &LoadConfig) -> Result<Report> {
+    let limits = HostLimits::read().map_err(|e| Error::io("reading host limits", e))?;
+    check(cfg, &limits)?;
+    let cpus = sys::allowed_cpus().map_err(|e| Error::io("sched_getaffinity", e))?;
+    let cores = cfg.cores.unwrap_or(cpus.len()).clamp(1, cpus.len());
+    let per_ring = CONNS_PER_SHARD.min(limits.nofile_soft * 8 / 10);
+    let needed = cfg.conns.div_ceil(per_ring) as usize;
+    let shards = needed.max(cores).min(cfg.conns as usize);
+    let addrs: Vec<SocketAddrV4> = cfg
+        .ports
+        .ports()
+        .iter()
+        .map(|p| SocketAddrV4::new(cfg.host, *p))
+        .collect();
+    let pattern = pattern(cfg.size + PATTERN_SPREAD, cfg.seed);
+    let shared = Arc::new(Shared::default());
+    let started = Instant::now();
+    let (cpu0_user, cpu0_sys) = sys::process_cpu_times();
+
+    let mut handles = Vec::with_capacity(shards);
+    let mut first = 0u64;
+    for i in 0..shards {
+        let conns =
+            (cfg.conns / shards as u64 + u64::from((i as u64) < cfg.conns % shards as u64)) as u32;
+        let plan = ShardPlan {
+            first_conn: first,
+            conns,
+            shards,
+            addrs: addrs.clone(),
+            size: cfg.size,
+            pattern: pattern.clone(),
+            duration: cfg.duration,
+            requests: cfg.requests,
+            connect_inflight: cfg.connect_inflight,
+            bufs: 4096,
+            buf_size: 4096,
+        };
+        first += u64::from(conns);
+        let cpu = cpus[i % cores];
+        let shared = shared.clone();
+        let h = thread::Builder::new()
+            .name(format!("load-{i}"))
+            .spawn(move || {
+                let r = sys::pin_current_thread(cpu)
+                    .and_then(|()| LoadShard::new(plan, shared.clone()))
+                    .and_then(LoadShard::run);
+                if r.is_err() {
+                    shared.abort.store(true, Relaxed);
+                }
+                r
+            })
+            .map_err(|e| Error::io("spawning a load thread", e))?;
+        handles.push(h);
+    }
+
+    let mut last = Instant::now();
+    while !handles.iter().all(|h| h.is_finished()) {
+        thread::sleep(Duration::from_millis(50));
+        if cfg.progress && last.elapsed() >= Duration::from_secs(1) {
+            last = Instant::now();
+            eprintln!(
+                "uring-load: t={:.0}s connected {}/{} failed {} requests {}",
+                started.elapsed().as_secs_f64(),
+                shared.established.load(Relaxed),
+                cfg.conns,
+                shared.failed.load(Relaxed),
+                shared.requests.load(Relaxed)
+            );
+            let _ = std::io::stderr().flush();
+        }
+    }
+
+    let mut reports = Vec::with_capacity(shards);
+    for (i, h) in handles.into_iter().enumerate() {
+        match h.join() {
+            Ok(Ok(r)) => reports.push(r),
+            Ok(Err(e)) => {
+                return Err(Error::Shard {
+                    shard: i,
+                    reason: e.to_string(),
+                });
+            }
+            Err(_) => {
+                return Err(Error::Shard {
+                    shard: i,
+                    reason: "panicked".into(),
+                });
+            }
+        }
+    }
+    let (user, sys_s) = sys::process_cpu_times();
+    let mut latency = Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds");
+    let mut connect = latency.clone();
+    let mut errors = BTreeMap::new();
+    let (mut established, mut failed, mut by_peer, mut requests, mut secs) = (0, 0, 0, 0, 0f64);
+    for r in &reports {
+        latency.add(&r.latency_us).expect("same bounds");
+        connect.add(&r.connect_us).expect("same bounds");
+        for (k, v) in &r.errors {
+            *errors.entry(k.clone()).or_insert(0) += v;
+        }
+        established += r.established;
+        failed += r.failed;
+        by_peer += r.closed_by_peer;
+        requests += r.requests;
+        secs = secs.max(r.run_secs);
+    }
+    Ok(Report {
+        conns_requested: cfg.conns,
+        conns_established: established,
+        conns_failed: failed,
+        conns_closed_by_peer: by_peer,
+        requests,
+        errors,
+        duration_s: secs,
+        throughput_rps: if secs > 0.0 {
+            requests as f64 / secs
+        } else {
+            0.0
+        },
+        size: cfg.size,
+        latency_us: Percentiles::of(&latency),
+        connect_us: Percentiles::of(&connect),
+        client_cpu: ClientCpu {
+            user_s: user - cpu0_user,
+            sys_s: sys_s - cpu0_sys,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(conns: u64, ports: &str) -> LoadConfig {
+        LoadConfig {
+            host: Ipv4Addr::LOCALHOST,
+            ports: ports.parse().unwrap(),
+            conns,
+            size: 64,
+            duration: Duration::from_secs(1),
+            requests: None,
+            cores: None,
+            connect_inflight: 256,
+            seed: 1,
+            progress: false,
+        }
+    }
+
+    fn host() -> HostLimits {
+        HostLimits {
+            nofile_soft: 20_000,
+            nofile_hard: 20_000,
+            somaxconn: 4096,
+            port_range: (1024, 65535),
+            file_max: 2_466_174,
+            files_open: 2_000,
+            tcp_mem: [1, 2, 3],
+            mem_total: 24 << 30,
+        }
+    }
+
+    #[test]
+    fn too_few_ports_for_the_connections_names_the_fix() {
+        let msg = check(&cfg(1_000_000, "6000-6009"), &host())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("at most 645120"), "{msg}");
+        assert!(msg.contains("use at least 16 --ports"), "{msg}");
+        assert!(check(&cfg(1_000_000, "6000-6049"), &host()).is_ok());
+    }
+
+    #[test]
+    fn zero_sizes_are_flag_errors() {
+        assert!(check(&cfg(0, "6000"), &host()).is_err());
+        let mut c = cfg(1, "6000");
+        c.size = 0;
+        assert!(check(&c, &host()).is_err());
+    }
+
+    #[test]
+    fn the_pattern_is_deterministic_and_varied() {
+        let a = pattern(4096, 7);
+        assert_eq!(a, pattern(4096, 7));
+        assert_ne!(a, pattern(4096, 8));
+        let distinct: std::collections::HashSet<u8> = a.iter().copied().collect();
+        assert!(distinct.len() > 200);
+    }
+}
