@@ -38,6 +38,18 @@ const SQ_ENTRIES: u32 = 4096;
 /// CQ entries: sized for a loop turn's burst; overflow is kept by the kernel and counted.
 const CQ_ENTRIES: u32 = 16384;
 
+/// The user-facing error for a failed bind or listen on `addr`.
+fn bind_error(addr: SocketAddrV4, e: std::io::Error) -> Error {
+    match e.raw_os_error() {
+        Some(libc::EADDRINUSE) => Error::PortInUse(addr.into()),
+        Some(libc::EADDRNOTAVAIL) => Error::BadFlag(format!(
+            "--host {}: no interface of this machine has that address",
+            addr.ip()
+        )),
+        _ => Error::io(format!("listening on {addr}"), e),
+    }
+}
+
 /// Plans, binds and prints how it planned; the listeners come back in shard order.
 fn prepare(args: &ServerArgs) -> Result<(Plan, Vec<Vec<std::os::fd::OwnedFd>>)> {
     let limits = HostLimits::read().map_err(|e| Error::io("reading host limits", e))?;
@@ -50,7 +62,7 @@ fn prepare(args: &ServerArgs) -> Result<(Plan, Vec<Vec<std::os::fd::OwnedFd>>)> 
     let plan = plan::plan(&request, &cpus, &limits)?;
     for port in args.ports.ports() {
         let addr = SocketAddrV4::new(args.host, *port);
-        if sys::port_in_use(addr).map_err(|e| Error::io(format!("probing {addr}"), e))? {
+        if sys::port_in_use(addr).map_err(|e| bind_error(addr, e))? {
             return Err(Error::PortInUse(addr.into()));
         }
     }

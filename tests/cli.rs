@@ -1,0 +1,132 @@
+//! What a user sees on bad input and in the way of limits: clear messages, right exit codes.
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::Command;
+
+use common::{ENGINES, first_port, free_ports, load, u};
+
+fn run(bin: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin).args(args).output().expect("run binary");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn port_in_use_is_a_clear_error() {
+    for engine in ENGINES {
+        let ports = free_ports(1);
+        let _holder = TcpListener::bind(("127.0.0.1", first_port(&ports))).unwrap();
+        let (code, _, err) = run(engine.binary(), &["--host", "127.0.0.1", "--ports", &ports]);
+        assert_eq!(code, 1, "{engine:?}: {err}");
+        assert!(
+            err.contains(&format!("127.0.0.1:{ports} is already in use")),
+            "{err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
+fn bad_flags_say_what_is_wrong() {
+    for engine in ENGINES {
+        let bin = engine.binary();
+        let (code, _, err) = run(bin, &["--ports", "0"]);
+        assert_eq!(code, 2);
+        assert!(err.contains("port 0 is not a port"), "{err}");
+        let (code, _, err) = run(bin, &["--ports", "7000-6000"]);
+        assert_eq!(code, 2);
+        assert!(err.contains("runs backwards"), "{err}");
+        let (code, _, err) = run(
+            bin,
+            &[
+                "--host",
+                "127.0.0.1",
+                "--ports",
+                &free_ports(1),
+                "--cores",
+                "0",
+            ],
+        );
+        assert_eq!(code, 1);
+        assert!(err.contains("--cores must be at least 1"), "{err}");
+        let (code, _, err) = run(
+            bin,
+            &["--host", "10.255.255.254", "--ports", &free_ports(1)],
+        );
+        assert_eq!(code, 1);
+        assert!(
+            err.contains("no interface of this machine has that address"),
+            "{err}"
+        );
+    }
+    let (code, _, err) = run(env!("CARGO_BIN_EXE_uring-server"), &["--bufs", "3"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--bufs 3 must be a power of two"), "{err}");
+}
+
+#[test]
+fn a_target_beyond_the_fd_limit_for_listeners_names_the_limit_and_the_fix() {
+    for engine in ENGINES {
+        let (code, _, err) = run(
+            engine.binary(),
+            &[
+                "--host",
+                "127.0.0.1",
+                "--ports",
+                "1-4000",
+                "--max-conns",
+                "1000000",
+            ],
+        );
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("above RLIMIT_NOFILE"), "{err}");
+        assert!(err.contains("use at most"), "{err}");
+    }
+}
+
+#[test]
+fn help_and_version() {
+    for bin in [
+        env!("CARGO_BIN_EXE_uring-server"),
+        env!("CARGO_BIN_EXE_uring-load"),
+    ] {
+        let (code, out, _) = run(bin, &["--help"]);
+        assert_eq!(code, 0);
+        assert!(out.contains("--ports"), "{out}");
+        let (code, out, _) = run(bin, &["--version"]);
+        assert_eq!(code, 0);
+        assert!(out.contains(env!("CARGO_PKG_VERSION")), "{out}");
+    }
+}
+
+#[test]
+fn load_against_no_server_reports_every_failed_connection_and_exits_non_zero() {
+    let ports = free_ports(2);
+    let (code, r) = load(&ports, &["--conns", "50", "--duration", "1"]);
+    assert_eq!(code, 3, "{r}");
+    assert_eq!(u(&r, "conns_requested"), 50);
+    assert_eq!(u(&r, "conns_established"), 0);
+    assert_eq!(u(&r, "conns_failed"), 50);
+    assert_eq!(u(&r, "errors.connect:connection_refused"), 50, "{r}");
+    let (code, _) = load(
+        &ports,
+        &["--conns", "5", "--duration", "0", "--allow-partial"],
+    );
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn load_beyond_the_ephemeral_ports_is_refused_with_the_fix() {
+    let (code, _, err) = run(
+        env!("CARGO_BIN_EXE_uring-load"),
+        &["--ports", "6000", "--conns", "1000000"],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("ephemeral ports"), "{err}");
+    assert!(err.contains("use at least"), "{err}");
+}

@@ -1,0 +1,199 @@
+//! Test harness: start the real server binaries on loopback, wait for their ready line, stop
+//! them by PID with SIGTERM, read their `--stats-json`; run the real `uring-load`.
+
+#![allow(dead_code)] // each test binary uses its own part of the harness
+
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The servers under test; every echo test runs against each.
+#[derive(Debug, Clone, Copy)]
+pub enum Engine {
+    Uring,
+}
+
+pub const ENGINES: [Engine; 1] = [Engine::Uring];
+
+impl Engine {
+    pub fn binary(self) -> &'static str {
+        match self {
+            Engine::Uring => env!("CARGO_BIN_EXE_uring-server"),
+        }
+    }
+}
+
+static NEXT_BLOCK: AtomicU32 = AtomicU32::new(0);
+
+/// `n` free loopback ports, as a comma list the servers and uring-load accept. Blocks are
+/// spread by PID and call so that parallel tests do not meet.
+pub fn free_ports(n: usize) -> String {
+    loop {
+        let block = NEXT_BLOCK.fetch_add(1, Ordering::Relaxed);
+        let base = 20_000 + (std::process::id() % 97) * 400 + block * 61 % 30_000;
+        let ports: Vec<u16> = (0..n as u32).map(|i| (base + i) as u16).collect();
+        let all_free = ports
+            .iter()
+            .all(|p| TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, *p)).is_ok());
+        if all_free {
+            return ports
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+        }
+    }
+}
+
+pub fn first_port(ports: &str) -> u16 {
+    ports.split(',').next().unwrap().parse().unwrap()
+}
+
+pub struct Server {
+    child: Child,
+    pub ports: String,
+    pub stats_path: PathBuf,
+    pub stderr: mpsc::Receiver<String>,
+}
+
+impl Server {
+    /// Starts `engine` on 127.0.0.1 with `extra` flags; panics unless it is ready within 20 s.
+    pub fn start(engine: Engine, ports: &str, extra: &[&str]) -> Server {
+        let stats_path = std::env::temp_dir().join(format!(
+            "c1m-test-{}-{}.json",
+            std::process::id(),
+            NEXT_BLOCK.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_file(&stats_path);
+        let mut child = Command::new(engine.binary())
+            .args(["--host", "127.0.0.1", "--ports", ports, "--stats-json"])
+            .arg(&stats_path)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the server binary");
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let (etx, erx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = etx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.starts_with("listening on ") => break,
+                Ok(_) => continue,
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    std::thread::sleep(Duration::from_millis(100));
+                    let errs: Vec<String> = erx.try_iter().collect();
+                    panic!("server not ready within 20 s; stderr: {errs:?}");
+                }
+            }
+        }
+        Server {
+            child,
+            ports: ports.to_string(),
+            stats_path,
+            stderr: erx,
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on the PID of a child this test started and has not yet reaped.
+        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
+        assert_eq!(rc, 0, "kill({}, {sig})", self.child.id());
+    }
+
+    /// Waits up to `limit` for the server to exit; kills it and panics past that.
+    pub fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("server did not exit within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, wait for exit 0 within `limit`, and return its stats JSON.
+    pub fn stop_within(&mut self, limit: Duration) -> Value {
+        self.signal(libc::SIGTERM);
+        let st = self.wait(limit);
+        assert!(st.success(), "server exited with {st}");
+        let text = std::fs::read_to_string(&self.stats_path).expect("stats json written");
+        let _ = std::fs::remove_file(&self.stats_path);
+        serde_json::from_str(&text).expect("stats json parses")
+    }
+
+    pub fn stop(mut self) -> Value {
+        self.stop_within(Duration::from_secs(10))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs `uring-load` against `ports` with `extra` flags; returns (exit code, JSON report).
+pub fn load(ports: &str, extra: &[&str]) -> (i32, Value) {
+    let json = std::env::temp_dir().join(format!(
+        "c1m-load-{}-{}.json",
+        std::process::id(),
+        NEXT_BLOCK.fetch_add(1, Ordering::Relaxed)
+    ));
+    let out = Command::new(env!("CARGO_BIN_EXE_uring-load"))
+        .args(["--host", "127.0.0.1", "--ports", ports, "--quiet", "--json"])
+        .arg(&json)
+        .args(extra)
+        .output()
+        .expect("run uring-load");
+    let text = std::fs::read_to_string(&json).unwrap_or_else(|_| {
+        panic!(
+            "uring-load wrote no report; stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let _ = std::fs::remove_file(&json);
+    (
+        out.status.code().unwrap_or(-1),
+        serde_json::from_str(&text).unwrap(),
+    )
+}
+
+/// The unsigned number at a dotted path of a JSON value.
+pub fn u(v: &Value, path: &str) -> u64 {
+    let mut cur = v;
+    for key in path.split('.') {
+        cur = &cur[key];
+    }
+    cur.as_u64()
+        .unwrap_or_else(|| panic!("{path} missing in {v}"))
+}
