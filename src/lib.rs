@@ -7,5 +7,8 @@ pub mod error;
 pub mod load;
 pub mod plan;
 pub mod proactor;
+pub mod proto;
+pub mod reactor;
+pub mod server;
 pub mod stats;
 pub mod sys;

@@ -19,9 +19,19 @@ pub const KERNEL_BYTES_PER_CONN: u64 = 4_800;
 /// Below this somaxconn, connect bursts overflow the backlog (each overflow: a 1 s SYN retransmit).
 const GOOD_SOMAXCONN: u64 = 4096;
 
+/// Which engine a plan is for: they meet the fd limit differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineKind {
+    /// Connections are direct descriptors: the limit caps each ring's table, so more rings.
+    Uring,
+    /// Connections are fds: the limit caps each process, so more worker processes.
+    Epoll,
+}
+
 /// What a server was asked for.
 #[derive(Debug, Clone)]
 pub struct Request {
+    pub engine: EngineKind,
     pub max_conns: Option<u64>,
     pub cores: Option<usize>,
     pub ports: usize,
@@ -35,8 +45,10 @@ pub struct Plan {
     pub shard_cpus: Vec<usize>,
     /// The distinct CPUs used, ascending.
     pub cpus: Vec<usize>,
-    /// Slots in each shard's fixed-file table.
+    /// Slots in each shard's fixed-file table (Uring).
     pub table_slots: u32,
+    /// Worker processes (Epoll; 1 means the shards are threads of the server process).
+    pub workers: usize,
     /// Connections each shard is planned to hold.
     pub per_shard: u64,
     /// Things the user should know that do not stop the server.
@@ -56,14 +68,30 @@ impl Plan {
     /// One line on how the server planned, printed at start.
     pub fn describe(&self) -> String {
         let per_core = self.shards() / self.cpus.len().max(1);
-        format!(
-            "plan: {} connections -> {} shards ({} per core) x {} fixed-file slots, {} per shard planned",
-            self.max_conns,
-            self.shards(),
-            per_core,
-            self.table_slots,
-            self.per_shard
-        )
+        if self.workers > 1 {
+            format!(
+                "plan: {} connections -> {} worker processes of one shard each ({} per core; an \
+                 epoll process holds at most RLIMIT_NOFILE fds), {} per worker planned",
+                self.max_conns, self.workers, per_core, self.per_shard
+            )
+        } else if self.table_slots > 0 {
+            format!(
+                "plan: {} connections -> {} shards ({} per core) x {} fixed-file slots, {} per shard planned",
+                self.max_conns,
+                self.shards(),
+                per_core,
+                self.table_slots,
+                self.per_shard
+            )
+        } else {
+            format!(
+                "plan: {} connections -> {} shards ({} per core) in one process, {} per shard planned",
+                self.max_conns,
+                self.shards(),
+                per_core,
+                self.per_shard
+            )
+        }
     }
 }
 
@@ -102,41 +130,67 @@ pub fn plan(req: &Request, allowed_cpus: &[usize], limits: &HostLimits) -> Resul
     };
     let cpus = allowed_cpus[..cores].to_vec();
 
-    let table_cap = limits.nofile_soft.min(MAX_FIXED_FILES);
-    if table_cap < 256 {
+    if limits.nofile_soft < 256 {
         return Err(Error::Limit {
             what: format!(
-                "RLIMIT_NOFILE is {} (hard {}), which also caps each io_uring fixed-file table",
+                "RLIMIT_NOFILE is {} (hard {}), which caps every process's fds and each io_uring \
+                 fixed-file table",
                 limits.nofile_soft, limits.nofile_hard
             ),
             fix: "run where the fd limit is at least 256 (`ulimit -n`)".into(),
         });
     }
-    let per_shard_cap = table_cap * PLAN_FILL_PCT / 100;
-    let max_conns = req.max_conns.unwrap_or(per_shard_cap * cores as u64);
+    let ports = req.ports as u64;
+    let (max_conns, shards, workers, table_slots) = match req.engine {
+        EngineKind::Uring => {
+            let table_cap = limits.nofile_soft.min(MAX_FIXED_FILES);
+            let per_shard_cap = table_cap * PLAN_FILL_PCT / 100;
+            let max_conns = req.max_conns.unwrap_or(per_shard_cap * cores as u64);
+            let needed = max_conns.div_ceil(per_shard_cap.max(1)) as usize;
+            let shards = needed.max(cores).div_ceil(cores) * cores;
+            // Every shard holds real fds: one listener per port, an eventfd, its ring.
+            let fds = shards as u64 * (ports + 2) + FD_RESERVE;
+            if fds > limits.nofile_soft {
+                let max_ports = (limits.nofile_soft.saturating_sub(FD_RESERVE) / shards as u64)
+                    .saturating_sub(2);
+                return Err(too_many_fds(
+                    format!("{shards} shards x ({ports} ports + 2) need {fds} file descriptors"),
+                    limits,
+                    max_ports,
+                ));
+            }
+            (max_conns, shards, 1, table_cap as u32)
+        }
+        EngineKind::Epoll => {
+            // One process with a shard per core holds what its fd limit leaves after the
+            // listeners (one per shard per port), epoll fds and eventfds.
+            let fixed = cores as u64 * (ports + 2) + FD_RESERVE;
+            let one_process = limits.nofile_soft.saturating_sub(fixed) * PLAN_FILL_PCT / 100;
+            let max_conns = req.max_conns.unwrap_or(one_process.max(1));
+            if max_conns <= one_process {
+                (max_conns, cores, 1, 0)
+            } else {
+                // Worker processes of one shard each, nginx style.
+                let per_worker =
+                    limits.nofile_soft.saturating_sub(ports + 2 + FD_RESERVE) * PLAN_FILL_PCT / 100;
+                if per_worker < 64 {
+                    let max_ports = limits.nofile_soft.saturating_sub(FD_RESERVE + 2 + 80);
+                    return Err(too_many_fds(
+                        format!("{ports} listeners per worker leave almost no fds for connections"),
+                        limits,
+                        max_ports,
+                    ));
+                }
+                let workers = max_conns.div_ceil(per_worker) as usize;
+                let workers = workers.max(cores).div_ceil(cores) * cores;
+                (max_conns, workers, workers, 0)
+            }
+        }
+    };
     if max_conns == 0 {
         return Err(Error::BadFlag("--max-conns must be at least 1".into()));
     }
-    let needed = max_conns.div_ceil(per_shard_cap) as usize;
-    let shards = needed.max(cores).div_ceil(cores) * cores;
     let per_shard = max_conns.div_ceil(shards as u64);
-
-    // Every shard holds real fds: one listener per port, an eventfd, its ring.
-    let fds = shards as u64 * (req.ports as u64 + 2) + FD_RESERVE;
-    if fds > limits.nofile_soft {
-        let max_ports =
-            (limits.nofile_soft.saturating_sub(FD_RESERVE) / shards as u64).saturating_sub(2);
-        return Err(Error::Limit {
-            what: format!(
-                "{shards} shards x ({} ports + 2) need {fds} file descriptors, above RLIMIT_NOFILE {}",
-                req.ports, limits.nofile_soft
-            ),
-            fix: format!(
-                "use at most {max_ports} ports at this --max-conns, or a lower --max-conns (the fd \
-                 limit cannot be raised without CAP_SYS_RESOURCE; connections themselves use no fd)"
-            ),
-        });
-    }
 
     let kernel_bytes = max_conns * KERNEL_BYTES_PER_CONN;
     if limits.mem_total > 0 && kernel_bytes > limits.mem_total / 10 * 8 {
@@ -189,10 +243,21 @@ pub fn plan(req: &Request, allowed_cpus: &[usize], limits: &HostLimits) -> Resul
         max_conns,
         shard_cpus: (0..shards).map(|i| cpus[i % cores]).collect(),
         cpus,
-        table_slots: table_cap as u32,
+        table_slots,
+        workers,
         per_shard,
         warnings,
     })
+}
+
+fn too_many_fds(what: String, limits: &HostLimits, max_ports: u64) -> Error {
+    Error::Limit {
+        what: format!("{what}, above RLIMIT_NOFILE {}", limits.nofile_soft),
+        fix: format!(
+            "use at most {max_ports} ports at this --max-conns, or a lower --max-conns (the fd \
+             limit cannot be raised without CAP_SYS_RESOURCE)"
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -214,6 +279,7 @@ mod tests {
 
     fn req(max_conns: Option<u64>, cores: Option<usize>, ports: usize) -> Request {
         Request {
+            engine: EngineKind::Uring,
             max_conns,
             cores,
             ports,
@@ -317,6 +383,53 @@ mod tests {
         h.nofile_soft = 100;
         let msg = plan(&req(None, None, 1), &[0], &h).unwrap_err().to_string();
         assert!(msg.contains("RLIMIT_NOFILE is 100"), "{msg}");
+    }
+
+    fn epoll(max_conns: Option<u64>, ports: usize) -> Request {
+        Request {
+            engine: EngineKind::Epoll,
+            ..req(max_conns, None, ports)
+        }
+    }
+
+    #[test]
+    fn epoll_fits_in_one_process_when_the_fd_limit_allows() {
+        let p = plan(&epoll(Some(10_000), 4), &[0, 1], &host()).unwrap();
+        assert_eq!((p.shards(), p.workers), (2, 1));
+        assert!(p.describe().contains("in one process"), "{}", p.describe());
+        let d = plan(&epoll(None, 4), &[0, 1], &host()).unwrap();
+        assert_eq!(d.workers, 1);
+        assert!(
+            d.max_conns > 15_000 && d.max_conns < 16_000,
+            "{}",
+            d.max_conns
+        );
+    }
+
+    #[test]
+    fn epoll_beyond_one_process_plans_worker_processes() {
+        let p = plan(&epoll(Some(100_000), 50), &[0, 1], &host()).unwrap();
+        assert_eq!(p.workers, 8);
+        assert_eq!(p.shards(), 8);
+        assert!(
+            p.describe().contains("8 worker processes"),
+            "{}",
+            p.describe()
+        );
+        let m = plan(&epoll(Some(1_000_000), 50), &[0, 1], &host()).unwrap();
+        assert!(
+            m.workers >= 51,
+            "an epoll process holds < 20k: {}",
+            m.workers
+        );
+    }
+
+    #[test]
+    fn epoll_with_ports_eating_the_fd_limit_says_so() {
+        let msg = plan(&epoll(Some(100_000), 19_900), &[0, 1], &host())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("leave almost no fds"), "{msg}");
     }
 
     #[test]

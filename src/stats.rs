@@ -5,12 +5,12 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 macro_rules! counters {
     ($($name:ident: $doc:literal,)*) => {
         /// One shard's counters (or their sum).
-        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
         pub struct Counters {
             $(#[doc = $doc] pub $name: u64,)*
         }
@@ -103,15 +103,22 @@ pub struct Summary {
     pub cpu_sys_s: f64,
     pub totals: Counters,
     pub per_shard: Vec<Counters>,
+    /// Worker processes that died before they were asked to stop (the Reactor's master).
+    pub died: Vec<usize>,
 }
 
 impl Summary {
     pub fn human(&self) -> String {
         let t = &self.totals;
+        let died = if self.died.is_empty() {
+            String::new()
+        } else {
+            format!(", workers died: {:?}", self.died)
+        };
         format!(
             "{} summary: {:.1}s, {} shards, accepted {}, closed {}, refused {}, errors {}, \
              in {} B, out {} B, sends {} ({} short), enobufs {}, re-arms {}, accept pauses {}, \
-             syscalls {}, cq overflow {}, cpu user {:.2}s sys {:.2}s",
+             syscalls {}, cq overflow {}, cpu user {:.2}s sys {:.2}s{died}",
             self.engine,
             self.duration_s,
             self.shards,

@@ -25,12 +25,13 @@ struct Cli {
 
 fn main() {
     let cli = Cli::parse();
-    let cfg = UringConfig {
+    let mut cfg = UringConfig {
         server: cli.server,
         bufs: cli.bufs,
         buf_size: cli.buf_size,
+        table_slots: 0,
     };
-    if let Err(e) = proactor::run(&cfg) {
+    if let Err(e) = proactor::run(&mut cfg) {
         eprintln!("uring-server: error: {e}");
         std::process::exit(1);
     }

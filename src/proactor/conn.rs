@@ -106,7 +106,7 @@ impl Conn {
             self.inflight = Inflight::Buf { bid, off: 0, len };
             io.send_buf(bid, 0, len);
         } else {
-            self.queued.extend_from_slice(io.buf_bytes(bid, len));
+            crate::proto::echo::reply(io.buf_bytes(bid, len), &mut self.queued);
             io.recycle(bid);
         }
         if !more {

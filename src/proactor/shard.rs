@@ -16,16 +16,8 @@ use slab::Slab;
 
 use super::conn::{Conn, ConnIo};
 use super::ring::{Completion, Kind, Ring, RingConfig, UserData};
+use crate::server::ShardCtx;
 use crate::stats::{Counters, SharedCounters};
-
-pub struct ShardConfig {
-    pub index: usize,
-    pub ring: RingConfig,
-    pub listeners: Vec<OwnedFd>,
-    pub wake: OwnedFd,
-    pub shutdown_timeout: Duration,
-    pub counters: Arc<SharedCounters>,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Accept {
@@ -138,9 +130,9 @@ impl ConnIo for Io<'_> {
 
 impl Shard {
     /// Builds the ring on the calling thread (it becomes the ring's single issuer).
-    pub fn new(cfg: ShardConfig) -> io::Result<Self> {
-        let ring = Ring::new(&cfg.ring)?;
-        let slots = cfg.ring.fixed_files;
+    pub fn new(cfg: ShardCtx, ring_cfg: RingConfig) -> io::Result<Self> {
+        let ring = Ring::new(&ring_cfg)?;
+        let slots = ring_cfg.fixed_files;
         // Pause with room to spare for the accepts that complete before the cancel lands.
         let high_mark = slots - (slots / 16).max(64).min(slots / 2);
         let low_mark = high_mark - (slots / 8).min(high_mark / 2);

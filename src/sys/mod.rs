@@ -51,10 +51,10 @@ pub fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
     }
 }
 
-fn tcp_socket() -> io::Result<OwnedFd> {
+fn tcp_socket(flags: i32) -> io::Result<OwnedFd> {
     let fd = syscall!(socket(
         libc::AF_INET,
-        libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+        libc::SOCK_STREAM | libc::SOCK_CLOEXEC | flags,
         0
     ))?;
     // SAFETY: socket(2) just returned this fd and nothing else owns it.
@@ -75,8 +75,9 @@ fn bind(fd: RawFd, addr: SocketAddrV4) -> io::Result<()> {
 /// A listening TCP socket for one shard: SO_REUSEADDR (the server ports lie inside the
 /// ephemeral range), SO_REUSEPORT (one listener per shard per port, the kernel spreads
 /// connections over them), TCP_NODELAY (inherited by accepted sockets), the largest backlog.
-pub fn reuseport_listener(addr: SocketAddrV4) -> io::Result<OwnedFd> {
-    let sock = tcp_socket()?;
+/// `nonblocking` for epoll; io_uring listeners stay blocking (io_uring arms its own poll).
+pub fn reuseport_listener(addr: SocketAddrV4, nonblocking: bool) -> io::Result<OwnedFd> {
+    let sock = tcp_socket(if nonblocking { libc::SOCK_NONBLOCK } else { 0 })?;
     let fd = sock.as_raw_fd();
     setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
     setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
@@ -90,7 +91,7 @@ pub fn reuseport_listener(addr: SocketAddrV4) -> io::Result<OwnedFd> {
 /// of the same user bind silently and share the port, so every port is probed first with a
 /// socket that does not set it: only a free port binds.
 pub fn port_in_use(addr: SocketAddrV4) -> io::Result<bool> {
-    let sock = tcp_socket()?;
+    let sock = tcp_socket(0)?;
     setsockopt_int(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
     match bind(sock.as_raw_fd(), addr) {
         Ok(()) => Ok(false),
@@ -193,6 +194,79 @@ pub fn process_cpu_times() -> (f64, f64) {
     let mut ru: libc::rusage = unsafe { mem::zeroed() };
     // The pointer is to a live local rusage.
     if syscall!(getrusage(libc::RUSAGE_SELF, &mut ru)).is_err() {
+        return (0.0, 0.0);
+    }
+    let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    (secs(ru.ru_utime), secs(ru.ru_stime))
+}
+
+/// A new epoll instance.
+pub fn epoll_create() -> io::Result<OwnedFd> {
+    let fd = syscall!(epoll_create1(libc::EPOLL_CLOEXEC))?;
+    // SAFETY: epoll_create1(2) just returned this fd and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Registers `fd` with `events`, reported with `token`.
+pub fn epoll_add(epfd: RawFd, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: token };
+    // The pointer is to a live local epoll_event.
+    syscall!(epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev)).map(drop)
+}
+
+/// Waits up to `timeout_ms` (-1: forever) for events; returns how many were written.
+/// EINTR counts as no events.
+pub fn epoll_wait(
+    epfd: RawFd,
+    events: &mut [libc::epoll_event],
+    timeout_ms: i32,
+) -> io::Result<usize> {
+    let max = events.len().min(i32::MAX as usize) as i32;
+    // The pointer and length describe the caller's live slice.
+    match syscall!(epoll_wait(epfd, events.as_mut_ptr(), max, timeout_ms)) {
+        Ok(n) => Ok(n as usize),
+        Err(e) if e.raw_os_error() == Some(libc::EINTR) => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// Accepts one connection as a non-blocking socket.
+pub fn accept_nonblocking(listener: RawFd) -> io::Result<OwnedFd> {
+    // Null address pointers are allowed: we do not need the peer's address.
+    let fd = syscall!(accept4(
+        listener,
+        std::ptr::null_mut(),
+        std::ptr::null_mut(),
+        libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC
+    ))?;
+    // SAFETY: accept4(2) just returned this fd and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// read(2) into `buf`.
+pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // The pointer and length describe the caller's live, writable slice.
+    syscall!(read(fd, buf.as_mut_ptr().cast(), buf.len())).map(|n| n as usize)
+}
+
+/// write(2) from `buf`.
+pub fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // The pointer and length describe the caller's live slice.
+    syscall!(write(fd, buf.as_ptr().cast(), buf.len())).map(|n| n as usize)
+}
+
+/// Sends `sig` to process `pid` (a child this process started).
+pub fn kill(pid: u32, sig: i32) -> io::Result<()> {
+    let pid = i32::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    syscall!(kill(pid, sig)).map(drop)
+}
+
+/// CPU time used by the children this process has waited for, user and system, in seconds.
+pub fn children_cpu_times() -> (f64, f64) {
+    // SAFETY: rusage is plain data; all-zero is valid and getrusage overwrites it.
+    let mut ru: libc::rusage = unsafe { mem::zeroed() };
+    // The pointer is to a live local rusage.
+    if syscall!(getrusage(libc::RUSAGE_CHILDREN, &mut ru)).is_err() {
         return (0.0, 0.0);
     }
     let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;

@@ -17,14 +17,16 @@ use serde_json::Value;
 #[derive(Debug, Clone, Copy)]
 pub enum Engine {
     Uring,
+    Epoll,
 }
 
-pub const ENGINES: [Engine; 1] = [Engine::Uring];
+pub const ENGINES: [Engine; 2] = [Engine::Uring, Engine::Epoll];
 
 impl Engine {
     pub fn binary(self) -> &'static str {
         match self {
             Engine::Uring => env!("CARGO_BIN_EXE_uring-server"),
+            Engine::Epoll => env!("CARGO_BIN_EXE_epoll-server"),
         }
     }
 }
@@ -114,6 +116,34 @@ impl Server {
             stats_path,
             stderr: erx,
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// PIDs of the server's child processes (the Reactor's workers).
+    pub fn children(&self) -> Vec<u32> {
+        let path = format!("/proc/{0}/task/{0}/children", self.child.id());
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(|p| p.parse().unwrap())
+            .collect()
+    }
+
+    /// Waits up to `limit` for a stderr line containing `needle`; returns it.
+    pub fn stderr_line(&self, needle: &str, limit: Duration) -> Option<String> {
+        let deadline = Instant::now() + limit;
+        while let Ok(line) = self
+            .stderr
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            if line.contains(needle) {
+                return Some(line);
+            }
+        }
+        None
     }
 
     pub fn signal(&self, sig: i32) {

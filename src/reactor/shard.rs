@@ -1,0 +1,363 @@
+//! One Reactor shard: an edge-triggered epoll loop that owns its listeners and connections.
+//!
+//! The edge-triggered rule, once: an event means "something changed"; the handler must go
+//! on until the kernel says EAGAIN, or it will not hear of that socket again. Listeners:
+//! accept4 until EAGAIN. Connections: read until EAGAIN, except that a read that returns
+//! fewer bytes than asked means the queue was empty at that instant, so the next arrival
+//! raises a new edge (nginx's ngx_unix_recv treats a short read the same way); when the
+//! event carried EPOLLRDHUP the reads go on to the EOF, which raises no further edge.
+//! Connections are registered once with EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET: EPOLLOUT
+//! then fires only after a write hit EAGAIN (the socket sets SOCK_NOSPACE), i.e. only while
+//! output is queued, and no epoll_ctl is ever needed after the accept.
+//!
+//! Each read lands in one buffer per shard (no buffer held by an idle connection) and is
+//! written straight back; only what the socket would not take is queued, and a connection
+//! with queued output is not read until it drains, so a peer that does not read cannot grow
+//! the server's memory.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+
+use crate::proto::echo;
+use crate::server::ShardCtx;
+use crate::stats::{Counters, SharedCounters};
+use crate::sys;
+
+const WAKE: u64 = u64::MAX;
+/// Listener tokens count down from here; connection tokens are (generation << 32) | slot,
+/// and generations stay below 2^31, so the ranges cannot meet.
+const LISTENER_BASE: u64 = u64::MAX - 1;
+const EVENTS: usize = 1024;
+const READ_BUF: usize = 64 * 1024;
+/// Grown output queues above this are dropped once drained rather than kept idle.
+const KEEP_QUEUE_CAPACITY: usize = 64 * 1024;
+const CONN_EVENTS: u32 = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+
+struct Conn {
+    fd: OwnedFd,
+    generation: u32,
+    out: Vec<u8>,
+    out_pos: usize,
+    /// The peer half-closed: close once `out` is sent.
+    peer_done: bool,
+    /// The server is stopping: no more reads; close once `out` is sent.
+    draining: bool,
+}
+
+pub struct ReactorShard {
+    epoll: OwnedFd,
+    listeners: Vec<OwnedFd>,
+    /// Registered with the epoll set; kept open for as long as the shard runs.
+    _wake: OwnedFd,
+    conns: Slab<Conn>,
+    buf: Box<[u8]>,
+    /// The most connections this shard may hold: its share of the process's fds.
+    cap: usize,
+    /// A listener stopped short of EAGAIN (fd limit): retry when connections close.
+    accept_pending: bool,
+    next_gen: u32,
+    counters: Counters,
+    shared: Arc<SharedCounters>,
+    shutdown_timeout: Duration,
+    deadline: Option<Instant>,
+}
+
+fn listener_token(l: usize) -> u64 {
+    LISTENER_BASE - l as u64
+}
+
+fn is_again(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EAGAIN)
+}
+
+impl ReactorShard {
+    pub fn new(ctx: ShardCtx, cap: usize) -> io::Result<Self> {
+        let epoll = sys::epoll_create()?;
+        for (l, fd) in ctx.listeners.iter().enumerate() {
+            let ev = (libc::EPOLLIN | libc::EPOLLET) as u32;
+            sys::epoll_add(epoll.as_raw_fd(), fd.as_raw_fd(), ev, listener_token(l))?;
+        }
+        // The eventfd is level-triggered: it only ever fires once, to stop.
+        sys::epoll_add(
+            epoll.as_raw_fd(),
+            ctx.wake.as_raw_fd(),
+            libc::EPOLLIN as u32,
+            WAKE,
+        )?;
+        let mut counters = Counters::default();
+        counters.syscalls += ctx.listeners.len() as u64 + 2;
+        Ok(ReactorShard {
+            epoll,
+            listeners: ctx.listeners,
+            _wake: ctx.wake,
+            conns: Slab::with_capacity(1024),
+            buf: vec![0u8; READ_BUF].into_boxed_slice(),
+            cap,
+            accept_pending: false,
+            next_gen: 0,
+            counters,
+            shared: ctx.counters,
+            shutdown_timeout: ctx.shutdown_timeout,
+            deadline: None,
+        })
+    }
+
+    pub fn run(mut self) -> io::Result<Counters> {
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
+        loop {
+            let timeout = match self.deadline {
+                None => -1,
+                Some(d) => d
+                    .saturating_duration_since(Instant::now())
+                    .as_millis()
+                    .clamp(1, 100) as i32,
+            };
+            self.counters.syscalls += 1;
+            let n = sys::epoll_wait(self.epoll.as_raw_fd(), &mut events, timeout)?;
+            for ev in &events[..n] {
+                let (flags, token) = (ev.events, ev.u64);
+                match token {
+                    WAKE => self.begin_stop(),
+                    t if t > LISTENER_BASE - self.listeners.len().max(1) as u64
+                        && t <= LISTENER_BASE =>
+                    {
+                        self.accept_all((LISTENER_BASE - t) as usize)?;
+                    }
+                    t => self.on_conn_event(t, flags),
+                }
+            }
+            if self.accept_pending && self.deadline.is_none() && self.conns.len() < self.cap {
+                self.accept_pending = false;
+                for l in 0..self.listeners.len() {
+                    self.accept_all(l)?;
+                }
+            }
+            if let Some(d) = self.deadline {
+                if Instant::now() >= d {
+                    let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+                    for k in keys {
+                        self.close(k);
+                    }
+                }
+                if self.conns.is_empty() {
+                    self.shared.publish(&self.counters);
+                    return Ok(self.counters);
+                }
+            }
+            self.shared.publish(&self.counters);
+        }
+    }
+
+    fn accept_all(&mut self, l: usize) -> io::Result<()> {
+        let Some(listener) = self.listeners.get(l) else {
+            return Ok(());
+        };
+        let lfd = listener.as_raw_fd();
+        loop {
+            if self.conns.len() >= self.cap {
+                self.accept_pending = true;
+                return Ok(());
+            }
+            self.counters.syscalls += 1;
+            match sys::accept_nonblocking(lfd) {
+                Ok(fd) => {
+                    self.next_gen = (self.next_gen + 1) & 0x7FFF_FFFF;
+                    let entry = self.conns.vacant_entry();
+                    let token = u64::from(self.next_gen) << 32 | entry.key() as u64;
+                    self.counters.syscalls += 1;
+                    if let Err(e) =
+                        sys::epoll_add(self.epoll.as_raw_fd(), fd.as_raw_fd(), CONN_EVENTS, token)
+                    {
+                        // Dropping `fd` closes it: the peer sees the close.
+                        self.counters.refused += 1;
+                        if e.raw_os_error() == Some(libc::ENOMEM)
+                            || e.raw_os_error() == Some(libc::ENOSPC)
+                        {
+                            continue;
+                        }
+                        return Err(e);
+                    }
+                    entry.insert(Conn {
+                        fd,
+                        generation: self.next_gen,
+                        out: Vec::new(),
+                        out_pos: 0,
+                        peer_done: false,
+                        draining: false,
+                    });
+                    self.counters.accepted += 1;
+                }
+                Err(e) if is_again(&e) => return Ok(()),
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EINTR) => {}
+                    // That connection was reset before we took it.
+                    Some(libc::ECONNABORTED) | Some(libc::EPROTO) => self.counters.refused += 1,
+                    // Out of fds or memory: leave the rest in the backlog, retry on closes.
+                    Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS)
+                    | Some(libc::ENOMEM) => {
+                        self.accept_pending = true;
+                        return Ok(());
+                    }
+                    _ => return Err(e),
+                },
+            }
+        }
+    }
+
+    fn on_conn_event(&mut self, token: u64, flags: u32) {
+        let key = (token & 0xFFFF_FFFF) as usize;
+        let generation = (token >> 32) as u32;
+        if self
+            .conns
+            .get(key)
+            .is_none_or(|c| c.generation != generation)
+        {
+            return; // an event for a connection closed earlier in this batch
+        }
+        let hup = flags & (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0;
+        if flags & libc::EPOLLOUT as u32 != 0 && !self.conns[key].out.is_empty() && !self.flush(key)
+        {
+            return;
+        }
+        if flags & libc::EPOLLIN as u32 != 0 || hup {
+            self.on_readable(key, hup);
+        }
+    }
+
+    /// Reads and echoes until EAGAIN (see the module doc), unless output is queued.
+    fn on_readable(&mut self, key: usize, to_eof: bool) {
+        loop {
+            let c = &mut self.conns[key];
+            if !c.out.is_empty() || c.peer_done || c.draining {
+                break;
+            }
+            let fd = c.fd.as_raw_fd();
+            self.counters.syscalls += 1;
+            match sys::read(fd, &mut self.buf) {
+                Ok(0) => {
+                    c.peer_done = true;
+                    break;
+                }
+                Ok(n) => {
+                    self.counters.recvs += 1;
+                    self.counters.bytes_in += n as u64;
+                    if !self.reply(key, n) {
+                        return;
+                    }
+                    if n < self.buf.len() && !to_eof {
+                        break;
+                    }
+                }
+                Err(e) if is_again(&e) => break,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(_) => {
+                    self.counters.conn_errors += 1;
+                    self.close(key);
+                    return;
+                }
+            }
+        }
+        let c = &self.conns[key];
+        if c.peer_done && c.out.is_empty() {
+            self.close(key);
+        }
+    }
+
+    /// Writes the `n` bytes just read straight back; queues what the socket will not take.
+    /// Returns false if the connection was closed.
+    fn reply(&mut self, key: usize, n: usize) -> bool {
+        let fd = self.conns[key].fd.as_raw_fd();
+        let mut done = 0;
+        while done < n {
+            self.counters.syscalls += 1;
+            self.counters.sends += 1;
+            match sys::write(fd, &self.buf[done..n]) {
+                Ok(w) => {
+                    self.counters.bytes_out += w as u64;
+                    done += w;
+                    if done < n {
+                        self.counters.short_sends += 1;
+                    }
+                }
+                Err(e) if is_again(&e) => break,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(_) => {
+                    self.counters.conn_errors += 1;
+                    self.close(key);
+                    return false;
+                }
+            }
+        }
+        if done < n {
+            echo::reply(&self.buf[done..n], &mut self.conns[key].out);
+        }
+        true
+    }
+
+    /// Writes queued output until EAGAIN; when it drains, reading resumes (it stopped with
+    /// bytes possibly left unread). Returns false if the connection was closed.
+    fn flush(&mut self, key: usize) -> bool {
+        let c = &mut self.conns[key];
+        while c.out_pos < c.out.len() {
+            self.counters.syscalls += 1;
+            self.counters.sends += 1;
+            match sys::write(c.fd.as_raw_fd(), &c.out[c.out_pos..]) {
+                Ok(w) => {
+                    self.counters.bytes_out += w as u64;
+                    c.out_pos += w;
+                    if c.out_pos < c.out.len() {
+                        self.counters.short_sends += 1;
+                    }
+                }
+                Err(e) if is_again(&e) => return true,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(_) => {
+                    self.counters.conn_errors += 1;
+                    self.close(key);
+                    return false;
+                }
+            }
+        }
+        if c.out.capacity() > KEEP_QUEUE_CAPACITY {
+            c.out = Vec::new();
+        } else {
+            c.out.clear();
+        }
+        c.out_pos = 0;
+        if c.peer_done || c.draining {
+            self.close(key);
+            return false;
+        }
+        self.on_readable(key, true);
+        self.conns.contains(key)
+    }
+
+    fn close(&mut self, key: usize) {
+        // Dropping the fd closes it, which also takes it out of the epoll set.
+        drop(self.conns.remove(key));
+        self.counters.syscalls += 1;
+        self.counters.closed += 1;
+    }
+
+    fn begin_stop(&mut self) {
+        if self.deadline.is_some() {
+            return;
+        }
+        self.deadline = Some(Instant::now() + self.shutdown_timeout);
+        // Closing the listeners refuses new connections (and resets those in the backlog).
+        self.counters.syscalls += self.listeners.len() as u64;
+        self.listeners.clear();
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            let c = &mut self.conns[k];
+            c.draining = true;
+            if c.out.is_empty() {
+                self.close(k);
+            }
+        }
+    }
+}

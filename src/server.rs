@@ -1,0 +1,339 @@
+//! What both servers share around their shards: preflight and planning, binding the
+//! listeners, one pinned thread per shard, SIGINT/SIGTERM, the ready line, the stats line,
+//! the summary and `--stats-json`. An engine only builds and runs a shard.
+
+use std::io::{self, Write};
+use std::net::SocketAddrV4;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::cli::ServerArgs;
+use crate::error::{Error, Result};
+use crate::plan::{self, EngineKind, Plan};
+use crate::stats::{self, Counters, SharedCounters, Summary};
+use crate::sys::{self, limits::HostLimits};
+
+/// What a shard is handed.
+pub struct ShardCtx {
+    pub index: usize,
+    /// One non-blocking SO_REUSEPORT listener per port.
+    pub listeners: Vec<OwnedFd>,
+    /// Becomes readable when the shard must stop.
+    pub wake: OwnedFd,
+    pub counters: Arc<SharedCounters>,
+    pub shutdown_timeout: Duration,
+}
+
+/// An engine: builds a shard on the calling (pinned) thread, calls `ready` once it can take
+/// connections, then runs it until its wake fd fires and every connection has closed.
+pub trait Engine: Sync {
+    const NAME: &'static str;
+    const KIND: EngineKind;
+    fn run_shard(&self, ctx: ShardCtx, ready: &mut dyn FnMut()) -> io::Result<Counters>;
+}
+
+/// Where a server's lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// A person (or a test) reads: plan, ready line, stats lines, summary.
+    Human,
+    /// A master process reads: `ready`, then a JSON counters line each second, then the
+    /// summary as one JSON line.
+    Worker,
+}
+
+/// The user-facing error for a failed bind or listen on `addr`.
+fn bind_error(addr: SocketAddrV4, e: io::Error) -> Error {
+    match e.raw_os_error() {
+        Some(libc::EADDRINUSE) => Error::PortInUse(addr.into()),
+        Some(libc::EADDRNOTAVAIL) => Error::BadFlag(format!(
+            "--host {}: no interface of this machine has that address",
+            addr.ip()
+        )),
+        _ => Error::io(format!("listening on {addr}"), e),
+    }
+}
+
+/// Reads the host limits and plans the shards (or workers) for `kind`.
+pub fn make_plan(args: &ServerArgs, kind: EngineKind) -> Result<Plan> {
+    let limits = HostLimits::read().map_err(|e| Error::io("reading host limits", e))?;
+    let cpus = sys::allowed_cpus().map_err(|e| Error::io("sched_getaffinity", e))?;
+    let request = plan::Request {
+        engine: kind,
+        max_conns: args.max_conns,
+        cores: args.cores,
+        ports: args.ports.len(),
+    };
+    plan::plan(&request, &cpus, &limits)
+}
+
+/// Fails with a clear error if any port is taken (see `sys::port_in_use`).
+pub fn check_ports(args: &ServerArgs) -> Result<()> {
+    for port in args.ports.ports() {
+        let addr = SocketAddrV4::new(args.host, *port);
+        if sys::port_in_use(addr).map_err(|e| bind_error(addr, e))? {
+            return Err(Error::PortInUse(addr.into()));
+        }
+    }
+    Ok(())
+}
+
+/// One listener per port for each of `shards` shards.
+pub fn bind_listeners(
+    args: &ServerArgs,
+    shards: usize,
+    nonblocking: bool,
+) -> Result<Vec<Vec<OwnedFd>>> {
+    (0..shards)
+        .map(|_| {
+            args.ports
+                .ports()
+                .iter()
+                .map(|port| {
+                    let addr = SocketAddrV4::new(args.host, *port);
+                    sys::reuseport_listener(addr, nonblocking).map_err(|e| bind_error(addr, e))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+pub fn print_plan(name: &str, plan: &Plan) {
+    eprintln!("{name}: {}", plan.describe());
+    for w in &plan.warnings {
+        eprintln!("{name}: warning: {w}");
+    }
+}
+
+/// The line every server prints once all its listeners are ready.
+pub fn ready_line(args: &ServerArgs, plan: &Plan) -> String {
+    format!(
+        "listening on {}:{} ({} ports), {} shards on cores {}",
+        args.host,
+        args.ports,
+        args.ports.len(),
+        plan.shards(),
+        plan.cpus_label()
+    )
+}
+
+pub fn validate(args: &ServerArgs) -> Result<()> {
+    if !(args.shutdown_timeout.is_finite() && args.shutdown_timeout >= 0.0) {
+        return Err(Error::BadFlag(
+            "--shutdown-timeout must be a number of seconds >= 0".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Writes the summary JSON to `--stats-json`, if asked.
+pub fn write_stats_json(args: &ServerArgs, summary: &Summary) -> Result<()> {
+    if let Some(path) = &args.stats_json {
+        let json = serde_json::to_string_pretty(summary).expect("a summary always serializes");
+        std::fs::write(path, json + "\n")
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+    }
+    Ok(())
+}
+
+/// Runs `shard_cpus.len()` shards of `engine` as threads of this process until SIGINT or
+/// SIGTERM (blocked beforehand by the caller), with `listeners[i]` for shard i.
+pub fn serve<E: Engine>(
+    engine: &E,
+    args: &ServerArgs,
+    plan: &Plan,
+    shard_cpus: &[usize],
+    listeners: Vec<Vec<OwnedFd>>,
+    output: Output,
+) -> Result<Summary> {
+    let started = Instant::now();
+    let timeout = Duration::from_secs_f64(args.shutdown_timeout);
+    let mut wakes = Vec::with_capacity(listeners.len());
+    let mut shared = Vec::with_capacity(listeners.len());
+    let mut ctxs = Vec::with_capacity(listeners.len());
+    for (index, mine) in listeners.into_iter().enumerate() {
+        let wake = sys::eventfd().map_err(|e| Error::io("eventfd", e))?;
+        wakes.push(wake.as_raw_fd());
+        let counters = Arc::new(SharedCounters::default());
+        shared.push(counters.clone());
+        ctxs.push(ShardCtx {
+            index,
+            listeners: mine,
+            wake,
+            counters,
+            shutdown_timeout: timeout,
+        });
+    }
+    let (ready_tx, ready_rx) = mpsc::channel::<(usize, io::Result<()>)>();
+    let (per_shard, failure) = thread::scope(|scope| {
+        let mut handles = Vec::with_capacity(ctxs.len());
+        for ctx in ctxs {
+            let (index, cpu) = (ctx.index, shard_cpus[ctx.index]);
+            let tx = ready_tx.clone();
+            let h = thread::Builder::new()
+                .name(format!("shard-{index}"))
+                .spawn_scoped(scope, move || -> io::Result<Counters> {
+                    let mut said = false;
+                    let r = sys::pin_current_thread(cpu).and_then(|()| {
+                        engine.run_shard(ctx, &mut || {
+                            said = true;
+                            let _ = tx.send((index, Ok(())));
+                        })
+                    });
+                    if let Err(e) = &r
+                        && !said
+                    {
+                        let _ = tx.send((index, Err(io::Error::new(e.kind(), e.to_string()))));
+                    }
+                    r
+                });
+            match h {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    wake_all(&wakes);
+                    let failure = Some(Error::io("spawning a shard thread", e));
+                    return (join_all(handles, &shared).0, failure);
+                }
+            }
+        }
+        drop(ready_tx);
+        let mut failure = None;
+        for _ in 0..handles.len() {
+            match ready_rx.recv() {
+                Ok((_, Ok(()))) => {}
+                Ok((shard, Err(e))) => {
+                    failure.get_or_insert(Error::Shard {
+                        shard,
+                        reason: format!("setting up: {e}"),
+                    });
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if failure.is_none() {
+            match output {
+                Output::Human => println!("{}", ready_line(args, plan)),
+                Output::Worker => println!("ready"),
+            }
+            let _ = io::stdout().flush();
+            failure = supervise(args, &handles, &shared, started, output);
+        }
+        wake_all(&wakes);
+        let (per_shard, join_failure) = join_all(handles, &shared);
+        (per_shard, failure.or(join_failure))
+    });
+    let (user, sys_s) = sys::process_cpu_times();
+    let summary = Summary {
+        engine: E::NAME,
+        duration_s: started.elapsed().as_secs_f64(),
+        shards: per_shard.len(),
+        cpu_user_s: user,
+        cpu_sys_s: sys_s,
+        totals: Counters::sum(&per_shard),
+        per_shard,
+        died: Vec::new(),
+    };
+    match output {
+        Output::Human => println!("{}", summary.human()),
+        Output::Worker => println!(
+            "{}",
+            serde_json::to_string(&summary).expect("a summary always serializes")
+        ),
+    }
+    write_stats_json(args, &summary)?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(summary),
+    }
+}
+
+fn wake_all(wakes: &[std::os::fd::RawFd]) {
+    for fd in wakes {
+        // A shard that has already stopped no longer reads its eventfd; that is fine.
+        let _ = sys::eventfd_wake(*fd);
+    }
+}
+
+type Handle<'s> = thread::ScopedJoinHandle<'s, io::Result<Counters>>;
+
+fn join_all(
+    handles: Vec<Handle<'_>>,
+    shared: &[Arc<SharedCounters>],
+) -> (Vec<Counters>, Option<Error>) {
+    let mut failure = None;
+    let mut per_shard = Vec::with_capacity(handles.len());
+    for (shard, h) in handles.into_iter().enumerate() {
+        match h.join() {
+            Ok(Ok(c)) => per_shard.push(c),
+            Ok(Err(e)) => {
+                per_shard.push(shared[shard].snapshot());
+                failure.get_or_insert(Error::Shard {
+                    shard,
+                    reason: e.to_string(),
+                });
+            }
+            Err(_) => {
+                per_shard.push(shared[shard].snapshot());
+                failure.get_or_insert(Error::Shard {
+                    shard,
+                    reason: "panicked".into(),
+                });
+            }
+        }
+    }
+    (per_shard, failure)
+}
+
+/// Prints stats each second until a stop signal or a shard that ended on its own.
+fn supervise(
+    args: &ServerArgs,
+    handles: &[Handle<'_>],
+    shared: &[Arc<SharedCounters>],
+    started: Instant,
+    output: Output,
+) -> Option<Error> {
+    let mut prev = Counters::default();
+    let mut prev_t = Instant::now();
+    let mut next_tick = prev_t + Duration::from_secs(1);
+    loop {
+        let wait = next_tick.saturating_duration_since(Instant::now());
+        match sys::wait_stop_signal(wait) {
+            Ok(Some(_)) => return None,
+            Ok(None) => {}
+            Err(e) => return Some(Error::io("sigtimedwait", e)),
+        }
+        if let Some(shard) = handles.iter().position(|h| h.is_finished()) {
+            return Some(Error::Shard {
+                shard,
+                reason: "stopped on its own".into(),
+            });
+        }
+        let now_t = Instant::now();
+        if now_t < next_tick {
+            continue;
+        }
+        next_tick += Duration::from_secs(1);
+        let snaps: Vec<Counters> = shared.iter().map(|c| c.snapshot()).collect();
+        let now = Counters::sum(&snaps);
+        match output {
+            Output::Human if args.stats => {
+                println!(
+                    "{}",
+                    stats::stats_line(started.elapsed(), &now, &prev, now_t - prev_t)
+                );
+            }
+            Output::Human => {}
+            Output::Worker => println!(
+                "{}",
+                serde_json::to_string(&now).expect("counters always serialize")
+            ),
+        }
+        let _ = io::stdout().flush();
+        prev = now;
+        prev_t = now_t;
+    }
+}

@@ -1,0 +1,71 @@
+//! The Reactor's worker processes: planned when one process's fd limit cannot hold the
+//! target; the master reports a worker that dies and stops all on SIGTERM.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Engine, Server, free_ports, load, u};
+
+/// 40,000 connections need more fds than one process may hold here: 4 workers on 2 cores.
+const WORKER_TARGET: &str = "40000";
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+#[test]
+fn sigterm_stops_every_worker_and_sums_their_stats() {
+    let ports = free_ports(2);
+    let server = Server::start(Engine::Epoll, &ports, &["--max-conns", WORKER_TARGET]);
+    let workers = server.children();
+    assert_eq!(workers.len(), 4, "workers: {workers:?}");
+    let (code, r) = load(
+        &ports,
+        &["--conns", "400", "--requests", "5", "--size", "100"],
+    );
+    assert_eq!(code, 0, "{r}");
+    let stats = server.stop();
+    assert_eq!(u(&stats, "shards"), 4);
+    assert_eq!(stats["per_shard"].as_array().unwrap().len(), 4);
+    assert_eq!(u(&stats, "totals.accepted"), 400);
+    assert_eq!(u(&stats, "totals.closed"), 400);
+    assert_eq!(u(&stats, "totals.bytes_out"), 400 * 5 * 100);
+    assert!(stats["died"].as_array().unwrap().is_empty());
+    for pid in workers {
+        assert!(!alive(pid), "worker {pid} outlived the master");
+    }
+}
+
+#[test]
+fn a_killed_worker_is_reported_and_the_others_go_on() {
+    let ports = free_ports(2);
+    let mut server = Server::start(Engine::Epoll, &ports, &["--max-conns", WORKER_TARGET]);
+    let workers = server.children();
+    assert_eq!(workers.len(), 4);
+    let victim = workers[1];
+    // SAFETY: kill(2) on a worker of the server this test started, checked alive just now.
+    assert_eq!(unsafe { libc::kill(victim as i32, libc::SIGKILL) }, 0);
+    let line = server
+        .stderr_line("died", Duration::from_secs(5))
+        .expect("the master reports the dead worker");
+    assert!(line.contains(&format!("pid {victim}")), "{line}");
+    assert!(line.contains("signal: 9"), "{line}");
+    // Its listeners closed with it: new connections go to the other workers.
+    let (code, r) = load(&ports, &["--conns", "300", "--requests", "3"]);
+    assert_eq!(code, 0, "{r}");
+    server.signal(libc::SIGTERM);
+    let st = server.wait(Duration::from_secs(10));
+    assert_eq!(
+        st.code(),
+        Some(1),
+        "a worker died: the run did not end cleanly"
+    );
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&server.stats_path).unwrap()).unwrap();
+    assert_eq!(stats["died"], serde_json::json!([1]));
+    assert_eq!(u(&stats, "totals.accepted"), 300);
+    for pid in workers {
+        assert!(!alive(pid), "worker {pid} outlived the master");
+    }
+}
