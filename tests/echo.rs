@@ -259,3 +259,44 @@ fn sigterm_while_busy_answers_what_arrived_and_exits_zero() {
         assert_eq!(u(&stats, "totals.closed"), 16);
     }
 }
+
+#[test]
+fn a_peer_that_does_not_read_is_pushed_back_then_gets_every_byte() {
+    for engine in ENGINES {
+        let ports = free_ports(1);
+        let server = Server::start(engine, &ports, &[]);
+        let s = TcpStream::connect(("127.0.0.1", first_port(&ports))).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+        // Write without reading until the writes block: the server stopped reading us.
+        let mut w = s.try_clone().unwrap();
+        let writer = thread::spawn(move || {
+            let mut sent = 0usize;
+            let chunk: Vec<u8> = (0..65_536).map(|i| stream_byte(7, i)).collect();
+            while sent < 256 << 20 {
+                let off = sent % chunk.len();
+                match w.write(&chunk[off..]) {
+                    Ok(n) => sent += n,
+                    Err(_) => break, // timed out: pushed back
+                }
+            }
+            sent
+        });
+        let sent = writer.join().unwrap();
+        assert!(
+            sent < 64 << 20,
+            "{engine:?}: {sent} bytes went in while nothing was read: the server kept reading"
+        );
+        // Now read: exactly what was written comes back, then EOF after our half-close.
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut got = Vec::with_capacity(sent);
+        (&s).read_to_end(&mut got).unwrap();
+        assert_eq!(got.len(), sent, "{engine:?}");
+        assert!(
+            got.iter()
+                .enumerate()
+                .all(|(i, b)| *b == stream_byte(7, i % 65_536))
+        );
+        let stats = server.stop();
+        assert_eq!(u(&stats, "totals.bytes_out"), sent as u64, "{engine:?}");
+    }
+}

@@ -4,18 +4,41 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 
 use c1m::cli::PortList;
 use c1m::load::{self, LoadConfig};
 
 /// An io_uring load generator: every connection a direct descriptor (no fd each, so one process
-/// holds far more than RLIMIT_NOFILE), closed-loop echo requests with every byte verified, and
-/// an honest count of every connection. Exits non-zero when fewer connections were established
-/// than asked or any byte failed verification, unless --allow-partial.
+/// holds far more than RLIMIT_NOFILE), echo requests with every byte verified, closed loop or
+/// open loop (latency corrected for coordinated omission), and an honest count of every
+/// connection. Exits 3 when fewer connections were established than asked, or on any error
+/// (a byte that did not verify, a request left unanswered), unless --allow-partial.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Merge the --hlog files of several runs (several hosts, say) into one latency report.
+    Merge {
+        /// Interval logs written by --hlog.
+        #[arg(required = true, value_name = "FILE.hlog")]
+        logs: Vec<PathBuf>,
+        /// Write the merged report as JSON to this file.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
     /// Server address.
     #[arg(long, default_value = "127.0.0.1", value_name = "ADDR")]
     host: Ipv4Addr,
@@ -24,7 +47,12 @@ struct Cli {
     #[arg(long, default_value = "6000", value_name = "PORTS")]
     ports: PortList,
 
-    /// Connections to open and hold.
+    /// Source addresses to connect from, a range A-B or a comma list (each adds
+    /// ip_local_port_range's worth of connections per server port).
+    #[arg(long, value_name = "ADDRS", value_parser = parse_sources)]
+    sources: Option<Vec<Ipv4Addr>>,
+
+    /// Connections to open and hold, all at once.
     #[arg(long, default_value_t = 100, value_name = "N")]
     conns: u64,
 
@@ -32,12 +60,24 @@ struct Cli {
     #[arg(long, default_value_t = 64, value_name = "BYTES")]
     size: usize,
 
-    /// How long to run requests once every connection is up, in seconds.
+    /// Closed loop: requests outstanding on each connection.
+    #[arg(long, default_value_t = 1, value_name = "D")]
+    depth: u32,
+
+    /// Open loop: total requests per second, spread evenly over the connections.
+    #[arg(long, value_name = "R")]
+    rate: Option<f64>,
+
+    /// Seconds of load before measuring starts.
+    #[arg(long, default_value_t = 0.0, value_name = "SECONDS")]
+    warmup: f64,
+
+    /// Seconds measured once every connection is up (with --requests: the time limit).
     #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
     duration: f64,
 
-    /// Instead of a duration: this many requests on each connection, then stop.
-    #[arg(long, value_name = "N")]
+    /// Closed loop, counted: this many requests on each connection, then stop.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     requests: Option<u64>,
 
     /// Client threads are pinned to this many cores (default: all).
@@ -48,6 +88,10 @@ struct Cli {
     #[arg(long, default_value_t = 256, value_name = "N")]
     connect_inflight: usize,
 
+    /// Connects per second (default: as fast as the in-flight bound lets them go).
+    #[arg(long, value_name = "R")]
+    connect_rate: Option<f64>,
+
     /// Seed of the payload pattern.
     #[arg(long, default_value_t = 0x5eed)]
     seed: u64,
@@ -56,32 +100,94 @@ struct Cli {
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
 
-    /// Exit 0 even when connections failed or bytes did not verify.
+    /// Write an HdrHistogram interval log (one histogram per second) to this file.
+    #[arg(long, value_name = "FILE")]
+    hlog: Option<PathBuf>,
+
+    /// Exit 0 even when connections failed or requests went wrong.
     #[arg(long)]
     allow_partial: bool,
 
-    /// No progress lines on stderr.
+    /// No progress on stderr.
     #[arg(long)]
     quiet: bool,
 }
 
-fn main() {
-    let cli = Cli::parse();
-    if !(cli.duration.is_finite() && cli.duration >= 0.0) {
-        eprintln!("uring-load: error: --duration must be a number of seconds >= 0");
+fn parse_sources(s: &str) -> Result<Vec<Ipv4Addr>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',') {
+        let ip = |p: &str| {
+            p.trim()
+                .parse::<Ipv4Addr>()
+                .map_err(|_| format!("`{p}` is not an IPv4 address"))
+        };
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (u32::from(ip(a)?), u32::from(ip(b)?));
+                if a > b || b - a >= 65_536 {
+                    return Err(format!(
+                        "range `{part}` runs backwards or is over 65536 addresses"
+                    ));
+                }
+                out.extend((a..=b).map(Ipv4Addr::from));
+            }
+            None => out.push(ip(part)?),
+        }
+    }
+    Ok(out)
+}
+
+fn seconds(v: f64, flag: &str) -> Duration {
+    if !(v.is_finite() && v >= 0.0) {
+        eprintln!("uring-load: error: {flag} must be a number of seconds >= 0");
         std::process::exit(2);
     }
+    Duration::from_secs_f64(v)
+}
+
+fn write_json(path: &PathBuf, value: &impl serde::Serialize) {
+    let json = serde_json::to_string_pretty(value).expect("reports always serialize");
+    if let Err(e) = std::fs::write(path, json + "\n") {
+        eprintln!("uring-load: error: writing {}: {e}", path.display());
+        std::process::exit(1);
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Some(Command::Merge { logs, json }) = cli.command {
+        match load::merge_report(&logs) {
+            Ok(r) => {
+                println!("{}", r.human());
+                if let Some(path) = &json {
+                    write_json(path, &r);
+                }
+                return;
+            }
+            Err(e) => {
+                eprintln!("uring-load: error: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+    let a = cli.run;
     let cfg = LoadConfig {
-        host: cli.host,
-        ports: cli.ports,
-        conns: cli.conns,
-        size: cli.size,
-        duration: Duration::from_secs_f64(cli.duration),
-        requests: cli.requests,
-        cores: cli.cores,
-        connect_inflight: cli.connect_inflight,
-        seed: cli.seed,
-        progress: !cli.quiet,
+        host: a.host,
+        ports: a.ports,
+        sources: a.sources.unwrap_or_default(),
+        conns: a.conns,
+        size: a.size,
+        depth: a.depth,
+        rate: a.rate,
+        warmup: seconds(a.warmup, "--warmup"),
+        duration: seconds(a.duration, "--duration"),
+        requests: a.requests,
+        cores: a.cores,
+        connect_inflight: a.connect_inflight,
+        connect_rate: a.connect_rate,
+        seed: a.seed,
+        hlog: a.hlog,
+        progress: !a.quiet,
     };
     let report = match load::run(&cfg) {
         Ok(r) => r,
@@ -91,15 +197,11 @@ fn main() {
         }
     };
     println!("{}", report.human());
-    if let Some(path) = &cli.json {
-        let json = serde_json::to_string_pretty(&report).expect("a report always serializes");
-        if let Err(e) = std::fs::write(path, json + "\n") {
-            eprintln!("uring-load: error: writing {}: {e}", path.display());
-            std::process::exit(1);
-        }
+    if let Some(path) = &a.json {
+        write_json(path, &report);
     }
     let short = report.conns_established < report.conns_requested;
-    if (short || report.error_count() > 0) && !cli.allow_partial {
+    if (short || report.error_count() > 0) && !a.allow_partial {
         eprintln!(
             "uring-load: FAILED: {} of {} connections established, {} errors (--allow-partial to accept)",
             report.conns_established,

@@ -3,15 +3,18 @@
 //! verified, and reports what happened to each connection.
 
 pub mod conn;
+pub mod hlog;
 pub mod shard;
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -20,22 +23,33 @@ use crate::cli::PortList;
 use crate::error::{Error, Result};
 use crate::sys::{self, limits::HostLimits};
 use conn::PATTERN_SPREAD;
-use shard::{LoadShard, ShardPlan, Shared};
+use shard::{LoadShard, ShardPlan, Shared, Workload};
 
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
     pub host: Ipv4Addr,
     pub ports: PortList,
+    /// Source addresses to bind (empty: let the kernel choose).
+    pub sources: Vec<Ipv4Addr>,
     pub conns: u64,
     pub size: usize,
+    /// Closed loop: requests outstanding per connection.
+    pub depth: u32,
+    /// Open loop: total requests per second (overrides `depth`).
+    pub rate: Option<f64>,
+    pub warmup: Duration,
     pub duration: Duration,
     /// Requests per connection: the run ends when every connection has done them.
     pub requests: Option<u64>,
     pub cores: Option<usize>,
     /// Connects in flight per shard.
     pub connect_inflight: usize,
+    /// Connects per second for the whole process, if paced.
+    pub connect_rate: Option<f64>,
     pub seed: u64,
-    /// Print a progress line per second on stderr.
+    /// Where to write the HdrHistogram interval log.
+    pub hlog: Option<PathBuf>,
+    /// Print progress on stderr.
     pub progress: bool,
 }
 
@@ -76,6 +90,10 @@ pub struct ClientCpu {
 /// Everything a run measured; `--json` writes it as is.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// "closed" or "open".
+    pub mode: &'static str,
+    /// Open loop: the requests per second asked for.
+    pub rate_rps: Option<f64>,
     pub conns_requested: u64,
     pub conns_established: u64,
     pub conns_failed: u64,
@@ -86,7 +104,11 @@ pub struct Report {
     pub duration_s: f64,
     pub throughput_rps: f64,
     pub size: usize,
+    /// From when each request was due (open loop: its schedule time, so coordinated
+    /// omission is corrected; closed loop: when it was issued).
     pub latency_us: Percentiles,
+    /// Open loop: from when each request's first byte was sent (null in closed loop).
+    pub latency_uncorrected_us: Option<Percentiles>,
     pub connect_us: Percentiles,
     pub client_cpu: ClientCpu,
 }
@@ -108,11 +130,25 @@ impl Report {
                 .collect::<Vec<_>>()
                 .join(" ")
         };
+        let spectrum = |p: &Percentiles| {
+            format!(
+                "p50 {} p90 {} p99 {} p99.9 {} p99.99 {} max {}",
+                p.p50, p.p90, p.p99, p.p999, p.p9999, p.max
+            )
+        };
+        let uncorrected = match &self.latency_uncorrected_us {
+            Some(p) => format!("\nuncorrected: {} (from the actual send)", spectrum(p)),
+            None => String::new(),
+        };
+        let mode = match self.rate_rps {
+            Some(r) => format!("open loop at {r:.0} req/s"),
+            None => "closed loop".to_string(),
+        };
         format!(
             "connections: requested {} established {} failed {} closed-by-peer {}\n\
-             requests:    {} in {:.2}s = {:.0} req/s ({} B each, every byte verified)\n\
+             requests:    {} in {:.2}s = {:.0} req/s ({mode}, {} B each, every byte verified)\n\
              errors:      {errors}\n\
-             latency us:  p50 {} p90 {} p99 {} p99.9 {} p99.99 {} max {}\n\
+             latency us:  {}{uncorrected}\n\
              connect us:  p50 {} p90 {} p99 {} p99.9 {} max {}\n\
              client cpu:  user {:.2}s sys {:.2}s",
             self.conns_requested,
@@ -123,12 +159,7 @@ impl Report {
             self.duration_s,
             self.throughput_rps,
             self.size,
-            l.p50,
-            l.p90,
-            l.p99,
-            l.p999,
-            l.p9999,
-            l.max,
+            spectrum(l),
             c.p50,
             c.p90,
             c.p99,
@@ -136,6 +167,83 @@ impl Report {
             c.max,
             self.client_cpu.user_s,
             self.client_cpu.sys_s,
+        )
+    }
+}
+
+fn merge_into(intervals: &mut BTreeMap<u64, Histogram<u64>>, second: u64, h: &Histogram<u64>) {
+    intervals
+        .entry(second)
+        .or_insert_with(shard::histogram)
+        .add(h)
+        .expect("same bounds");
+}
+
+/// One progress report on stderr: a redrawn bar on a terminal, a line per second otherwise.
+fn progress(cfg: &LoadConfig, shared: &Shared, started: Instant, rps: f64, tty: bool) {
+    let established = shared.established.load(Relaxed);
+    let failed = shared.failed.load(Relaxed);
+    let line = format!(
+        "t={:.0}s connected {established}/{} failed {failed} requests {} ({rps:.0}/s)",
+        started.elapsed().as_secs_f64(),
+        cfg.conns,
+        shared.requests.load(Relaxed)
+    );
+    if tty {
+        let done = ((established + failed) * 30 / cfg.conns.max(1)) as usize;
+        eprint!(
+            "\r[{}{}] {line}   ",
+            "#".repeat(done),
+            ".".repeat(30 - done.min(30))
+        );
+    } else {
+        eprintln!("uring-load: {line}");
+    }
+    let _ = std::io::stderr().flush();
+}
+
+/// Reads several `--hlog` files (from several hosts, say) and reports them as one run.
+pub fn merge_report(paths: &[PathBuf]) -> Result<MergeReport> {
+    if paths.is_empty() {
+        return Err(Error::BadFlag("merge needs at least one .hlog file".into()));
+    }
+    let m = hlog::merge(paths).map_err(|e| Error::io("merging interval logs", e))?;
+    Ok(MergeReport {
+        logs: paths.len(),
+        intervals: m.intervals,
+        requests: m.total.len(),
+        seconds: m.seconds,
+        latency_us: Percentiles::of(&m.total),
+    })
+}
+
+/// What `uring-load merge` prints (and writes with `--json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct MergeReport {
+    pub logs: usize,
+    pub intervals: usize,
+    pub requests: u64,
+    /// The longest log's span.
+    pub seconds: f64,
+    pub latency_us: Percentiles,
+}
+
+impl MergeReport {
+    pub fn human(&self) -> String {
+        let l = &self.latency_us;
+        format!(
+            "merged {} logs ({} intervals over {:.0}s): {} requests\n\
+             latency us:  p50 {} p90 {} p99 {} p99.9 {} p99.99 {} max {}",
+            self.logs,
+            self.intervals,
+            self.seconds,
+            self.requests,
+            l.p50,
+            l.p90,
+            l.p99,
+            l.p999,
+            l.p9999,
+            l.max
         )
     }
 }
@@ -212,28 +320,44 @@ pub fn run(cfg: &LoadConfig) -> Result<Report> {
         .iter()
         .map(|p| SocketAddrV4::new(cfg.host, *p))
         .collect();
+    let sources: Vec<SocketAddrV4> = cfg
+        .sources
+        .iter()
+        .map(|ip| SocketAddrV4::new(*ip, 0))
+        .collect();
     let pattern = pattern(cfg.size + PATTERN_SPREAD, cfg.seed);
     let shared = Arc::new(Shared::default());
     let started = Instant::now();
     let (cpu0_user, cpu0_sys) = sys::process_cpu_times();
+    let (tx, intervals_rx) = mpsc::channel();
+    let intervals_tx = cfg.hlog.as_ref().map(|_| tx);
 
     let mut handles = Vec::with_capacity(shards);
     let mut first = 0u64;
     for i in 0..shards {
         let conns =
             (cfg.conns / shards as u64 + u64::from((i as u64) < cfg.conns % shards as u64)) as u32;
+        let share = f64::from(conns) / cfg.conns as f64;
         let plan = ShardPlan {
             first_conn: first,
             conns,
             shards,
             addrs: addrs.clone(),
+            sources: sources.clone(),
             size: cfg.size,
             pattern: pattern.clone(),
+            workload: match cfg.rate {
+                Some(rate) => Workload::Open { rate: rate * share },
+                None => Workload::Closed { depth: cfg.depth },
+            },
+            warmup: cfg.warmup,
             duration: cfg.duration,
             requests: cfg.requests,
             connect_inflight: cfg.connect_inflight,
+            connect_rate: cfg.connect_rate.map(|r| r * share),
             bufs: 4096,
             buf_size: 4096,
+            intervals: intervals_tx.clone(),
         };
         first += u64::from(conns);
         let cpu = cpus[i % cores];
@@ -253,21 +377,40 @@ pub fn run(cfg: &LoadConfig) -> Result<Report> {
         handles.push(h);
     }
 
+    drop(intervals_tx);
+    let measure_start = SystemTime::now() + cfg.warmup;
+    let mut intervals: BTreeMap<u64, Histogram<u64>> = BTreeMap::new();
+    let tty = std::io::stderr().is_terminal();
     let mut last = Instant::now();
+    let mut last_requests = 0;
     while !handles.iter().all(|h| h.is_finished()) {
         thread::sleep(Duration::from_millis(50));
-        if cfg.progress && last.elapsed() >= Duration::from_secs(1) {
-            last = Instant::now();
-            eprintln!(
-                "uring-load: t={:.0}s connected {}/{} failed {} requests {}",
-                started.elapsed().as_secs_f64(),
-                shared.established.load(Relaxed),
-                cfg.conns,
-                shared.failed.load(Relaxed),
-                shared.requests.load(Relaxed)
-            );
-            let _ = std::io::stderr().flush();
+        for (second, h) in intervals_rx.try_iter() {
+            merge_into(&mut intervals, second, &h);
         }
+        if cfg.progress && last.elapsed() >= Duration::from_secs(1) {
+            let dt = last.elapsed().as_secs_f64();
+            last = Instant::now();
+            let requests = shared.requests.load(Relaxed);
+            progress(
+                cfg,
+                &shared,
+                started,
+                (requests - last_requests) as f64 / dt,
+                tty,
+            );
+            last_requests = requests;
+        }
+    }
+    if cfg.progress && tty {
+        eprintln!();
+    }
+    for (second, h) in intervals_rx.try_iter() {
+        merge_into(&mut intervals, second, &h);
+    }
+    if let Some(path) = &cfg.hlog {
+        hlog::write(path, measure_start, &intervals)
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
     }
 
     let mut reports = Vec::with_capacity(shards);
@@ -289,12 +432,14 @@ pub fn run(cfg: &LoadConfig) -> Result<Report> {
         }
     }
     let (user, sys_s) = sys::process_cpu_times();
-    let mut latency = Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds");
-    let mut connect = latency.clone();
+    let mut latency = shard::histogram();
+    let mut uncorrected = shard::histogram();
+    let mut connect = shard::histogram();
     let mut errors = BTreeMap::new();
-    let (mut established, mut failed, mut by_peer, mut requests, mut secs) = (0, 0, 0, 0, 0f64);
+    let (mut established, mut failed, mut by_peer, mut requests) = (0, 0, 0, 0);
     for r in &reports {
         latency.add(&r.latency_us).expect("same bounds");
+        uncorrected.add(&r.uncorrected_us).expect("same bounds");
         connect.add(&r.connect_us).expect("same bounds");
         for (k, v) in &r.errors {
             *errors.entry(k.clone()).or_insert(0) += v;
@@ -303,9 +448,15 @@ pub fn run(cfg: &LoadConfig) -> Result<Report> {
         failed += r.failed;
         by_peer += r.closed_by_peer;
         requests += r.requests;
-        secs = secs.max(r.run_secs);
     }
+    // A counted run lasts until its last answer; a timed run is its measured window.
+    let secs = match cfg.requests {
+        Some(_) => started.elapsed().as_secs_f64(),
+        None => cfg.duration.as_secs_f64(),
+    };
     Ok(Report {
+        mode: if cfg.rate.is_some() { "open" } else { "closed" },
+        rate_rps: cfg.rate,
         conns_requested: cfg.conns,
         conns_established: established,
         conns_failed: failed,
@@ -320,6 +471,7 @@ pub fn run(cfg: &LoadConfig) -> Result<Report> {
         },
         size: cfg.size,
         latency_us: Percentiles::of(&latency),
+        latency_uncorrected_us: cfg.rate.map(|_| Percentiles::of(&uncorrected)),
         connect_us: Percentiles::of(&connect),
         client_cpu: ClientCpu {
             user_s: user - cpu0_user,
@@ -336,13 +488,19 @@ mod tests {
         LoadConfig {
             host: Ipv4Addr::LOCALHOST,
             ports: ports.parse().unwrap(),
+            sources: Vec::new(),
             conns,
             size: 64,
+            depth: 1,
+            rate: None,
+            warmup: Duration::ZERO,
             duration: Duration::from_secs(1),
             requests: None,
             cores: None,
             connect_inflight: 256,
+            connect_rate: None,
             seed: 1,
+            hlog: None,
             progress: false,
         }
     }

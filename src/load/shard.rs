@@ -1,18 +1,25 @@
 //! One load-generator shard: a pinned thread with its own ring whose connections are direct
 //! descriptors in chosen slots (SOCKET linked to CONNECT), so the process needs no fd per
-//! connection. Phases: connect every connection (a bounded number in flight), wait for every
-//! shard to get there, run the request loop, then close everything and wait for the ring to
-//! go quiet.
+//! connection. Phases: connect every connection (a bounded number in flight, optionally
+//! paced), wait for every shard to get there, run the workload, let outstanding requests
+//! finish, then close everything and wait for the ring to go quiet.
+//!
+//! Closed loop: each connection keeps `depth` requests outstanding. Open loop: the shard's
+//! share of `--rate` is one schedule, request n due at start + n / rate, dealt round-robin to
+//! the connections, so every connection gets an even share without a timer each; a request
+//! is sent when due whatever is outstanding, and its latency runs from when it was due
+//! (corrected for coordinated omission), with the latency from its actual send kept beside.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use super::conn::{Next, Request};
+use super::conn::{Completed, Fault, Stream};
 use crate::proactor::ring::{Completion, Kind, Ring, RingConfig, UserData};
 
 /// What all shards share: progress counters and the phase gate.
@@ -27,21 +34,37 @@ pub struct Shared {
     pub abort: AtomicBool,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Workload {
+    /// `depth` requests outstanding per connection.
+    Closed { depth: u32 },
+    /// This shard's requests per second.
+    Open { rate: f64 },
+}
+
 pub struct ShardPlan {
     /// Global index of this shard's first connection.
     pub first_conn: u64,
     pub conns: u32,
     pub shards: usize,
-    /// Pinned server addresses; connection i goes to `addrs[i % addrs.len()]`.
+    /// Server addresses; connection i goes to `addrs[i % addrs.len()]`.
     pub addrs: Vec<std::net::SocketAddrV4>,
+    /// Source addresses; connection i binds `sources[i / addrs.len() % sources.len()]`.
+    pub sources: Vec<std::net::SocketAddrV4>,
     pub size: usize,
     pub pattern: Box<[u8]>,
+    pub workload: Workload,
+    pub warmup: Duration,
     pub duration: Duration,
     /// Requests per connection, when the run is counted rather than timed.
     pub requests: Option<u64>,
     pub connect_inflight: usize,
+    /// This shard's connects per second, if paced.
+    pub connect_rate: Option<f64>,
     pub bufs: u16,
     pub buf_size: u32,
+    /// Where to send each second's latency histogram (for `--hlog`).
+    pub intervals: Option<Sender<(u64, Histogram<u64>)>>,
 }
 
 /// What one shard measured.
@@ -49,16 +72,16 @@ pub struct ShardReport {
     pub established: u64,
     pub failed: u64,
     pub closed_by_peer: u64,
+    /// Requests due in the measured window and answered.
     pub requests: u64,
     pub errors: BTreeMap<String, u64>,
     pub latency_us: Histogram<u64>,
+    pub uncorrected_us: Histogram<u64>,
     pub connect_us: Histogram<u64>,
-    pub run_secs: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    Idle,
     Connecting,
     Open,
     Closed,
@@ -70,33 +93,19 @@ struct Client {
     installed: bool,
     recv_armed: bool,
     sending: bool,
-    seq: u64,
-    req: Option<Request>,
-    started: Instant,
-}
-
-pub struct LoadShard {
-    ring: Ring,
-    plan: ShardPlan,
-    pins: Vec<usize>,
-    region: usize,
-    clients: Vec<Client>,
-    shared: Arc<Shared>,
-    report: ShardReport,
-    connecting: usize,
-    next_connect: u32,
-    running: bool,
-    /// Requests sent and not yet fully echoed.
-    outstanding: usize,
-    waiting_bufs: Vec<u32>,
+    connect_started: Instant,
+    stream: Stream,
 }
 
 /// After the run's duration, how long requests already sent may take to come back before
-/// their connections are closed anyway (they are then not counted).
+/// their connections are closed anyway (they are then counted as unanswered).
 const END_GRACE: Duration = Duration::from_secs(2);
+/// The longest a loop turn waits with nothing due.
+const TICK: Duration = Duration::from_millis(20);
 
-fn hist() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+/// Latencies from 1 us to 100 s at 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 100_000_000, 3).expect("valid histogram bounds")
 }
 
 fn errno_name(res: i32) -> String {
@@ -104,6 +113,36 @@ fn errno_name(res: i32) -> String {
         .kind()
         .to_string()
         .replace(' ', "_")
+}
+
+fn micros(d: Duration) -> u64 {
+    (d.as_micros() as u64).max(1)
+}
+
+/// The measured window: requests due in [from, until) count.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    from: Instant,
+    until: Instant,
+}
+
+pub struct LoadShard {
+    ring: Ring,
+    plan: ShardPlan,
+    dests: Vec<usize>,
+    sources: Vec<usize>,
+    region: usize,
+    clients: Vec<Client>,
+    shared: Arc<Shared>,
+    report: ShardReport,
+    connecting: usize,
+    next_connect: u32,
+    /// Whether completed requests are followed by new ones (closed loop).
+    issuing: bool,
+    window: Option<Window>,
+    /// The current second of the window and its histogram, for `--hlog`.
+    interval: (u64, Histogram<u64>),
+    waiting_bufs: Vec<u32>,
 }
 
 impl LoadShard {
@@ -115,24 +154,25 @@ impl LoadShard {
             fixed_files: plan.conns.max(1),
             bufs: Some((plan.bufs, plan.buf_size)),
         })?;
-        let pins = plan.addrs.iter().map(|a| ring.pin_addr(*a)).collect();
+        let dests = plan.addrs.iter().map(|a| ring.pin_addr(*a)).collect();
+        let sources = plan.sources.iter().map(|a| ring.pin_addr(*a)).collect();
         let region = ring.pin_region(std::mem::take(&mut plan.pattern));
         let now = Instant::now();
         let clients = (0..plan.conns)
-            .map(|_| Client {
-                state: State::Idle,
+            .map(|slot| Client {
+                state: State::Closed,
                 installed: false,
                 recv_armed: false,
                 sending: false,
-                seq: 0,
-                req: None,
-                started: now,
+                connect_started: now,
+                stream: Stream::new(plan.first_conn + u64::from(slot), plan.size),
             })
             .collect();
         Ok(LoadShard {
             ring,
             plan,
-            pins,
+            dests,
+            sources,
             region,
             clients,
             shared,
@@ -142,20 +182,25 @@ impl LoadShard {
                 closed_by_peer: 0,
                 requests: 0,
                 errors: BTreeMap::new(),
-                latency_us: hist(),
-                connect_us: hist(),
-                run_secs: 0.0,
+                latency_us: histogram(),
+                uncorrected_us: histogram(),
+                connect_us: histogram(),
             },
             connecting: 0,
             next_connect: 0,
-            running: false,
-            outstanding: 0,
+            issuing: false,
+            window: None,
+            interval: (0, histogram()),
             waiting_bufs: Vec::new(),
         })
     }
 
-    fn error(&mut self, kind: &str) {
-        *self.report.errors.entry(kind.to_string()).or_insert(0) += 1;
+    fn error(&mut self, kind: &str, n: u64) {
+        *self.report.errors.entry(kind.to_string()).or_insert(0) += n;
+    }
+
+    fn aborted(&self) -> bool {
+        self.shared.abort.load(Relaxed)
     }
 
     fn turn(&mut self, cqes: &mut Vec<Completion>, timeout: Duration) -> io::Result<()> {
@@ -174,82 +219,169 @@ impl LoadShard {
 
     pub fn run(mut self) -> io::Result<ShardReport> {
         let mut cqes = Vec::with_capacity(4096);
-        let tick = Duration::from_millis(20);
-        // Connect.
-        while (self.next_connect < self.plan.conns || self.connecting > 0)
-            && !self.shared.abort.load(Relaxed)
-        {
-            while self.connecting < self.plan.connect_inflight
-                && self.next_connect < self.plan.conns
-            {
-                self.connect(self.next_connect)?;
-                self.next_connect += 1;
-            }
-            self.turn(&mut cqes, tick)?;
-        }
+        self.connect_all(&mut cqes)?;
         // Wait for every shard to have connected, so that all connections are open at once.
         self.shared.ramped.fetch_add(1, Relaxed);
-        while self.shared.ramped.load(Relaxed) < self.plan.shards
-            && !self.shared.abort.load(Relaxed)
-        {
-            self.turn(&mut cqes, tick)?;
+        while self.shared.ramped.load(Relaxed) < self.plan.shards && !self.aborted() {
+            self.turn(&mut cqes, TICK)?;
         }
-        // Run.
-        let start = Instant::now();
-        let deadline = start + self.plan.duration;
-        self.running = true;
-        for slot in 0..self.plan.conns {
-            if self.clients[slot as usize].state == State::Open {
-                self.start_request(slot)?;
-            }
-        }
-        while self.outstanding > 0 && !self.shared.abort.load(Relaxed) {
-            let now = Instant::now();
-            if self.running && self.plan.requests.is_none() && now >= deadline {
-                // No new requests; those outstanding get a grace period to finish.
-                self.running = false;
-            }
-            if !self.running && now >= deadline + END_GRACE {
-                break;
-            }
-            let until = if self.running {
-                deadline
-            } else {
-                deadline + END_GRACE
-            };
-            self.turn(
-                &mut cqes,
-                until
-                    .saturating_duration_since(now)
-                    .clamp(Duration::from_millis(1), tick),
-            )?;
-        }
-        self.running = false;
-        // Up to the last echo, so requests finished in the grace period are not free.
-        self.report.run_secs = start.elapsed().as_secs_f64();
+        self.run_workload(&mut cqes)?;
         // Close.
+        let unanswered: u64 = self
+            .clients
+            .iter()
+            .map(|c| c.stream.outstanding() as u64)
+            .sum();
+        if unanswered > 0 {
+            self.error("unanswered_at_end", unanswered);
+        }
         for slot in 0..self.plan.conns {
             self.close(slot)?;
         }
         while self.ring.in_flight() > 0 {
-            self.turn(&mut cqes, tick)?;
+            self.turn(&mut cqes, TICK)?;
         }
+        self.flush_interval();
         Ok(self.report)
+    }
+
+    fn connect_all(&mut self, cqes: &mut Vec<Completion>) -> io::Result<()> {
+        let start = Instant::now();
+        while (self.next_connect < self.plan.conns || self.connecting > 0) && !self.aborted() {
+            let allowed = match self.plan.connect_rate {
+                Some(rate) => ((start.elapsed().as_secs_f64() * rate) as u64 + 1)
+                    .min(u64::from(self.plan.conns)) as u32,
+                None => self.plan.conns,
+            };
+            while self.connecting < self.plan.connect_inflight && self.next_connect < allowed {
+                self.connect(self.next_connect)?;
+                self.next_connect += 1;
+            }
+            let wait = match self.plan.connect_rate {
+                Some(rate) if self.next_connect < self.plan.conns => {
+                    let next_at =
+                        start + Duration::from_secs_f64(f64::from(self.next_connect) / rate);
+                    next_at
+                        .saturating_duration_since(Instant::now())
+                        .clamp(Duration::from_micros(50), TICK)
+                }
+                _ => TICK,
+            };
+            self.turn(cqes, wait)?;
+        }
+        Ok(())
+    }
+
+    fn run_workload(&mut self, cqes: &mut Vec<Completion>) -> io::Result<()> {
+        let open: Vec<u32> = (0..self.plan.conns)
+            .filter(|s| self.clients[*s as usize].state == State::Open)
+            .collect();
+        let start = Instant::now();
+        let counted = self.plan.requests.is_some();
+        let from = if counted {
+            start
+        } else {
+            start + self.plan.warmup
+        };
+        // A counted run (--requests) ends when all are answered, or at --duration at most.
+        let until = from + self.plan.duration;
+        self.window = Some(Window { from, until });
+        self.issuing = true;
+        match self.plan.workload {
+            Workload::Closed { depth } => {
+                for &slot in &open {
+                    for _ in 0..depth {
+                        if !self.issue(slot, start)? {
+                            break;
+                        }
+                    }
+                }
+                while !self.aborted() {
+                    let now = Instant::now();
+                    if now >= until {
+                        break;
+                    }
+                    if counted && self.outstanding() == 0 {
+                        break;
+                    }
+                    self.turn(cqes, (until - now).min(TICK))?;
+                }
+            }
+            Workload::Open { rate } => {
+                let mut n: u64 = 0;
+                while !self.aborted() && !open.is_empty() {
+                    let now = Instant::now();
+                    if now >= until {
+                        break;
+                    }
+                    let mut due = start + Duration::from_secs_f64(n as f64 / rate);
+                    while due <= now && due < until {
+                        let slot = open[(n % open.len() as u64) as usize];
+                        if self.clients[slot as usize].state == State::Open {
+                            self.issue(slot, due)?;
+                        }
+                        n += 1;
+                        due = start + Duration::from_secs_f64(n as f64 / rate);
+                    }
+                    let wait = due.min(until).saturating_duration_since(now);
+                    self.turn(cqes, wait.clamp(Duration::from_micros(20), TICK))?;
+                }
+            }
+        }
+        // No new requests; those outstanding get a grace period to come back.
+        self.issuing = false;
+        let grace_end = Instant::now() + END_GRACE;
+        while self.outstanding() > 0 && !self.aborted() {
+            let now = Instant::now();
+            if now >= grace_end {
+                break;
+            }
+            self.turn(cqes, (grace_end - now).min(TICK))?;
+        }
+        Ok(())
+    }
+
+    fn outstanding(&self) -> usize {
+        self.clients.iter().map(|c| c.stream.outstanding()).sum()
+    }
+
+    /// Issues a request due at `intended` on `slot` (if the per-connection count allows).
+    fn issue(&mut self, slot: u32, intended: Instant) -> io::Result<bool> {
+        let c = &mut self.clients[slot as usize];
+        if let Some(limit) = self.plan.requests
+            && c.stream.issued() >= limit
+        {
+            return Ok(false);
+        }
+        c.stream.issue(intended);
+        self.try_send(slot)?;
+        Ok(true)
+    }
+
+    fn try_send(&mut self, slot: u32) -> io::Result<()> {
+        let c = &mut self.clients[slot as usize];
+        if c.state != State::Open {
+            return Ok(());
+        }
+        if let Some((off, len)) = c.stream.next_send(Instant::now()) {
+            c.sending = true;
+            let ud = UserData::new(Kind::SendRegion, slot, 0);
+            self.ring.send_region(slot, self.region, off, len, ud)?;
+        }
+        Ok(())
     }
 
     fn connect(&mut self, slot: u32) -> io::Result<()> {
         let conn = self.plan.first_conn + u64::from(slot);
-        let pin = self.pins[(conn % self.pins.len() as u64) as usize];
+        let ports = self.dests.len() as u64;
+        let dest = self.dests[(conn % ports) as usize];
+        let source = (!self.sources.is_empty())
+            .then(|| self.sources[(conn / ports % self.sources.len() as u64) as usize]);
         let c = &mut self.clients[slot as usize];
         c.state = State::Connecting;
-        c.started = Instant::now();
+        c.connect_started = Instant::now();
         self.connecting += 1;
-        self.ring.socket_connect(
-            slot,
-            pin,
-            UserData::new(Kind::Socket, slot, 0),
-            UserData::new(Kind::Connect, slot, 0),
-        )
+        self.ring.socket_connect(slot, source, dest, slot)
     }
 
     fn arm_recv(&mut self, slot: u32) -> io::Result<()> {
@@ -258,39 +390,11 @@ impl LoadShard {
             .recv_multishot(slot, UserData::new(Kind::Recv, slot, 0))
     }
 
-    fn send(&mut self, slot: u32, off: usize, len: usize) -> io::Result<()> {
-        self.clients[slot as usize].sending = true;
-        self.ring.send_region(
-            slot,
-            self.region,
-            off,
-            len,
-            UserData::new(Kind::SendRegion, slot, 0),
-        )
-    }
-
-    fn start_request(&mut self, slot: u32) -> io::Result<()> {
-        let conn = self.plan.first_conn + u64::from(slot);
-        let c = &mut self.clients[slot as usize];
-        let req = Request::new(conn, c.seq, self.plan.size);
-        let Next::Send { off, len } = req.start() else {
-            unreachable!("a request starts with a send")
-        };
-        c.req = Some(req);
-        c.started = Instant::now();
-        self.outstanding += 1;
-        self.send(slot, off, len)
-    }
-
     /// Closes the connection in `slot` (once); its operations end with -ECANCELED.
     fn close(&mut self, slot: u32) -> io::Result<()> {
         let c = &mut self.clients[slot as usize];
-        let was = c.state;
         c.state = State::Closed;
-        if c.req.take().is_some() {
-            self.outstanding -= 1;
-        }
-        if was == State::Closed || !c.installed {
+        if !c.installed {
             return Ok(());
         }
         c.installed = false;
@@ -316,15 +420,25 @@ impl LoadShard {
                 if c.res >= 0 {
                     self.clients[i].installed = true;
                 } else {
-                    self.error(&format!("socket:{}", errno_name(c.res)));
+                    self.error(&format!("socket:{}", errno_name(c.res)), 1);
+                }
+            }
+            Kind::SockOpt | Kind::Bind => {
+                if c.res < 0 && c.res != -libc::ECANCELED {
+                    let step = if c.ud.kind == Kind::Bind {
+                        "bind"
+                    } else {
+                        "setsockopt"
+                    };
+                    self.error(&format!("{step}:{}", errno_name(c.res)), 1);
                 }
             }
             Kind::Connect => {
                 self.connecting -= 1;
                 if c.res == 0 && self.clients[i].state == State::Connecting {
                     self.clients[i].state = State::Open;
-                    let us = self.clients[i].started.elapsed().as_micros() as u64;
-                    let _ = self.report.connect_us.record(us.max(1));
+                    let us = micros(self.clients[i].connect_started.elapsed());
+                    let _ = self.report.connect_us.record(us);
                     self.report.established += 1;
                     self.shared.established.fetch_add(1, Relaxed);
                     self.arm_recv(slot)?;
@@ -332,7 +446,7 @@ impl LoadShard {
                     self.report.failed += 1;
                     self.shared.failed.fetch_add(1, Relaxed);
                     if c.res != -libc::ECANCELED {
-                        self.error(&format!("connect:{}", errno_name(c.res)));
+                        self.error(&format!("connect:{}", errno_name(c.res)), 1);
                     }
                     self.close(slot)?;
                 }
@@ -342,21 +456,9 @@ impl LoadShard {
                 if self.clients[i].state != State::Open {
                     return Ok(());
                 }
-                let Some(req) = self.clients[i].req.as_mut() else {
-                    return Ok(());
-                };
-                match req.on_sent(c.res) {
-                    Next::Send { off, len } => self.send(slot, off, len)?,
-                    Next::Broken => {
-                        let why = if c.res < 0 {
-                            errno_name(c.res)
-                        } else {
-                            "sent_nothing".into()
-                        };
-                        self.error(&format!("send:{why}"));
-                        self.close(slot)?;
-                    }
-                    _ => {}
+                match self.clients[i].stream.on_sent(c.res) {
+                    Ok(()) => self.try_send(slot)?,
+                    Err(fault) => self.fault(slot, fault)?,
                 }
             }
             Kind::Recv => self.on_recv(&c)?,
@@ -366,6 +468,15 @@ impl LoadShard {
             }
         }
         Ok(())
+    }
+
+    fn fault(&mut self, slot: u32, fault: Fault) -> io::Result<()> {
+        match fault {
+            Fault::Mismatch => self.error("verify_mismatch", 1),
+            Fault::SendFailed(0) => self.error("send:sent_nothing", 1),
+            Fault::SendFailed(res) => self.error(&format!("send:{}", errno_name(res)), 1),
+        }
+        self.close(slot)
     }
 
     fn on_recv(&mut self, c: &Completion) -> io::Result<()> {
@@ -385,51 +496,69 @@ impl LoadShard {
                 }
                 0 => {
                     self.report.closed_by_peer += 1;
-                    if self.clients[i].req.is_some() {
-                        self.error("closed_mid_request");
+                    if self.clients[i].stream.outstanding() > 0 {
+                        self.error("closed_mid_request", 1);
                     }
                 }
-                _ => self.error(&format!("recv:{}", errno_name(c.res))),
+                _ => self.error(&format!("recv:{}", errno_name(c.res)), 1),
             }
             return self.close(slot);
         };
         self.ring.bufs_mut().taken(bid);
         let len = c.res.max(0) as u32;
-        let open = self.clients[i].state == State::Open;
-        let verdict = match self.clients[i].req.as_mut() {
-            Some(req) if open => {
-                let data = self.ring.bufs().bytes(bid, len);
-                Some(req.on_data(data, self.ring.region(self.region)))
-            }
-            // Bytes with no request outstanding are not an echo of anything we sent.
-            _ if open && len > 0 => Some(Next::Mismatch),
-            _ => None,
-        };
+        let mut verdict = Ok(());
+        let mut done = Vec::new();
+        if self.clients[i].state == State::Open {
+            let data = self.ring.bufs().bytes(bid, len);
+            let pattern = self.ring.region(self.region);
+            verdict = self.clients[i]
+                .stream
+                .on_data(data, pattern, |d| done.push(d));
+        }
         self.ring.bufs_mut().recycle(bid);
-        match verdict {
-            Some(Next::Done) => {
-                let us = self.clients[i].started.elapsed().as_micros() as u64;
-                let _ = self.report.latency_us.record(us.max(1));
-                self.report.requests += 1;
-                self.shared.requests.fetch_add(1, Relaxed);
-                let client = &mut self.clients[i];
-                client.req = None;
-                client.seq += 1;
-                self.outstanding -= 1;
-                let more_wanted = self.plan.requests.is_none_or(|n| client.seq < n);
-                if self.running && more_wanted {
-                    self.start_request(slot)?;
-                }
+        let now = Instant::now();
+        for d in done {
+            self.record(d, now);
+            if self.issuing && matches!(self.plan.workload, Workload::Closed { .. }) {
+                self.issue(slot, now)?;
             }
-            Some(Next::Mismatch) => {
-                self.error("verify_mismatch");
-                return self.close(slot);
-            }
-            _ => {}
+        }
+        if let Err(fault) = verdict {
+            return self.fault(slot, fault);
         }
         if !c.more() && self.clients[i].state == State::Open {
             self.arm_recv(slot)?;
         }
         Ok(())
+    }
+
+    fn record(&mut self, d: Completed, now: Instant) {
+        self.shared.requests.fetch_add(1, Relaxed);
+        let Some(w) = self.window else { return };
+        if d.intended < w.from || d.intended >= w.until {
+            return;
+        }
+        self.report.requests += 1;
+        let corrected = micros(now - d.intended);
+        let _ = self.report.latency_us.record(corrected);
+        let _ = self.report.uncorrected_us.record(micros(now - d.sent_at));
+        if self.plan.intervals.is_some() {
+            let second = now.saturating_duration_since(w.from).as_secs();
+            if second != self.interval.0 {
+                self.flush_interval();
+                self.interval.0 = second;
+            }
+            let _ = self.interval.1.record(corrected);
+        }
+    }
+
+    /// Sends the current second's histogram to the `--hlog` writer, if it has any count.
+    fn flush_interval(&mut self) {
+        if let Some(tx) = &self.plan.intervals
+            && self.interval.1.len() > 0
+        {
+            let h = std::mem::replace(&mut self.interval.1, histogram());
+            let _ = tx.send((self.interval.0, h));
+        }
     }
 }

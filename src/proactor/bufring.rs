@@ -53,8 +53,11 @@ pub struct BufRing {
     size: u32,
     tail: u16,
     bgid: u16,
-    /// Buffers the kernel has handed us and we have not given back.
+    /// Buffers the kernel has handed us and we have not given back: their count, and one
+    /// bit per buffer, checked on every use so that a buffer is never read, sent or given back
+    /// unless we hold it (a buffer given back twice could be filled by two recvs at once).
     held: usize,
+    held_bits: Vec<u64>,
 }
 
 impl BufRing {
@@ -82,6 +85,7 @@ impl BufRing {
             tail: 0,
             bgid,
             held: usize::from(count),
+            held_bits: vec![u64::MAX; usize::from(count).div_ceil(64)],
         };
         for bid in 0..count {
             ring.recycle(bid);
@@ -102,9 +106,26 @@ impl BufRing {
         usize::from(self.count) - self.held
     }
 
+    fn is_held(&self, bid: u16) -> bool {
+        self.held_bits[usize::from(bid / 64)] & (1 << (bid % 64)) != 0
+    }
+
+    fn set_held(&mut self, bid: u16, held: bool) {
+        let word = &mut self.held_bits[usize::from(bid / 64)];
+        if held {
+            *word |= 1 << (bid % 64);
+        } else {
+            *word &= !(1 << (bid % 64));
+        }
+    }
+
     /// Records that a completion handed buffer `bid` to us.
     pub fn taken(&mut self, bid: u16) {
-        debug_assert!(bid < self.count);
+        assert!(
+            bid < self.count && !self.is_held(bid),
+            "buffer {bid} handed out twice"
+        );
+        self.set_held(bid, true);
         self.held += 1;
     }
 
@@ -114,6 +135,7 @@ impl BufRing {
             bid < self.count && len <= self.size,
             "buffer {bid} len {len} out of range"
         );
+        assert!(self.is_held(bid), "buffer {bid} is in the kernel's hands");
         let start = usize::from(bid) * self.size as usize;
         // SAFETY: the range lies inside `mem` (checked above); the kernel wrote these bytes
         // before posting the CQE that handed us `bid`, and will not write the buffer again
@@ -128,18 +150,25 @@ impl BufRing {
 
     /// Gives buffer `bid` back to the kernel.
     pub fn recycle(&mut self, bid: u16) {
-        assert!(bid < self.count, "buffer id {bid} out of range");
-        debug_assert!(self.held > 0);
+        let addr = self.bytes(bid, 0).as_ptr() as u64; // asserts that we hold `bid`
+        self.set_held(bid, false);
         self.held -= 1;
         let mask = self.count - 1;
         let base = self.entries.ptr.as_ptr().cast::<BufRingEntry>();
-        // SAFETY: `tail & mask` < count, so the entry lies inside the `entries` mapping; the
-        // kernel reads entries only between its head and the published tail, and this slot is
-        // past the tail until the store below publishes it.
-        let entry = unsafe { &mut *base.add(usize::from(self.tail & mask)) };
-        entry.set_addr(self.bytes(bid, 0).as_ptr() as u64);
-        entry.set_len(self.size);
-        entry.set_bid(bid);
+        // struct io_uring_buf (uapi): addr u64 at 0, len u32 at 8, bid u16 at 12, resv u16 at
+        // 14; entry 0's resv is the ring's tail, so the entry is written field by field.
+        const _: () = assert!(std::mem::size_of::<BufRingEntry>() == 16);
+        // SAFETY: `tail & mask` < count, so the slot lies inside the `entries` mapping, which
+        // is page-aligned (so every field is aligned). At most `count` buffers are ever in the
+        // ring (each bid once: the held bits), so the kernel, which reads only from its head
+        // up to the published tail, is not reading this slot. Raw pointers, no references:
+        // entry 0's resv (the tail) is never touched here.
+        unsafe {
+            let slot = base.add(usize::from(self.tail & mask)).cast::<u8>();
+            slot.cast::<u64>().write(addr);
+            slot.add(8).cast::<u32>().write(self.size);
+            slot.add(12).cast::<u16>().write(bid);
+        }
         self.tail = self.tail.wrapping_add(1);
         // SAFETY: the tail field overlays entry 0's reserved field in the shared mapping (the
         // io_uring_buf_ring layout); it is naturally aligned, and AtomicU16 has u16's layout.

@@ -6,6 +6,10 @@
 //! copied to `queued` (coalescing them into the next send) and their buffer goes back at once;
 //! bytes that arrive when nothing is in flight are sent straight from their provided buffer,
 //! which goes back when the send has taken them all. A short send resubmits the rest.
+//!
+//! Output is bounded: once more than `OUTPUT_CAP` bytes are queued (a peer that sends but does
+//! not read), the multishot recv is cancelled, and it is re-armed when the queue has drained,
+//! so such a peer can neither grow the server's memory nor hold the shard's buffers.
 
 /// What the connection asks of the ring.
 pub trait ConnIo {
@@ -31,6 +35,10 @@ pub trait ConnIo {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Recv {
     Armed,
+    /// Cancelled because too much output is queued; its final completion has not come yet.
+    Pausing,
+    /// Stopped because too much output is queued; re-armed when the queue drains.
+    Paused,
     /// Ended for lack of buffers; the shard re-arms it.
     WaitingBuffers,
     /// Ended for good: EOF, error, or cancelled on purpose.
@@ -59,6 +67,8 @@ enum Phase {
 
 /// Grown coalescing buffers above this are dropped once drained rather than kept idle.
 const KEEP_QUEUE_CAPACITY: usize = 64 * 1024;
+/// Queued output above which the connection stops being read.
+pub const OUTPUT_CAP: usize = 256 * 1024;
 
 #[derive(Debug)]
 pub struct Conn {
@@ -108,8 +118,15 @@ impl Conn {
         } else {
             crate::proto::echo::reply(io.buf_bytes(bid, len), &mut self.queued);
             io.recycle(bid);
+            if self.queued.len() > OUTPUT_CAP && self.recv == Recv::Armed && more {
+                self.recv = Recv::Pausing;
+                io.cancel_recv();
+            }
         }
-        if !more {
+        if !more && self.recv == Recv::Pausing {
+            // The cancel and the end of the multishot crossed: nothing left to cancel.
+            self.recv = Recv::Paused;
+        } else if !more {
             // The multishot ended after this buffer (it can, e.g. on CQ overflow): go on.
             if self.phase == Phase::Open {
                 io.arm_recv();
@@ -122,8 +139,13 @@ impl Conn {
 
     /// A recv completion without data: `res` is 0 (EOF) or -errno; never has F_MORE.
     pub fn on_recv_end(&mut self, res: i32, io: &mut impl ConnIo) {
+        let pausing = self.recv == Recv::Pausing;
         self.recv = Recv::Done;
         match -res {
+            libc::ECANCELED if pausing && self.phase == Phase::Open => {
+                self.recv = Recv::Paused;
+                self.resume(io);
+            }
             0 => {
                 if self.phase == Phase::Open {
                     self.phase = Phase::PeerDone;
@@ -208,8 +230,10 @@ impl Conn {
     pub fn drain(&mut self, io: &mut impl ConnIo) {
         if self.phase == Phase::Open || self.phase == Phase::PeerDone {
             self.phase = Phase::Draining;
-            if self.recv == Recv::Armed {
-                io.cancel_recv();
+            match self.recv {
+                Recv::Armed => io.cancel_recv(),
+                Recv::Paused => self.recv = Recv::Done,
+                _ => {}
             }
         }
         self.maybe_close(io);
@@ -222,8 +246,10 @@ impl Conn {
         }
         self.phase = Phase::Aborting;
         self.queued = Vec::new();
-        if self.recv == Recv::Armed {
-            io.cancel_recv();
+        match self.recv {
+            Recv::Armed => io.cancel_recv(),
+            Recv::Paused => self.recv = Recv::Done,
+            _ => {}
         }
         match self.inflight {
             Inflight::None => {}
@@ -238,6 +264,16 @@ impl Conn {
             self.inflight = Inflight::Vec;
             io.send_vec(std::mem::take(&mut self.queued), 0);
         }
+        self.resume(io);
+    }
+
+    /// Re-arms a recv paused for queued output once all of it has been sent.
+    fn resume(&mut self, io: &mut impl ConnIo) {
+        let drained = self.queued.is_empty() && self.inflight == Inflight::None;
+        if self.recv == Recv::Paused && drained && self.phase == Phase::Open {
+            self.recv = Recv::Armed;
+            io.arm_recv();
+        }
     }
 
     fn maybe_close(&mut self, io: &mut impl ConnIo) {
@@ -246,7 +282,8 @@ impl Conn {
             Phase::PeerDone | Phase::Draining => self.queued.is_empty(),
             Phase::Aborting => true,
         };
-        if finished && self.recv != Recv::Armed && self.inflight == Inflight::None {
+        let recv_over = !matches!(self.recv, Recv::Armed | Recv::Pausing);
+        if finished && recv_over && self.inflight == Inflight::None {
             self.phase = Phase::Closing;
             io.close();
         }
@@ -260,7 +297,8 @@ mod tests {
     #[derive(Debug, PartialEq, Eq, Clone)]
     enum Act {
         SendBuf(u16, u32, u32),
-        SendVec(Vec<u8>, usize),
+        /// Length and start of the bytes handed to the send.
+        SendVec(usize, usize),
         Recycle(u16),
         Arm,
         Wait,
@@ -289,7 +327,7 @@ mod tests {
             self.acts.push(Act::SendBuf(bid, off, len));
         }
         fn send_vec(&mut self, data: Vec<u8>, start: usize) {
-            self.acts.push(Act::SendVec(data, start));
+            self.acts.push(Act::SendVec(data.len(), start));
         }
         fn buf_bytes(&self, _bid: u16, len: u32) -> &[u8] {
             &BUF[..len as usize]
@@ -358,13 +396,10 @@ mod tests {
         );
         assert_eq!(c.queued_bytes(), 50);
         c.on_sent_buf(10, &mut io);
-        assert_eq!(
-            io.take(),
-            vec![Act::Recycle(1), Act::SendVec(vec![0; 50], 0)]
-        );
+        assert_eq!(io.take(), vec![Act::Recycle(1), Act::SendVec(50, 0)]);
         // A short vec send resubmits from where it stopped.
         c.on_sent_vec(20, vec![0; 50], 0, &mut io);
-        assert_eq!(io.take(), vec![Act::Short, Act::SendVec(vec![0; 50], 20)]);
+        assert_eq!(io.take(), vec![Act::Short, Act::SendVec(50, 20)]);
         c.on_sent_vec(30, vec![0; 50], 20, &mut io);
         assert_eq!(io.take(), vec![]);
     }
@@ -396,10 +431,7 @@ mod tests {
         c.on_recv_end(0, &mut io);
         assert_eq!(io.take(), vec![]);
         c.on_sent_buf(10, &mut io);
-        assert_eq!(
-            io.take(),
-            vec![Act::Recycle(1), Act::SendVec(vec![0; 5], 0)]
-        );
+        assert_eq!(io.take(), vec![Act::Recycle(1), Act::SendVec(5, 0)]);
         c.on_sent_vec(5, vec![0; 5], 0, &mut io);
         assert_eq!(io.take(), vec![Act::Close]);
         assert!(c.is_closing());
@@ -474,6 +506,57 @@ mod tests {
         c.on_sent_vec(-libc::ECANCELED, vec![0; 10], 0, &mut io);
         assert_eq!(io.take(), vec![]);
         c.on_recv_end(-libc::ECANCELED, &mut io);
+        assert_eq!(io.take(), vec![Act::Close]);
+    }
+
+    #[test]
+    fn a_peer_that_does_not_read_stops_being_read_until_its_output_drains() {
+        let (mut c, mut io) = open();
+        c.on_data(0, 4096, true, &mut io);
+        io.take();
+        // The send to the non-reading peer stays in flight; input piles up to the cap.
+        let per = 4096u32;
+        let n = (OUTPUT_CAP / per as usize) as u16 + 1;
+        for bid in 1..=n {
+            c.on_data(bid % 8, per, true, &mut io);
+        }
+        let acts = io.take();
+        assert_eq!(acts.last(), Some(&Act::CancelRecv), "{acts:?}");
+        assert_eq!(acts.iter().filter(|a| **a == Act::CancelRecv).count(), 1);
+        // Data racing the cancel is still queued, then the recv's final completion.
+        c.on_data(1, 10, true, &mut io);
+        c.on_recv_end(-libc::ECANCELED, &mut io);
+        assert_eq!(io.take(), vec![Act::Recycle(1)]);
+        // The first send completes; the queue goes out in one send; when it is sent, reading resumes.
+        c.on_sent_buf(4096, &mut io);
+        let acts = io.take();
+        assert!(
+            matches!(acts[..], [Act::Recycle(0), Act::SendVec(_, 0)]),
+            "{acts:?}"
+        );
+        let queued = (n as usize) * per as usize + 10;
+        c.on_sent_vec(queued as i32, vec![0; queued], 0, &mut io);
+        assert_eq!(io.take(), vec![Act::Arm]);
+    }
+
+    #[test]
+    fn eof_while_pausing_closes_once_output_is_sent() {
+        let (mut c, mut io) = open();
+        c.on_data(0, 10, true, &mut io);
+        for _ in 0..(OUTPUT_CAP / 4096 + 1) {
+            c.on_data(1, 4096, true, &mut io);
+        }
+        io.take();
+        c.on_recv_end(0, &mut io);
+        assert_eq!(io.take(), vec![]);
+        c.on_sent_buf(10, &mut io);
+        let acts = io.take();
+        assert!(
+            matches!(acts[..], [Act::Recycle(0), Act::SendVec(..)]),
+            "{acts:?}"
+        );
+        let queued = (OUTPUT_CAP / 4096 + 1) * 4096;
+        c.on_sent_vec(queued as i32, vec![0; queued], 0, &mut io);
         assert_eq!(io.take(), vec![Act::Close]);
     }
 

@@ -36,11 +36,15 @@ pub enum Kind {
     Wake,
     /// SOCKET into a chosen direct slot (the load generator).
     Socket,
-    /// CONNECT on a direct descriptor, linked after its SOCKET.
+    /// SETSOCKOPT (IP_BIND_ADDRESS_NO_PORT) on a new direct socket, linked after SOCKET.
+    SockOpt,
+    /// BIND of a new direct socket to its source address, linked after SETSOCKOPT.
+    Bind,
+    /// CONNECT on a direct descriptor, linked after its SOCKET (or BIND).
     Connect,
 }
 
-const KINDS: [Kind; 10] = [
+const KINDS: [Kind; 12] = [
     Kind::Accept,
     Kind::Recv,
     Kind::SendBuf,
@@ -50,6 +54,8 @@ const KINDS: [Kind; 10] = [
     Kind::Close,
     Kind::Wake,
     Kind::Socket,
+    Kind::SockOpt,
+    Kind::Bind,
     Kind::Connect,
 ];
 
@@ -137,6 +143,8 @@ pub struct Ring {
     addrs: Vec<Box<libc::sockaddr_in>>,
     /// Where the wake-up eventfd's counter is read to.
     wake_buf: Box<u64>,
+    /// The value 1, for boolean socket options set through the ring.
+    one: Box<i32>,
     /// Operations pushed whose final completion has not been seen.
     in_flight: usize,
     /// io_uring_enter calls made.
@@ -165,6 +173,7 @@ impl Ring {
             regions: Vec::new(),
             addrs: Vec::new(),
             wake_buf: Box::new(0),
+            one: Box::new(1),
             in_flight: 0,
             enters: 0,
         })
@@ -384,31 +393,57 @@ impl Ring {
         self.addrs.len() - 1
     }
 
-    /// SOCKET into direct slot `fixed`, linked to CONNECT on it to pinned address `addr`.
+    /// SOCKET into direct slot `fixed`, linked to CONNECT on it to pinned address `addr`;
+    /// with a pinned `source`, SETSOCKOPT(IP_BIND_ADDRESS_NO_PORT) and BIND to it come between,
+    /// so the source port is picked at connect time per 4-tuple rather than reserved per bind.
+    /// Every step posts its own completion (kinds Socket, SockOpt, Bind, Connect, all with
+    /// `slot`); a failed step cancels the rest of the chain.
     pub fn socket_connect(
         &mut self,
         fixed: u32,
+        source: Option<usize>,
         addr: usize,
-        socket_ud: UserData,
-        connect_ud: UserData,
+        slot: u32,
     ) -> io::Result<()> {
         let dest = types::DestinationSlot::try_from_slot_target(fixed)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "slot out of range"))?;
-        let sa: *const libc::sockaddr_in = &*self.addrs[addr];
+        let ud = |kind| UserData::new(kind, slot, 0).encode();
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let target: *const libc::sockaddr_in = &*self.addrs[addr];
         let socket = opcode::Socket::new(libc::AF_INET, libc::SOCK_STREAM, 0)
             .file_index(Some(dest))
             .build()
             .flags(squeue::Flags::IO_LINK)
-            .user_data(socket_ud.encode());
-        let connect = opcode::Connect::new(
-            types::Fixed(fixed),
-            sa.cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-        .build()
-        .user_data(connect_ud.encode());
-        // SAFETY: the sockaddr is boxed in `addrs`, never freed or written while the ring lives.
-        unsafe { self.push_linked(&[socket, connect]) }
+            .user_data(ud(Kind::Socket));
+        let connect = opcode::Connect::new(types::Fixed(fixed), target.cast(), len)
+            .build()
+            .user_data(ud(Kind::Connect));
+        match source {
+            // SAFETY: the sockaddr is boxed in `addrs`, never freed or written while the
+            // ring lives.
+            None => unsafe { self.push_linked(&[socket, connect]) },
+            Some(src) => {
+                let one: *const i32 = &*self.one;
+                let src: *const libc::sockaddr_in = &*self.addrs[src];
+                let sockopt = opcode::SetSockOpt::new(
+                    types::Fixed(fixed),
+                    libc::IPPROTO_IP as u32,
+                    libc::IP_BIND_ADDRESS_NO_PORT as u32,
+                    one.cast(),
+                    std::mem::size_of::<i32>() as u32,
+                )
+                .build()
+                .flags(squeue::Flags::IO_LINK)
+                .user_data(ud(Kind::SockOpt));
+                let bind = opcode::Bind::new(types::Fixed(fixed), src.cast(), len)
+                    .build()
+                    .flags(squeue::Flags::IO_LINK)
+                    .user_data(ud(Kind::Bind));
+                // SAFETY: both sockaddrs are boxed in `addrs` and the option value in `one`;
+                // none is freed or written while the ring lives.
+                unsafe { self.push_linked(&[socket, sockopt, bind, connect]) }
+            }
+        }
     }
 
     /// Cancels the request whose user_data is `target`. Matching by user_data is a hash

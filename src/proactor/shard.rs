@@ -276,7 +276,12 @@ impl Shard {
                 }
             }
             Kind::Wake => self.begin_stop()?,
-            Kind::Cancel | Kind::SendRegion | Kind::Socket | Kind::Connect => {}
+            Kind::Cancel
+            | Kind::SendRegion
+            | Kind::Socket
+            | Kind::SockOpt
+            | Kind::Bind
+            | Kind::Connect => {}
         }
         Ok(())
     }
@@ -311,7 +316,9 @@ impl Shard {
                 err: None,
             };
             let conn = entry.insert(Conn::accepted(generation, fixed, &mut io));
-            if self.deadline.is_some() {
+            if self.aborted {
+                conn.abort(&mut io);
+            } else if self.deadline.is_some() {
                 conn.drain(&mut io);
             }
             if let Some(e) = io.err {
