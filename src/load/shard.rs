@@ -555,7 +555,7 @@ impl LoadShard {
     /// Sends the current second's histogram to the `--hlog` writer, if it has any count.
     fn flush_interval(&mut self) {
         if let Some(tx) = &self.plan.intervals
-            && self.interval.1.len() > 0
+            && !self.interval.1.is_empty()
         {
             let h = std::mem::replace(&mut self.interval.1, histogram());
             let _ = tx.send((self.interval.0, h));
