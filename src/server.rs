@@ -81,11 +81,12 @@ pub fn check_ports(args: &ServerArgs) -> Result<()> {
     Ok(())
 }
 
-/// One listener per port for each of `shards` shards.
+/// One listener per port for each of `shards` shards, each with `backlog`.
 pub fn bind_listeners(
     args: &ServerArgs,
     shards: usize,
     nonblocking: bool,
+    backlog: u32,
 ) -> Result<Vec<Vec<OwnedFd>>> {
     (0..shards)
         .map(|_| {
@@ -94,7 +95,8 @@ pub fn bind_listeners(
                 .iter()
                 .map(|port| {
                     let addr = SocketAddrV4::new(args.host, *port);
-                    sys::reuseport_listener(addr, nonblocking).map_err(|e| bind_error(addr, e))
+                    sys::reuseport_listener(addr, nonblocking, backlog)
+                        .map_err(|e| bind_error(addr, e))
                 })
                 .collect()
         })

@@ -300,3 +300,44 @@ fn a_peer_that_does_not_read_is_pushed_back_then_gets_every_byte() {
         assert_eq!(u(&stats, "totals.bytes_out"), sent as u64, "{engine:?}");
     }
 }
+
+/// A burst that lands while the server cannot run (SIGSTOP) must not overfill the fixed-file
+/// table: accepting pauses with no connection lost to -ENFILE, and resumes when some close.
+#[test]
+fn a_burst_near_a_full_fixed_file_table_loses_no_connection() {
+    let ports = free_ports(1);
+    // RLIMIT_NOFILE 256 caps the ring's table at 256 slots; one shard.
+    let server = Server::start_with_nofile(common::Engine::Uring, &ports, &["--cores", "1"], 256);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], first_port(&ports)));
+    let connect = || TcpStream::connect_timeout(&addr, Duration::from_secs(10)).unwrap();
+    let ping = |s: &mut TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"ping").unwrap();
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"ping");
+    };
+    let mut held: Vec<TcpStream> = (0..200).map(|_| connect()).collect();
+    // An echo proves each was accepted, so the backlog is empty before the burst.
+    held.iter_mut().for_each(ping);
+    server.signal(libc::SIGSTOP);
+    // The kernel completes these handshakes into the backlog while the server is stopped.
+    let burst: Vec<TcpStream> = (0..60).map(|_| connect()).collect();
+    server.signal(libc::SIGCONT);
+    held.extend(burst);
+    // Every held connection is echoed (accepted or still queued for accept)...
+    thread::sleep(Duration::from_millis(300));
+    // ...and closing 50 frees slots for the ones that waited.
+    held.drain(..50);
+    held.iter_mut().for_each(ping);
+    drop(held);
+    thread::sleep(Duration::from_millis(300));
+    let stats = server.stop();
+    assert_eq!(
+        u(&stats, "totals.refused"),
+        0,
+        "a connection was lost to a full table: {stats}"
+    );
+    assert_eq!(u(&stats, "totals.accepted"), 260);
+    assert!(u(&stats, "totals.accept_pauses") >= 1, "{stats}");
+}

@@ -66,7 +66,8 @@ pub fn run(cfg: &mut UringConfig) -> Result<Summary> {
     sys::block_stop_signals().map_err(|e| Error::io("blocking signals", e))?;
     let plan = server::make_plan(&cfg.server, EngineKind::Uring)?;
     server::check_ports(&cfg.server)?;
-    let listeners = server::bind_listeners(&cfg.server, plan.shards(), false)?;
+    let backlog = shard::listen_backlog(plan.table_slots, cfg.server.ports.len());
+    let listeners = server::bind_listeners(&cfg.server, plan.shards(), false, backlog)?;
     server::print_plan("uring-server", &plan);
     cfg.table_slots = plan.table_slots;
     let cfg = &*cfg;

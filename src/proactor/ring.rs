@@ -298,6 +298,21 @@ impl Ring {
         unsafe { self.push(&e) }
     }
 
+    /// One accept into a direct descriptor the kernel allocates (used near a full table,
+    /// where a multishot accept could overshoot it).
+    pub fn accept_one(&mut self, listener: RawFd, ud: UserData) -> io::Result<()> {
+        let e = opcode::Accept::new(
+            types::Fd(listener),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+        .file_index(Some(types::DestinationSlot::auto_target()))
+        .build()
+        .user_data(ud.encode());
+        // SAFETY: null address pointers: the accept writes no memory of ours.
+        unsafe { self.push(&e) }
+    }
+
     pub fn recv_multishot(&mut self, fixed: u32, ud: UserData) -> io::Result<()> {
         let bgid = self.bufs().bgid();
         let e = opcode::RecvMulti::new(types::Fixed(fixed), bgid)

@@ -1,8 +1,12 @@
 //! One Proactor shard: a thread pinned to a core that owns a ring, its listeners, its
 //! connections and its provided buffers, and only reacts to completions.
 //!
-//! Accepting pauses before the fixed-file table fills (a multishot accept into a full table
-//! fails with -ENFILE and that connection is lost) and resumes below a low mark. A recv that
+//! The fixed-file table never fills: a multishot accept into a full table fails with -ENFILE
+//! and that connection is lost, and one multishot run may drain a whole listen backlog
+//! (io_accept retries while the socket has more) before the shard sees a single completion.
+//! So multishot accepts run only while the table has ample room (below `MULTI_FILL_PCT`);
+//! above that, accepts are single-shot, at most one per listener and never more in flight
+//! than free slots; when none fits, accepting pauses until connections close. A recv that
 //! ended with -ENOBUFS is re-armed only after buffers have come back, one waiting connection
 //! per returned buffer, so an empty ring never becomes a storm of re-arms.
 
@@ -21,10 +25,29 @@ use crate::stats::{Counters, SharedCounters};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Accept {
-    Armed,
+    Multi,
+    /// A single-shot accept: takes at most one slot.
+    Single,
     /// Cancel submitted; the final completion has not come yet.
-    Cancelling,
+    Cancelling {
+        single: bool,
+    },
     Off,
+}
+
+/// Multishot accepts run while the table is below this fill; single-shot ones above.
+const MULTI_FILL_PCT: u32 = 75;
+
+fn multi_limit(slots: u32) -> u32 {
+    (u64::from(slots) * u64::from(MULTI_FILL_PCT) / 100) as u32
+}
+
+/// The listen backlog for each of a shard's `ports` listeners: together they hold no more
+/// than the table's room above the multishot limit, which bounds what one multishot run can
+/// accept after the last completion the shard saw. (20,000 slots over 50 ports: 100 each;
+/// with a listener per shard per port, a port's backlogs add up over the shards.)
+pub fn listen_backlog(slots: u32, ports: usize) -> u32 {
+    ((slots - multi_limit(slots)) / ports.max(1) as u32).max(16)
 }
 
 pub struct Shard {
@@ -35,8 +58,10 @@ pub struct Shard {
     wake: OwnedFd,
     /// Direct descriptors in the table: accepted and not yet closed.
     in_table: u32,
-    high_mark: u32,
-    low_mark: u32,
+    slots: u32,
+    /// At or above this many connections in the table, no multishot accept is armed.
+    multi_limit: u32,
+    /// Set while no accept could be armed for lack of slots.
     paused: bool,
     /// Connections whose recv waits for buffers: (slot, generation), oldest first.
     waiting: VecDeque<(u32, u32)>,
@@ -134,8 +159,7 @@ impl Shard {
         let ring = Ring::new(&ring_cfg)?;
         let slots = ring_cfg.fixed_files;
         // Pause with room to spare for the accepts that complete before the cancel lands.
-        let high_mark = slots - (slots / 16).max(64).min(slots / 2);
-        let low_mark = high_mark - (slots / 8).min(high_mark / 2);
+        let multi_limit = multi_limit(slots);
         let n = cfg.listeners.len();
         Ok(Shard {
             ring,
@@ -144,8 +168,8 @@ impl Shard {
             accept: vec![Accept::Off; n],
             wake: cfg.wake,
             in_table: 0,
-            high_mark,
-            low_mark,
+            slots,
+            multi_limit,
             paused: false,
             waiting: VecDeque::new(),
             next_gen: 0,
@@ -189,28 +213,68 @@ impl Shard {
         self.shared.publish(&self.counters);
     }
 
-    fn arm_accept(&mut self, l: usize) -> io::Result<()> {
+    /// Arms listener `l`'s accept: multishot while the table has ample room (with a little
+    /// hysteresis), single-shot while a slot is free for it, else nothing (paused).
+    fn arm_accept(&mut self, l: usize) -> io::Result<bool> {
         let ud = UserData::new(Kind::Accept, l as u32, 0);
-        self.ring
-            .accept_multishot(self.listeners[l].as_raw_fd(), ud)?;
-        self.accept[l] = Accept::Armed;
-        Ok(())
+        let fd = self.listeners[l].as_raw_fd();
+        let singles = self
+            .accept
+            .iter()
+            .filter(|a| matches!(a, Accept::Single | Accept::Cancelling { single: true }))
+            .count() as u32;
+        let hysteresis = self.slots / 32;
+        if self.in_table + hysteresis < self.multi_limit {
+            self.ring.accept_multishot(fd, ud)?;
+            self.accept[l] = Accept::Multi;
+        } else if self.in_table + singles < self.slots {
+            self.ring.accept_one(fd, ud)?;
+            self.accept[l] = Accept::Single;
+        } else {
+            return Ok(false);
+        }
+        Ok(true)
     }
 
-    fn cancel_accepts(&mut self) -> io::Result<()> {
+    /// Cancels listener accepts: all of them, or only the multishot ones.
+    fn cancel_accepts(&mut self, multishot_only: bool) -> io::Result<()> {
         for l in 0..self.accept.len() {
-            if self.accept[l] == Accept::Armed {
-                let target = UserData::new(Kind::Accept, l as u32, 0);
-                self.ring
-                    .cancel(target, UserData::new(Kind::Cancel, 0, 0))?;
-                self.accept[l] = Accept::Cancelling;
-            }
+            let single = match self.accept[l] {
+                Accept::Multi => false,
+                Accept::Single if !multishot_only => true,
+                _ => continue,
+            };
+            let target = UserData::new(Kind::Accept, l as u32, 0);
+            self.ring
+                .cancel(target, UserData::new(Kind::Cancel, 0, 0))?;
+            self.accept[l] = Accept::Cancelling { single };
         }
         Ok(())
     }
 
-    fn accepting(&self) -> bool {
-        !self.paused && self.deadline.is_none()
+    /// Arms every listener whose accept has ended, as far as the table allows.
+    fn rearm_accepts(&mut self) -> io::Result<()> {
+        if self.deadline.is_some() {
+            return Ok(());
+        }
+        if self.in_table >= self.multi_limit {
+            self.cancel_accepts(true)?;
+        }
+        let mut blocked = false;
+        for l in 0..self.accept.len() {
+            if self.accept[l] == Accept::Off {
+                if self.arm_accept(l)? {
+                    self.counters.rearms += 1;
+                } else {
+                    blocked = true;
+                }
+            }
+        }
+        if blocked && !self.paused {
+            self.counters.accept_pauses += 1;
+        }
+        self.paused = blocked;
+        Ok(())
     }
 
     /// Runs `f` on the connection in `slot` if it is still generation `generation`.
@@ -296,6 +360,8 @@ impl Shard {
 
     fn on_accept(&mut self, l: usize, c: &Completion) -> io::Result<()> {
         if !c.more() {
+            // A single-shot accept always ends here; a multishot one when it was cancelled
+            // or failed. Either way `rearm_accepts` decides what comes next.
             self.accept[l] = Accept::Off;
         }
         if c.res >= 0 {
@@ -341,14 +407,8 @@ impl Shard {
                 _ => self.counters.refused += 1,
             }
         }
-        if self.in_table >= self.high_mark && !self.paused {
-            self.paused = true;
-            self.counters.accept_pauses += 1;
-            self.cancel_accepts()?;
-        }
-        if self.accept[l] == Accept::Off && self.accepting() {
-            self.counters.rearms += 1;
-            self.arm_accept(l)?;
+        if self.in_table >= self.multi_limit {
+            self.cancel_accepts(true)?;
         }
         Ok(())
     }
@@ -395,7 +455,7 @@ impl Shard {
 
     fn begin_stop(&mut self) -> io::Result<()> {
         self.deadline = Some(Instant::now() + self.shutdown_timeout);
-        self.cancel_accepts()?;
+        self.cancel_accepts(false)?;
         // Closing our fds makes each listener go away once its accept has ended, so new
         // connections are refused rather than left in a backlog nobody accepts from.
         self.listeners.clear();
@@ -411,17 +471,7 @@ impl Shard {
     }
 
     fn after_turn(&mut self) -> io::Result<()> {
-        if self.paused && self.in_table <= self.low_mark {
-            self.paused = false;
-        }
-        if self.accepting() {
-            for l in 0..self.accept.len() {
-                if self.accept[l] == Accept::Off {
-                    self.counters.rearms += 1;
-                    self.arm_accept(l)?;
-                }
-            }
-        }
+        self.rearm_accepts()?;
         // One waiting connection per buffer available: each re-arm can take at least one.
         let mut budget = self.ring.bufs().available();
         while budget > 0 {

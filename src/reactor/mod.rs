@@ -53,7 +53,7 @@ pub fn run(cfg: &mut EpollConfig) -> Result<Summary> {
         sys::limits::HostLimits::read().map_err(|e| Error::io("reading host limits", e))?;
     let ports = cfg.server.ports.len() as u64;
     if let Some(role) = cfg.worker {
-        let listeners = server::bind_listeners(&cfg.server, 1, true)?;
+        let listeners = server::bind_listeners(&cfg.server, 1, true, sys::LISTEN_BACKLOG)?;
         let plan = crate::plan::Plan {
             max_conns: role.cap as u64,
             shard_cpus: vec![role.cpu],
@@ -86,7 +86,7 @@ pub fn run(cfg: &mut EpollConfig) -> Result<Summary> {
         .nofile_soft
         .saturating_sub(shards * (ports + 2) + FD_RESERVE)
         / shards) as usize;
-    let listeners = server::bind_listeners(&cfg.server, plan.shards(), true)?;
+    let listeners = server::bind_listeners(&cfg.server, plan.shards(), true, sys::LISTEN_BACKLOG)?;
     let cfg = &*cfg;
     server::serve(
         cfg,

@@ -24,8 +24,8 @@ macro_rules! syscall {
 }
 pub(crate) use syscall;
 
-/// The backlog passed to listen(2); the kernel clamps it to net.core.somaxconn.
-pub const LISTEN_BACKLOG: i32 = 65535;
+/// The largest backlog to pass to listen(2); the kernel clamps it to net.core.somaxconn.
+pub const LISTEN_BACKLOG: u32 = 65535;
 
 fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
     // The pointer is to a live local i32 and the length is its size.
@@ -74,16 +74,20 @@ fn bind(fd: RawFd, addr: SocketAddrV4) -> io::Result<()> {
 
 /// A listening TCP socket for one shard: SO_REUSEADDR (the server ports lie inside the
 /// ephemeral range), SO_REUSEPORT (one listener per shard per port, the kernel spreads
-/// connections over them), TCP_NODELAY (inherited by accepted sockets), the largest backlog.
+/// connections over them), TCP_NODELAY (inherited by accepted sockets), and `backlog`.
 /// `nonblocking` for epoll; io_uring listeners stay blocking (io_uring arms its own poll).
-pub fn reuseport_listener(addr: SocketAddrV4, nonblocking: bool) -> io::Result<OwnedFd> {
+pub fn reuseport_listener(
+    addr: SocketAddrV4,
+    nonblocking: bool,
+    backlog: u32,
+) -> io::Result<OwnedFd> {
     let sock = tcp_socket(if nonblocking { libc::SOCK_NONBLOCK } else { 0 })?;
     let fd = sock.as_raw_fd();
     setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
     setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
     setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
     bind(fd, addr)?;
-    syscall!(listen(fd, LISTEN_BACKLOG))?;
+    syscall!(listen(fd, backlog.min(LISTEN_BACKLOG) as i32))?;
     Ok(sock)
 }
 

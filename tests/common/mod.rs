@@ -67,13 +67,28 @@ pub struct Server {
 impl Server {
     /// Starts `engine` on 127.0.0.1 with `extra` flags; panics unless it is ready within 20 s.
     pub fn start(engine: Engine, ports: &str, extra: &[&str]) -> Server {
+        Server::spawn(Command::new(engine.binary()), ports, extra)
+    }
+
+    /// As `start`, under an RLIMIT_NOFILE (soft and hard) of `nofile`, which also caps its ring tables.
+    pub fn start_with_nofile(engine: Engine, ports: &str, extra: &[&str], nofile: u32) -> Server {
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            &format!("ulimit -n {nofile} && exec \"$0\" \"$@\""),
+            engine.binary(),
+        ]);
+        Server::spawn(cmd, ports, extra)
+    }
+
+    fn spawn(mut cmd: Command, ports: &str, extra: &[&str]) -> Server {
         let stats_path = std::env::temp_dir().join(format!(
             "c1m-test-{}-{}.json",
             std::process::id(),
             NEXT_BLOCK.fetch_add(1, Ordering::Relaxed)
         ));
         let _ = std::fs::remove_file(&stats_path);
-        let mut child = Command::new(engine.binary())
+        let mut child = cmd
             .args(["--host", "127.0.0.1", "--ports", ports, "--stats-json"])
             .arg(&stats_path)
             .args(extra)
