@@ -82,6 +82,38 @@ impl fmt::Display for PortList {
     }
 }
 
+/// A set of IPv4 addresses: `127.0.0.1`, `127.0.0.1-127.0.0.8`, or a comma list of both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddrList(pub Vec<Ipv4Addr>);
+
+impl FromStr for AddrList {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let ip = |p: &str| {
+            p.trim()
+                .parse::<Ipv4Addr>()
+                .map_err(|_| format!("`{p}` is not an IPv4 address"))
+        };
+        let mut out = Vec::new();
+        for part in s.split(',') {
+            match part.split_once('-') {
+                Some((a, b)) => {
+                    let (a, b) = (u32::from(ip(a)?), u32::from(ip(b)?));
+                    if a > b || b - a >= 65_536 {
+                        return Err(format!(
+                            "range `{part}` runs backwards or spans more than 65536 addresses"
+                        ));
+                    }
+                    out.extend((a..=b).map(Ipv4Addr::from));
+                }
+                None => out.push(ip(part)?),
+            }
+        }
+        Ok(AddrList(out))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Proto {
     /// Every byte received is sent back, in order.
@@ -157,6 +189,25 @@ mod tests {
         assert!(ports("x").unwrap_err().contains("not a port"));
         assert!(ports("1-65535").unwrap_err().contains("more than"));
         assert!(ports("").is_err());
+    }
+
+    #[test]
+    fn address_lists_parse() {
+        let a: AddrList = "127.0.0.1-127.0.0.3,10.0.0.9".parse().unwrap();
+        assert_eq!(a.0.len(), 4);
+        assert_eq!(a.0[2], Ipv4Addr::new(127, 0, 0, 3));
+        assert!(
+            "127.0.0.9-127.0.0.1"
+                .parse::<AddrList>()
+                .unwrap_err()
+                .contains("backwards")
+        );
+        assert!(
+            "localhost"
+                .parse::<AddrList>()
+                .unwrap_err()
+                .contains("not an IPv4")
+        );
     }
 
     #[test]

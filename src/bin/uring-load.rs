@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use c1m::cli::PortList;
+use c1m::cli::{AddrList, PortList};
 use c1m::load::{self, LoadConfig};
 
 /// An io_uring load generator: every connection a direct descriptor (no fd each, so one process
@@ -49,8 +49,8 @@ struct RunArgs {
 
     /// Source addresses to connect from, a range A-B or a comma list (each adds
     /// ip_local_port_range's worth of connections per server port).
-    #[arg(long, value_name = "ADDRS", value_parser = parse_sources)]
-    sources: Option<Vec<Ipv4Addr>>,
+    #[arg(long, value_name = "ADDRS")]
+    sources: Option<AddrList>,
 
     /// Connections to open and hold, all at once.
     #[arg(long, default_value_t = 100, value_name = "N")]
@@ -113,30 +113,6 @@ struct RunArgs {
     quiet: bool,
 }
 
-fn parse_sources(s: &str) -> Result<Vec<Ipv4Addr>, String> {
-    let mut out = Vec::new();
-    for part in s.split(',') {
-        let ip = |p: &str| {
-            p.trim()
-                .parse::<Ipv4Addr>()
-                .map_err(|_| format!("`{p}` is not an IPv4 address"))
-        };
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b) = (u32::from(ip(a)?), u32::from(ip(b)?));
-                if a > b || b - a >= 65_536 {
-                    return Err(format!(
-                        "range `{part}` runs backwards or is over 65536 addresses"
-                    ));
-                }
-                out.extend((a..=b).map(Ipv4Addr::from));
-            }
-            None => out.push(ip(part)?),
-        }
-    }
-    Ok(out)
-}
-
 fn seconds(v: f64, flag: &str) -> Duration {
     if !(v.is_finite() && v >= 0.0) {
         eprintln!("uring-load: error: {flag} must be a number of seconds >= 0");
@@ -174,7 +150,7 @@ fn main() {
     let cfg = LoadConfig {
         host: a.host,
         ports: a.ports,
-        sources: a.sources.unwrap_or_default(),
+        sources: a.sources.map(|s| s.0).unwrap_or_default(),
         conns: a.conns,
         size: a.size,
         depth: a.depth,

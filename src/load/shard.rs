@@ -393,7 +393,14 @@ impl LoadShard {
     /// Closes the connection in `slot` (once); its operations end with -ECANCELED.
     fn close(&mut self, slot: u32) -> io::Result<()> {
         let c = &mut self.clients[slot as usize];
-        c.state = State::Closed;
+        let was = std::mem::replace(&mut c.state, State::Closed);
+        if was == State::Connecting {
+            // A connect that would otherwise run through its SYN retries; its completion
+            // (and, if the SOCKET lands after this, the close) still come.
+            let cancel = UserData::new(Kind::Cancel, slot, 0);
+            self.ring
+                .cancel(UserData::new(Kind::Connect, slot, 0), cancel)?;
+        }
         if !c.installed {
             return Ok(());
         }
@@ -419,6 +426,10 @@ impl LoadShard {
             Kind::Socket => {
                 if c.res >= 0 {
                     self.clients[i].installed = true;
+                    if self.clients[i].state == State::Closed {
+                        // Closed while its SOCKET was in flight: close the new socket too.
+                        self.close(slot)?;
+                    }
                 } else {
                     self.error(&format!("socket:{}", errno_name(c.res)), 1);
                 }

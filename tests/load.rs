@@ -1,0 +1,309 @@
+//! uring-load against real servers and against small misbehaving servers of our own: counts
+//! and verification are exact, and every way a server can fail is reported as such.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{IpAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use common::{ENGINES, Server, free_ports, load, u};
+use serde_json::Value;
+
+/// A one-port server of our own that handles each connection with `handle` in a thread.
+fn misbehaving(handle: fn(TcpStream)) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for s in listener.incoming().map_while(Result::ok) {
+            thread::spawn(move || handle(s));
+        }
+    });
+    port.to_string()
+}
+
+fn echo_with(mut s: TcpStream, corrupt_at: Option<usize>) {
+    let mut buf = [0u8; 4096];
+    let mut total = 0usize;
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            return;
+        }
+        if let Some(at) = corrupt_at
+            && (total..total + n).contains(&at)
+        {
+            buf[at - total] ^= 0x20;
+        }
+        total += n;
+        if s.write_all(&buf[..n]).is_err() {
+            return;
+        }
+    }
+}
+
+#[test]
+fn a_server_that_corrupts_one_byte_is_caught() {
+    let port = misbehaving(|s| echo_with(s, Some(1000)));
+    let (code, r) = load(
+        &port,
+        &[
+            "--conns",
+            "3",
+            "--size",
+            "600",
+            "--requests",
+            "4",
+            "--duration",
+            "10",
+        ],
+    );
+    assert_eq!(code, 3, "{r}");
+    assert_eq!(u(&r, "errors.verify_mismatch"), 3, "{r}");
+    // Each connection's first request verified; the second carried the bad byte.
+    assert_eq!(u(&r, "requests"), 3);
+}
+
+#[test]
+fn a_server_that_resets_is_reported() {
+    let port = misbehaving(|s| {
+        let mut buf = [0u8; 16];
+        let _ = (&s).read(&mut buf);
+        socket2::Socket::from(s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap(); // dropping it now sends RST
+    });
+    let (code, r) = load(
+        &port,
+        &["--conns", "5", "--requests", "3", "--duration", "10"],
+    );
+    assert_eq!(code, 3, "{r}");
+    assert_eq!(u(&r, "conns_established"), 5);
+    assert_eq!(u(&r, "requests"), 0);
+    assert_eq!(u(&r, "errors.recv:connection_reset"), 5, "{r}");
+}
+
+#[test]
+fn a_server_that_never_answers_is_not_a_pass() {
+    let port = misbehaving(|mut s| {
+        let mut buf = [0u8; 4096];
+        while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+    });
+    // Counted mode ends at --duration at the latest, timed mode after it: both fail loudly.
+    let (code, r) = load(
+        &port,
+        &["--conns", "4", "--requests", "1", "--duration", "1"],
+    );
+    assert_eq!(code, 3, "{r}");
+    assert_eq!(u(&r, "errors.unanswered_at_end"), 4, "{r}");
+    let (code, r) = load(&port, &["--conns", "4", "--duration", "1"]);
+    assert_eq!(code, 3, "{r}");
+    assert_eq!(u(&r, "requests"), 0);
+    assert_eq!(u(&r, "errors.unanswered_at_end"), 4, "{r}");
+}
+
+#[test]
+fn open_loop_throughput_matches_the_rate_and_reports_both_latencies() {
+    for engine in ENGINES {
+        let ports = free_ports(2);
+        let server = Server::start(engine, &ports, &[]);
+        let (code, r) = load(
+            &ports,
+            &[
+                "--conns",
+                "200",
+                "--rate",
+                "4000",
+                "--duration",
+                "3",
+                "--warmup",
+                "0.5",
+            ],
+        );
+        assert_eq!(code, 0, "{engine:?}: {r}");
+        assert_eq!(r["mode"], "open");
+        let rps = r["throughput_rps"].as_f64().unwrap();
+        assert!(
+            (rps - 4000.0).abs() < 4000.0 * 0.03,
+            "{engine:?}: {rps} req/s for 4000 asked"
+        );
+        let requests = u(&r, "requests");
+        assert!(
+            (11_640..=12_360).contains(&requests),
+            "{requests} in 3 s at 4000/s"
+        );
+        let corrected = &r["latency_us"];
+        let raw = &r["latency_uncorrected_us"];
+        // Latency from the schedule can only be longer than from the actual send.
+        assert!(corrected["max"].as_u64() >= raw["max"].as_u64(), "{r}");
+        assert!(corrected["p50"].as_u64() >= raw["p50"].as_u64(), "{r}");
+        server.stop();
+    }
+}
+
+fn assert_percentiles(v: &Value, what: &str) {
+    for key in ["p50", "p90", "p99", "p999", "p9999", "max"] {
+        assert!(v[key].is_u64(), "{what}.{key} in {v}");
+    }
+    assert!(v["p50"].as_u64() <= v["p99"].as_u64() && v["p99"].as_u64() <= v["max"].as_u64());
+}
+
+#[test]
+fn the_json_report_has_the_documented_schema() {
+    let ports = free_ports(1);
+    let server = Server::start(ENGINES[0], &ports, &[]);
+    let (code, r) = load(
+        &ports,
+        &["--conns", "10", "--duration", "1", "--depth", "4"],
+    );
+    assert_eq!(code, 0, "{r}");
+    for key in [
+        "conns_requested",
+        "conns_established",
+        "conns_failed",
+        "conns_closed_by_peer",
+        "requests",
+        "size",
+    ] {
+        assert!(r[key].is_u64(), "{key} in {r}");
+    }
+    for key in ["duration_s", "throughput_rps"] {
+        assert!(r[key].is_f64(), "{key} in {r}");
+    }
+    assert!(r["errors"].as_object().unwrap().is_empty());
+    assert_eq!(r["mode"], "closed");
+    assert!(
+        r["latency_uncorrected_us"].is_null(),
+        "closed loop has one latency"
+    );
+    assert_percentiles(&r["latency_us"], "latency_us");
+    assert_percentiles(&r["connect_us"], "connect_us");
+    assert!(r["client_cpu"]["user_s"].is_f64() && r["client_cpu"]["sys_s"].is_f64());
+    assert_eq!(u(&r, "conns_established"), 10);
+    server.stop();
+}
+
+#[test]
+fn depth_keeps_several_requests_outstanding_on_each_connection() {
+    let ports = free_ports(1);
+    let server = Server::start(ENGINES[0], &ports, &[]);
+    let (code, r) = load(
+        &ports,
+        &[
+            "--conns",
+            "5",
+            "--depth",
+            "8",
+            "--size",
+            "3000",
+            "--requests",
+            "40",
+        ],
+    );
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(u(&r, "requests"), 200);
+    let stats = server.stop();
+    assert_eq!(u(&stats, "totals.bytes_out"), 200 * 3000);
+}
+
+#[test]
+fn several_source_addresses_are_used() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let peers: Arc<Mutex<HashSet<IpAddr>>> = Arc::default();
+    let seen = peers.clone();
+    thread::spawn(move || {
+        for s in listener.incoming().map_while(Result::ok) {
+            seen.lock().unwrap().insert(s.peer_addr().unwrap().ip());
+            thread::spawn(move || echo_with(s, None));
+        }
+    });
+    let (code, r) = load(
+        &port,
+        &[
+            "--conns",
+            "40",
+            "--sources",
+            "127.0.0.1-127.0.0.4",
+            "--requests",
+            "2",
+            "--duration",
+            "10",
+        ],
+    );
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(u(&r, "requests"), 80);
+    let peers = peers.lock().unwrap();
+    let expected: HashSet<IpAddr> = (1..=4).map(|i| IpAddr::from([127, 0, 0, i])).collect();
+    assert_eq!(*peers, expected);
+}
+
+fn merge(logs: &[&std::path::Path]) -> Value {
+    let json = std::env::temp_dir().join(format!("c1m-merge-{}.json", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_uring-load"))
+        .arg("merge")
+        .args(logs)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    v
+}
+
+#[test]
+fn merged_logs_equal_the_runs_they_came_from() {
+    let ports = free_ports(2);
+    let server = Server::start(ENGINES[0], &ports, &[]);
+    let dir = std::env::temp_dir();
+    let a = dir.join(format!("c1m-a-{}.hlog", std::process::id()));
+    let b = dir.join(format!("c1m-b-{}.hlog", std::process::id()));
+    let (code, ra) = load(
+        &ports,
+        &[
+            "--conns",
+            "20",
+            "--duration",
+            "2",
+            "--hlog",
+            a.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0);
+    let (code, rb) = load(
+        &ports,
+        &[
+            "--conns",
+            "30",
+            "--rate",
+            "3000",
+            "--duration",
+            "2",
+            "--hlog",
+            b.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0);
+    server.stop();
+    // One log merged is that run: the same count and spectrum.
+    let ma = merge(&[&a]);
+    assert_eq!(u(&ma, "requests"), u(&ra, "requests"));
+    assert_eq!(ma["latency_us"], ra["latency_us"]);
+    // Two logs merged: the counts add up, and the max is the larger max.
+    let mab = merge(&[&a, &b]);
+    assert_eq!(u(&mab, "requests"), u(&ra, "requests") + u(&rb, "requests"));
+    assert_eq!(u(&mab, "logs"), 2);
+    let max = u(&ra, "latency_us.max").max(u(&rb, "latency_us.max"));
+    assert_eq!(u(&mab, "latency_us.max"), max);
+    let _ = std::fs::remove_file(&a);
+    let _ = std::fs::remove_file(&b);
+}
