@@ -1,0 +1,113 @@
+//! What the benches share: starting pinned servers, reading a process's CPU time, and the
+//! facts every recorded result carries (machine, kernel, commit, command).
+
+#![allow(dead_code)] // each bench uses its own part
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Proc {
+    /// Starts `bin args` pinned to `cpu` (taskset) and waits for its "listening on" line.
+    pub fn server(cpu: usize, bin: &str, args: &[&str]) -> Proc {
+        let mut child = Command::new("taskset")
+            .args(["-c", &cpu.to_string(), bin])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start server (taskset from util-linux)");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(l) if l.starts_with("listening on") => break,
+                Ok(_) => {}
+                Err(_) => panic!("{bin} not ready"),
+            }
+        }
+        std::thread::spawn(move || for _ in rx {});
+        Proc { child }
+    }
+
+    /// CPU seconds (user, sys) used so far by the process and its threads.
+    pub fn cpu(&self) -> (f64, f64) {
+        cpu_of(self.child.id())
+    }
+
+    pub fn stop(mut self) {
+        // SAFETY: kill(2) on the PID of a child this bench started and has not reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// (user, sys) CPU seconds of process `pid`, from /proc/PID/stat.
+pub fn cpu_of(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(") ").map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let get = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / hz;
+    (get(11), get(12)) // utime, stime (fields 14 and 15 of stat)
+}
+
+pub fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+pub fn commit() -> String {
+    let out = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output();
+    let dirty = Command::new("git")
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .output();
+    let c = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    match dirty {
+        Ok(d) if !d.stdout.is_empty() => format!("{c}-dirty"),
+        _ => c,
+    }
+}
+
+pub fn machine() -> String {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string())
+        })
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .unwrap_or(0);
+    format!("{cpus} cores, {} GiB", mem / 1024 / 1024)
+}
+
+pub fn today() -> String {
+    let out = Command::new("date").arg("+%Y-%m-%d").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
