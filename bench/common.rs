@@ -12,10 +12,11 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Starts `bin args` pinned to `cpu` (taskset) and waits for its "listening on" line.
-    pub fn server(cpu: usize, bin: &str, args: &[&str]) -> Proc {
+    /// Starts `bin args` pinned to the CPUs `cpus` (a taskset list) and waits for its
+    /// "listening on" line.
+    pub fn server_on(cpus: &str, bin: &str, args: &[&str]) -> Proc {
         let mut child = Command::new("taskset")
-            .args(["-c", &cpu.to_string(), bin])
+            .args(["-c", cpus, bin])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -110,4 +111,44 @@ pub fn today() -> String {
 pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
+}
+
+/// PIDs of a process and its children (the Reactor's workers).
+pub fn family(pid: u32) -> Vec<u32> {
+    let mut all = vec![pid];
+    let kids =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    all.extend(
+        kids.split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok()),
+    );
+    all
+}
+
+/// A field of /proc/PID/status in its unit (kB for memory), summed over `pids` (and, for
+/// per-thread counters, over each process's threads).
+pub fn status_sum(pids: &[u32], field: &str, per_thread: bool) -> u64 {
+    let read = |path: String| -> u64 {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    };
+    pids.iter()
+        .map(|pid| {
+            if per_thread {
+                std::fs::read_dir(format!("/proc/{pid}/task"))
+                    .map(|d| {
+                        d.filter_map(Result::ok)
+                            .map(|t| read(format!("{}/status", t.path().display())))
+                            .sum()
+                    })
+                    .unwrap_or(0)
+            } else {
+                read(format!("/proc/{pid}/status"))
+            }
+        })
+        .sum()
 }

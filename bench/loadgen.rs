@@ -178,8 +178,8 @@ fn main() {
         .local_addr()
         .unwrap()
         .port();
-    let server = common::Proc::server(
-        0,
+    let server = common::Proc::server_on(
+        "0",
         env!("CARGO_BIN_EXE_uring-server"),
         &[
             "--host",

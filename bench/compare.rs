@@ -1,0 +1,575 @@
+//! Reactor (epoll-server) vs Proactor (uring-server) on identical work: `cargo bench --bench compare`
+//!
+//! Each point is echo at a connection count and payload size, either closed loop to
+//! saturation or open loop at a fixed rate (a share of the Reactor's saturation measured just
+//! before). Each run starts a fresh server pinned to the server cores and drives it with
+//! `uring-load` pinned to the load cores; the engines alternate (which goes first flips every
+//! repetition) and medians are reported with their spread. Per point and engine: throughput,
+//! latency p50/p99/p99.9/max, server CPU user and sys per request, syscalls per request (the
+//! servers' own counters), context switches per 1,000 requests, server memory per connection
+//! (resident set growth over idle, divided by the connections), and the Proactor/Reactor
+//! ratio of each. Writes bench/results/<date>-<kernel>.md, .json and .svg (latency spectra).
+//!
+//! Options:
+//!   --full                 conns 50,500,5000,50000; sizes 64,1024; rates 25,50,75,90 %
+//!   --conns LIST           default 50,500,5000
+//!   --sizes LIST           default 64
+//!   --rates LIST           open-loop rates in % of the Reactor's saturation; default 50,90
+//!   --duration S --warmup S --reps N   default 3, 1, 3
+//!   --server-cpus LIST --load-cpus LIST   default 0 and 1 (taskset lists)
+//!   --out DIR              default bench/results
+
+#[path = "common.rs"]
+mod common;
+
+use std::fmt::Write as _;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+struct Opts {
+    conns: Vec<u64>,
+    sizes: Vec<usize>,
+    rates: Vec<u32>,
+    duration: f64,
+    warmup: f64,
+    reps: usize,
+    server_cpus: String,
+    load_cpus: String,
+    out: String,
+    argv: String,
+}
+
+fn list<T: std::str::FromStr>(v: &str, flag: &str) -> Vec<T> {
+    v.split(',')
+        .map(|x| {
+            x.parse()
+                .unwrap_or_else(|_| panic!("{flag}: bad list `{v}`"))
+        })
+        .collect()
+}
+
+fn opts() -> Opts {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let mut o = Opts {
+        conns: vec![50, 500, 5000],
+        sizes: vec![64],
+        rates: vec![50, 90],
+        duration: 3.0,
+        warmup: 1.0,
+        reps: 3,
+        server_cpus: "0".into(),
+        load_cpus: "1".into(),
+        out: "bench/results".into(),
+        argv: args.join(" "),
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        if flag == "--full" {
+            o.conns = vec![50, 500, 5000, 50_000];
+            o.sizes = vec![64, 1024];
+            o.rates = vec![25, 50, 75, 90];
+            continue;
+        }
+        let v = it
+            .next()
+            .unwrap_or_else(|| panic!("{flag} needs a value"))
+            .clone();
+        match flag.as_str() {
+            "--conns" => o.conns = list(&v, flag),
+            "--sizes" => o.sizes = list(&v, flag),
+            "--rates" => o.rates = list(&v, flag),
+            "--duration" => o.duration = v.parse().expect("--duration S"),
+            "--warmup" => o.warmup = v.parse().expect("--warmup S"),
+            "--reps" => o.reps = v.parse().expect("--reps N"),
+            "--server-cpus" => o.server_cpus = v,
+            "--load-cpus" => o.load_cpus = v,
+            "--out" => o.out = v,
+            other => panic!("unknown option {other}; see the doc comment in bench/compare.rs"),
+        }
+    }
+    o
+}
+
+/// How many CPUs a taskset list names ("0", "0-3", "0,2").
+fn cpu_count(list: &str) -> usize {
+    list.split(',')
+        .map(|p| match p.split_once('-') {
+            Some((a, b)) => b.parse::<usize>().unwrap() - a.parse::<usize>().unwrap() + 1,
+            None => 1,
+        })
+        .sum()
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Engine {
+    Epoll,
+    Uring,
+}
+
+impl Engine {
+    fn name(self) -> &'static str {
+        match self {
+            Engine::Epoll => "epoll",
+            Engine::Uring => "uring",
+        }
+    }
+
+    fn bin(self) -> &'static str {
+        match self {
+            Engine::Epoll => env!("CARGO_BIN_EXE_epoll-server"),
+            Engine::Uring => env!("CARGO_BIN_EXE_uring-server"),
+        }
+    }
+}
+
+/// What one run measured.
+#[derive(Clone, Default)]
+struct Run {
+    rps: f64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+    user_us_per_req: f64,
+    sys_us_per_req: f64,
+    syscalls_per_req: f64,
+    ctx_per_kreq: f64,
+    mem_per_conn: f64,
+}
+
+const PORTS: usize = 4;
+
+fn free_ports() -> String {
+    loop {
+        let base = 30_000 + (std::process::id() as usize * 7 + rand_ish()) % 20_000;
+        let ok = (base..base + PORTS)
+            .all(|p| std::net::TcpListener::bind(("127.0.0.1", p as u16)).is_ok());
+        if ok {
+            return format!("{}-{}", base, base + PORTS - 1);
+        }
+    }
+}
+
+fn rand_ish() -> usize {
+    Instant::now().elapsed().subsec_nanos() as usize
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos() as usize
+}
+
+fn run(o: &Opts, engine: Engine, conns: u64, size: usize, rate: Option<f64>) -> Run {
+    let ports = free_ports();
+    let stats = std::env::temp_dir().join(format!("c1m-compare-{}.json", std::process::id()));
+    let load_json =
+        std::env::temp_dir().join(format!("c1m-compare-load-{}.json", std::process::id()));
+    let max_conns = (conns + conns / 4).max(1000).to_string();
+    let cores = cpu_count(&o.server_cpus).to_string();
+    let server = common::Proc::server_on(
+        &o.server_cpus,
+        engine.bin(),
+        &[
+            "--host",
+            "127.0.0.1",
+            "--ports",
+            &ports,
+            "--cores",
+            &cores,
+            "--max-conns",
+            &max_conns,
+            "--stats-json",
+            stats.to_str().unwrap(),
+        ],
+    );
+    let pids = common::family(server.child.id());
+    let rss0 = common::status_sum(&pids, "VmRSS:", false);
+    let ctx0 = common::status_sum(&pids, "voluntary_ctxt_switches:", true)
+        + common::status_sum(&pids, "nonvoluntary_ctxt_switches:", true);
+    // Sample the server's resident set while the connections are open.
+    let done = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicU64::new(rss0));
+    let sampler = {
+        let (done, peak, pids) = (done.clone(), peak.clone(), pids.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                peak.fetch_max(
+                    common::status_sum(&pids, "VmRSS:", false),
+                    Ordering::Relaxed,
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let mut load = Command::new("taskset");
+    load.args(["-c", &o.load_cpus, env!("CARGO_BIN_EXE_uring-load")])
+        .args([
+            "--ports",
+            &ports,
+            "--conns",
+            &conns.to_string(),
+            "--size",
+            &size.to_string(),
+        ])
+        .args(["--cores", &cpu_count(&o.load_cpus).to_string()])
+        .args([
+            "--duration",
+            &o.duration.to_string(),
+            "--warmup",
+            &o.warmup.to_string(),
+        ])
+        .args(["--quiet", "--allow-partial", "--json"])
+        .arg(&load_json)
+        .stdout(Stdio::null());
+    if let Some(r) = rate {
+        load.args(["--rate", &format!("{r:.0}")]);
+    }
+    let st = load.status().expect("run uring-load");
+    assert!(st.success(), "uring-load failed");
+    let ctx1 = common::status_sum(&pids, "voluntary_ctxt_switches:", true)
+        + common::status_sum(&pids, "nonvoluntary_ctxt_switches:", true);
+    done.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    server.stop();
+    let l: Value = serde_json::from_str(&std::fs::read_to_string(&load_json).unwrap()).unwrap();
+    let s: Value = serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&stats);
+    let errors: u64 = l["errors"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    if errors > 0 || l["conns_established"].as_u64() != Some(conns) {
+        eprintln!(
+            "compare: warning: {} {conns} conns: {} established, errors {}",
+            engine.name(),
+            l["conns_established"],
+            l["errors"]
+        );
+    }
+    // Every echo the server made over the whole run (connect, warm-up and grace included),
+    // against its CPU and syscalls over the same run.
+    let echoes = (s["totals"]["bytes_out"].as_u64().unwrap() as f64 / size as f64).max(1.0);
+    let lat = |k: &str| l["latency_us"][k].as_f64().unwrap();
+    Run {
+        rps: l["throughput_rps"].as_f64().unwrap(),
+        p50: lat("p50"),
+        p99: lat("p99"),
+        p999: lat("p999"),
+        max: lat("max"),
+        user_us_per_req: s["cpu_user_s"].as_f64().unwrap() * 1e6 / echoes,
+        sys_us_per_req: s["cpu_sys_s"].as_f64().unwrap() * 1e6 / echoes,
+        syscalls_per_req: s["totals"]["syscalls"].as_f64().unwrap() / echoes,
+        ctx_per_kreq: ctx1.saturating_sub(ctx0) as f64 * 1000.0 / echoes,
+        mem_per_conn: peak.load(Ordering::Relaxed).saturating_sub(rss0) as f64 * 1024.0
+            / conns as f64,
+    }
+}
+
+/// Median of each metric over the runs, and the min-max of throughput and p99.
+fn summarize(runs: &[Run]) -> Value {
+    let med = |f: fn(&Run) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        common::median(&mut v)
+    };
+    let span = |f: fn(&Run) -> f64| {
+        let v: Vec<f64> = runs.iter().map(f).collect();
+        [
+            v.iter().cloned().fold(f64::MAX, f64::min),
+            v.iter().cloned().fold(0.0, f64::max),
+        ]
+    };
+    json!({
+        "rps": med(|r| r.rps), "rps_span": span(|r| r.rps),
+        "p50_us": med(|r| r.p50), "p99_us": med(|r| r.p99), "p99_span": span(|r| r.p99),
+        "p999_us": med(|r| r.p999), "max_us": med(|r| r.max),
+        "cpu_user_us_per_req": med(|r| r.user_us_per_req), "cpu_sys_us_per_req": med(|r| r.sys_us_per_req),
+        "syscalls_per_req": med(|r| r.syscalls_per_req), "ctx_switches_per_1k_req": med(|r| r.ctx_per_kreq),
+        "mem_bytes_per_conn": med(|r| r.mem_per_conn),
+    })
+}
+
+fn main() {
+    let o = opts();
+    let started = Instant::now();
+    let mut points = Vec::new();
+    for &size in &o.sizes {
+        for &conns in &o.conns {
+            let mut modes: Vec<Option<u32>> = vec![None];
+            modes.extend(o.rates.iter().map(|r| Some(*r)));
+            let mut reactor_sat = 0.0;
+            for pct in modes {
+                let rate = pct.map(|p| reactor_sat * f64::from(p) / 100.0);
+                let (mut e, mut u) = (Vec::new(), Vec::new());
+                for rep in 0..o.reps {
+                    let label = pct.map_or("closed".to_string(), |p| format!("{p}% rate"));
+                    eprintln!(
+                        "compare: {conns} conns, {size} B, {label}, rep {}/{} ({:.0}s)",
+                        rep + 1,
+                        o.reps,
+                        started.elapsed().as_secs_f64()
+                    );
+                    let order = if rep % 2 == 0 {
+                        [Engine::Epoll, Engine::Uring]
+                    } else {
+                        [Engine::Uring, Engine::Epoll]
+                    };
+                    for engine in order {
+                        let r = run(&o, engine, conns, size, rate);
+                        match engine {
+                            Engine::Epoll => e.push(r),
+                            Engine::Uring => u.push(r),
+                        }
+                    }
+                }
+                let (es, us) = (summarize(&e), summarize(&u));
+                if pct.is_none() {
+                    reactor_sat = es["rps"].as_f64().unwrap();
+                }
+                points.push(json!({
+                    "conns": conns, "size": size,
+                    "mode": pct.map_or("closed".to_string(), |p| format!("open {p}%")),
+                    "rate_rps": rate, "epoll": es, "uring": us,
+                }));
+            }
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    write_results(&o, &points, secs);
+}
+
+fn ratio(p: &Value, key: &str) -> f64 {
+    p["uring"][key].as_f64().unwrap() / p["epoll"][key].as_f64().unwrap().max(1e-9)
+}
+
+/// The target of issue 5 at this point: at 500 connections and above, 64 B echo, the
+/// Proactor's throughput >= 1.3x, syscalls per request <= 1/10, and at fixed rates a p99 no
+/// worse than the Reactor's.
+fn verdict(p: &Value) -> &'static str {
+    if p["conns"].as_u64().unwrap() < 500 || p["size"].as_u64().unwrap() != 64 {
+        return "";
+    }
+    let syscalls_ok = ratio(p, "syscalls_per_req") <= 0.1;
+    let ok = if p["mode"] == "closed" {
+        ratio(p, "rps") >= 1.3 && syscalls_ok
+    } else {
+        ratio(p, "p99_us") <= 1.0 && syscalls_ok
+    };
+    if ok { "meets" } else { "MISSES" }
+}
+
+fn write_results(o: &Opts, points: &[Value], secs: f64) {
+    let cmd = if o.argv.is_empty() {
+        "cargo bench --bench compare".to_string()
+    } else {
+        format!("cargo bench --bench compare -- {}", o.argv)
+    };
+    let (date, kernel, commit) = (common::today(), common::kernel(), common::commit());
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "# Reactor (epoll) vs Proactor (io_uring): echo\n\n{date} · kernel {kernel} · commit {commit} · {} · {secs:.0} s\n\n`{cmd}`\n\n\
+         Server pinned to CPUs {} (`--cores {}`), `uring-load` pinned to CPUs {}; a fresh server per run; engines alternate, \
+         {} repetitions, medians (throughput and p99 with min-max). Open-loop rates are shares of the Reactor's closed-loop \
+         saturation at that point. CPU, syscalls and context switches are the server's over the whole run divided by every \
+         echo it made; memory is its resident-set growth per connection (user space only: kernel socket memory is not in it). \
+         Ratio = Proactor / Reactor. Target (issue 5): at 500 connections and above, 64 B, throughput ratio >= 1.3 and \
+         syscalls ratio <= 0.1 closed loop; p99 ratio <= 1 at every fixed rate.\n",
+        common::machine(),
+        o.server_cpus,
+        cpu_count(&o.server_cpus),
+        o.load_cpus,
+        o.reps
+    );
+    let _ = writeln!(
+        md,
+        "## Throughput and latency\n\n| conns | size | mode | req/s epoll | req/s uring | ratio | p50 us e / u | p99 us e / u | p99 ratio | p99.9 us e / u | max us e / u | target |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for p in points {
+        let (e, u) = (&p["epoll"], &p["uring"]);
+        let f = |v: &Value, k: &str| v[k].as_f64().unwrap();
+        let span = |v: &Value, k: &str| {
+            format!(
+                "{:.0}-{:.0}",
+                v[k][0].as_f64().unwrap(),
+                v[k][1].as_f64().unwrap()
+            )
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.0} ({}) | {:.0} ({}) | {:.2} | {:.0} / {:.0} | {:.0} ({}) / {:.0} ({}) | {:.2} | {:.0} / {:.0} | {:.0} / {:.0} | {} |",
+            p["conns"],
+            p["size"],
+            p["mode"].as_str().unwrap(),
+            f(e, "rps"),
+            span(e, "rps_span"),
+            f(u, "rps"),
+            span(u, "rps_span"),
+            ratio(p, "rps"),
+            f(e, "p50_us"),
+            f(u, "p50_us"),
+            f(e, "p99_us"),
+            span(e, "p99_span"),
+            f(u, "p99_us"),
+            span(u, "p99_span"),
+            ratio(p, "p99_us"),
+            f(e, "p999_us"),
+            f(u, "p999_us"),
+            f(e, "max_us"),
+            f(u, "max_us"),
+            verdict(p)
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n## Cost per request\n\n| conns | size | mode | CPU user us e / u | CPU sys us e / u | CPU ratio | syscalls e / u | syscalls ratio | ctx switches per 1k e / u | memory per conn B e / u |\n|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for p in points {
+        let (e, u) = (&p["epoll"], &p["uring"]);
+        let f = |v: &Value, k: &str| v[k].as_f64().unwrap();
+        let cpu = |v: &Value| f(v, "cpu_user_us_per_req") + f(v, "cpu_sys_us_per_req");
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} | {:.2} / {:.3} | {:.3} | {:.1} / {:.1} | {:.0} / {:.0} |",
+            p["conns"],
+            p["size"],
+            p["mode"].as_str().unwrap(),
+            f(e, "cpu_user_us_per_req"),
+            f(u, "cpu_user_us_per_req"),
+            f(e, "cpu_sys_us_per_req"),
+            f(u, "cpu_sys_us_per_req"),
+            cpu(u) / cpu(e).max(1e-9),
+            f(e, "syscalls_per_req"),
+            f(u, "syscalls_per_req"),
+            ratio(p, "syscalls_per_req"),
+            f(e, "ctx_switches_per_1k_req"),
+            f(u, "ctx_switches_per_1k_req"),
+            f(e, "mem_bytes_per_conn"),
+            f(u, "mem_bytes_per_conn"),
+        );
+    }
+    let base = format!("{}/{date}-{kernel}", o.out);
+    let svg_name = format!("{date}-{kernel}.svg");
+    let _ = writeln!(md, "\n![latency spectra]({svg_name})");
+    println!("{md}");
+    std::fs::create_dir_all(&o.out).unwrap();
+    std::fs::write(format!("{base}.md"), &md).unwrap();
+    std::fs::write(format!("{base}.svg"), svg(points)).unwrap();
+    let doc = json!({
+        "bench": "compare", "date": date, "kernel": kernel, "commit": commit, "machine": common::machine(),
+        "command": cmd, "server_cpus": o.server_cpus, "load_cpus": o.load_cpus, "reps": o.reps,
+        "duration_s": o.duration, "warmup_s": o.warmup, "points": points,
+    });
+    std::fs::write(
+        format!("{base}.json"),
+        serde_json::to_string_pretty(&doc).unwrap() + "\n",
+    )
+    .unwrap();
+    eprintln!("wrote {base}.md, .json and .svg");
+}
+
+/// Latency percentile spectra, Reactor vs Proactor, one panel per connection count: the
+/// highest open-loop rate at the first size (closed loop where no rate was run).
+fn svg(points: &[Value]) -> String {
+    let size0 = points[0]["size"].clone();
+    let mut conns: Vec<u64> = points
+        .iter()
+        .map(|p| p["conns"].as_u64().unwrap())
+        .collect();
+    conns.dedup();
+    let (pw, ph, pad) = (300.0, 220.0, 50.0);
+    let width = pad + conns.len() as f64 * (pw + pad);
+    let mut out = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{width:.0}' height='{:.0}' font-family='sans-serif' font-size='11'>\n\
+         <rect width='100%' height='100%' fill='white'/>\n\
+         <text x='{pad}' y='18' font-size='13'>Latency percentile spectrum (us, log scale): epoll (red) vs io_uring (blue)</text>\n",
+        ph + 2.0 * pad + 10.0
+    );
+    let keys = [
+        ("p50_us", "p50"),
+        ("p99_us", "p99"),
+        ("p999_us", "p99.9"),
+        ("max_us", "max"),
+    ];
+    for (i, c) in conns.iter().enumerate() {
+        let p = points
+            .iter()
+            .filter(|p| p["conns"].as_u64() == Some(*c) && p["size"] == size0)
+            .last()
+            .unwrap();
+        let x0 = pad + i as f64 * (pw + pad);
+        let y0 = pad;
+        let vals: Vec<f64> = ["epoll", "uring"]
+            .iter()
+            .flat_map(|e| {
+                keys.iter()
+                    .map(move |(k, _)| p[*e][*k].as_f64().unwrap().max(1.0))
+            })
+            .collect();
+        let lo = vals
+            .iter()
+            .cloned()
+            .fold(f64::MAX, f64::min)
+            .log10()
+            .floor();
+        let hi = vals
+            .iter()
+            .cloned()
+            .fold(0.0, f64::max)
+            .log10()
+            .ceil()
+            .max(lo + 1.0);
+        let y = |v: f64| y0 + ph - (v.max(1.0).log10() - lo) / (hi - lo) * ph;
+        let x = |j: usize| x0 + 20.0 + j as f64 * (pw - 40.0) / (keys.len() - 1) as f64;
+        let _ = writeln!(
+            out,
+            "<rect x='{x0}' y='{y0}' width='{pw}' height='{ph}' fill='none' stroke='#999'/>\n\
+             <text x='{x0}' y='{:.0}'>{c} conns, {} B, {}</text>",
+            y0 - 6.0,
+            p["size"],
+            p["mode"].as_str().unwrap()
+        );
+        let mut d = lo;
+        while d <= hi {
+            let _ = writeln!(
+                out,
+                "<text x='{:.0}' y='{:.0}' text-anchor='end'>{}</text><line x1='{x0}' x2='{:.0}' y1='{:.1}' y2='{:.1}' stroke='#eee'/>",
+                x0 - 4.0,
+                y(10f64.powf(d)) + 4.0,
+                10f64.powf(d),
+                x0 + pw,
+                y(10f64.powf(d)),
+                y(10f64.powf(d))
+            );
+            d += 1.0;
+        }
+        for (j, (_, label)) in keys.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "<text x='{:.0}' y='{:.0}' text-anchor='middle'>{label}</text>",
+                x(j),
+                y0 + ph + 14.0
+            );
+        }
+        for (engine, color) in [("epoll", "#d62728"), ("uring", "#1f77b4")] {
+            let pts: Vec<String> = keys
+                .iter()
+                .enumerate()
+                .map(|(j, (k, _))| format!("{:.1},{:.1}", x(j), y(p[engine][*k].as_f64().unwrap())))
+                .collect();
+            let _ = writeln!(
+                out,
+                "<polyline points='{}' fill='none' stroke='{color}' stroke-width='2'/>",
+                pts.join(" ")
+            );
+        }
+    }
+    out + "</svg>\n"
+}
