@@ -501,8 +501,7 @@ fn svg(points: &[Value]) -> String {
     for (i, c) in conns.iter().enumerate() {
         let p = points
             .iter()
-            .filter(|p| p["conns"].as_u64() == Some(*c) && p["size"] == size0)
-            .last()
+            .rfind(|p| p["conns"].as_u64() == Some(*c) && p["size"] == size0)
             .unwrap();
         let x0 = pad + i as f64 * (pw + pad);
         let y0 = pad;
