@@ -265,16 +265,7 @@ mod tests {
     use super::*;
 
     fn host() -> HostLimits {
-        HostLimits {
-            nofile_soft: 20_000,
-            nofile_hard: 20_000,
-            somaxconn: 4096,
-            port_range: (1024, 65535),
-            file_max: 2_466_174,
-            files_open: 2_000,
-            tcp_mem: [287_898, 383_866, 575_796],
-            mem_total: 24 << 30,
-        }
+        HostLimits::measured_here()
     }
 
     fn req(max_conns: Option<u64>, cores: Option<usize>, ports: usize) -> Request {

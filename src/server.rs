@@ -228,17 +228,13 @@ pub fn serve<E: Engine>(
         let (per_shard, join_failure) = join_all(handles, &shared);
         (per_shard, failure.or(join_failure))
     });
-    let (user, sys_s) = sys::process_cpu_times();
-    let summary = Summary {
-        engine: E::NAME,
-        duration_s: started.elapsed().as_secs_f64(),
-        shards: per_shard.len(),
-        cpu_user_s: user,
-        cpu_sys_s: sys_s,
-        totals: Counters::sum(&per_shard),
+    let summary = Summary::new(
+        E::NAME,
+        started,
         per_shard,
-        died: Vec::new(),
-    };
+        sys::cpu_times(false),
+        Vec::new(),
+    );
     match output {
         Output::Human => println!("{}", summary.human()),
         Output::Worker => println!(

@@ -108,6 +108,26 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// The summary of a run that started at `started`, with CPU `(user, sys)` seconds.
+    pub fn new(
+        engine: &'static str,
+        started: std::time::Instant,
+        per_shard: Vec<Counters>,
+        (cpu_user_s, cpu_sys_s): (f64, f64),
+        died: Vec<usize>,
+    ) -> Self {
+        Summary {
+            engine,
+            duration_s: started.elapsed().as_secs_f64(),
+            shards: per_shard.len(),
+            cpu_user_s,
+            cpu_sys_s,
+            totals: Counters::sum(&per_shard),
+            per_shard,
+            died,
+        }
+    }
+
     pub fn human(&self) -> String {
         let t = &self.totals;
         let died = if self.died.is_empty() {

@@ -328,7 +328,7 @@ pub fn run(cfg: &LoadConfig) -> Result<Report> {
     let pattern = pattern(cfg.size + PATTERN_SPREAD, cfg.seed);
     let shared = Arc::new(Shared::default());
     let started = Instant::now();
-    let (cpu0_user, cpu0_sys) = sys::process_cpu_times();
+    let (cpu0_user, cpu0_sys) = sys::cpu_times(false);
     let (tx, intervals_rx) = mpsc::channel();
     let intervals_tx = cfg.hlog.as_ref().map(|_| tx);
 
@@ -431,7 +431,7 @@ pub fn run(cfg: &LoadConfig) -> Result<Report> {
             }
         }
     }
-    let (user, sys_s) = sys::process_cpu_times();
+    let (user, sys_s) = sys::cpu_times(false);
     let mut latency = shard::histogram();
     let mut uncorrected = shard::histogram();
     let mut connect = shard::histogram();
@@ -506,16 +506,7 @@ mod tests {
     }
 
     fn host() -> HostLimits {
-        HostLimits {
-            nofile_soft: 20_000,
-            nofile_hard: 20_000,
-            somaxconn: 4096,
-            port_range: (1024, 65535),
-            file_max: 2_466_174,
-            files_open: 2_000,
-            tcp_mem: [1, 2, 3],
-            mem_total: 24 << 30,
-        }
+        HostLimits::measured_here()
     }
 
     #[test]

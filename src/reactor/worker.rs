@@ -180,18 +180,14 @@ pub fn run_master(args: &ServerArgs, plan: &Plan, cap: usize) -> Result<Summary>
         .iter()
         .map(|w| w.summary.unwrap_or(w.latest))
         .collect();
-    let (user, sys_s) = sys::children_cpu_times();
     died.sort_unstable();
-    let summary = Summary {
-        engine: "epoll",
-        duration_s: started.elapsed().as_secs_f64(),
-        shards: per_shard.len(),
-        cpu_user_s: user,
-        cpu_sys_s: sys_s,
-        totals: Counters::sum(&per_shard),
+    let summary = Summary::new(
+        "epoll",
+        started,
         per_shard,
-        died: died.clone(),
-    };
+        sys::cpu_times(true),
+        died.clone(),
+    );
     println!("{}", summary.human());
     server::write_stats_json(args, &summary)?;
     if let Some(e) = failure {

@@ -93,3 +93,20 @@ impl HostLimits {
         })
     }
 }
+
+#[cfg(test)]
+impl HostLimits {
+    /// The limits of this project's machines (DESIGN.md), for tests of the pure planning code.
+    pub fn measured_here() -> Self {
+        HostLimits {
+            nofile_soft: 20_000,
+            nofile_hard: 20_000,
+            somaxconn: 4096,
+            port_range: (1024, 65535),
+            file_max: 2_466_174,
+            files_open: 2_000,
+            tcp_mem: [287_898, 383_866, 575_796],
+            mem_total: 24 << 30,
+        }
+    }
+}

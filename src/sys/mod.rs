@@ -192,12 +192,18 @@ pub fn wait_stop_signal(timeout: Duration) -> io::Result<Option<i32>> {
     }
 }
 
-/// CPU time used so far by this process, user and system, in seconds.
-pub fn process_cpu_times() -> (f64, f64) {
+/// CPU time used, user and system, in seconds: by this process so far, or (`children`) by
+/// the children it has waited for.
+pub fn cpu_times(children: bool) -> (f64, f64) {
+    let who = if children {
+        libc::RUSAGE_CHILDREN
+    } else {
+        libc::RUSAGE_SELF
+    };
     // SAFETY: rusage is plain data; all-zero is valid and getrusage overwrites it.
     let mut ru: libc::rusage = unsafe { mem::zeroed() };
     // The pointer is to a live local rusage.
-    if syscall!(getrusage(libc::RUSAGE_SELF, &mut ru)).is_err() {
+    if syscall!(getrusage(who, &mut ru)).is_err() {
         return (0.0, 0.0);
     }
     let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
@@ -263,16 +269,4 @@ pub fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
 pub fn kill(pid: u32, sig: i32) -> io::Result<()> {
     let pid = i32::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
     syscall!(kill(pid, sig)).map(drop)
-}
-
-/// CPU time used by the children this process has waited for, user and system, in seconds.
-pub fn children_cpu_times() -> (f64, f64) {
-    // SAFETY: rusage is plain data; all-zero is valid and getrusage overwrites it.
-    let mut ru: libc::rusage = unsafe { mem::zeroed() };
-    // The pointer is to a live local rusage.
-    if syscall!(getrusage(libc::RUSAGE_CHILDREN, &mut ru)).is_err() {
-        return (0.0, 0.0);
-    }
-    let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-    (secs(ru.ru_utime), secs(ru.ru_stime))
 }
