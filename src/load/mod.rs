@@ -98,6 +98,8 @@ pub struct Report {
     pub conns_established: u64,
     pub conns_failed: u64,
     pub conns_closed_by_peer: u64,
+    /// Seconds from start until every connection of every thread had connected or failed.
+    pub ramp_s: f64,
     pub requests: u64,
     /// Errors by kind ("verify_mismatch", "connect:connection_refused", ...).
     pub errors: BTreeMap<String, u64>,
@@ -145,7 +147,7 @@ impl Report {
             None => "closed loop".to_string(),
         };
         format!(
-            "connections: requested {} established {} failed {} closed-by-peer {}\n\
+            "connections: requested {} established {} failed {} closed-by-peer {} (all up in {:.1}s)\n\
              requests:    {} in {:.2}s = {:.0} req/s ({mode}, {} B each, every byte verified)\n\
              errors:      {errors}\n\
              latency us:  {}{uncorrected}\n\
@@ -155,6 +157,7 @@ impl Report {
             self.conns_established,
             self.conns_failed,
             self.conns_closed_by_peer,
+            self.ramp_s,
             self.requests,
             self.duration_s,
             self.throughput_rps,
@@ -383,8 +386,12 @@ pub fn run(cfg: &LoadConfig) -> Result<Report> {
     let tty = std::io::stderr().is_terminal();
     let mut last = Instant::now();
     let mut last_requests = 0;
+    let mut ramp_s = None;
     while !handles.iter().all(|h| h.is_finished()) {
         thread::sleep(Duration::from_millis(50));
+        if ramp_s.is_none() && shared.ramped.load(Relaxed) >= shards {
+            ramp_s = Some(started.elapsed().as_secs_f64());
+        }
         for (second, h) in intervals_rx.try_iter() {
             merge_into(&mut intervals, second, &h);
         }
@@ -461,6 +468,7 @@ pub fn run(cfg: &LoadConfig) -> Result<Report> {
         conns_established: established,
         conns_failed: failed,
         conns_closed_by_peer: by_peer,
+        ramp_s: ramp_s.unwrap_or_else(|| started.elapsed().as_secs_f64()),
         requests,
         errors,
         duration_s: secs,

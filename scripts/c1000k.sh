@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# C1000K: one million concurrent connections on this host, against the classic bar: the
+# server holds 1,000,000 connections, answers more than 50,000 requests/s, its CPU stays
+# under 60 % and memory under 80 %.
+#
+#   scripts/c1000k.sh [uring|epoll|both] [--conns N] [--rate R] [--duration S]
+#
+# Builds the release binaries, tunes the host (scripts/tune-host.sh; put back at the end,
+# whatever happens), starts the server on ports 6000-6049 planned for the connections, and
+# runs uring-load with the heartbeat workload (--rate requests/s spread over every
+# connection, open loop) for --duration seconds after all are up. Samples the server's CPU
+# (of the cores it may use) and memory every second, prints a report with PASS or FAIL, and
+# writes bench/results/c1000k-<date>-<engine>.json. Needs root (sysctls) and python3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ENGINES=both CONNS=1000000 RATE=55000 DURATION=60 PORTS=6000-6049
+while [ $# -gt 0 ]; do
+  case "$1" in
+    uring|epoll|both) ENGINES=$1 ;;
+    --conns) CONNS=$2; shift ;;
+    --rate) RATE=$2; shift ;;
+    --duration) DURATION=$2; shift ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    *) echo "c1000k: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+[ "$ENGINES" = both ] && ENGINES="uring epoll"
+[ "$(id -u)" = 0 ] || { echo "c1000k: needs root (the sysctls)" >&2; exit 1; }
+command -v python3 >/dev/null || { echo "c1000k: needs python3" >&2; exit 1; }
+
+TMP=$(mktemp -d /tmp/c1000k.XXXXXX)
+export C1M_TUNE_SAVED=$TMP/tune.saved
+SERVER_PID="" SAMPLER_PID="" LOAD_PID=""
+cleanup() {
+  for p in $LOAD_PID $SAMPLER_PID $SERVER_PID; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  scripts/tune-host.sh --restore | sed 's/^/  /'
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+echo "== building"
+cargo build --release --bins -q
+echo "== tuning the host (put back at the end)"
+scripts/tune-host.sh | sed 's/^/  /'
+
+DATE=$(date +%Y-%m-%d) KERNEL=$(uname -r) COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+CORES=$(nproc)
+mkdir -p bench/results
+overall=0
+for ENGINE in $ENGINES; do
+  echo "== $ENGINE: server on $PORTS planned for $CONNS connections"
+  target/release/$ENGINE-server --ports "$PORTS" --max-conns "$CONNS" --stats-json "$TMP/server.json" \
+    >"$TMP/server.out" 2>"$TMP/server.err" &
+  SERVER_PID=$!
+  for _ in $(seq 600); do
+    grep -q "^listening on" "$TMP/server.out" 2>/dev/null && break
+    kill -0 "$SERVER_PID" 2>/dev/null || { cat "$TMP/server.err" >&2; exit 1; }
+    sleep 0.1
+  done
+  sed 's/^/  /' "$TMP/server.err"; head -1 "$TMP/server.out" | sed 's/^/  /'
+  python3 scripts/c1000k-sample.py "$SERVER_PID" "$CORES" >"$TMP/samples.jsonl" &
+  SAMPLER_PID=$!
+  echo "== $ENGINE: uring-load --conns $CONNS --rate $RATE --duration $DURATION"
+  set +e
+  timeout 600 target/release/uring-load --ports "$PORTS" --conns "$CONNS" --rate "$RATE" \
+    --duration "$DURATION" --json "$TMP/load.json" --allow-partial 2>&1 | sed 's/^/  /'
+  set -e
+  kill -TERM "$SERVER_PID"
+  for _ in $(seq 600); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+  wait "$SAMPLER_PID" 2>/dev/null || true
+  SERVER_PID="" SAMPLER_PID=""
+  tail -1 "$TMP/server.out" | sed 's/^/  /'
+  OUT=bench/results/c1000k-$DATE-$ENGINE.json
+  python3 - "$TMP" "$ENGINE" "$CONNS" "$RATE" "$DURATION" "$DATE" "$KERNEL" "$COMMIT" "$OUT" "$CORES" <<'PY' || overall=1
+import json, sys
+tmp, engine, conns, rate, duration, date, kernel, commit, out, cores = sys.argv[1:]
+conns = int(conns)
+load = json.load(open(f"{tmp}/load.json"))
+samples = [json.loads(l) for l in open(f"{tmp}/samples.jsonl") if l.strip()]
+# CPU is judged while the heartbeat runs: after every connection is up.
+steady = [s for s in samples if s["t"] >= load["ramp_s"] + 2] or samples
+cpu_max = max(s["cpu_pct"] for s in steady)
+ramp_cpu_max = max((s["cpu_pct"] for s in samples), default=0)
+mem_max = max(s["mem_pct"] for s in samples)
+rss_max = max(s["rss_kb"] for s in samples)
+tcp_max = max(s["tcp_mem_kb"] for s in samples)
+checks = {
+    "conns_established": load["conns_established"] == conns,
+    "conns_failed": load["conns_failed"] == 0,
+    "errors": not load["errors"],
+    "throughput_over_50000": load["throughput_rps"] > 50000,
+    "cpu_under_60": cpu_max < 60,
+    "mem_under_80": mem_max < 80,
+}
+result = {
+    "engine": engine, "date": date, "kernel": kernel, "commit": commit,
+    "command": f"scripts/c1000k.sh {engine} --conns {conns} --rate {rate} --duration {duration}",
+    "conns_requested": conns, "conns_established": load["conns_established"],
+    "conns_failed": load["conns_failed"], "errors": load["errors"],
+    "time_to_establish_s": load["ramp_s"], "throughput_rps": load["throughput_rps"],
+    "latency_us": load["latency_us"], "latency_uncorrected_us": load["latency_uncorrected_us"],
+    "server_cpu_pct_max": cpu_max, "server_cpu_pct_max_during_ramp": ramp_cpu_max,
+    "server_rss_mb_max": round(rss_max / 1024), "kernel_tcp_mem_mb_max": round(tcp_max / 1024),
+    "mem_pct_max": mem_max, "checks": checks, "pass": all(checks.values()),
+}
+json.dump(result, open(out, "w"), indent=2)
+l = load["latency_us"]
+print(f"""
+  C1000K {engine}: {'PASS' if result['pass'] else 'FAIL'}
+  connections   {load['conns_established']:,} of {conns:,} established in {load['ramp_s']:.1f}s, {load['conns_failed']} failed, errors {load['errors'] or 'none'}
+  throughput    {load['throughput_rps']:,.0f} req/s over {duration}s (asked {int(rate):,})
+  latency       p50 {l['p50']} us, p99 {l['p99']} us, p99.9 {l['p999']} us, max {l['max']} us
+  server CPU    max {cpu_max}% of its {cores} cores while serving ({ramp_cpu_max}% during the ramp)
+  memory        max {mem_max}% of RAM in use; server RSS max {rss_max // 1024} MB; kernel TCP memory max {tcp_max // 1024} MB
+  checks        {', '.join(k + ('' if v else ' FAILED') for k, v in checks.items())}
+  wrote {out}""")
+sys.exit(0 if result["pass"] else 1)
+PY
+done
+exit $overall
