@@ -104,6 +104,12 @@ struct RunArgs {
     #[arg(long, value_name = "FILE")]
     hlog: Option<PathBuf>,
 
+    /// Batch completions: each thread waits for up to 64, or this many microseconds once one
+    /// is there (fewer wake-ups with many connections per thread; latency still counts from
+    /// when each request was due). 0: off. Kernel 6.12+.
+    #[arg(long, default_value_t = 0, value_name = "USEC")]
+    batch_usec: u32,
+
     /// Exit 0 even when connections failed or requests went wrong.
     #[arg(long)]
     allow_partial: bool,
@@ -163,6 +169,7 @@ fn main() {
         connect_rate: a.connect_rate,
         seed: a.seed,
         hlog: a.hlog,
+        batch_usec: a.batch_usec,
         progress: !a.quiet,
     };
     let report = match load::run(&cfg) {

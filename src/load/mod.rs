@@ -49,6 +49,8 @@ pub struct LoadConfig {
     pub seed: u64,
     /// Where to write the HdrHistogram interval log.
     pub hlog: Option<PathBuf>,
+    /// Batched waits (see `RingConfig::batch_usec`); 0: off.
+    pub batch_usec: u32,
     /// Print progress on stderr.
     pub progress: bool,
 }
@@ -360,6 +362,7 @@ pub fn run(cfg: &LoadConfig) -> Result<Report> {
             connect_rate: cfg.connect_rate.map(|r| r * share),
             bufs: 4096,
             buf_size: 4096,
+            batch_usec: cfg.batch_usec,
             intervals: intervals_tx.clone(),
         };
         first += u64::from(conns);
@@ -509,6 +512,7 @@ mod tests {
             connect_rate: None,
             seed: 1,
             hlog: None,
+            batch_usec: 0,
             progress: false,
         }
     }

@@ -63,6 +63,8 @@ pub struct ShardPlan {
     pub connect_rate: Option<f64>,
     pub bufs: u16,
     pub buf_size: u32,
+    /// See `RingConfig::batch_usec`.
+    pub batch_usec: u32,
     /// Where to send each second's latency histogram (for `--hlog`).
     pub intervals: Option<Sender<(u64, Histogram<u64>)>>,
 }
@@ -153,6 +155,7 @@ impl LoadShard {
             cq_entries: 16384,
             fixed_files: plan.conns.max(1),
             bufs: Some((plan.bufs, plan.buf_size)),
+            batch_usec: plan.batch_usec,
         })?;
         let dests = plan.addrs.iter().map(|a| ring.pin_addr(*a)).collect();
         let sources = plan.sources.iter().map(|a| ring.pin_addr(*a)).collect();
@@ -323,8 +326,11 @@ impl LoadShard {
                         n += 1;
                         due = start + Duration::from_secs_f64(n as f64 / rate);
                     }
+                    // With batched waits, wake no more often than the batch window and send
+                    // everything due by then at once (their due times still count).
+                    let floor = Duration::from_micros(u64::from(self.plan.batch_usec).max(20));
                     let wait = due.min(until).saturating_duration_since(now);
-                    self.turn(cqes, wait.clamp(Duration::from_micros(20), TICK))?;
+                    self.turn(cqes, wait.clamp(floor, TICK))?;
                 }
             }
         }
