@@ -307,3 +307,46 @@ fn merged_logs_equal_the_runs_they_came_from() {
     let _ = std::fs::remove_file(&a);
     let _ = std::fs::remove_file(&b);
 }
+
+#[test]
+fn batched_waits_on_both_sides_answer_every_request() {
+    let ports = free_ports(2);
+    let server = Server::start(common::Engine::Uring, &ports, &["--batch-usec", "500"]);
+    let (code, r) = load(
+        &ports,
+        &[
+            "--conns",
+            "300",
+            "--rate",
+            "3000",
+            "--duration",
+            "2",
+            "--batch-usec",
+            "500",
+        ],
+    );
+    assert_eq!(code, 0, "{r}");
+    let requests = u(&r, "requests");
+    assert!(
+        (5_820..=6_180).contains(&requests),
+        "{requests} at 3000/s for 2 s"
+    );
+    let (code, r) = load(
+        &ports,
+        &[
+            "--conns",
+            "20",
+            "--depth",
+            "4",
+            "--requests",
+            "50",
+            "--batch-usec",
+            "500",
+        ],
+    );
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(u(&r, "requests"), 1000);
+    let stats = server.stop();
+    assert_eq!(u(&stats, "totals.accepted"), 320);
+    assert_eq!(u(&stats, "totals.bytes_in"), u(&stats, "totals.bytes_out"));
+}

@@ -540,6 +540,29 @@ mod tests {
     }
 
     #[test]
+    fn a_multishot_that_ends_as_the_pause_is_cancelled_is_paused_not_rearmed() {
+        let (mut c, mut io) = open();
+        c.on_data(0, 10, true, &mut io);
+        for _ in 0..(OUTPUT_CAP / 4096 + 1) {
+            c.on_data(1, 4096, true, &mut io);
+        }
+        assert_eq!(io.take().last(), Some(&Act::CancelRecv));
+        // The multishot ends on its own (no F_MORE) before the cancel lands.
+        c.on_data(2, 100, false, &mut io);
+        assert_eq!(io.take(), vec![Act::Recycle(2)], "no re-arm while paused");
+        // The cancel then finds nothing; the drained queue re-arms the recv once.
+        c.on_sent_buf(10, &mut io);
+        let acts = io.take();
+        assert!(
+            matches!(acts[..], [Act::Recycle(0), Act::SendVec(..)]),
+            "{acts:?}"
+        );
+        let queued = (OUTPUT_CAP / 4096 + 1) * 4096 + 100;
+        c.on_sent_vec(queued as i32, vec![0; queued], 0, &mut io);
+        assert_eq!(io.take(), vec![Act::Arm]);
+    }
+
+    #[test]
     fn eof_while_pausing_closes_once_output_is_sent() {
         let (mut c, mut io) = open();
         c.on_data(0, 10, true, &mut io);
