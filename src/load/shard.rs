@@ -142,6 +142,9 @@ pub struct LoadShard {
     /// Whether completed requests are followed by new ones (closed loop).
     issuing: bool,
     window: Option<Window>,
+    /// Requests issued on open connections and not yet answered (those of a connection
+    /// that closed stay in its stream and are counted as unanswered at the end).
+    outstanding: usize,
     /// The current second of the window and its histogram, for `--hlog`.
     interval: (u64, Histogram<u64>),
     waiting_bufs: Vec<u32>,
@@ -193,6 +196,7 @@ impl LoadShard {
             next_connect: 0,
             issuing: false,
             window: None,
+            outstanding: 0,
             interval: (0, histogram()),
             waiting_bufs: Vec::new(),
         })
@@ -304,7 +308,7 @@ impl LoadShard {
                     if now >= until {
                         break;
                     }
-                    if counted && self.outstanding() == 0 {
+                    if counted && self.outstanding == 0 {
                         break;
                     }
                     self.turn(cqes, (until - now).min(TICK))?;
@@ -337,7 +341,7 @@ impl LoadShard {
         // No new requests; those outstanding get a grace period to come back.
         self.issuing = false;
         let grace_end = Instant::now() + END_GRACE;
-        while self.outstanding() > 0 && !self.aborted() {
+        while self.outstanding > 0 && !self.aborted() {
             let now = Instant::now();
             if now >= grace_end {
                 break;
@@ -345,10 +349,6 @@ impl LoadShard {
             self.turn(cqes, (grace_end - now).min(TICK))?;
         }
         Ok(())
-    }
-
-    fn outstanding(&self) -> usize {
-        self.clients.iter().map(|c| c.stream.outstanding()).sum()
     }
 
     /// Issues a request due at `intended` on `slot` (if the per-connection count allows).
@@ -360,6 +360,7 @@ impl LoadShard {
             return Ok(false);
         }
         c.stream.issue(intended);
+        self.outstanding += 1;
         self.try_send(slot)?;
         Ok(true)
     }
@@ -400,6 +401,9 @@ impl LoadShard {
     fn close(&mut self, slot: u32) -> io::Result<()> {
         let c = &mut self.clients[slot as usize];
         let was = std::mem::replace(&mut c.state, State::Closed);
+        if was == State::Open {
+            self.outstanding -= c.stream.outstanding();
+        }
         if was == State::Connecting {
             // A connect that would otherwise run through its SYN retries; its completion
             // (and, if the SOCKET lands after this, the close) still come.
@@ -535,6 +539,7 @@ impl LoadShard {
         self.ring.bufs_mut().recycle(bid);
         let now = Instant::now();
         for d in done {
+            self.outstanding -= 1;
             self.record(d, now);
             if self.issuing && matches!(self.plan.workload, Workload::Closed { .. }) {
                 self.issue(slot, now)?;

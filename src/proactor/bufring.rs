@@ -97,10 +97,6 @@ impl BufRing {
         self.bgid
     }
 
-    pub fn buf_size(&self) -> u32 {
-        self.size
-    }
-
     /// Buffers the kernel can pick from now.
     pub fn available(&self) -> usize {
         usize::from(self.count) - self.held

@@ -99,12 +99,14 @@ impl Conn {
         self.recv == Recv::WaitingBuffers
     }
 
-    pub fn is_closing(&self) -> bool {
+    #[cfg(test)]
+    fn is_closing(&self) -> bool {
         self.phase == Phase::Closing
     }
 
     /// Bytes owed to the peer and not yet handed to a send.
-    pub fn queued_bytes(&self) -> usize {
+    #[cfg(test)]
+    fn queued_bytes(&self) -> usize {
         self.queued.len()
     }
 
