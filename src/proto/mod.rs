@@ -2,3 +2,4 @@
 //! bytes out, no I/O, no unsafe.
 
 pub mod echo;
+pub mod http;
