@@ -7,6 +7,8 @@ use std::str::FromStr;
 
 use clap::{Args, ValueEnum};
 
+use crate::proto::http::Limits;
+
 /// A set of TCP ports: `6000`, `6000-6049`, or `6000,6002,7000-7009`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortList(Vec<u16>);
@@ -118,6 +120,8 @@ impl FromStr for AddrList {
 pub enum Proto {
     /// Every byte received is sent back, in order.
     Echo,
+    /// HTTP/1.1: `GET /plaintext` (and `/`) answers `Hello, World!`; keep-alive, pipelining.
+    Http,
 }
 
 /// The flags both servers take.
@@ -139,6 +143,14 @@ pub struct ServerArgs {
     #[arg(long, value_enum, default_value_t = Proto::Echo)]
     pub proto: Proto,
 
+    /// HTTP: the most bytes a request line and its headers may take (431 and close above).
+    #[arg(long, default_value_t = 8192, value_name = "BYTES")]
+    pub max_header_bytes: u32,
+
+    /// HTTP: the largest request body read and discarded (413 and close above).
+    #[arg(long, default_value_t = 1024 * 1024, value_name = "BYTES")]
+    pub max_body_bytes: u64,
+
     /// The connection target the server plans its shards for (default: what one shard per
     /// core holds within the fd limit).
     #[arg(long, value_name = "N")]
@@ -155,6 +167,16 @@ pub struct ServerArgs {
     /// On SIGINT/SIGTERM, how long owed output may take before connections are cut.
     #[arg(long, default_value = "5", value_name = "SECONDS")]
     pub shutdown_timeout: f64,
+}
+
+impl ServerArgs {
+    /// The HTTP limits, if HTTP is the protocol served.
+    pub fn http(&self) -> Option<Limits> {
+        (self.proto == Proto::Http).then_some(Limits {
+            max_header_bytes: self.max_header_bytes,
+            max_body_bytes: self.max_body_bytes,
+        })
+    }
 }
 
 #[cfg(test)]

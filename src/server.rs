@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use crate::cli::ServerArgs;
 use crate::error::{Error, Result};
 use crate::plan::{self, EngineKind, Plan};
+use crate::proto::http;
 use crate::stats::{self, Counters, SharedCounters, Summary};
 use crate::sys::{self, limits::HostLimits};
 
@@ -25,6 +26,8 @@ pub struct ShardCtx {
     pub wake: OwnedFd,
     pub counters: Arc<SharedCounters>,
     pub shutdown_timeout: Duration,
+    /// HTTP's limits if HTTP is served; echo otherwise.
+    pub http: Option<http::Limits>,
 }
 
 /// An engine: builds a shard on the calling (pinned) thread, calls `ready` once it can take
@@ -128,6 +131,12 @@ pub fn validate(args: &ServerArgs) -> Result<()> {
             "--shutdown-timeout must be a number of seconds >= 0".into(),
         ));
     }
+    // The shortest HTTP/1.1 request with its Host header is 27 bytes.
+    if args.max_header_bytes < 64 {
+        return Err(Error::BadFlag(
+            "--max-header-bytes must be at least 64 (a request line and a Host header)".into(),
+        ));
+    }
     Ok(())
 }
 
@@ -167,6 +176,7 @@ pub fn serve<E: Engine>(
             wake,
             counters,
             shutdown_timeout: timeout,
+            http: args.http(),
         });
     }
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, io::Result<()>)>();

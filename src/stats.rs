@@ -44,6 +44,7 @@ counters! {
     closed: "Connections closed (by either side).",
     refused: "Connections the server could not take (accept errors, -ENFILE).",
     conn_errors: "Connections ended by an error: reset, broken pipe.",
+    requests: "HTTP requests answered (errors included).",
     bytes_in: "Bytes received.",
     bytes_out: "Bytes sent.",
     recvs: "Receive completions that carried data.",
@@ -77,7 +78,7 @@ pub fn stats_line(elapsed: Duration, now: &Counters, prev: &Counters, dt: Durati
     let rate = |a: u64, b: u64| (a.saturating_sub(b)) as f64 / secs;
     format!(
         "t={:.0}s conns={} accepted/s={:.0} closed/s={:.0} in={:.1}MB/s out={:.1}MB/s recvs/s={:.0} \
-         sends/s={:.0} syscalls/s={:.0} enobufs={} pauses={} errors={}",
+         sends/s={:.0} requests/s={:.0} syscalls/s={:.0} enobufs={} pauses={} errors={}",
         elapsed.as_secs_f64(),
         now.active(),
         rate(now.accepted, prev.accepted),
@@ -86,6 +87,7 @@ pub fn stats_line(elapsed: Duration, now: &Counters, prev: &Counters, dt: Durati
         rate(now.bytes_out, prev.bytes_out) / 1e6,
         rate(now.recvs, prev.recvs),
         rate(now.sends, prev.sends),
+        rate(now.requests, prev.requests),
         rate(now.syscalls, prev.syscalls),
         now.enobufs,
         now.accept_pauses,
@@ -137,7 +139,7 @@ impl Summary {
         };
         format!(
             "{} summary: {:.1}s, {} shards, accepted {}, closed {}, refused {}, errors {}, \
-             in {} B, out {} B, sends {} ({} short), enobufs {}, re-arms {}, accept pauses {}, \
+             requests {}, in {} B, out {} B, sends {} ({} short), enobufs {}, re-arms {}, accept pauses {}, \
              syscalls {}, cq overflow {}, cpu user {:.2}s sys {:.2}s{died}",
             self.engine,
             self.duration_s,
@@ -146,6 +148,7 @@ impl Summary {
             t.closed,
             t.refused,
             t.conn_errors,
+            t.requests,
             t.bytes_in,
             t.bytes_out,
             t.sends,

@@ -1,15 +1,20 @@
-//! One echo connection's state in the Proactor: completions in, actions out (send this,
+//! One connection's state in the Proactor: completions in, actions out (send this,
 //! recycle that buffer, re-arm or cancel the recv, close). No fds, no unsafe: the shard
 //! carries the actions out through `ConnIo`, and the tests below record them.
 //!
-//! Output rules: at most one send in flight. Bytes that arrive while it is in flight are
-//! copied to `queued` (coalescing them into the next send) and their buffer goes back at once;
-//! bytes that arrive when nothing is in flight are sent straight from their provided buffer,
-//! which goes back when the send has taken them all. A short send resubmits the rest.
+//! Output rules: at most one send in flight. Echo: bytes that arrive while it is in flight
+//! are copied to `queued` (coalescing them into the next send) and their buffer goes back at
+//! once; bytes that arrive when nothing is in flight are sent straight from their provided
+//! buffer, which goes back when the send has taken them all. HTTP: the answers to what
+//! arrived are appended to `queued` and the buffer goes back at once; an answer that ends
+//! the connection stops the reads, and the close follows the last byte sent. A short send
+//! resubmits the rest.
 //!
 //! Output is bounded: once more than `OUTPUT_CAP` bytes are queued (a peer that sends but does
 //! not read), the multishot recv is cancelled, and it is re-armed when the queue has drained,
 //! so such a peer can neither grow the server's memory nor hold the shard's buffers.
+
+use crate::proto::http;
 
 /// What the connection asks of the ring.
 pub trait ConnIo {
@@ -30,6 +35,10 @@ pub trait ConnIo {
     fn cancel_send(&mut self, vec: bool);
     fn close(&mut self);
     fn short_send(&mut self);
+    /// HTTP's limits and the current Date (called only when HTTP is served).
+    fn http_env(&self) -> (&http::Limits, &http::Date);
+    /// `n` HTTP requests were answered.
+    fn answered(&mut self, n: u32);
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,11 +87,14 @@ pub struct Conn {
     inflight: Inflight,
     queued: Vec<u8>,
     phase: Phase,
+    /// The HTTP session when HTTP is served; echo when None.
+    http: Option<http::Session>,
 }
 
 impl Conn {
-    /// A connection just accepted into direct slot `fixed`; arms its recv.
-    pub fn accepted(generation: u32, fixed: u32, io: &mut impl ConnIo) -> Self {
+    /// A connection just accepted into direct slot `fixed`, speaking HTTP or echo; arms its
+    /// recv.
+    pub fn accepted(generation: u32, fixed: u32, http: bool, io: &mut impl ConnIo) -> Self {
         io.arm_recv();
         Conn {
             generation,
@@ -91,6 +103,7 @@ impl Conn {
             inflight: Inflight::None,
             queued: Vec::new(),
             phase: Phase::Open,
+            http: http.then(http::Session::new),
         }
     }
 
@@ -114,16 +127,29 @@ impl Conn {
     pub fn on_data(&mut self, bid: u16, len: u32, more: bool, io: &mut impl ConnIo) {
         if matches!(self.phase, Phase::Aborting | Phase::Closing) {
             io.recycle(bid);
+        } else if let Some(session) = &mut self.http {
+            let (limits, date) = io.http_env();
+            let o = session.on_input(io.buf_bytes(bid, len), limits, date, &mut self.queued);
+            io.recycle(bid);
+            io.answered(o.answers);
+            if self.inflight == Inflight::None {
+                self.send_queued(io);
+            }
+            if o.close {
+                if !more {
+                    self.recv = Recv::Done;
+                }
+                self.drain(io);
+            } else {
+                self.pause_if_over_cap(more, io);
+            }
         } else if self.inflight == Inflight::None && self.queued.is_empty() {
             self.inflight = Inflight::Buf { bid, off: 0, len };
             io.send_buf(bid, 0, len);
         } else {
             crate::proto::echo::reply(io.buf_bytes(bid, len), &mut self.queued);
             io.recycle(bid);
-            if self.queued.len() > OUTPUT_CAP && self.recv == Recv::Armed && more {
-                self.recv = Recv::Pausing;
-                io.cancel_recv();
-            }
+            self.pause_if_over_cap(more, io);
         }
         if !more && self.recv == Recv::Pausing {
             // The cancel and the end of the multishot crossed: nothing left to cancel.
@@ -137,6 +163,14 @@ impl Conn {
             }
         }
         self.maybe_close(io);
+    }
+
+    /// Stops reading a peer that does not read what it is sent (see the module doc).
+    fn pause_if_over_cap(&mut self, more: bool, io: &mut impl ConnIo) {
+        if self.queued.len() > OUTPUT_CAP && self.recv == Recv::Armed && more {
+            self.recv = Recv::Pausing;
+            io.cancel_recv();
+        }
     }
 
     /// A recv completion without data: `res` is 0 (EOF) or -errno; never has F_MORE.
@@ -313,6 +347,12 @@ mod tests {
     #[derive(Default)]
     struct Rec {
         acts: Vec<Act>,
+        /// What the next HTTP data completion's buffer holds.
+        input: Vec<u8>,
+        /// The bytes of the last vec send.
+        sent: Vec<u8>,
+        answered: u32,
+        http: (http::Limits, Option<http::Date>),
     }
 
     impl Rec {
@@ -330,9 +370,14 @@ mod tests {
         }
         fn send_vec(&mut self, data: Vec<u8>, start: usize) {
             self.acts.push(Act::SendVec(data.len(), start));
+            self.sent = data;
         }
         fn buf_bytes(&self, _bid: u16, len: u32) -> &[u8] {
-            &BUF[..len as usize]
+            if self.input.is_empty() {
+                &BUF[..len as usize]
+            } else {
+                &self.input[..len as usize]
+            }
         }
         fn recycle(&mut self, bid: u16) {
             self.acts.push(Act::Recycle(bid));
@@ -355,13 +400,97 @@ mod tests {
         fn short_send(&mut self) {
             self.acts.push(Act::Short);
         }
+        fn http_env(&self) -> (&http::Limits, &http::Date) {
+            let date = self.http.1.as_ref().expect("an HTTP test sets the date");
+            (&self.http.0, date)
+        }
+        fn answered(&mut self, n: u32) {
+            self.answered += n;
+        }
     }
 
     fn open() -> (Conn, Rec) {
         let mut io = Rec::default();
-        let c = Conn::accepted(1, 5, &mut io);
+        let c = Conn::accepted(1, 5, false, &mut io);
         assert_eq!(io.take(), vec![Act::Arm]);
         (c, io)
+    }
+
+    fn open_http() -> (Conn, Rec) {
+        let mut io = Rec {
+            http: (http::Limits::default(), Some(http::Date::at(0))),
+            ..Rec::default()
+        };
+        let c = Conn::accepted(1, 5, true, &mut io);
+        assert_eq!(io.take(), vec![Act::Arm]);
+        (c, io)
+    }
+
+    /// An HTTP data completion in buffer 7 holding `input`.
+    fn http_data(c: &mut Conn, io: &mut Rec, input: &[u8], more: bool) {
+        io.input = input.to_vec();
+        c.on_data(7, input.len() as u32, more, io);
+    }
+
+    fn statuses(bytes: &[u8]) -> usize {
+        bytes.windows(9).filter(|w| w == b"HTTP/1.1 ").count()
+    }
+
+    #[test]
+    fn http_answers_go_out_in_one_send_and_the_buffer_back_at_once() {
+        let (mut c, mut io) = open_http();
+        let two = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /plaintext HTTP/1.1\r\nHost: a\r\n\r\n";
+        http_data(&mut c, &mut io, two, true);
+        let acts = io.take();
+        assert_eq!(acts[0], Act::Recycle(7));
+        assert!(matches!(acts[1..], [Act::SendVec(_, 0)]), "{acts:?}");
+        assert_eq!((io.answered, statuses(&io.sent)), (2, 2));
+        // A request that arrives while that send is in flight waits, then goes out alone.
+        http_data(&mut c, &mut io, &two[..27], true);
+        assert_eq!(io.take(), vec![Act::Recycle(7)]);
+        assert_eq!(c.queued_bytes(), io.sent.len() / 2);
+        let sent = std::mem::take(&mut io.sent);
+        c.on_sent_vec(sent.len() as i32, sent, 0, &mut io);
+        assert!(matches!(io.take()[..], [Act::SendVec(_, 0)]));
+        assert_eq!(statuses(&io.sent), 1);
+    }
+
+    #[test]
+    fn http_connection_close_stops_reading_and_closes_after_the_last_byte() {
+        let (mut c, mut io) = open_http();
+        let req = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+        http_data(&mut c, &mut io, req, true);
+        assert!(matches!(
+            io.take()[..],
+            [Act::Recycle(7), Act::SendVec(_, 0), Act::CancelRecv]
+        ));
+        // Whatever was already in flight on the recv is read and ignored.
+        http_data(&mut c, &mut io, req, true);
+        assert_eq!(io.take(), vec![Act::Recycle(7)]);
+        c.on_recv_end(-libc::ECANCELED, &mut io);
+        assert_eq!(io.take(), vec![]);
+        let sent = std::mem::take(&mut io.sent);
+        let n = sent.len();
+        c.on_sent_vec(10, sent, 0, &mut io);
+        assert_eq!(io.take(), vec![Act::Short, Act::SendVec(n, 10)]);
+        let sent = std::mem::take(&mut io.sent);
+        c.on_sent_vec(n as i32 - 10, sent, 10, &mut io);
+        assert_eq!(io.take(), vec![Act::Close]);
+        assert!(c.is_closing());
+    }
+
+    #[test]
+    fn http_garbage_in_a_final_recv_closes_without_a_cancel() {
+        let (mut c, mut io) = open_http();
+        http_data(&mut c, &mut io, b"\x16\x03\x01 hello", false);
+        assert!(matches!(
+            io.take()[..],
+            [Act::Recycle(7), Act::SendVec(_, 0)]
+        ));
+        assert!(io.sent.starts_with(b"HTTP/1.1 400 "));
+        let sent = std::mem::take(&mut io.sent);
+        c.on_sent_vec(sent.len() as i32, sent, 0, &mut io);
+        assert_eq!(io.take(), vec![Act::Close]);
     }
 
     #[test]

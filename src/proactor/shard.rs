@@ -20,6 +20,7 @@ use slab::Slab;
 
 use super::conn::{Conn, ConnIo};
 use super::ring::{Completion, Kind, Ring, RingConfig, UserData};
+use crate::proto::http;
 use crate::server::ShardCtx;
 use crate::stats::{Counters, SharedCounters};
 
@@ -71,6 +72,8 @@ pub struct Shard {
     shutdown_timeout: Duration,
     deadline: Option<Instant>,
     aborted: bool,
+    /// HTTP's limits and the Date of the current second, when HTTP is served.
+    http: Option<(http::Limits, http::Date)>,
 }
 
 /// Carries a connection's actions out on the ring.
@@ -82,6 +85,7 @@ struct Io<'a> {
     generation: u32,
     fixed: u32,
     err: Option<io::Error>,
+    http: Option<&'a (http::Limits, http::Date)>,
 }
 
 impl Io<'_> {
@@ -151,6 +155,15 @@ impl ConnIo for Io<'_> {
     fn short_send(&mut self) {
         self.counters.short_sends += 1;
     }
+
+    fn http_env(&self) -> (&http::Limits, &http::Date) {
+        let (limits, date) = self.http.expect("only HTTP connections ask");
+        (limits, date)
+    }
+
+    fn answered(&mut self, n: u32) {
+        self.counters.requests += u64::from(n);
+    }
 }
 
 impl Shard {
@@ -178,6 +191,7 @@ impl Shard {
             shutdown_timeout: cfg.shutdown_timeout,
             deadline: None,
             aborted: false,
+            http: cfg.http.map(|limits| (limits, http::Date::now())),
         })
     }
 
@@ -196,6 +210,9 @@ impl Shard {
             });
             self.ring.submit_and_wait(timeout)?;
             self.ring.drain(&mut cqes);
+            if let Some((_, date)) = &mut self.http {
+                date.refresh();
+            }
             for c in cqes.drain(..) {
                 self.complete(c)?;
             }
@@ -300,6 +317,7 @@ impl Shard {
             generation,
             fixed: conn.fixed,
             err: None,
+            http: self.http.as_ref(),
         };
         let r = f(conn, &mut io);
         match io.err {
@@ -372,6 +390,7 @@ impl Shard {
             let generation = self.next_gen & super::ring::GEN_MASK;
             let entry = self.conns.vacant_entry();
             let slot = entry.key() as u32;
+            let http = self.http.is_some();
             let mut io = Io {
                 ring: &mut self.ring,
                 counters: &mut self.counters,
@@ -380,8 +399,9 @@ impl Shard {
                 generation,
                 fixed,
                 err: None,
+                http: self.http.as_ref(),
             };
-            let conn = entry.insert(Conn::accepted(generation, fixed, &mut io));
+            let conn = entry.insert(Conn::accepted(generation, fixed, http, &mut io));
             if self.aborted {
                 conn.abort(&mut io);
             } else if self.deadline.is_some() {

@@ -2,8 +2,8 @@
 //! half-closes, the connection closes once everything received has been sent back.
 //!
 //! Both engines send a reply straight from the bytes they received where they can (the
-//! Proactor from the provided buffer, the Reactor from its read buffer); `reply` is what they
-//! do when those bytes must be kept because the socket would not take them yet.
+//! Proactor from the provided buffer, the Reactor from its read buffer); `reply` is what the
+//! Proactor does when those bytes must be kept because a send is still in flight.
 
 /// Appends the reply to `input` to `out`.
 pub fn reply(input: &[u8], out: &mut Vec<u8>) {

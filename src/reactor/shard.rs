@@ -10,10 +10,12 @@
 //! then fires only after a write hit EAGAIN (the socket sets SOCK_NOSPACE), i.e. only while
 //! output is queued, and no epoll_ctl is ever needed after the accept.
 //!
-//! Each read lands in one buffer per shard (no buffer held by an idle connection) and is
-//! written straight back; only what the socket would not take is queued, and a connection
+//! Each read lands in one buffer per shard (no buffer held by an idle connection); its reply
+//! (the bytes themselves for echo, the answers for HTTP, built in a second per-shard buffer)
+//! is written at once; only what the socket would not take is queued, and a connection
 //! with queued output is not read until it drains, so a peer that does not read cannot grow
-//! the server's memory.
+//! the server's memory. An HTTP answer that ends the connection stops the reads; the close
+//! follows the last byte sent.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -22,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
-use crate::proto::echo;
+use crate::proto::http;
 use crate::server::ShardCtx;
 use crate::stats::{Counters, SharedCounters};
 use crate::sys;
@@ -42,10 +44,13 @@ struct Conn {
     generation: u32,
     out: Vec<u8>,
     out_pos: usize,
-    /// The peer half-closed: close once `out` is sent.
-    peer_done: bool,
+    /// The peer half-closed, or an HTTP answer ends the connection: no more reads; close
+    /// once `out` is sent.
+    finishing: bool,
     /// The server is stopping: no more reads; close once `out` is sent.
     draining: bool,
+    /// The HTTP session when HTTP is served; echo when None.
+    http: Option<http::Session>,
 }
 
 pub struct ReactorShard {
@@ -55,6 +60,10 @@ pub struct ReactorShard {
     _wake: OwnedFd,
     conns: Slab<Conn>,
     buf: Box<[u8]>,
+    /// HTTP: the answers to what was just read.
+    answers: Vec<u8>,
+    /// HTTP's limits and the Date of the current second, when HTTP is served.
+    http: Option<(http::Limits, http::Date)>,
     /// The most connections this shard may hold: its share of the process's fds.
     cap: usize,
     /// A listener stopped short of EAGAIN (fd limit): retry when connections close.
@@ -96,6 +105,8 @@ impl ReactorShard {
             _wake: ctx.wake,
             conns: Slab::with_capacity(1024),
             buf: vec![0u8; READ_BUF].into_boxed_slice(),
+            answers: Vec::new(),
+            http: ctx.http.map(|limits| (limits, http::Date::now())),
             cap,
             accept_pending: false,
             next_gen: 0,
@@ -118,6 +129,9 @@ impl ReactorShard {
             };
             self.counters.syscalls += 1;
             let n = sys::epoll_wait(self.epoll.as_raw_fd(), &mut events, timeout)?;
+            if let Some((_, date)) = &mut self.http {
+                date.refresh();
+            }
             for ev in &events[..n] {
                 let (flags, token) = (ev.events, ev.u64);
                 match token {
@@ -186,8 +200,9 @@ impl ReactorShard {
                         generation: self.next_gen,
                         out: Vec::new(),
                         out_pos: 0,
-                        peer_done: false,
+                        finishing: false,
                         draining: false,
+                        http: self.http.is_some().then(http::Session::new),
                     });
                     self.counters.accepted += 1;
                 }
@@ -228,18 +243,18 @@ impl ReactorShard {
         }
     }
 
-    /// Reads and echoes until EAGAIN (see the module doc), unless output is queued.
+    /// Reads and replies until EAGAIN (see the module doc), unless output is queued.
     fn on_readable(&mut self, key: usize, to_eof: bool) {
         loop {
             let c = &mut self.conns[key];
-            if !c.out.is_empty() || c.peer_done || c.draining {
+            if !c.out.is_empty() || c.finishing || c.draining {
                 break;
             }
             let fd = c.fd.as_raw_fd();
             self.counters.syscalls += 1;
             match sys::read(fd, &mut self.buf) {
                 Ok(0) => {
-                    c.peer_done = true;
+                    c.finishing = true;
                     break;
                 }
                 Ok(n) => {
@@ -262,39 +277,61 @@ impl ReactorShard {
             }
         }
         let c = &self.conns[key];
-        if c.peer_done && c.out.is_empty() {
+        if c.finishing && c.out.is_empty() {
             self.close(key);
         }
     }
 
-    /// Writes the `n` bytes just read straight back; queues what the socket will not take.
-    /// Returns false if the connection was closed.
+    /// Writes the reply to the `n` bytes just read (echo: those bytes; HTTP: the answers
+    /// they complete); queues what the socket will not take. Returns false if the
+    /// connection was closed.
     fn reply(&mut self, key: usize, n: usize) -> bool {
-        let fd = self.conns[key].fd.as_raw_fd();
+        let ReactorShard {
+            conns,
+            buf,
+            answers,
+            http,
+            counters,
+            ..
+        } = self;
+        let c = &mut conns[key];
+        let reply: &[u8] = match (&mut c.http, http) {
+            (Some(session), Some((limits, date))) => {
+                answers.clear();
+                let o = session.on_input(&buf[..n], limits, date, answers);
+                counters.requests += u64::from(o.answers);
+                c.finishing |= o.close;
+                answers
+            }
+            _ => &buf[..n],
+        };
         let mut done = 0;
-        while done < n {
-            self.counters.syscalls += 1;
-            self.counters.sends += 1;
-            match sys::write(fd, &self.buf[done..n]) {
+        let mut failed = false;
+        while done < reply.len() {
+            counters.syscalls += 1;
+            counters.sends += 1;
+            match sys::write(c.fd.as_raw_fd(), &reply[done..]) {
                 Ok(w) => {
-                    self.counters.bytes_out += w as u64;
+                    counters.bytes_out += w as u64;
                     done += w;
-                    if done < n {
-                        self.counters.short_sends += 1;
+                    if done < reply.len() {
+                        counters.short_sends += 1;
                     }
                 }
                 Err(e) if is_again(&e) => break,
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
                 Err(_) => {
-                    self.counters.conn_errors += 1;
-                    self.close(key);
-                    return false;
+                    failed = true;
+                    break;
                 }
             }
         }
-        if done < n {
-            echo::reply(&self.buf[done..n], &mut self.conns[key].out);
+        if failed {
+            self.counters.conn_errors += 1;
+            self.close(key);
+            return false;
         }
+        c.out.extend_from_slice(&reply[done..]);
         true
     }
 
@@ -328,7 +365,7 @@ impl ReactorShard {
             c.out.clear();
         }
         c.out_pos = 0;
-        if c.peer_done || c.draining {
+        if c.finishing || c.draining {
             self.close(key);
             return false;
         }

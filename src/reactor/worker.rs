@@ -5,6 +5,7 @@
 //! counters line each second and its summary as one JSON line at exit. The master sums them,
 //! forwards SIGINT/SIGTERM by PID, reports a worker that dies, and exits once all have.
 
+use clap::ValueEnum;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -49,6 +50,15 @@ fn spawn(
             &args.ports.to_string(),
         ])
         .args(["--shutdown-timeout", &args.shutdown_timeout.to_string()])
+        .args([
+            "--proto",
+            args.proto
+                .to_possible_value()
+                .expect("no variant is skipped")
+                .get_name(),
+        ])
+        .args(["--max-header-bytes", &args.max_header_bytes.to_string()])
+        .args(["--max-body-bytes", &args.max_body_bytes.to_string()])
         .args([
             "--worker-index",
             &index.to_string(),
