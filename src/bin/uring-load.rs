@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use c1m::cli::{AddrList, PortList};
+use c1m::cli::{AddrList, PortList, Proto};
 use c1m::load::{self, LoadConfig};
 
 /// An io_uring load generator: every connection a direct descriptor (no fd each, so one process
-/// holds far more than RLIMIT_NOFILE), echo requests with every byte verified, closed loop or
-/// open loop (latency corrected for coordinated omission), and an honest count of every
-/// connection. Exits 3 when fewer connections were established than asked, or on any error
+/// holds far more than RLIMIT_NOFILE), echo requests with every byte verified or HTTP GETs with
+/// every answer's status and body checked, closed loop or open loop (latency corrected for
+/// coordinated omission), and an honest count of every connection. Exits 3 when fewer connections were established than asked, or on any error
 /// (a byte that did not verify, a request left unanswered), unless --allow-partial.
 #[derive(Parser, Debug)]
 #[command(version, about, args_conflicts_with_subcommands = true)]
@@ -56,11 +56,25 @@ struct RunArgs {
     #[arg(long, default_value_t = 100, value_name = "N")]
     conns: u64,
 
-    /// Bytes per echo request.
-    #[arg(long, default_value_t = 64, value_name = "BYTES")]
-    size: usize,
+    /// The protocol: echo requests, or HTTP/1.1 GETs whose answers must be 200 with the body
+    /// `Hello, World!`.
+    #[arg(long, value_enum, default_value_t = Proto::Echo)]
+    proto: Proto,
 
-    /// Closed loop: requests outstanding on each connection.
+    /// Echo: bytes per request [default: 64].
+    #[arg(long, value_name = "BYTES")]
+    size: Option<usize>,
+
+    /// HTTP: the path to GET [default: /plaintext].
+    #[arg(long, value_name = "PATH")]
+    path: Option<String>,
+
+    /// HTTP, closed loop: requests written together on a connection; the next batch goes
+    /// once all are answered [default: 1].
+    #[arg(long, value_name = "N")]
+    pipeline: Option<u32>,
+
+    /// Closed loop: requests (with --pipeline: batches) outstanding on each connection.
     #[arg(long, default_value_t = 1, value_name = "D")]
     depth: u32,
 
@@ -153,12 +167,29 @@ fn main() {
         }
     }
     let a = cli.run;
+    let http = a.proto == Proto::Http;
+    let misplaced = match (
+        http,
+        a.size.is_some(),
+        a.path.is_some() || a.pipeline.is_some(),
+    ) {
+        (true, true, _) => Some("--size is for echo; HTTP requests are GETs of --path"),
+        (false, _, true) => Some("--path and --pipeline are for --proto http"),
+        _ => None,
+    };
+    if let Some(why) = misplaced {
+        eprintln!("uring-load: error: {why}");
+        std::process::exit(2);
+    }
     let cfg = LoadConfig {
         host: a.host,
         ports: a.ports,
         sources: a.sources.map(|s| s.0).unwrap_or_default(),
         conns: a.conns,
-        size: a.size,
+        proto: a.proto,
+        size: a.size.unwrap_or(64),
+        path: a.path.unwrap_or_else(|| "/plaintext".into()),
+        pipeline: a.pipeline.unwrap_or(1),
         depth: a.depth,
         rate: a.rate,
         warmup: seconds(a.warmup, "--warmup"),

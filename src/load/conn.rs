@@ -1,11 +1,27 @@
 //! One load-generator connection's request stream: requests of `size` bytes cut from the
-//! pattern, sent in order with at most one send in flight, and their echoes verified byte by
-//! byte as they come back, in order, whatever the chunking. Several requests may be
-//! outstanding (`--depth`, or an open-loop schedule running ahead of the server). Pure: the
-//! shard feeds it completions and carries out what it returns.
+//! pinned request region, sent in order with at most one send in flight, and their answers
+//! checked as they come back, in order, whatever the chunking: echo answers byte by byte
+//! against what was sent, HTTP answers by status (200) and body (`Hello, World!`). Several
+//! requests may be outstanding (`--depth`, `--pipeline`, or an open-loop schedule running
+//! ahead of the server). Pure: the shard feeds it completions and carries out what it
+//! returns.
 
 use std::collections::VecDeque;
 use std::time::Instant;
+
+use crate::proto::http::{self, ResponseCheck};
+
+/// What the requests are, and so how their answers are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requests {
+    /// Echo: `size` bytes at an offset into the pattern that varies with connection and
+    /// request (`pattern_offset`); the answer is those bytes.
+    Echo,
+    /// HTTP: the region holds `copies` copies of one GET of `size` bytes, one after the
+    /// other, so consecutive requests lie end to end and pipelined ones go out in one send;
+    /// every answer must be 200 with the plaintext body.
+    Http { copies: usize },
+}
 
 /// Offsets into the pattern region vary with connection and request, so that bytes crossed
 /// between connections or requests cannot verify. The region is `size + PATTERN_SPREAD` long.
@@ -37,8 +53,15 @@ pub struct Completed {
 /// What went wrong on a stream; the connection must close.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
-    /// Bytes that are not the echo of what was sent (or more bytes than were sent).
+    /// Bytes that are not the echo of what was sent (or more bytes than were sent), or an
+    /// answer to a request not yet sent.
     Mismatch,
+    /// An HTTP answer with another status than 200.
+    HttpStatus(u16),
+    /// An HTTP 200 whose body is not the plaintext one.
+    HttpBody,
+    /// Bytes that are not an HTTP/1.1 answer.
+    HttpMalformed,
     /// A send failed (`-errno`) or took no byte (0).
     SendFailed(i32),
 }
@@ -47,6 +70,7 @@ pub enum Fault {
 pub struct Stream {
     conn: u64,
     size: usize,
+    kind: Requests,
     seq: u64,
     /// Requests issued and not yet fully echoed, oldest first. The first `sending` of them
     /// are completely sent; the next one is being sent (`sent` bytes so far).
@@ -54,21 +78,28 @@ pub struct Stream {
     sending: usize,
     sent: usize,
     in_flight: bool,
+    /// Bytes offered to the send in flight.
+    offered: usize,
     /// Echo bytes of the oldest request verified so far.
     got: usize,
+    /// HTTP: the reader of answers.
+    check: Option<ResponseCheck>,
 }
 
 impl Stream {
-    pub fn new(conn: u64, size: usize) -> Self {
+    pub fn new(conn: u64, size: usize, kind: Requests) -> Self {
         Stream {
             conn,
             size,
+            kind,
             seq: 0,
             reqs: VecDeque::new(),
             sending: 0,
             sent: 0,
             in_flight: false,
+            offered: 0,
             got: 0,
+            check: matches!(kind, Requests::Http { .. }).then(ResponseCheck::new),
         }
     }
 
@@ -84,48 +115,91 @@ impl Stream {
 
     /// Issues a request due at `intended`.
     pub fn issue(&mut self, intended: Instant) {
+        let off = match self.kind {
+            Requests::Echo => pattern_offset(self.conn, self.seq),
+            Requests::Http { copies } => (self.seq % copies as u64) as usize * self.size,
+        };
         self.reqs.push_back(Req {
-            off: pattern_offset(self.conn, self.seq),
+            off,
             intended,
             sent_at: None,
         });
         self.seq += 1;
     }
 
-    /// The next send to submit, if none is in flight: pattern offset and length.
+    /// The next send to submit, if none is in flight: region offset and length. It takes
+    /// the rest of the request being sent and every later one that lies right after it.
     pub fn next_send(&mut self, now: Instant) -> Option<(usize, usize)> {
         if self.in_flight {
             return None;
         }
-        let req = self.reqs.get_mut(self.sending)?;
-        req.sent_at.get_or_insert(now);
+        let first = self.reqs.get_mut(self.sending)?;
+        first.sent_at.get_or_insert(now);
+        let (start, mut end) = (first.off + self.sent, first.off + self.size);
+        for req in self.reqs.range_mut(self.sending + 1..) {
+            if req.off != end {
+                break;
+            }
+            req.sent_at = Some(now);
+            end += self.size;
+        }
         self.in_flight = true;
-        Some((req.off + self.sent, self.size - self.sent))
+        self.offered = end - start;
+        Some((start, end - start))
     }
 
     /// The send in flight completed with `res`.
     pub fn on_sent(&mut self, res: i32) -> Result<(), Fault> {
         self.in_flight = false;
         let n = usize::try_from(res).ok().filter(|n| *n > 0);
-        let Some(n) = n.filter(|n| self.sent + n <= self.size) else {
+        let Some(n) = n.filter(|n| *n <= self.offered) else {
             return Err(Fault::SendFailed(res.min(0)));
         };
         self.sent += n;
-        if self.sent == self.size {
-            self.sending += 1;
-            self.sent = 0;
-        }
+        self.sending += self.sent / self.size;
+        self.sent %= self.size;
         Ok(())
     }
 
-    /// Echo bytes arrived: verifies them in order, calling `done` for each request they
-    /// complete.
+    /// Answer bytes arrived: checks them in order, calling `done` for each request they
+    /// complete. `pattern` is the request region.
     pub fn on_data(
         &mut self,
         mut data: &[u8],
         pattern: &[u8],
         mut done: impl FnMut(Completed),
     ) -> Result<(), Fault> {
+        if let Some(check) = &mut self.check {
+            let (reqs, sending) = (&mut self.reqs, &mut self.sending);
+            let mut fault = None;
+            let framed = check.on_input(data, http::BODY, |a| {
+                if fault.is_some() {
+                    return;
+                }
+                if *sending == 0 {
+                    fault = Some(Fault::Mismatch);
+                    return;
+                }
+                // Answered, rightly or not: no longer outstanding.
+                let req = reqs.pop_front().expect("a sent request is outstanding");
+                *sending -= 1;
+                if a.status != 200 {
+                    fault = Some(Fault::HttpStatus(a.status));
+                } else if !a.body_ok {
+                    fault = Some(Fault::HttpBody);
+                } else {
+                    done(Completed {
+                        intended: req.intended,
+                        sent_at: req.sent_at.expect("a fully sent request has a send time"),
+                    });
+                }
+            });
+            return match (framed, fault) {
+                (_, Some(f)) => Err(f),
+                (Err(http::Malformed), None) => Err(Fault::HttpMalformed),
+                (Ok(()), None) => Ok(()),
+            };
+        }
         while !data.is_empty() {
             let Some(front) = self.reqs.front() else {
                 return Err(Fault::Mismatch);
@@ -179,7 +253,7 @@ mod tests {
     fn one_request_sent_in_two_short_sends_and_echoed_in_pieces() {
         let p = pattern();
         let t = Instant::now();
-        let mut s = Stream::new(3, 100);
+        let mut s = Stream::new(3, 100, Requests::Echo);
         s.issue(t);
         let (off, len) = s.next_send(t).unwrap();
         assert_eq!((off, len), (pattern_offset(3, 0), 100));
@@ -199,7 +273,7 @@ mod tests {
     fn pipelined_requests_whose_echoes_share_a_chunk() {
         let p = pattern();
         let t = Instant::now();
-        let mut s = Stream::new(1, 10);
+        let mut s = Stream::new(1, 10, Requests::Echo);
         for _ in 0..3 {
             s.issue(t);
         }
@@ -221,7 +295,7 @@ mod tests {
     fn a_wrong_byte_is_a_mismatch() {
         let p = pattern();
         let t = Instant::now();
-        let mut s = Stream::new(1, 10);
+        let mut s = Stream::new(1, 10, Requests::Echo);
         s.issue(t);
         s.next_send(t);
         s.on_sent(10).unwrap();
@@ -234,7 +308,7 @@ mod tests {
     fn bytes_before_they_were_sent_or_with_nothing_outstanding_are_a_mismatch() {
         let p = pattern();
         let t = Instant::now();
-        let mut s = Stream::new(1, 10);
+        let mut s = Stream::new(1, 10, Requests::Echo);
         assert_eq!(s.on_data(&[1], &p, |_| {}), Err(Fault::Mismatch));
         s.issue(t);
         s.next_send(t);
@@ -246,7 +320,7 @@ mod tests {
     #[test]
     fn a_failed_or_empty_send_is_a_fault() {
         let t = Instant::now();
-        let mut s = Stream::new(0, 10);
+        let mut s = Stream::new(0, 10, Requests::Echo);
         s.issue(t);
         s.next_send(t);
         assert_eq!(
@@ -262,5 +336,70 @@ mod tests {
         assert_ne!(pattern_offset(0, 0), pattern_offset(1, 0));
         assert_ne!(pattern_offset(0, 0), pattern_offset(0, 1));
         assert!(pattern_offset(u64::MAX, u64::MAX) < PATTERN_SPREAD);
+    }
+
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\nHello, World!";
+
+    fn http_stream(copies: usize) -> (Stream, Vec<u8>) {
+        (
+            Stream::new(0, GET.len(), Requests::Http { copies }),
+            GET.repeat(copies),
+        )
+    }
+
+    #[test]
+    fn pipelined_http_requests_go_out_in_one_send_and_each_answer_completes_one() {
+        let t = Instant::now();
+        let (mut s, region) = http_stream(4);
+        for _ in 0..3 {
+            s.issue(t);
+        }
+        assert_eq!(s.next_send(t), Some((0, 3 * GET.len())));
+        // A short send: the rest goes next, from the middle of the second request.
+        s.on_sent(GET.len() as i32 + 5).unwrap();
+        assert_eq!(s.next_send(t), Some((GET.len() + 5, 2 * GET.len() - 5)));
+        let mut n = 0;
+        s.on_data(&OK[..20], &region, |_| n += 1).unwrap();
+        s.on_data(&OK[20..], &region, |_| n += 1).unwrap();
+        assert_eq!(n, 1);
+        s.on_sent(2 * GET.len() as i32 - 5).unwrap();
+        s.on_data(&OK.repeat(2), &region, |_| n += 1).unwrap();
+        assert_eq!((n, s.outstanding()), (3, 0));
+        // The region wraps after `copies` requests: the send stops there.
+        for _ in 0..3 {
+            s.issue(t);
+        }
+        assert_eq!(s.next_send(t), Some((3 * GET.len(), GET.len())));
+    }
+
+    #[test]
+    fn http_answers_that_are_wrong_or_early_are_faults() {
+        let t = Instant::now();
+        let (mut s, region) = http_stream(2);
+        assert_eq!(s.on_data(OK, &region, |_| {}), Err(Fault::Mismatch));
+        let (mut s, _) = http_stream(2);
+        s.issue(t);
+        s.next_send(t);
+        s.on_sent(GET.len() as i32).unwrap();
+        let not_found = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(
+            s.on_data(not_found, &region, |_| {}),
+            Err(Fault::HttpStatus(404))
+        );
+        let (mut s, _) = http_stream(2);
+        s.issue(t);
+        s.next_send(t);
+        s.on_sent(GET.len() as i32).unwrap();
+        let wrong = b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\nHello, world!";
+        assert_eq!(s.on_data(wrong, &region, |_| {}), Err(Fault::HttpBody));
+        let (mut s, _) = http_stream(2);
+        s.issue(t);
+        s.next_send(t);
+        s.on_sent(GET.len() as i32).unwrap();
+        assert_eq!(
+            s.on_data(b"SSH-2.0\r\n", &region, |_| {}),
+            Err(Fault::HttpMalformed)
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! The load generator's engine: plans client shards from the connection count and the fd
-//! limit, connects every connection, runs the closed-loop echo workload with every byte
-//! verified, and reports what happened to each connection.
+//! limit, connects every connection, runs the workload (echo with every byte verified, or
+//! HTTP GETs with every answer checked), and reports what happened to each connection.
 
 pub mod conn;
 pub mod hlog;
@@ -19,10 +19,10 @@ use std::time::{Duration, Instant, SystemTime};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::cli::PortList;
+use crate::cli::{PortList, Proto};
 use crate::error::{Error, Result};
 use crate::sys::{self, limits::HostLimits};
-use conn::PATTERN_SPREAD;
+use conn::{PATTERN_SPREAD, Requests};
 use shard::{LoadShard, ShardPlan, Shared, Workload};
 
 #[derive(Debug, Clone)]
@@ -32,8 +32,14 @@ pub struct LoadConfig {
     /// Source addresses to bind (empty: let the kernel choose).
     pub sources: Vec<Ipv4Addr>,
     pub conns: u64,
+    pub proto: Proto,
+    /// Echo: bytes per request.
     pub size: usize,
-    /// Closed loop: requests outstanding per connection.
+    /// HTTP: the path every GET asks for.
+    pub path: String,
+    /// HTTP, closed loop: requests written together, the next batch once all are answered.
+    pub pipeline: u32,
+    /// Closed loop: requests (batches, with `pipeline`) outstanding per connection.
     pub depth: u32,
     /// Open loop: total requests per second (overrides `depth`).
     pub rate: Option<f64>,
@@ -59,6 +65,8 @@ pub struct LoadConfig {
 const CONNS_PER_SHARD: u64 = 16_000;
 /// Largest payload: the pattern every request is cut from is held once per shard.
 pub const MAX_SIZE: usize = 64 << 20;
+/// Closed loop: the most requests outstanding on one connection.
+const MAX_OUTSTANDING: u64 = 4096;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Percentiles {
@@ -94,6 +102,10 @@ pub struct ClientCpu {
 pub struct Report {
     /// "closed" or "open".
     pub mode: &'static str,
+    /// "echo" or "http".
+    pub proto: &'static str,
+    /// HTTP: requests written together on each connection (1: no pipelining).
+    pub pipeline: u32,
     /// Open loop: the requests per second asked for.
     pub rate_rps: Option<f64>,
     pub conns_requested: u64,
@@ -107,6 +119,7 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     pub duration_s: f64,
     pub throughput_rps: f64,
+    /// Bytes per request (HTTP: of each GET).
     pub size: usize,
     /// From when each request was due (open loop: its schedule time, so coordinated
     /// omission is corrected; closed loop: when it was issued).
@@ -148,9 +161,16 @@ impl Report {
             Some(r) => format!("open loop at {r:.0} req/s"),
             None => "closed loop".to_string(),
         };
+        let what = match self.proto {
+            "http" => format!(
+                "{} B GETs, pipeline {}, every answer checked",
+                self.size, self.pipeline
+            ),
+            _ => format!("{} B each, every byte verified", self.size),
+        };
         format!(
             "connections: requested {} established {} failed {} closed-by-peer {} (all up in {:.1}s)\n\
-             requests:    {} in {:.2}s = {:.0} req/s ({mode}, {} B each, every byte verified)\n\
+             requests:    {} in {:.2}s = {:.0} req/s ({mode}, {what})\n\
              errors:      {errors}\n\
              latency us:  {}{uncorrected}\n\
              connect us:  p50 {} p90 {} p99 {} p99.9 {} max {}\n\
@@ -163,7 +183,6 @@ impl Report {
             self.requests,
             self.duration_s,
             self.throughput_rps,
-            self.size,
             spectrum(l),
             c.p50,
             c.p90,
@@ -276,6 +295,29 @@ fn check(cfg: &LoadConfig, limits: &HostLimits) -> Result<()> {
             "--size must be from 1 to {MAX_SIZE} bytes"
         )));
     }
+    if cfg.proto == Proto::Http
+        && (!cfg.path.starts_with('/') || !cfg.path.bytes().all(|b| (0x21..=0x7E).contains(&b)))
+    {
+        return Err(Error::BadFlag(format!(
+            "--path `{}` must start with / and hold no spaces or control characters",
+            cfg.path
+        )));
+    }
+    if cfg.pipeline == 0 || cfg.depth == 0 {
+        return Err(Error::BadFlag(
+            "--pipeline and --depth must be at least 1".into(),
+        ));
+    }
+    if cfg.pipeline > 1 && (cfg.proto != Proto::Http || cfg.rate.is_some()) {
+        return Err(Error::BadFlag(
+            "--pipeline is for HTTP in the closed loop (without --rate)".into(),
+        ));
+    }
+    if u64::from(cfg.pipeline) * u64::from(cfg.depth) > MAX_OUTSTANDING {
+        return Err(Error::BadFlag(format!(
+            "--depth times --pipeline may be at most {MAX_OUTSTANDING} requests per connection"
+        )));
+    }
     if cfg.connect_inflight == 0 {
         return Err(Error::BadFlag(
             "--connect-inflight must be at least 1".into(),
@@ -330,7 +372,20 @@ pub fn run(cfg: &LoadConfig) -> Result<Report> {
         .iter()
         .map(|ip| SocketAddrV4::new(*ip, 0))
         .collect();
-    let pattern = pattern(cfg.size + PATTERN_SPREAD, cfg.seed);
+    let (size, pattern, kind) = match cfg.proto {
+        Proto::Echo => (
+            cfg.size,
+            pattern(cfg.size + PATTERN_SPREAD, cfg.seed),
+            Requests::Echo,
+        ),
+        Proto::Http => {
+            let get = format!("GET {} HTTP/1.1\r\nHost: {}\r\n\r\n", cfg.path, cfg.host);
+            // Enough copies for every batch outstanding to go out in one send.
+            let copies = (cfg.depth * cfg.pipeline).max(16) as usize;
+            let region = get.repeat(copies).into_bytes().into_boxed_slice();
+            (get.len(), region, Requests::Http { copies })
+        }
+    };
     let shared = Arc::new(Shared::default());
     let started = Instant::now();
     let (cpu0_user, cpu0_sys) = sys::cpu_times(false);
@@ -349,11 +404,15 @@ pub fn run(cfg: &LoadConfig) -> Result<Report> {
             shards,
             addrs: addrs.clone(),
             sources: sources.clone(),
-            size: cfg.size,
+            size,
             pattern: pattern.clone(),
+            kind,
             workload: match cfg.rate {
                 Some(rate) => Workload::Open { rate: rate * share },
-                None => Workload::Closed { depth: cfg.depth },
+                None => Workload::Closed {
+                    depth: cfg.depth,
+                    pipeline: cfg.pipeline,
+                },
             },
             warmup: cfg.warmup,
             duration: cfg.duration,
@@ -466,6 +525,11 @@ pub fn run(cfg: &LoadConfig) -> Result<Report> {
     };
     Ok(Report {
         mode: if cfg.rate.is_some() { "open" } else { "closed" },
+        proto: match cfg.proto {
+            Proto::Echo => "echo",
+            Proto::Http => "http",
+        },
+        pipeline: cfg.pipeline,
         rate_rps: cfg.rate,
         conns_requested: cfg.conns,
         conns_established: established,
@@ -480,7 +544,7 @@ pub fn run(cfg: &LoadConfig) -> Result<Report> {
         } else {
             0.0
         },
-        size: cfg.size,
+        size,
         latency_us: Percentiles::of(&latency),
         latency_uncorrected_us: cfg.rate.map(|_| Percentiles::of(&uncorrected)),
         connect_us: Percentiles::of(&connect),
@@ -501,7 +565,10 @@ mod tests {
             ports: ports.parse().unwrap(),
             sources: Vec::new(),
             conns,
+            proto: Proto::Echo,
             size: 64,
+            path: "/plaintext".into(),
+            pipeline: 1,
             depth: 1,
             rate: None,
             warmup: Duration::ZERO,
@@ -536,6 +603,40 @@ mod tests {
         assert!(check(&cfg(0, "6000"), &host()).is_err());
         let mut c = cfg(1, "6000");
         c.size = 0;
+        assert!(check(&c, &host()).is_err());
+    }
+
+    #[test]
+    fn http_flags_are_checked() {
+        let mut c = cfg(1, "6000");
+        c.pipeline = 4;
+        assert!(
+            check(&c, &host())
+                .unwrap_err()
+                .to_string()
+                .contains("--pipeline is for HTTP")
+        );
+        c.proto = Proto::Http;
+        assert!(check(&c, &host()).is_ok());
+        c.rate = Some(100.0);
+        assert!(check(&c, &host()).is_err());
+        c.rate = None;
+        c.depth = 2048;
+        assert!(
+            check(&c, &host())
+                .unwrap_err()
+                .to_string()
+                .contains("at most 4096")
+        );
+        c.depth = 1;
+        c.path = "plaintext".into();
+        assert!(
+            check(&c, &host())
+                .unwrap_err()
+                .to_string()
+                .contains("must start with /")
+        );
+        c.path = "/a b".into();
         assert!(check(&c, &host()).is_err());
     }
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use super::conn::{Completed, Fault, Stream};
+use super::conn::{Completed, Fault, Requests, Stream};
 use crate::proactor::ring::{Completion, Kind, Ring, RingConfig, UserData};
 
 /// What all shards share: progress counters and the phase gate.
@@ -36,8 +36,9 @@ pub struct Shared {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Workload {
-    /// `depth` requests outstanding per connection.
-    Closed { depth: u32 },
+    /// `depth` batches of `pipeline` requests outstanding per connection: a batch goes out in
+    /// one send, the next once a whole batch has been answered.
+    Closed { depth: u32, pipeline: u32 },
     /// This shard's requests per second.
     Open { rate: f64 },
 }
@@ -52,7 +53,9 @@ pub struct ShardPlan {
     /// Source addresses; connection i binds `sources[i / addrs.len() % sources.len()]`.
     pub sources: Vec<std::net::SocketAddrV4>,
     pub size: usize,
+    /// The request region: the echo pattern, or copies of the HTTP request.
     pub pattern: Box<[u8]>,
+    pub kind: Requests,
     pub workload: Workload,
     pub warmup: Duration,
     pub duration: Duration,
@@ -171,7 +174,7 @@ impl LoadShard {
                 recv_armed: false,
                 sending: false,
                 connect_started: now,
-                stream: Stream::new(plan.first_conn + u64::from(slot), plan.size),
+                stream: Stream::new(plan.first_conn + u64::from(slot), plan.size, plan.kind),
             })
             .collect();
         Ok(LoadShard {
@@ -295,13 +298,9 @@ impl LoadShard {
         self.window = Some(Window { from, until });
         self.issuing = true;
         match self.plan.workload {
-            Workload::Closed { depth } => {
+            Workload::Closed { .. } => {
                 for &slot in &open {
-                    for _ in 0..depth {
-                        if !self.issue(slot, start)? {
-                            break;
-                        }
-                    }
+                    self.refill(slot, start)?;
                 }
                 while !self.aborted() {
                     let now = Instant::now();
@@ -325,7 +324,8 @@ impl LoadShard {
                     while due <= now && due < until {
                         let slot = open[(n % open.len() as u64) as usize];
                         if self.clients[slot as usize].state == State::Open {
-                            self.issue(slot, due)?;
+                            self.issue(slot, due);
+                            self.try_send(slot)?;
                         }
                         n += 1;
                         due = start + Duration::from_secs_f64(n as f64 / rate);
@@ -351,18 +351,36 @@ impl LoadShard {
         Ok(())
     }
 
-    /// Issues a request due at `intended` on `slot` (if the per-connection count allows).
-    fn issue(&mut self, slot: u32, intended: Instant) -> io::Result<bool> {
+    /// Issues a request due at `intended` on `slot` (if the per-connection count allows);
+    /// `try_send` sends it.
+    fn issue(&mut self, slot: u32, intended: Instant) -> bool {
         let c = &mut self.clients[slot as usize];
         if let Some(limit) = self.plan.requests
             && c.stream.issued() >= limit
         {
-            return Ok(false);
+            return false;
         }
         c.stream.issue(intended);
         self.outstanding += 1;
-        self.try_send(slot)?;
-        Ok(true)
+        true
+    }
+
+    /// Closed loop: issues whole batches on `slot` until `depth` of them are outstanding.
+    fn refill(&mut self, slot: u32, now: Instant) -> io::Result<()> {
+        let Workload::Closed { depth, pipeline } = self.plan.workload else {
+            return Ok(());
+        };
+        let (depth, pipeline) = (depth as usize, pipeline as usize);
+        'batches: while self.clients[slot as usize].stream.outstanding() + pipeline
+            <= depth * pipeline
+        {
+            for _ in 0..pipeline {
+                if !self.issue(slot, now) {
+                    break 'batches;
+                }
+            }
+        }
+        self.try_send(slot)
     }
 
     fn try_send(&mut self, slot: u32) -> io::Result<()> {
@@ -494,6 +512,9 @@ impl LoadShard {
     fn fault(&mut self, slot: u32, fault: Fault) -> io::Result<()> {
         match fault {
             Fault::Mismatch => self.error("verify_mismatch", 1),
+            Fault::HttpStatus(status) => self.error(&format!("http_status:{status}"), 1),
+            Fault::HttpBody => self.error("http_body_mismatch", 1),
+            Fault::HttpMalformed => self.error("http_malformed", 1),
             Fault::SendFailed(0) => self.error("send:sent_nothing", 1),
             Fault::SendFailed(res) => self.error(&format!("send:{}", errno_name(res)), 1),
         }
@@ -529,6 +550,7 @@ impl LoadShard {
         let len = c.res.max(0) as u32;
         let mut verdict = Ok(());
         let mut done = Vec::new();
+        let before = self.clients[i].stream.outstanding();
         if self.clients[i].state == State::Open {
             let data = self.ring.bufs().bytes(bid, len);
             let pattern = self.ring.region(self.region);
@@ -538,12 +560,14 @@ impl LoadShard {
         }
         self.ring.bufs_mut().recycle(bid);
         let now = Instant::now();
+        // Answered, rightly or (HTTP) wrongly: no longer outstanding.
+        self.outstanding -= before - self.clients[i].stream.outstanding();
+        let answered = !done.is_empty();
         for d in done {
-            self.outstanding -= 1;
             self.record(d, now);
-            if self.issuing && matches!(self.plan.workload, Workload::Closed { .. }) {
-                self.issue(slot, now)?;
-            }
+        }
+        if answered && self.issuing && self.clients[i].state == State::Open {
+            self.refill(slot, now)?;
         }
         if let Err(fault) = verdict {
             return self.fault(slot, fault);
