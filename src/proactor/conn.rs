@@ -87,8 +87,9 @@ pub struct Conn {
     inflight: Inflight,
     queued: Vec<u8>,
     phase: Phase,
-    /// The HTTP session when HTTP is served; echo when None.
-    http: Option<http::Session>,
+    /// The HTTP session when HTTP is served (boxed: echo connections pay one pointer); echo
+    /// when None.
+    http: Option<Box<http::Session>>,
 }
 
 impl Conn {
@@ -103,7 +104,7 @@ impl Conn {
             inflight: Inflight::None,
             queued: Vec::new(),
             phase: Phase::Open,
-            http: http.then(http::Session::new),
+            http: http.then(Box::default),
         }
     }
 

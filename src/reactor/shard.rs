@@ -49,8 +49,9 @@ struct Conn {
     finishing: bool,
     /// The server is stopping: no more reads; close once `out` is sent.
     draining: bool,
-    /// The HTTP session when HTTP is served; echo when None.
-    http: Option<http::Session>,
+    /// The HTTP session when HTTP is served (boxed: echo connections pay one pointer); echo
+    /// when None.
+    http: Option<Box<http::Session>>,
 }
 
 pub struct ReactorShard {
@@ -202,7 +203,7 @@ impl ReactorShard {
                         out_pos: 0,
                         finishing: false,
                         draining: false,
-                        http: self.http.is_some().then(http::Session::new),
+                        http: self.http.is_some().then(Box::default),
                     });
                     self.counters.accepted += 1;
                 }
