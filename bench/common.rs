@@ -154,3 +154,36 @@ pub fn status_sum(pids: &[u32], field: &str, per_thread: bool) -> u64 {
         })
         .sum()
 }
+
+/// A comma list of values for `flag`; a bad one stops the bench with the flag's name.
+pub fn list<T: std::str::FromStr>(v: &str, flag: &str) -> Vec<T> {
+    v.split(',')
+        .map(|x| {
+            x.parse()
+                .unwrap_or_else(|_| panic!("{flag}: bad list `{v}`"))
+        })
+        .collect()
+}
+
+/// How many CPUs a taskset list (`0`, `0-3`, `0,2`) names.
+pub fn cpu_count(list: &str) -> usize {
+    list.split(',')
+        .map(|p| match p.split_once('-') {
+            Some((a, b)) => b.parse::<usize>().unwrap() - a.parse::<usize>().unwrap() + 1,
+            None => 1,
+        })
+        .sum()
+}
+
+/// The bench's own arguments (cargo adds `--bench`); `--help` prints `usage` and exits.
+pub fn args(usage: &str) -> Vec<String> {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{usage}");
+        std::process::exit(0);
+    }
+    args
+}

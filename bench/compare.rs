@@ -22,6 +22,19 @@
 #[path = "common.rs"]
 mod common;
 
+const USAGE: &str =
+    "cargo bench --bench compare [-- OPTIONS]: Reactor vs Proactor on identical echo work
+
+  --full                 conns 50,500,5000,50000; sizes 64,1024; rates 25,50,75,90 %
+  --conns LIST           default 50,500,5000
+  --sizes LIST           default 64
+  --rates LIST           open-loop rates in % of the Reactor's saturation; default 50,90
+  --duration S --warmup S --reps N   default 3, 1, 3
+  --server-cpus LIST --load-cpus LIST   default 0 and 1 (taskset lists)
+  --out DIR              default bench/results";
+
+use common::{cpu_count, list};
+
 use std::fmt::Write as _;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -43,20 +56,8 @@ struct Opts {
     argv: String,
 }
 
-fn list<T: std::str::FromStr>(v: &str, flag: &str) -> Vec<T> {
-    v.split(',')
-        .map(|x| {
-            x.parse()
-                .unwrap_or_else(|_| panic!("{flag}: bad list `{v}`"))
-        })
-        .collect()
-}
-
 fn opts() -> Opts {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--bench")
-        .collect();
+    let args = common::args(USAGE);
     let mut o = Opts {
         conns: vec![50, 500, 5000],
         sizes: vec![64],
@@ -98,15 +99,6 @@ fn opts() -> Opts {
 }
 
 /// How many CPUs a taskset list names ("0", "0-3", "0,2").
-fn cpu_count(list: &str) -> usize {
-    list.split(',')
-        .map(|p| match p.split_once('-') {
-            Some((a, b)) => b.parse::<usize>().unwrap() - a.parse::<usize>().unwrap() + 1,
-            None => 1,
-        })
-        .sum()
-}
-
 #[derive(Clone, Copy, PartialEq)]
 enum Engine {
     Epoll,

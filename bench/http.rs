@@ -36,6 +36,17 @@
 #[path = "common.rs"]
 mod common;
 
+const USAGE: &str = "cargo bench --bench http [-- OPTIONS]: HTTP plaintext, both engines vs nginx, under wrk and uring-load
+
+  --conns LIST           default 50,500
+  --pipeline LIST        requests written together on a connection; default 1,16
+  --clients LIST         wrk,uring-load (default both)
+  --duration S --warmup S --reps N   default 5, 1, 3
+  --server-cpus LIST --load-cpus LIST   default 0 and 1 (taskset lists)
+  --out DIR              default bench/results";
+
+use common::{cpu_count, list};
+
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -64,20 +75,8 @@ struct Opts {
     argv: String,
 }
 
-fn list<T: std::str::FromStr>(v: &str, flag: &str) -> Vec<T> {
-    v.split(',')
-        .map(|x| {
-            x.parse()
-                .unwrap_or_else(|_| panic!("{flag}: bad list `{v}`"))
-        })
-        .collect()
-}
-
 fn opts() -> Opts {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--bench")
-        .collect();
+    let args = common::args(USAGE);
     let mut o = Opts {
         conns: vec![50, 500],
         pipelines: vec![1, 16],
@@ -130,15 +129,6 @@ fn opts() -> Opts {
 }
 
 /// How many CPUs a taskset list names ("0", "0-3", "0,2").
-fn cpu_count(list: &str) -> usize {
-    list.split(',')
-        .map(|p| match p.split_once('-') {
-            Some((a, b)) => b.parse::<usize>().unwrap() - a.parse::<usize>().unwrap() + 1,
-            None => 1,
-        })
-        .sum()
-}
-
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Server {
     Uring,

@@ -11,6 +11,10 @@
 #[path = "common.rs"]
 mod common;
 
+const USAGE: &str = "cargo bench --bench loadgen [-- OPTIONS]: uring-load vs a plain epoll client, same one-core server
+
+  --duration S (5) --warmup S (1) --reps N (3) --conns LIST (50,500) --out DIR (bench/results)";
+
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::process::Command;
@@ -34,10 +38,7 @@ fn opts() -> Opts {
         conns: vec![50, 500],
         out: "bench/results".into(),
     };
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--bench")
-        .collect();
+    let args = common::args(USAGE);
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let mut val = || {
