@@ -33,14 +33,13 @@ const USAGE: &str =
   --server-cpus LIST --load-cpus LIST   default 0 and 1 (taskset lists)
   --out DIR              default bench/results";
 
-use common::{cpu_count, list};
-
 use std::fmt::Write as _;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::{cpu_count, list};
 use serde_json::{Value, json};
 
 struct Opts {
@@ -98,7 +97,6 @@ fn opts() -> Opts {
     o
 }
 
-/// How many CPUs a taskset list names ("0", "0-3", "0,2").
 #[derive(Clone, Copy, PartialEq)]
 enum Engine {
     Epoll,

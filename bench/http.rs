@@ -45,8 +45,6 @@ const USAGE: &str = "cargo bench --bench http [-- OPTIONS]: HTTP plaintext, both
   --server-cpus LIST --load-cpus LIST   default 0 and 1 (taskset lists)
   --out DIR              default bench/results";
 
-use common::{cpu_count, list};
-
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -54,6 +52,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{cpu_count, list};
 use serde_json::{Value, json};
 
 /// The answer every server must give, and its body length.
@@ -128,7 +127,6 @@ fn opts() -> Opts {
     o
 }
 
-/// How many CPUs a taskset list names ("0", "0-3", "0,2").
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Server {
     Uring,
