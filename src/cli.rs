@@ -4,10 +4,12 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
 use crate::proto::http::Limits;
+use crate::timer::Timeouts;
 
 /// A set of TCP ports: `6000`, `6000-6049`, or `6000,6002,7000-7009`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,10 +153,20 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 1024 * 1024, value_name = "BYTES")]
     pub max_body_bytes: u64,
 
-    /// The connection target the server plans its shards for (default: what one shard per
-    /// core holds within the fd limit).
+    /// The most connections held at once: the server plans its shards for it, and closes
+    /// connections beyond it as soon as they are accepted (default: no cap beyond what one
+    /// shard per core holds within the fd limit, where accepting pauses).
     #[arg(long, value_name = "N")]
     pub max_conns: Option<u64>,
+
+    /// Close a connection after this many seconds without a byte moving either way (0: never).
+    #[arg(long, default_value = "120", value_name = "SECONDS")]
+    pub idle_timeout: f64,
+
+    /// HTTP: a request head (request line and headers) must arrive whole within this many
+    /// seconds of its first byte, or the server answers 408 and closes (0: never).
+    #[arg(long, default_value = "30", value_name = "SECONDS")]
+    pub header_timeout: f64,
 
     /// Print a stats line every second.
     #[arg(long)]
@@ -170,6 +182,15 @@ pub struct ServerArgs {
 }
 
 impl ServerArgs {
+    /// The connection timeouts the shards enforce (a header timeout only for HTTP).
+    pub fn timeouts(&self) -> Timeouts {
+        let on = |s: f64| (s > 0.0).then(|| Duration::from_secs_f64(s));
+        Timeouts {
+            idle: on(self.idle_timeout),
+            header: on(self.header_timeout).filter(|_| self.proto == Proto::Http),
+        }
+    }
+
     /// The HTTP limits, if HTTP is the protocol served.
     pub fn http(&self) -> Option<Limits> {
         (self.proto == Proto::Http).then_some(Limits {

@@ -12,3 +12,4 @@ pub mod reactor;
 pub mod server;
 pub mod stats;
 pub mod sys;
+pub mod timer;

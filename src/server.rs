@@ -6,6 +6,7 @@ use std::io::{self, Write};
 use std::net::SocketAddrV4;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -16,6 +17,7 @@ use crate::plan::{self, EngineKind, Plan};
 use crate::proto::http;
 use crate::stats::{self, Counters, SharedCounters, Summary};
 use crate::sys::{self, limits::HostLimits};
+use crate::timer::Timeouts;
 
 /// What a shard is handed.
 pub struct ShardCtx {
@@ -28,6 +30,41 @@ pub struct ShardCtx {
     pub shutdown_timeout: Duration,
     /// HTTP's limits if HTTP is served; echo otherwise.
     pub http: Option<http::Limits>,
+    pub timeouts: Timeouts,
+    /// The `--max-conns` cap the shards of this process share, when one is set.
+    pub gate: Option<Arc<Gate>>,
+}
+
+/// The connection cap the shards of one process share: a connection accepted beyond it is
+/// closed at once. One atomic add per accept and per close.
+#[derive(Debug)]
+pub struct Gate {
+    open: AtomicU64,
+    max: u64,
+}
+
+impl Gate {
+    pub fn new(max: u64) -> Gate {
+        Gate {
+            open: AtomicU64::new(0),
+            max,
+        }
+    }
+
+    /// Takes a place for a new connection; false (and nothing taken) at the cap.
+    pub fn enter(&self) -> bool {
+        if self.open.fetch_add(1, Ordering::Relaxed) < self.max {
+            true
+        } else {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            false
+        }
+    }
+
+    /// A connection that `enter` let in has closed.
+    pub fn leave(&self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// An engine: builds a shard on the calling (pinned) thread, calls `ready` once it can take
@@ -125,11 +162,20 @@ pub fn ready_line(args: &ServerArgs, plan: &Plan) -> String {
     )
 }
 
+/// The longest any timeout flag may be: a year.
+const MAX_TIMEOUT_S: f64 = 365.0 * 86_400.0;
+
 pub fn validate(args: &ServerArgs) -> Result<()> {
-    if !(args.shutdown_timeout.is_finite() && args.shutdown_timeout >= 0.0) {
-        return Err(Error::BadFlag(
-            "--shutdown-timeout must be a number of seconds >= 0".into(),
-        ));
+    for (flag, v) in [
+        ("--shutdown-timeout", args.shutdown_timeout),
+        ("--idle-timeout", args.idle_timeout),
+        ("--header-timeout", args.header_timeout),
+    ] {
+        if !(v.is_finite() && (0.0..=MAX_TIMEOUT_S).contains(&v)) {
+            return Err(Error::BadFlag(format!(
+                "{flag} must be a number of seconds from 0 to {MAX_TIMEOUT_S} (a year), not {v}"
+            )));
+        }
     }
     // The shortest HTTP/1.1 request with its Host header is 27 bytes.
     if args.max_header_bytes < 64 {
@@ -162,6 +208,7 @@ pub fn serve<E: Engine>(
 ) -> Result<Summary> {
     let started = Instant::now();
     let timeout = Duration::from_secs_f64(args.shutdown_timeout);
+    let gate = args.max_conns.map(|max| Arc::new(Gate::new(max)));
     let mut wakes = Vec::with_capacity(listeners.len());
     let mut shared = Vec::with_capacity(listeners.len());
     let mut ctxs = Vec::with_capacity(listeners.len());
@@ -177,6 +224,8 @@ pub fn serve<E: Engine>(
             counters,
             shutdown_timeout: timeout,
             http: args.http(),
+            timeouts: args.timeouts(),
+            gate: gate.clone(),
         });
     }
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, io::Result<()>)>();

@@ -43,6 +43,9 @@ counters! {
     accepted: "Connections accepted.",
     closed: "Connections closed (by either side).",
     refused: "Connections the server could not take (accept errors, -ENFILE).",
+    over_cap: "Connections closed at once because --max-conns were already open.",
+    idle_timeouts: "Connections closed after --idle-timeout without progress.",
+    header_timeouts: "HTTP connections answered 408 and closed after --header-timeout.",
     conn_errors: "Connections ended by an error: reset, broken pipe.",
     requests: "HTTP requests answered (errors included).",
     bytes_in: "Bytes received.",
@@ -78,7 +81,8 @@ pub fn stats_line(elapsed: Duration, now: &Counters, prev: &Counters, dt: Durati
     let rate = |a: u64, b: u64| (a.saturating_sub(b)) as f64 / secs;
     format!(
         "t={:.0}s conns={} accepted/s={:.0} closed/s={:.0} in={:.1}MB/s out={:.1}MB/s recvs/s={:.0} \
-         sends/s={:.0} requests/s={:.0} syscalls/s={:.0} enobufs={} pauses={} errors={}",
+         sends/s={:.0} requests/s={:.0} syscalls/s={:.0} enobufs={} pauses={} errors={} \
+         over_cap={} timeouts={}",
         elapsed.as_secs_f64(),
         now.active(),
         rate(now.accepted, prev.accepted),
@@ -92,6 +96,8 @@ pub fn stats_line(elapsed: Duration, now: &Counters, prev: &Counters, dt: Durati
         now.enobufs,
         now.accept_pauses,
         now.conn_errors,
+        now.over_cap,
+        now.idle_timeouts + now.header_timeouts,
     )
 }
 
@@ -138,8 +144,8 @@ impl Summary {
             format!(", workers died: {:?}", self.died)
         };
         format!(
-            "{} summary: {:.1}s, {} shards, accepted {}, closed {}, refused {}, errors {}, \
-             requests {}, in {} B, out {} B, sends {} ({} short), enobufs {}, re-arms {}, accept pauses {}, \
+            "{} summary: {:.1}s, {} shards, accepted {}, closed {}, refused {}, over cap {}, \
+             errors {}, idle timeouts {}, header timeouts {}, requests {}, in {} B, out {} B, sends {} ({} short), enobufs {}, re-arms {}, accept pauses {}, \
              syscalls {}, cq overflow {}, cpu user {:.2}s sys {:.2}s{died}",
             self.engine,
             self.duration_s,
@@ -147,7 +153,10 @@ impl Summary {
             t.accepted,
             t.closed,
             t.refused,
+            t.over_cap,
             t.conn_errors,
+            t.idle_timeouts,
+            t.header_timeouts,
             t.requests,
             t.bytes_in,
             t.bytes_out,

@@ -63,6 +63,14 @@ fn bad_flags_say_what_is_wrong() {
             err.contains("no interface of this machine has that address"),
             "{err}"
         );
+        for (flag, v) in [("--idle-timeout", "-1"), ("--header-timeout", "1e12")] {
+            let (code, _, err) = run(bin, &["--ports", &free_ports(1), &format!("{flag}={v}")]);
+            assert_eq!(code, 1, "{flag} {v}");
+            assert!(
+                err.contains(&format!("{flag} must be a number of seconds from 0")),
+                "{err}"
+            );
+        }
     }
     let (code, _, err) = run(env!("CARGO_BIN_EXE_uring-server"), &["--bufs", "3"]);
     assert_eq!(code, 1);

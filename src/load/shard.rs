@@ -502,7 +502,7 @@ impl LoadShard {
             }
             Kind::Recv => self.on_recv(&c)?,
             Kind::Cancel | Kind::Close => {}
-            Kind::Accept | Kind::SendBuf | Kind::SendVec | Kind::Wake => {
+            Kind::Accept | Kind::SendBuf | Kind::SendVec | Kind::Wake | Kind::Refuse => {
                 debug_assert!(false, "the load generator never submits {:?}", c.ud.kind);
             }
         }

@@ -113,6 +113,27 @@ impl Conn {
         self.recv == Recv::WaitingBuffers
     }
 
+    /// HTTP: a request head has begun and not ended (the header timeout runs).
+    pub fn reading_head(&self) -> bool {
+        self.http.as_ref().is_some_and(|s| s.reading_head())
+    }
+
+    /// The header timeout passed: answer 408, stop reading, close after the answer. An echo
+    /// connection, or one already ending, is aborted.
+    pub fn time_out(&mut self, io: &mut impl ConnIo) {
+        match &mut self.http {
+            Some(session) if self.phase == Phase::Open => {
+                let (_, date) = io.http_env();
+                session.time_out(date, &mut self.queued);
+                if self.inflight == Inflight::None {
+                    self.send_queued(io);
+                }
+                self.drain(io);
+            }
+            _ => self.abort(io),
+        }
+    }
+
     #[cfg(test)]
     fn is_closing(&self) -> bool {
         self.phase == Phase::Closing
@@ -454,6 +475,33 @@ mod tests {
         c.on_sent_vec(sent.len() as i32, sent, 0, &mut io);
         assert!(matches!(io.take()[..], [Act::SendVec(_, 0)]));
         assert_eq!(statuses(&io.sent), 1);
+    }
+
+    #[test]
+    fn a_header_timeout_answers_408_then_closes_and_an_echo_one_aborts() {
+        let (mut c, mut io) = open_http();
+        http_data(&mut c, &mut io, b"GET / HTTP/1.1\r\nHost", true);
+        assert!(c.reading_head());
+        io.take();
+        c.time_out(&mut io);
+        assert_eq!(
+            io.take(),
+            vec![Act::SendVec(io.sent.len(), 0), Act::CancelRecv]
+        );
+        assert!(io.sent.starts_with(b"HTTP/1.1 408 Request Timeout\r\n"));
+        assert!(!c.reading_head());
+        c.on_recv_end(-libc::ECANCELED, &mut io);
+        assert!(io.take().is_empty(), "the answer is still in flight");
+        let sent = std::mem::take(&mut io.sent);
+        c.on_sent_vec(sent.len() as i32, sent, 0, &mut io);
+        assert_eq!(io.take(), vec![Act::Close]);
+
+        let (mut c, mut io) = open();
+        assert!(!c.reading_head());
+        c.time_out(&mut io);
+        assert_eq!(io.take(), vec![Act::CancelRecv]);
+        c.on_recv_end(-libc::ECANCELED, &mut io);
+        assert_eq!(io.take(), vec![Act::Close]);
     }
 
     #[test]

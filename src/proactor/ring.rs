@@ -32,6 +32,8 @@ pub enum Kind {
     Cancel,
     /// Close a direct descriptor.
     Close,
+    /// Close a connection refused at the `--max-conns` cap as soon as it was accepted.
+    Refuse,
     /// Read of the shard's wake-up eventfd.
     Wake,
     /// SOCKET into a chosen direct slot (the load generator).
@@ -44,7 +46,7 @@ pub enum Kind {
     Connect,
 }
 
-const KINDS: [Kind; 12] = [
+const KINDS: [Kind; 13] = [
     Kind::Accept,
     Kind::Recv,
     Kind::SendBuf,
@@ -52,6 +54,7 @@ const KINDS: [Kind; 12] = [
     Kind::SendRegion,
     Kind::Cancel,
     Kind::Close,
+    Kind::Refuse,
     Kind::Wake,
     Kind::Socket,
     Kind::SockOpt,

@@ -9,6 +9,10 @@
 //! than free slots; when none fits, accepting pauses until connections close. A recv that
 //! ended with -ENOBUFS is re-armed only after buffers have come back, one waiting connection
 //! per returned buffer, so an empty ring never becomes a storm of re-arms.
+//!
+//! Beyond the `--max-conns` cap (shared by the process's shards) a connection is closed as
+//! soon as its accept completes. Idle and header deadlines live in one timer wheel per shard
+//! (`timer::Wheel`), keyed by slot; the shard wakes at least once per tick while any is set.
 
 use std::collections::VecDeque;
 use std::io;
@@ -21,8 +25,9 @@ use slab::Slab;
 use super::conn::{Conn, ConnIo};
 use super::ring::{Completion, Kind, Ring, RingConfig, UserData};
 use crate::proto::http;
-use crate::server::ShardCtx;
+use crate::server::{Gate, ShardCtx};
 use crate::stats::{Counters, SharedCounters};
+use crate::timer::{Expired, Wheel};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Accept {
@@ -74,6 +79,10 @@ pub struct Shard {
     aborted: bool,
     /// HTTP's limits and the Date of the current second, when HTTP is served.
     http: Option<(http::Limits, http::Date)>,
+    /// Idle and header deadlines, keyed by slot.
+    wheel: Wheel,
+    expired: Vec<(u32, Expired)>,
+    gate: Option<Arc<Gate>>,
 }
 
 /// Carries a connection's actions out on the ring.
@@ -192,6 +201,9 @@ impl Shard {
             deadline: None,
             aborted: false,
             http: cfg.http.map(|limits| (limits, http::Date::now())),
+            wheel: Wheel::new(cfg.timeouts, Instant::now()),
+            expired: Vec::new(),
+            gate: cfg.gate,
         })
     }
 
@@ -204,12 +216,19 @@ impl Shard {
         self.ring.read_eventfd(self.wake.as_raw_fd(), wake_ud)?;
         let mut cqes = Vec::with_capacity(4096);
         loop {
-            let timeout = self.deadline.map(|d| {
-                d.saturating_duration_since(Instant::now())
+            let now = Instant::now();
+            let stop = self.deadline.map(|d| {
+                d.saturating_duration_since(now)
                     .max(Duration::from_millis(10))
             });
+            let timeout = match (stop, self.wheel.next_wake(now)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             self.ring.submit_and_wait(timeout)?;
             self.ring.drain(&mut cqes);
+            let now = Instant::now();
+            self.wheel.set_clock(now);
             if let Some((_, date)) = &mut self.http {
                 date.refresh();
             }
@@ -336,11 +355,11 @@ impl Shard {
             Kind::Accept => self.on_accept(slot as usize, &c)?,
             Kind::Recv => self.on_recv(&c)?,
             Kind::SendBuf => {
-                self.count_send(c.res);
+                self.count_send(slot, c.res);
                 self.with_conn(slot, generation, |conn, io| conn.on_sent_buf(c.res, io))?;
             }
             Kind::SendVec => {
-                self.count_send(c.res);
+                self.count_send(slot, c.res);
                 let (data, start) = c.vec.expect("the ring hands back a SendVec's bytes");
                 self.with_conn(slot, generation, |conn, io| {
                     conn.on_sent_vec(c.res, data, start, io)
@@ -353,10 +372,15 @@ impl Shard {
                     .is_some_and(|conn| conn.generation == generation)
                 {
                     self.conns.remove(slot as usize);
+                    self.wheel.stop(slot);
+                    if let Some(gate) = &self.gate {
+                        gate.leave();
+                    }
                     self.in_table -= 1;
                     self.counters.closed += 1;
                 }
             }
+            Kind::Refuse => self.in_table -= 1,
             Kind::Wake => self.begin_stop()?,
             Kind::Cancel
             | Kind::SendRegion
@@ -368,9 +392,10 @@ impl Shard {
         Ok(())
     }
 
-    fn count_send(&mut self, res: i32) {
+    fn count_send(&mut self, slot: u32, res: i32) {
         if res > 0 {
             self.counters.bytes_out += res as u64;
+            self.wheel.progress(slot);
         } else if res != -libc::ECANCELED {
             self.counters.conn_errors += 1;
         }
@@ -382,7 +407,13 @@ impl Shard {
             // or failed. Either way `rearm_accepts` decides what comes next.
             self.accept[l] = Accept::Off;
         }
-        if c.res >= 0 {
+        if c.res >= 0 && self.gate.as_ref().is_some_and(|g| !g.enter()) {
+            // Over the cap: closed at once, before a byte is read.
+            self.in_table += 1;
+            self.counters.over_cap += 1;
+            self.ring
+                .close_fixed(c.res as u32, UserData::new(Kind::Refuse, 0, 0))?;
+        } else if c.res >= 0 {
             let fixed = c.res as u32;
             self.counters.accepted += 1;
             self.in_table += 1;
@@ -410,6 +441,7 @@ impl Shard {
             if let Some(e) = io.err {
                 return Err(e);
             }
+            self.wheel.start(slot);
         } else {
             match -c.res {
                 libc::ECANCELED => {}
@@ -450,9 +482,15 @@ impl Shard {
                     } else {
                         io.recycle(bid);
                     }
+                    conn.reading_head()
                 })?;
-                if handled.is_none() {
-                    self.ring.bufs_mut().recycle(bid);
+                match handled {
+                    None => self.ring.bufs_mut().recycle(bid),
+                    Some(head) if len > 0 => {
+                        self.wheel.progress(slot);
+                        self.wheel.head(slot, head);
+                    }
+                    Some(_) => {}
                 }
                 if len > 0 && !more {
                     self.counters.rearms += 1;
@@ -490,7 +528,34 @@ impl Shard {
         Ok(())
     }
 
+    /// Acts on the deadlines that passed: idle connections are cut; an HTTP head that took
+    /// too long is answered 408 and the connection lingers (its idle time) for the answer.
+    fn expire(&mut self) -> io::Result<()> {
+        self.wheel.expire(&mut self.expired);
+        let mut expired = std::mem::take(&mut self.expired);
+        for (slot, why) in expired.drain(..) {
+            let Some(generation) = self.conns.get(slot as usize).map(|c| c.generation) else {
+                debug_assert!(false, "a closed connection's timer is stopped");
+                continue;
+            };
+            match why {
+                Expired::Idle => {
+                    self.counters.idle_timeouts += 1;
+                    self.with_conn(slot, generation, |conn, io| conn.abort(io))?;
+                }
+                Expired::Header => {
+                    self.counters.header_timeouts += 1;
+                    self.with_conn(slot, generation, |conn, io| conn.time_out(io))?;
+                    self.wheel.linger(slot);
+                }
+            }
+        }
+        self.expired = expired;
+        Ok(())
+    }
+
     fn after_turn(&mut self) -> io::Result<()> {
+        self.expire()?;
         self.rearm_accepts()?;
         // One waiting connection per buffer available: each re-arm can take at least one.
         let mut budget = self.ring.bufs().available();

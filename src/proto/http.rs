@@ -130,6 +130,7 @@ pub enum Status {
     HeadersTooLarge,
     NotImplemented,
     VersionNotSupported,
+    RequestTimeout,
 }
 
 impl Status {
@@ -143,6 +144,7 @@ impl Status {
             Status::HeadersTooLarge => b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
             Status::NotImplemented => b"HTTP/1.1 501 Not Implemented\r\n",
             Status::VersionNotSupported => b"HTTP/1.1 505 HTTP Version Not Supported\r\n",
+            Status::RequestTimeout => b"HTTP/1.1 408 Request Timeout\r\n",
         }
     }
 }
@@ -391,6 +393,30 @@ impl Session {
             if let Err(status) = self.step(b, limits, date, out, &mut outcome) {
                 self.fail(status, date, out, &mut outcome);
             }
+        }
+        outcome
+    }
+
+    /// Whether a request head has begun and not yet ended (the header timeout runs).
+    pub fn reading_head(&self) -> bool {
+        matches!(
+            self.state,
+            State::Method
+                | State::Target
+                | State::Version
+                | State::LineStart
+                | State::Name
+                | State::ValueLead
+                | State::Value
+        )
+    }
+
+    /// The header timeout passed: answers 408 and closes (nothing if an answer already
+    /// closes the connection).
+    pub fn time_out(&mut self, date: &Date, out: &mut Vec<u8>) -> Outcome {
+        let mut outcome = Outcome::default();
+        if self.state != State::Dead {
+            self.fail(Status::RequestTimeout, date, out, &mut outcome);
         }
         outcome
     }
@@ -1035,6 +1061,55 @@ mod tests {
         let mut d = Date::at(0);
         d.refresh();
         assert_ne!(d.as_bytes(), Date::at(0).as_bytes());
+    }
+
+    #[test]
+    fn the_head_clock_runs_from_a_heads_first_byte_to_its_end() {
+        let mut s = Session::new();
+        let mut out = Vec::new();
+        assert!(
+            !s.reading_head(),
+            "nothing yet: only the idle timeout applies"
+        );
+        feed(&mut s, b"\r\n", &mut out);
+        assert!(
+            !s.reading_head(),
+            "empty lines between requests are not a head"
+        );
+        for part in [&b"G"[..], b"ET / HTTP/1.1\r", b"\nHost: a", b"\r\n"] {
+            feed(&mut s, part, &mut out);
+            assert!(s.reading_head());
+        }
+        feed(
+            &mut s,
+            b"\r\nGET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n",
+            &mut out,
+        );
+        assert!(!s.reading_head(), "a body is not a head");
+        assert_eq!(statuses(&String::from_utf8_lossy(&out)), ["200"]);
+        // Timed out mid-head: 408 and close, then nothing more.
+        feed(&mut s, b"abcdeGET / HT", &mut out);
+        out.clear();
+        let o = s.time_out(&date(), &mut out);
+        assert_eq!(
+            o,
+            Outcome {
+                answers: 1,
+                close: true
+            }
+        );
+        assert_eq!(
+            String::from_utf8(out.clone()).unwrap(),
+            error("408 Request Timeout")
+        );
+        assert!(!s.reading_head());
+        out.clear();
+        assert_eq!(s.time_out(&date(), &mut out), Outcome::default());
+        assert_eq!(
+            feed(&mut s, b"TP/1.1\r\n\r\n", &mut out),
+            Outcome::default()
+        );
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -16,6 +16,10 @@
 //! with queued output is not read until it drains, so a peer that does not read cannot grow
 //! the server's memory. An HTTP answer that ends the connection stops the reads; the close
 //! follows the last byte sent.
+//!
+//! Beyond the `--max-conns` cap (shared by the process's shards) a connection is closed as
+//! soon as it is accepted. Idle and header deadlines live in one timer wheel per shard
+//! (`timer::Wheel`), keyed by slot; epoll_wait returns at least once per tick while any is set.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -25,9 +29,10 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use crate::proto::http;
-use crate::server::ShardCtx;
+use crate::server::{Gate, ShardCtx};
 use crate::stats::{Counters, SharedCounters};
 use crate::sys;
+use crate::timer::{Expired, Wheel};
 
 const WAKE: u64 = u64::MAX;
 /// Listener tokens count down from here; connection tokens are (generation << 32) | slot,
@@ -74,6 +79,10 @@ pub struct ReactorShard {
     shared: Arc<SharedCounters>,
     shutdown_timeout: Duration,
     deadline: Option<Instant>,
+    /// Idle and header deadlines, keyed by slot.
+    wheel: Wheel,
+    expired: Vec<(u32, Expired)>,
+    gate: Option<Arc<Gate>>,
 }
 
 fn listener_token(l: usize) -> u64 {
@@ -115,21 +124,28 @@ impl ReactorShard {
             shared: ctx.counters,
             shutdown_timeout: ctx.shutdown_timeout,
             deadline: None,
+            wheel: Wheel::new(ctx.timeouts, Instant::now()),
+            expired: Vec::new(),
+            gate: ctx.gate,
         })
     }
 
     pub fn run(mut self) -> io::Result<Counters> {
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
         loop {
-            let timeout = match self.deadline {
-                None => -1,
-                Some(d) => d
-                    .saturating_duration_since(Instant::now())
-                    .as_millis()
-                    .clamp(1, 100) as i32,
+            let now = Instant::now();
+            let stop = self.deadline.map(|d| {
+                d.saturating_duration_since(now)
+                    .clamp(Duration::from_millis(1), Duration::from_millis(100))
+            });
+            let timeout = match (stop, self.wheel.next_wake(now)) {
+                (Some(a), Some(b)) => a.min(b).as_millis().max(1) as i32,
+                (Some(a), None) | (None, Some(a)) => a.as_millis().max(1) as i32,
+                (None, None) => -1,
             };
             self.counters.syscalls += 1;
             let n = sys::epoll_wait(self.epoll.as_raw_fd(), &mut events, timeout)?;
+            self.wheel.set_clock(Instant::now());
             if let Some((_, date)) = &mut self.http {
                 date.refresh();
             }
@@ -145,6 +161,7 @@ impl ReactorShard {
                     t => self.on_conn_event(t, flags),
                 }
             }
+            self.expire();
             if self.accept_pending && self.deadline.is_none() && self.conns.len() < self.cap {
                 self.accept_pending = false;
                 for l in 0..self.listeners.len() {
@@ -179,6 +196,12 @@ impl ReactorShard {
             }
             self.counters.syscalls += 1;
             match sys::accept_nonblocking(lfd) {
+                Ok(fd) if self.gate.as_ref().is_some_and(|g| !g.enter()) => {
+                    // Over the cap: dropping `fd` closes it before a byte is read.
+                    drop(fd);
+                    self.counters.syscalls += 1;
+                    self.counters.over_cap += 1;
+                }
                 Ok(fd) => {
                     self.next_gen = (self.next_gen + 1) & 0x7FFF_FFFF;
                     let entry = self.conns.vacant_entry();
@@ -189,6 +212,9 @@ impl ReactorShard {
                     {
                         // Dropping `fd` closes it: the peer sees the close.
                         self.counters.refused += 1;
+                        if let Some(gate) = &self.gate {
+                            gate.leave();
+                        }
                         if e.raw_os_error() == Some(libc::ENOMEM)
                             || e.raw_os_error() == Some(libc::ENOSPC)
                         {
@@ -196,6 +222,7 @@ impl ReactorShard {
                         }
                         return Err(e);
                     }
+                    self.wheel.start(entry.key() as u32);
                     entry.insert(Conn {
                         fd,
                         generation: self.next_gen,
@@ -261,6 +288,7 @@ impl ReactorShard {
                 Ok(n) => {
                     self.counters.recvs += 1;
                     self.counters.bytes_in += n as u64;
+                    self.wheel.progress(key as u32);
                     if !self.reply(key, n) {
                         return;
                     }
@@ -293,6 +321,7 @@ impl ReactorShard {
             answers,
             http,
             counters,
+            wheel,
             ..
         } = self;
         let c = &mut conns[key];
@@ -302,38 +331,68 @@ impl ReactorShard {
                 let o = session.on_input(&buf[..n], limits, date, answers);
                 counters.requests += u64::from(o.answers);
                 c.finishing |= o.close;
+                wheel.head(key as u32, session.reading_head());
                 answers
             }
             _ => &buf[..n],
         };
-        let mut done = 0;
-        let mut failed = false;
-        while done < reply.len() {
-            counters.syscalls += 1;
-            counters.sends += 1;
-            match sys::write(c.fd.as_raw_fd(), &reply[done..]) {
-                Ok(w) => {
-                    counters.bytes_out += w as u64;
-                    done += w;
-                    if done < reply.len() {
-                        counters.short_sends += 1;
-                    }
-                }
-                Err(e) if is_again(&e) => break,
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-                Err(_) => {
-                    failed = true;
-                    break;
-                }
+        if write_or_queue(c, reply, counters, wheel, key) {
+            return true;
+        }
+        self.counters.conn_errors += 1;
+        self.close(key);
+        false
+    }
+
+    /// Deadlines that passed: idle connections are closed; an HTTP head that took too long
+    /// is answered 408 and the connection lingers (its idle time) for the answer.
+    fn expire(&mut self) {
+        self.wheel.expire(&mut self.expired);
+        let mut expired = std::mem::take(&mut self.expired);
+        for (key, why) in expired.drain(..) {
+            let key = key as usize;
+            debug_assert!(
+                self.conns.contains(key),
+                "a closed connection's timer is stopped"
+            );
+            if !self.conns.contains(key) {
+                continue;
+            }
+            if why == Expired::Idle {
+                self.counters.idle_timeouts += 1;
+                self.close(key);
+                continue;
+            }
+            self.counters.header_timeouts += 1;
+            let ReactorShard {
+                conns,
+                answers,
+                http,
+                counters,
+                wheel,
+                ..
+            } = self;
+            let c = &mut conns[key];
+            let (Some(session), Some((_, date))) = (&mut c.http, http) else {
+                self.close(key);
+                continue;
+            };
+            answers.clear();
+            session.time_out(date, answers);
+            c.finishing = true;
+            wheel.linger(key as u32);
+            // After what is already queued, or straight to the socket.
+            let ok = if c.out.is_empty() {
+                write_or_queue(c, answers, counters, wheel, key)
+            } else {
+                c.out.extend_from_slice(answers);
+                true
+            };
+            if !ok || c.out.is_empty() {
+                self.close(key);
             }
         }
-        if failed {
-            self.counters.conn_errors += 1;
-            self.close(key);
-            return false;
-        }
-        c.out.extend_from_slice(&reply[done..]);
-        true
+        self.expired = expired;
     }
 
     /// Writes queued output until EAGAIN; when it drains, reading resumes (it stopped with
@@ -346,6 +405,7 @@ impl ReactorShard {
             match sys::write(c.fd.as_raw_fd(), &c.out[c.out_pos..]) {
                 Ok(w) => {
                     self.counters.bytes_out += w as u64;
+                    self.wheel.progress(key as u32);
                     c.out_pos += w;
                     if c.out_pos < c.out.len() {
                         self.counters.short_sends += 1;
@@ -377,6 +437,10 @@ impl ReactorShard {
     fn close(&mut self, key: usize) {
         // Dropping the fd closes it, which also takes it out of the epoll set.
         drop(self.conns.remove(key));
+        self.wheel.stop(key as u32);
+        if let Some(gate) = &self.gate {
+            gate.leave();
+        }
         self.counters.syscalls += 1;
         self.counters.closed += 1;
     }
@@ -398,4 +462,35 @@ impl ReactorShard {
             }
         }
     }
+}
+
+/// Writes `bytes` to `c` until the socket will take no more and queues the rest; false on a
+/// write error (the caller closes).
+fn write_or_queue(
+    c: &mut Conn,
+    bytes: &[u8],
+    counters: &mut Counters,
+    wheel: &mut Wheel,
+    key: usize,
+) -> bool {
+    let mut done = 0;
+    while done < bytes.len() {
+        counters.syscalls += 1;
+        counters.sends += 1;
+        match sys::write(c.fd.as_raw_fd(), &bytes[done..]) {
+            Ok(w) => {
+                counters.bytes_out += w as u64;
+                wheel.progress(key as u32);
+                done += w;
+                if done < bytes.len() {
+                    counters.short_sends += 1;
+                }
+            }
+            Err(e) if is_again(&e) => break,
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(_) => return false,
+        }
+    }
+    c.out.extend_from_slice(&bytes[done..]);
+    true
 }

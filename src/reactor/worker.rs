@@ -37,12 +37,22 @@ struct Worker {
 fn spawn(
     args: &ServerArgs,
     index: usize,
+    workers: usize,
     cpu: usize,
     cap: usize,
     tx: mpsc::Sender<Msg>,
 ) -> Result<Child> {
     let exe = std::env::current_exe().map_err(|e| Error::io("finding this program", e))?;
-    let mut child = Command::new(exe)
+    let mut cmd = Command::new(exe);
+    if let Some(max) = args.max_conns {
+        // The cap is per process: each worker holds its share of it.
+        let (n, i) = (workers as u64, index as u64);
+        cmd.args([
+            "--max-conns",
+            &(max / n + u64::from(i < max % n)).to_string(),
+        ]);
+    }
+    let mut child = cmd
         .args([
             "--host",
             &args.host.to_string(),
@@ -59,6 +69,8 @@ fn spawn(
         ])
         .args(["--max-header-bytes", &args.max_header_bytes.to_string()])
         .args(["--max-body-bytes", &args.max_body_bytes.to_string()])
+        .args(["--idle-timeout", &args.idle_timeout.to_string()])
+        .args(["--header-timeout", &args.header_timeout.to_string()])
         .args([
             "--worker-index",
             &index.to_string(),
@@ -112,7 +124,7 @@ pub fn run_master(args: &ServerArgs, plan: &Plan, cap: usize) -> Result<Summary>
     let (tx, rx) = mpsc::channel();
     let mut workers = Vec::with_capacity(plan.workers);
     for (index, cpu) in plan.shard_cpus.iter().enumerate() {
-        match spawn(args, index, *cpu, cap, tx.clone()) {
+        match spawn(args, index, plan.workers, *cpu, cap, tx.clone()) {
             Ok(child) => workers.push(Worker {
                 child,
                 latest: Counters::default(),
