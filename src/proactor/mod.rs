@@ -3,6 +3,8 @@
 
 pub mod bufring;
 pub mod conn;
+#[cfg(any(test, fuzzing))]
+pub mod conn_check;
 pub mod ring;
 pub mod shard;
 
