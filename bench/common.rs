@@ -51,6 +51,77 @@ impl Proc {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
     }
+
+    /// `stop` with a bound: SIGTERM, then up to `limit` for the server to exit (ours drain
+    /// for `--shutdown-timeout`, 5 s by default); past it SIGKILL, and the error says so.
+    pub fn stop_within(mut self, limit: Duration) -> Result<std::process::ExitStatus, String> {
+        // SAFETY: kill(2) on the PID of a child this bench started and has not reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        wait_bounded(&mut self.child, limit, "server")
+    }
+}
+
+/// Waits up to `limit` for `child`; past it, kills it (SIGKILL, by its PID) and says so.
+pub fn wait_bounded(
+    child: &mut Child,
+    limit: Duration,
+    what: &str,
+) -> Result<std::process::ExitStatus, String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait().map_err(|e| format!("{what}: wait: {e}"))? {
+            return Ok(st);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "{what}: still running after {limit:?}, killed (pid {})",
+                child.id()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Open file descriptors of process `pid` (its /proc/PID/fd entries); 0 once it is gone.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Pins the calling thread, and every thread it starts afterwards, to the CPUs of a taskset
+/// list (`1`, `0-3`, `0,2`): what `taskset -c` does for a child, for the bench itself.
+pub fn pin_self(cpus: &str) -> std::io::Result<()> {
+    let bad = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("bad CPU list `{cpus}`"),
+        )
+    };
+    // SAFETY: cpu_set_t is a plain bit array; all-zero is a valid (empty) set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for part in cpus.split(',') {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b): (usize, usize) = (
+            a.trim().parse().map_err(|_| bad())?,
+            b.trim().parse().map_err(|_| bad())?,
+        );
+        if a > b || b >= libc::CPU_SETSIZE as usize {
+            return Err(bad());
+        }
+        // SAFETY: `cpu` is below CPU_SETSIZE, the bit count of `set` (checked above).
+        (a..=b).for_each(|cpu| unsafe { libc::CPU_SET(cpu, &mut set) });
+    }
+    // SAFETY: the pointer is to a live local cpu_set_t and the size is its size; pid 0 is
+    // the calling thread.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// (user, sys) CPU seconds of process `pid`, from /proc/PID/stat.

@@ -49,7 +49,7 @@ use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{cpu_count, list};
@@ -166,25 +166,6 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("bind 127.0.0.1:0 to find a free port")
         .port()
-}
-
-/// Waits up to `limit` for `child`; past it, kills it (SIGKILL) and says so.
-fn wait_bounded(child: &mut Child, limit: Duration, what: &str) -> Result<ExitStatus, String> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(st) = child.try_wait().map_err(|e| format!("{what}: wait: {e}"))? {
-            return Ok(st);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!(
-                "{what}: still running after {limit:?}, killed (pid {})",
-                child.id()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Sends `sig` to a process this bench started (or, for nginx workers, its master did).
@@ -327,7 +308,7 @@ impl Running {
         self.stopped = true;
         // nginx: SIGTERM is its fast shutdown. Ours: SIGTERM, then --shutdown-timeout (5 s).
         signal(self.child.id(), libc::SIGTERM);
-        let st = wait_bounded(&mut self.child, Duration::from_secs(15), self.kind.name());
+        let st = common::wait_bounded(&mut self.child, Duration::from_secs(15), self.kind.name());
         if st.is_err() {
             for &w in &self.workers {
                 signal(w, libc::SIGKILL);
@@ -536,7 +517,7 @@ fn wrk(
         .spawn()
         .map_err(|e| format!("start wrk (apt install wrk): {e}"))?;
     // wrk prints a few hundred bytes, well within a pipe's buffer, so waiting first is safe.
-    let st = wait_bounded(&mut child, Duration::from_secs_f64(secs + 30.0), "wrk")?;
+    let st = common::wait_bounded(&mut child, Duration::from_secs_f64(secs + 30.0), "wrk")?;
     let (mut out, mut err) = (String::new(), String::new());
     let _ = child.stdout.take().unwrap().read_to_string(&mut out);
     let _ = child.stderr.take().unwrap().read_to_string(&mut err);
@@ -564,7 +545,7 @@ fn uring_load(o: &Opts, port: u16, conns: u64, pipeline: u32) -> Result<Load, St
         .spawn()
         .map_err(|e| format!("start uring-load: {e}"))?;
     let limit = Duration::from_secs_f64(o.warmup + o.duration + 30.0);
-    let st = wait_bounded(&mut child, limit, "uring-load")?;
+    let st = common::wait_bounded(&mut child, limit, "uring-load")?;
     if !st.success() {
         return Err(format!("uring-load failed ({st})"));
     }

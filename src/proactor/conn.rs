@@ -39,6 +39,8 @@ pub trait ConnIo {
     fn http_env(&self) -> (&http::Limits, &http::Date);
     /// `n` HTTP requests were answered.
     fn answered(&mut self, n: u32);
+    /// The connection ends on an error (called once per connection).
+    fn failed(&mut self);
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,7 +216,7 @@ impl Conn {
                 io.wait_buffers();
             }
             libc::ENOBUFS | libc::ECANCELED => {}
-            _ => self.abort(io),
+            _ => self.fail(io),
         }
         self.maybe_close(io);
     }
@@ -255,7 +257,7 @@ impl Conn {
             }
             _ => {
                 io.recycle(bid);
-                self.abort(io);
+                self.fail(io);
             }
         }
         self.maybe_close(io);
@@ -279,7 +281,7 @@ impl Conn {
                 }
                 self.send_queued(io);
             }
-            _ => self.abort(io),
+            _ => self.fail(io),
         }
         self.maybe_close(io);
     }
@@ -295,6 +297,14 @@ impl Conn {
             }
         }
         self.maybe_close(io);
+    }
+
+    /// An operation failed (reset, broken pipe): counted once per connection, then abort.
+    fn fail(&mut self, io: &mut impl ConnIo) {
+        if !matches!(self.phase, Phase::Aborting | Phase::Closing) {
+            io.failed();
+        }
+        self.abort(io);
     }
 
     /// Drop what is owed and close once every operation has ended.
@@ -364,6 +374,7 @@ mod tests {
         CancelSend(bool),
         Close,
         Short,
+        Failed,
     }
 
     #[derive(Default)]
@@ -428,6 +439,9 @@ mod tests {
         }
         fn answered(&mut self, n: u32) {
             self.answered += n;
+        }
+        fn failed(&mut self) {
+            self.acts.push(Act::Failed);
         }
     }
 
@@ -631,8 +645,9 @@ mod tests {
         c.on_data(2, 10, true, &mut io);
         io.take();
         c.on_recv_end(-libc::ECONNRESET, &mut io);
-        assert_eq!(io.take(), vec![Act::CancelSend(false)]);
-        c.on_sent_buf(-libc::ECANCELED, &mut io);
+        assert_eq!(io.take(), vec![Act::Failed, Act::CancelSend(false)]);
+        // The send's own error after the reset is the same failure: counted once.
+        c.on_sent_buf(-libc::ECONNRESET, &mut io);
         assert_eq!(io.take(), vec![Act::Recycle(1), Act::Close]);
     }
 
@@ -642,7 +657,10 @@ mod tests {
         c.on_data(1, 10, true, &mut io);
         io.take();
         c.on_sent_buf(-libc::EPIPE, &mut io);
-        assert_eq!(io.take(), vec![Act::Recycle(1), Act::CancelRecv]);
+        assert_eq!(
+            io.take(),
+            vec![Act::Recycle(1), Act::Failed, Act::CancelRecv]
+        );
         c.on_data(2, 10, true, &mut io);
         assert_eq!(io.take(), vec![Act::Recycle(2)]);
         c.on_recv_end(-libc::ECANCELED, &mut io);

@@ -41,6 +41,7 @@ struct Kernel {
     send: Option<Send>,
     send_cancel: bool,
     waiting: bool,
+    failed: bool,
     closed: bool,
     sent: Vec<u8>,
     limits: http::Limits,
@@ -124,6 +125,12 @@ impl ConnIo for Kernel {
     }
 
     fn answered(&mut self, _n: u32) {}
+
+    fn failed(&mut self) {
+        self.alive("failed");
+        assert!(!self.failed, "an error counted twice for one connection");
+        self.failed = true;
+    }
 }
 
 /// Plays the events `data` describes; panics on a broken rule (see the module doc).
@@ -141,6 +148,7 @@ pub fn run(data: &[u8]) -> (Vec<u8>, Vec<u8>) {
         send: None,
         send_cancel: false,
         waiting: false,
+        failed: false,
         closed: false,
         sent: Vec::new(),
         limits: http::Limits {

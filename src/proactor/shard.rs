@@ -173,6 +173,10 @@ impl ConnIo for Io<'_> {
     fn answered(&mut self, n: u32) {
         self.counters.requests += u64::from(n);
     }
+
+    fn failed(&mut self) {
+        self.counters.conn_errors += 1;
+    }
 }
 
 impl Shard {
@@ -396,8 +400,6 @@ impl Shard {
         if res > 0 {
             self.counters.bytes_out += res as u64;
             self.wheel.progress(slot);
-        } else if res != -libc::ECANCELED {
-            self.counters.conn_errors += 1;
         }
     }
 
@@ -500,10 +502,8 @@ impl Shard {
                 }
             }
             None => {
-                match -c.res {
-                    libc::ENOBUFS => self.counters.enobufs += 1,
-                    0 | libc::ECANCELED => {}
-                    _ => self.counters.conn_errors += 1,
+                if c.res == -libc::ENOBUFS {
+                    self.counters.enobufs += 1;
                 }
                 self.with_conn(slot, generation, |conn, io| conn.on_recv_end(c.res, io))?;
             }
