@@ -126,6 +126,10 @@ pub enum Proto {
     Http,
 }
 
+/// HTTP: the longest a lingering close lasts (the server has sent its last answer, shut its
+/// write side, and reads and discards until the peer's EOF).
+pub const LINGER: Duration = Duration::from_secs(5);
+
 /// The flags both servers take.
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
@@ -185,9 +189,11 @@ impl ServerArgs {
     /// The connection timeouts the shards enforce (a header timeout only for HTTP).
     pub fn timeouts(&self) -> Timeouts {
         let on = |s: f64| (s > 0.0).then(|| Duration::from_secs_f64(s));
+        let http = self.proto == Proto::Http;
         Timeouts {
             idle: on(self.idle_timeout),
-            header: on(self.header_timeout).filter(|_| self.proto == Proto::Http),
+            header: on(self.header_timeout).filter(|_| http),
+            linger: http.then_some(LINGER),
         }
     }
 

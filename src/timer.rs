@@ -26,10 +26,12 @@ const NEVER: u32 = u32::MAX;
 /// Which deadline passed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expired {
-    /// No progress either way for the idle timeout (or the linger after a closing answer).
+    /// No progress either way for the idle timeout.
     Idle,
     /// A request head was begun and not finished within the header timeout.
     Header,
+    /// A lingering close (or the wait for a 408 to be taken) ran out.
+    Linger,
 }
 
 /// The timeouts a shard enforces; `None` is off.
@@ -37,6 +39,8 @@ pub enum Expired {
 pub struct Timeouts {
     pub idle: Option<Duration>,
     pub header: Option<Duration>,
+    /// The longest a lingering close may last, whatever the peer sends.
+    pub linger: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -49,6 +53,8 @@ struct Node {
     head_due: u32,
     /// Started and neither expired nor stopped.
     live: bool,
+    /// In `linger`: progress no longer pushes the deadline back.
+    lingering: bool,
 }
 
 const UNLINKED: Node = Node {
@@ -58,6 +64,7 @@ const UNLINKED: Node = Node {
     idle_due: NEVER,
     head_due: NEVER,
     live: false,
+    lingering: false,
 };
 
 impl Node {
@@ -76,6 +83,7 @@ pub struct Wheel {
     /// Timeouts in ticks, rounded up, plus one so that they never fire early; 0 is off.
     idle: u32,
     header: u32,
+    linger: u32,
     heads: Vec<u32>,
     /// Indexed by connection slot.
     nodes: Vec<Node>,
@@ -94,13 +102,14 @@ fn ticks(d: Option<Duration>) -> u32 {
 
 impl Wheel {
     pub fn new(timeouts: Timeouts, now: Instant) -> Wheel {
-        let on = timeouts.idle.is_some() || timeouts.header.is_some();
+        let on = timeouts.idle.is_some() || timeouts.header.is_some() || timeouts.linger.is_some();
         Wheel {
             epoch: now,
             clock: 0,
             now: 0,
             idle: ticks(timeouts.idle),
             header: ticks(timeouts.header),
+            linger: ticks(timeouts.linger),
             heads: if on {
                 vec![NIL; SLOTS as usize]
             } else {
@@ -152,6 +161,7 @@ impl Wheel {
         let due = self.later(self.idle);
         if let Some(n) = self.nodes.get_mut(key as usize)
             && n.live
+            && !n.lingering
         {
             // Only ever later than before: the node's bucket comes first and relinks it.
             n.idle_due = due;
@@ -181,15 +191,18 @@ impl Wheel {
         }
     }
 
-    /// A closing answer was owed to `key`'s connection: it gets the idle timeout (or, with
-    /// none, the header timeout) to be sent, then the connection is cut.
+    /// `key`'s connection closes after a final answer (a lingering close, or a 408 waiting
+    /// to be taken): it is cut after the linger time (without one, the idle timeout), however
+    /// many bytes still move. Only the first call counts.
     pub fn linger(&mut self, key: u32) {
-        let ticks = if self.idle > 0 {
-            self.idle
-        } else {
-            self.header
+        let ticks = [self.linger, self.idle, self.header]
+            .into_iter()
+            .find(|t| *t > 0)
+            .unwrap_or(0);
+        let Some(n) = self.nodes.get(key as usize) else {
+            return;
         };
-        if ticks == 0 || key as usize >= self.nodes.len() {
+        if ticks == 0 || n.lingering {
             return;
         }
         self.unlink(key);
@@ -197,6 +210,7 @@ impl Wheel {
         self.nodes[key as usize] = Node {
             idle_due: due,
             live: true,
+            lingering: true,
             ..UNLINKED
         };
         self.link(key, due);
@@ -264,6 +278,8 @@ impl Wheel {
                 self.linked -= 1;
                 let expired = if n.head_due <= target {
                     Expired::Header
+                } else if n.idle_due <= target && n.lingering {
+                    Expired::Linger
                 } else if n.idle_due <= target {
                     Expired::Idle
                 } else {
@@ -343,6 +359,7 @@ mod tests {
             Timeouts {
                 idle: secs(1.0),
                 header: None,
+                linger: None,
             },
             Instant::now(),
         );
@@ -368,6 +385,7 @@ mod tests {
             Timeouts {
                 idle: secs(1.0),
                 header: None,
+                linger: None,
             },
             Instant::now(),
         );
@@ -393,6 +411,7 @@ mod tests {
             Timeouts {
                 idle: secs(10.0),
                 header: secs(1.0),
+                linger: None,
             },
             Instant::now(),
         );
@@ -421,6 +440,7 @@ mod tests {
             Timeouts {
                 idle: None,
                 header: secs(2.0),
+                linger: None,
             },
             Instant::now(),
         );
@@ -433,7 +453,7 @@ mod tests {
         assert_eq!(expire(&mut w, 2.3), vec![(4, Expired::Header)]);
         w.linger(4);
         assert_eq!(w.len(), 1);
-        assert_eq!(expire(&mut w, 4.5), vec![(4, Expired::Idle)]);
+        assert_eq!(expire(&mut w, 4.5), vec![(4, Expired::Linger)]);
         w.start(5);
         w.head(5, true);
         w.stop(5);
@@ -442,11 +462,33 @@ mod tests {
     }
 
     #[test]
+    fn a_linger_is_cut_on_time_whatever_moves() {
+        let mut w = Wheel::new(
+            Timeouts {
+                idle: secs(10.0),
+                header: secs(5.0),
+                linger: secs(1.0),
+            },
+            Instant::now(),
+        );
+        w.start(1);
+        w.linger(1);
+        for step in 1..=10 {
+            assert!(expire(&mut w, f64::from(step) * 0.1).is_empty());
+            w.progress(1);
+            w.head(1, true);
+            w.linger(1);
+        }
+        assert_eq!(expire(&mut w, 1.2), vec![(1, Expired::Linger)]);
+    }
+
+    #[test]
     fn deadlines_beyond_the_wheel_and_long_sleeps() {
         let mut w = Wheel::new(
             Timeouts {
                 idle: secs(300.0),
                 header: None,
+                linger: None,
             },
             Instant::now(),
         );
@@ -500,7 +542,7 @@ mod tests {
         #[test]
         fn the_wheel_agrees_with_a_full_scan(ops in proptest::collection::vec(op(), 1..300)) {
             let (idle, header) = (2.0, 0.7);
-            let mut w = Wheel::new(Timeouts { idle: secs(idle), header: secs(header) }, Instant::now());
+            let mut w = Wheel::new(Timeouts { idle: secs(idle), header: secs(header), linger: None }, Instant::now());
             let mut m = [Model::default(); 32];
             let mut clock = 0u32; // in ticks
             for op in ops {

@@ -502,7 +502,12 @@ impl LoadShard {
             }
             Kind::Recv => self.on_recv(&c)?,
             Kind::Cancel | Kind::Close => {}
-            Kind::Accept | Kind::SendBuf | Kind::SendVec | Kind::Wake | Kind::Refuse => {
+            Kind::Accept
+            | Kind::SendBuf
+            | Kind::SendVec
+            | Kind::Wake
+            | Kind::Refuse
+            | Kind::Shutdown => {
                 debug_assert!(false, "the load generator never submits {:?}", c.ud.kind);
             }
         }

@@ -39,6 +39,8 @@ pub trait ConnIo {
     fn http_env(&self) -> (&http::Limits, &http::Date);
     /// `n` HTTP requests were answered.
     fn answered(&mut self, n: u32);
+    /// Shut the write side (everything owed has been sent): the peer reads EOF.
+    fn shutdown_write(&mut self);
     /// The connection ends on an error (called once per connection).
     fn failed(&mut self);
 }
@@ -70,6 +72,13 @@ enum Phase {
     PeerDone,
     /// Stop reading, finish what is owed, then close (server shutdown).
     Draining,
+    /// HTTP, after an answer that closes: send what is owed, then shut the write side
+    /// (`shut`) and read and discard until the peer's EOF, so that bytes it sent after the
+    /// request are not left unread at close (which would reset the connection and could
+    /// destroy the answer before the peer read it). The shard bounds it with a timer.
+    Lingering {
+        shut: bool,
+    },
     /// An error or a deadline: drop what is owed and close as soon as operations end.
     Aborting,
     /// The close was submitted.
@@ -120,8 +129,13 @@ impl Conn {
         self.http.as_ref().is_some_and(|s| s.reading_head())
     }
 
-    /// The header timeout passed: answer 408, stop reading, close after the answer. An echo
-    /// connection, or one already ending, is aborted.
+    /// In a lingering close (see `Phase::Lingering`).
+    pub fn lingering(&self) -> bool {
+        matches!(self.phase, Phase::Lingering { .. })
+    }
+
+    /// The header timeout passed: answer 408 and close (lingering). An echo connection, or
+    /// one already ending, is aborted.
     pub fn time_out(&mut self, io: &mut impl ConnIo) {
         match &mut self.http {
             Some(session) if self.phase == Phase::Open => {
@@ -130,7 +144,7 @@ impl Conn {
                 if self.inflight == Inflight::None {
                     self.send_queued(io);
                 }
-                self.drain(io);
+                self.linger(io);
             }
             _ => self.abort(io),
         }
@@ -149,7 +163,10 @@ impl Conn {
 
     /// A recv completion with data in buffer `bid`; `more` is IORING_CQE_F_MORE.
     pub fn on_data(&mut self, bid: u16, len: u32, more: bool, io: &mut impl ConnIo) {
-        if matches!(self.phase, Phase::Aborting | Phase::Closing) {
+        if matches!(
+            self.phase,
+            Phase::Aborting | Phase::Closing | Phase::Lingering { .. }
+        ) {
             io.recycle(bid);
         } else if let Some(session) = &mut self.http {
             let (limits, date) = io.http_env();
@@ -160,10 +177,7 @@ impl Conn {
                 self.send_queued(io);
             }
             if o.close {
-                if !more {
-                    self.recv = Recv::Done;
-                }
-                self.drain(io);
+                self.linger(io);
             } else {
                 self.pause_if_over_cap(more, io);
             }
@@ -178,15 +192,37 @@ impl Conn {
         if !more && self.recv == Recv::Pausing {
             // The cancel and the end of the multishot crossed: nothing left to cancel.
             self.recv = Recv::Paused;
+            if self.lingering() {
+                self.recv = Recv::Armed;
+                io.arm_recv();
+            }
         } else if !more {
             // The multishot ended after this buffer (it can, e.g. on CQ overflow): go on.
-            if self.phase == Phase::Open {
+            if self.reads() {
                 io.arm_recv();
             } else {
                 self.recv = Recv::Done;
             }
         }
         self.maybe_close(io);
+    }
+
+    /// After a closing HTTP answer: lingering close (see `Phase::Lingering`). A peer that has
+    /// already half-closed has nothing more to send: the close follows the answer.
+    fn linger(&mut self, io: &mut impl ConnIo) {
+        if self.phase == Phase::Open {
+            self.phase = Phase::Lingering { shut: false };
+            if self.recv == Recv::Paused {
+                self.recv = Recv::Armed;
+                io.arm_recv();
+            }
+        }
+        self.maybe_close(io);
+    }
+
+    /// Whether the recv should be kept armed: open, or discarding in a lingering close.
+    fn reads(&self) -> bool {
+        matches!(self.phase, Phase::Open | Phase::Lingering { .. })
     }
 
     /// Stops reading a peer that does not read what it is sent (see the module doc).
@@ -206,12 +242,16 @@ impl Conn {
                 self.recv = Recv::Paused;
                 self.resume(io);
             }
+            libc::ECANCELED if pausing && self.lingering() => {
+                self.recv = Recv::Armed;
+                io.arm_recv();
+            }
             0 => {
                 if self.phase == Phase::Open {
                     self.phase = Phase::PeerDone;
                 }
             }
-            libc::ENOBUFS if self.phase == Phase::Open => {
+            libc::ENOBUFS if self.reads() => {
                 self.recv = Recv::WaitingBuffers;
                 io.wait_buffers();
             }
@@ -224,7 +264,7 @@ impl Conn {
     /// Re-arms a recv that waited for buffers (the shard calls this when some came back).
     pub fn rearm(&mut self, io: &mut impl ConnIo) {
         if self.recv == Recv::WaitingBuffers {
-            if self.phase == Phase::Open {
+            if self.reads() {
                 self.recv = Recv::Armed;
                 io.arm_recv();
             } else {
@@ -288,7 +328,10 @@ impl Conn {
 
     /// Server shutdown: stop reading, send what is owed, then close.
     pub fn drain(&mut self, io: &mut impl ConnIo) {
-        if self.phase == Phase::Open || self.phase == Phase::PeerDone {
+        if matches!(
+            self.phase,
+            Phase::Open | Phase::PeerDone | Phase::Lingering { .. }
+        ) {
             self.phase = Phase::Draining;
             match self.recv {
                 Recv::Armed => io.cancel_recv(),
@@ -345,12 +388,25 @@ impl Conn {
     }
 
     fn maybe_close(&mut self, io: &mut impl ConnIo) {
+        let idle = self.queued.is_empty() && self.inflight == Inflight::None;
         let finished = match self.phase {
             Phase::Open | Phase::Closing => false,
             Phase::PeerDone | Phase::Draining => self.queued.is_empty(),
+            Phase::Lingering { shut } => {
+                if idle && !shut {
+                    self.phase = Phase::Lingering { shut: true };
+                    io.shutdown_write();
+                }
+                self.queued.is_empty()
+            }
             Phase::Aborting => true,
         };
-        let recv_over = !matches!(self.recv, Recv::Armed | Recv::Pausing);
+        let recv_over = if self.lingering() {
+            // Until the peer's EOF (or error): a recv waiting for buffers is re-armed.
+            self.recv == Recv::Done
+        } else {
+            !matches!(self.recv, Recv::Armed | Recv::Pausing)
+        };
         if finished && recv_over && self.inflight == Inflight::None {
             self.phase = Phase::Closing;
             io.close();
@@ -375,6 +431,7 @@ mod tests {
         Close,
         Short,
         Failed,
+        Shut,
     }
 
     #[derive(Default)]
@@ -443,6 +500,9 @@ mod tests {
         fn failed(&mut self) {
             self.acts.push(Act::Failed);
         }
+        fn shutdown_write(&mut self) {
+            self.acts.push(Act::Shut);
+        }
     }
 
     fn open() -> (Conn, Rec) {
@@ -492,22 +552,19 @@ mod tests {
     }
 
     #[test]
-    fn a_header_timeout_answers_408_then_closes_and_an_echo_one_aborts() {
+    fn a_header_timeout_answers_408_then_lingers_and_an_echo_one_aborts() {
         let (mut c, mut io) = open_http();
         http_data(&mut c, &mut io, b"GET / HTTP/1.1\r\nHost", true);
         assert!(c.reading_head());
         io.take();
         c.time_out(&mut io);
-        assert_eq!(
-            io.take(),
-            vec![Act::SendVec(io.sent.len(), 0), Act::CancelRecv]
-        );
+        assert_eq!(io.take(), vec![Act::SendVec(io.sent.len(), 0)]);
         assert!(io.sent.starts_with(b"HTTP/1.1 408 Request Timeout\r\n"));
-        assert!(!c.reading_head());
-        c.on_recv_end(-libc::ECANCELED, &mut io);
-        assert!(io.take().is_empty(), "the answer is still in flight");
+        assert!(!c.reading_head() && c.lingering());
         let sent = std::mem::take(&mut io.sent);
         c.on_sent_vec(sent.len() as i32, sent, 0, &mut io);
+        assert_eq!(io.take(), vec![Act::Shut]);
+        c.on_recv_end(0, &mut io);
         assert_eq!(io.take(), vec![Act::Close]);
 
         let (mut c, mut io) = open();
@@ -518,41 +575,62 @@ mod tests {
         assert_eq!(io.take(), vec![Act::Close]);
     }
 
+    /// The lingering close: the answer goes out whole, then the write side is shut, then
+    /// whatever the peer still sends is read and discarded until its EOF, then the close.
     #[test]
-    fn http_connection_close_stops_reading_and_closes_after_the_last_byte() {
+    fn http_connection_close_sends_the_answer_shuts_and_lingers_to_the_peers_eof() {
         let (mut c, mut io) = open_http();
         let req = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
         http_data(&mut c, &mut io, req, true);
         assert!(matches!(
             io.take()[..],
-            [Act::Recycle(7), Act::SendVec(_, 0), Act::CancelRecv]
+            [Act::Recycle(7), Act::SendVec(_, 0)]
         ));
-        // Whatever was already in flight on the recv is read and ignored.
+        assert!(c.lingering());
+        // Later requests are read and discarded, never answered.
         http_data(&mut c, &mut io, req, true);
         assert_eq!(io.take(), vec![Act::Recycle(7)]);
-        c.on_recv_end(-libc::ECANCELED, &mut io);
-        assert_eq!(io.take(), vec![]);
         let sent = std::mem::take(&mut io.sent);
         let n = sent.len();
         c.on_sent_vec(10, sent, 0, &mut io);
         assert_eq!(io.take(), vec![Act::Short, Act::SendVec(n, 10)]);
         let sent = std::mem::take(&mut io.sent);
         c.on_sent_vec(n as i32 - 10, sent, 10, &mut io);
+        assert_eq!(io.take(), vec![Act::Shut]);
+        // The multishot may end (CQ overflow) while lingering: it is re-armed.
+        http_data(&mut c, &mut io, req, false);
+        assert_eq!(io.take(), vec![Act::Recycle(7), Act::Arm]);
+        c.on_recv_end(0, &mut io);
         assert_eq!(io.take(), vec![Act::Close]);
         assert!(c.is_closing());
     }
 
     #[test]
-    fn http_garbage_in_a_final_recv_closes_without_a_cancel() {
+    fn http_garbage_after_the_peers_eof_closes_after_the_answer() {
         let (mut c, mut io) = open_http();
-        http_data(&mut c, &mut io, b"\x16\x03\x01 hello", false);
+        http_data(&mut c, &mut io, b"\x16\x03\x01 hello", true);
         assert!(matches!(
             io.take()[..],
             [Act::Recycle(7), Act::SendVec(_, 0)]
         ));
         assert!(io.sent.starts_with(b"HTTP/1.1 400 "));
+        c.on_recv_end(0, &mut io);
+        assert_eq!(io.take(), vec![], "the answer is still in flight");
         let sent = std::mem::take(&mut io.sent);
         c.on_sent_vec(sent.len() as i32, sent, 0, &mut io);
+        assert_eq!(io.take(), vec![Act::Shut, Act::Close]);
+    }
+
+    #[test]
+    fn server_shutdown_while_lingering_cancels_the_recv_and_closes() {
+        let (mut c, mut io) = open_http();
+        http_data(&mut c, &mut io, b"GET / HTTP/1.0\r\n\r\n", true);
+        let sent = std::mem::take(&mut io.sent);
+        c.on_sent_vec(sent.len() as i32, sent, 0, &mut io);
+        io.take();
+        c.drain(&mut io);
+        assert_eq!(io.take(), vec![Act::CancelRecv]);
+        c.on_recv_end(-libc::ECANCELED, &mut io);
         assert_eq!(io.take(), vec![Act::Close]);
     }
 

@@ -6,7 +6,8 @@
 //! - a buffer is recycled or sent only while the connection holds it, and every buffer it
 //!   was given comes back exactly once;
 //! - at most one send is in flight; no recv is armed while one is;
-//! - close comes once, after every operation has ended, and nothing comes after it;
+//! - close comes once, after every operation has ended, and nothing comes after it; the
+//!   write side is shut at most once, and only once nothing more will be sent;
 //! - what is sent is a prefix of the right answer (the echo of what arrived, or what one
 //!   HTTP session fed the same bytes answers);
 //! - once the events stop and in-flight operations finish, the connection closes (after an
@@ -42,6 +43,7 @@ struct Kernel {
     send_cancel: bool,
     waiting: bool,
     failed: bool,
+    shut: bool,
     closed: bool,
     sent: Vec<u8>,
     limits: http::Limits,
@@ -57,6 +59,7 @@ impl Kernel {
 impl ConnIo for Kernel {
     fn send_buf(&mut self, bid: u16, off: u32, len: u32) {
         self.alive("send_buf");
+        assert!(!self.shut, "send after shutdown");
         assert!(self.held.contains(&bid), "send from buffer {bid} not held");
         assert!(self.send.is_none(), "two sends in flight");
         assert!(
@@ -68,6 +71,7 @@ impl ConnIo for Kernel {
 
     fn send_vec(&mut self, data: Vec<u8>, start: usize) {
         self.alive("send_vec");
+        assert!(!self.shut, "send after shutdown");
         assert!(self.send.is_none(), "two sends in flight");
         assert!(start < data.len(), "empty send");
         self.send = Some(Send::Vec { data, start });
@@ -126,6 +130,13 @@ impl ConnIo for Kernel {
 
     fn answered(&mut self, _n: u32) {}
 
+    fn shutdown_write(&mut self) {
+        self.alive("shutdown_write");
+        assert!(self.send.is_none(), "shutdown with a send in flight");
+        assert!(!self.shut, "shutdown twice");
+        self.shut = true;
+    }
+
     fn failed(&mut self) {
         self.alive("failed");
         assert!(!self.failed, "an error counted twice for one connection");
@@ -149,6 +160,7 @@ pub fn run(data: &[u8]) -> (Vec<u8>, Vec<u8>) {
         send_cancel: false,
         waiting: false,
         failed: false,
+        shut: false,
         closed: false,
         sent: Vec::new(),
         limits: http::Limits {

@@ -34,6 +34,8 @@ pub enum Kind {
     Close,
     /// Close a connection refused at the `--max-conns` cap as soon as it was accepted.
     Refuse,
+    /// Shut a connection's write side (lingering close); its completion carries nothing.
+    Shutdown,
     /// Read of the shard's wake-up eventfd.
     Wake,
     /// SOCKET into a chosen direct slot (the load generator).
@@ -46,7 +48,7 @@ pub enum Kind {
     Connect,
 }
 
-const KINDS: [Kind; 13] = [
+const KINDS: [Kind; 14] = [
     Kind::Accept,
     Kind::Recv,
     Kind::SendBuf,
@@ -55,6 +57,7 @@ const KINDS: [Kind; 13] = [
     Kind::Cancel,
     Kind::Close,
     Kind::Refuse,
+    Kind::Shutdown,
     Kind::Wake,
     Kind::Socket,
     Kind::SockOpt,
@@ -495,6 +498,15 @@ impl Ring {
             .build()
             .user_data(ud.encode());
         // SAFETY: a cancel points to no memory.
+        unsafe { self.push(&e) }
+    }
+
+    /// Shuts the write side of direct descriptor `fixed` (the peer reads EOF).
+    pub fn shutdown_write(&mut self, fixed: u32, ud: UserData) -> io::Result<()> {
+        let e = opcode::Shutdown::new(types::Fixed(fixed), libc::SHUT_WR)
+            .build()
+            .user_data(ud.encode());
+        // SAFETY: a shutdown points to no memory.
         unsafe { self.push(&e) }
     }
 

@@ -177,6 +177,12 @@ impl ConnIo for Io<'_> {
     fn failed(&mut self) {
         self.counters.conn_errors += 1;
     }
+
+    fn shutdown_write(&mut self) {
+        let ud = self.ud(Kind::Shutdown);
+        let r = self.ring.shutdown_write(self.fixed, ud);
+        self.check(r);
+    }
 }
 
 impl Shard {
@@ -387,6 +393,7 @@ impl Shard {
             Kind::Refuse => self.in_table -= 1,
             Kind::Wake => self.begin_stop()?,
             Kind::Cancel
+            | Kind::Shutdown
             | Kind::SendRegion
             | Kind::Socket
             | Kind::SockOpt
@@ -484,13 +491,16 @@ impl Shard {
                     } else {
                         io.recycle(bid);
                     }
-                    conn.reading_head()
+                    (conn.reading_head(), conn.lingering())
                 })?;
                 match handled {
                     None => self.ring.bufs_mut().recycle(bid),
-                    Some(head) if len > 0 => {
+                    Some((head, lingering)) if len > 0 => {
                         self.wheel.progress(slot);
                         self.wheel.head(slot, head);
+                        if lingering {
+                            self.wheel.linger(slot);
+                        }
                     }
                     Some(_) => {}
                 }
@@ -529,7 +539,7 @@ impl Shard {
     }
 
     /// Acts on the deadlines that passed: idle connections are cut; an HTTP head that took
-    /// too long is answered 408 and the connection lingers (its idle time) for the answer.
+    /// too long is answered 408 and closed (lingering); a lingering close that ran out is cut.
     fn expire(&mut self) -> io::Result<()> {
         self.wheel.expire(&mut self.expired);
         let mut expired = std::mem::take(&mut self.expired);
@@ -547,6 +557,9 @@ impl Shard {
                     self.counters.header_timeouts += 1;
                     self.with_conn(slot, generation, |conn, io| conn.time_out(io))?;
                     self.wheel.linger(slot);
+                }
+                Expired::Linger => {
+                    self.with_conn(slot, generation, |conn, io| conn.abort(io))?;
                 }
             }
         }

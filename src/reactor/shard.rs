@@ -44,6 +44,19 @@ const READ_BUF: usize = 64 * 1024;
 const KEEP_QUEUE_CAPACITY: usize = 64 * 1024;
 const CONN_EVENTS: u32 = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
 
+/// The lingering close after an HTTP answer that closes: send it, shut the write side, then
+/// read and discard until the peer's EOF (closing with its bytes unread would reset the
+/// connection, which can destroy the answer before the peer reads it); the timer wheel cuts
+/// it after `cli::LINGER`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Linger {
+    No,
+    /// The closing answer is written or queued; no more requests are read.
+    Owed,
+    /// The answer is sent and the write side shut: reading and discarding.
+    Active,
+}
+
 struct Conn {
     fd: OwnedFd,
     generation: u32,
@@ -54,6 +67,7 @@ struct Conn {
     finishing: bool,
     /// The server is stopping: no more reads; close once `out` is sent.
     draining: bool,
+    linger: Linger,
     /// The HTTP session when HTTP is served (boxed: echo connections pay one pointer); echo
     /// when None.
     http: Option<Box<http::Session>>,
@@ -229,6 +243,7 @@ impl ReactorShard {
                         out: Vec::new(),
                         out_pos: 0,
                         finishing: false,
+                        linger: Linger::No,
                         draining: false,
                         http: self.http.is_some().then(Box::default),
                     });
@@ -271,9 +286,13 @@ impl ReactorShard {
         }
     }
 
-    /// Reads and replies until EAGAIN (see the module doc), unless output is queued.
+    /// Reads and replies until EAGAIN (see the module doc), unless output is queued; in a
+    /// lingering close, reads and discards.
     fn on_readable(&mut self, key: usize, to_eof: bool) {
         loop {
+            if self.conns[key].linger == Linger::Owed && self.conns[key].out.is_empty() {
+                self.start_linger(key);
+            }
             let c = &mut self.conns[key];
             if !c.out.is_empty() || c.finishing || c.draining {
                 break;
@@ -289,7 +308,7 @@ impl ReactorShard {
                     self.counters.recvs += 1;
                     self.counters.bytes_in += n as u64;
                     self.wheel.progress(key as u32);
-                    if !self.reply(key, n) {
+                    if c.linger == Linger::No && !self.reply(key, n) {
                         return;
                     }
                     if n < self.buf.len() && !to_eof {
@@ -306,7 +325,11 @@ impl ReactorShard {
             }
         }
         let c = &self.conns[key];
-        if c.finishing && c.out.is_empty() {
+        if c.linger == Linger::Owed && c.out.is_empty() && !c.finishing && !c.draining {
+            // The closing answer went out whole just now: linger, reading what is there.
+            self.start_linger(key);
+            self.on_readable(key, to_eof);
+        } else if c.finishing && c.out.is_empty() {
             self.close(key);
         }
     }
@@ -330,7 +353,9 @@ impl ReactorShard {
                 answers.clear();
                 let o = session.on_input(&buf[..n], limits, date, answers);
                 counters.requests += u64::from(o.answers);
-                c.finishing |= o.close;
+                if o.close {
+                    c.linger = Linger::Owed;
+                }
                 wheel.head(key as u32, session.reading_head());
                 answers
             }
@@ -358,12 +383,15 @@ impl ReactorShard {
             if !self.conns.contains(key) {
                 continue;
             }
-            if why == Expired::Idle {
-                self.counters.idle_timeouts += 1;
+            match why {
+                Expired::Idle => self.counters.idle_timeouts += 1,
+                Expired::Linger => {}
+                Expired::Header => self.counters.header_timeouts += 1,
+            }
+            if why != Expired::Header {
                 self.close(key);
                 continue;
             }
-            self.counters.header_timeouts += 1;
             let ReactorShard {
                 conns,
                 answers,
@@ -379,7 +407,7 @@ impl ReactorShard {
             };
             answers.clear();
             session.time_out(date, answers);
-            c.finishing = true;
+            c.linger = Linger::Owed;
             wheel.linger(key as u32);
             // After what is already queued, or straight to the socket.
             let ok = if c.out.is_empty() {
@@ -388,8 +416,11 @@ impl ReactorShard {
                 c.out.extend_from_slice(answers);
                 true
             };
-            if !ok || c.out.is_empty() {
+            if !ok {
                 self.close(key);
+            } else if c.out.is_empty() {
+                // Shuts the write side, then drains what the peer sent meanwhile.
+                self.on_readable(key, true);
             }
         }
         self.expired = expired;
@@ -430,8 +461,19 @@ impl ReactorShard {
             self.close(key);
             return false;
         }
+        // Reads resume (or, after a closing answer, the lingering close begins).
         self.on_readable(key, true);
         self.conns.contains(key)
+    }
+
+    /// Everything owed after a closing answer is sent: shut the write side and linger.
+    fn start_linger(&mut self, key: usize) {
+        let c = &mut self.conns[key];
+        c.linger = Linger::Active;
+        self.counters.syscalls += 1;
+        // A peer already gone makes this fail; the reads that follow see it.
+        let _ = sys::shutdown_write(c.fd.as_raw_fd());
+        self.wheel.linger(key as u32);
     }
 
     fn close(&mut self, key: usize) {

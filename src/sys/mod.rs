@@ -265,6 +265,12 @@ pub fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     syscall!(write(fd, buf.as_ptr().cast(), buf.len())).map(|n| n as usize)
 }
 
+/// shutdown(2) of the write side: the peer reads EOF once what was written has arrived.
+pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
+    // No pointers: an fd and a flag.
+    syscall!(shutdown(fd, libc::SHUT_WR)).map(drop)
+}
+
 /// Sends `sig` to process `pid` (a child this process started).
 pub fn kill(pid: u32, sig: i32) -> io::Result<()> {
     let pid = i32::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
