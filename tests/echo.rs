@@ -8,7 +8,7 @@ use std::net::{Shutdown, TcpStream};
 use std::thread;
 use std::time::Duration;
 
-use common::{ENGINES, Server, first_port, free_ports, load, u};
+use common::{ENGINES, Server, first_port, free_ports, load, random_bytes, u};
 
 /// Writes `data` and half-closes in one thread while reading to EOF in this one.
 fn echo_stream(stream: TcpStream, data: Vec<u8>) -> Vec<u8> {
@@ -21,18 +21,6 @@ fn echo_stream(stream: TcpStream, data: Vec<u8>) -> Vec<u8> {
     (&stream).read_to_end(&mut got).unwrap();
     writer.join().unwrap();
     got
-}
-
-fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 #[test]

@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use common::{ENGINES, Engine, Server, first_port, free_ports, load, u};
+use common::{ENGINES, Engine, Server, first_port, free_ports, load, random_bytes, u};
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// The latency test measures, so it runs alone; the others check exact counts and may run
@@ -130,18 +130,6 @@ fn cpu_ticks(pid: u32) -> u64 {
         .split_whitespace()
         .collect();
     rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap()
-}
-
-fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// A peer that writes 64 KiB chunks as fast as the socket takes them and never reads.

@@ -242,3 +242,16 @@ pub fn u(v: &Value, path: &str) -> u64 {
     cur.as_u64()
         .unwrap_or_else(|| panic!("{path} missing in {v}"))
 }
+
+/// `n` pseudo-random bytes (xorshift), the same for the same seed.
+pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
