@@ -35,35 +35,55 @@ pub struct ShardCtx {
     pub gate: Option<Arc<Gate>>,
 }
 
-/// The connection cap the shards of one process share: a connection accepted beyond it is
-/// closed at once. One atomic add per accept and per close.
-#[derive(Debug)]
+/// The `--max-conns` cap: a connection accepted beyond it is closed at once. One atomic add
+/// per accept and per close, on a counter the shards of one process share, or, for the
+/// Reactor's worker processes, in memory shared by all of them.
 pub struct Gate {
-    open: AtomicU64,
+    open: Counter,
     max: u64,
+}
+
+enum Counter {
+    Local(AtomicU64),
+    Shared(sys::SharedCounter),
 }
 
 impl Gate {
     pub fn new(max: u64) -> Gate {
         Gate {
-            open: AtomicU64::new(0),
+            open: Counter::Local(AtomicU64::new(0)),
             max,
+        }
+    }
+
+    /// A cap counted in `shared`, with the other processes that map it.
+    pub fn shared(shared: sys::SharedCounter, max: u64) -> Gate {
+        Gate {
+            open: Counter::Shared(shared),
+            max,
+        }
+    }
+
+    fn count(&self) -> &AtomicU64 {
+        match &self.open {
+            Counter::Local(c) => c,
+            Counter::Shared(c) => c.get(),
         }
     }
 
     /// Takes a place for a new connection; false (and nothing taken) at the cap.
     pub fn enter(&self) -> bool {
-        if self.open.fetch_add(1, Ordering::Relaxed) < self.max {
+        if self.count().fetch_add(1, Ordering::Relaxed) < self.max {
             true
         } else {
-            self.open.fetch_sub(1, Ordering::Relaxed);
+            self.count().fetch_sub(1, Ordering::Relaxed);
             false
         }
     }
 
     /// A connection that `enter` let in has closed.
     pub fn leave(&self) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.count().fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -196,8 +216,13 @@ pub fn write_stats_json(args: &ServerArgs, summary: &Summary) -> Result<()> {
     Ok(())
 }
 
+/// The `--max-conns` gate of a server whose shards are all threads of this process.
+pub fn local_gate(args: &ServerArgs) -> Option<Arc<Gate>> {
+    args.max_conns.map(|max| Arc::new(Gate::new(max)))
+}
+
 /// Runs `shard_cpus.len()` shards of `engine` as threads of this process until SIGINT or
-/// SIGTERM (blocked beforehand by the caller), with `listeners[i]` for shard i.
+/// SIGTERM (blocked beforehand by the caller), with `listeners[i]` for shard i, under `gate`.
 pub fn serve<E: Engine>(
     engine: &E,
     args: &ServerArgs,
@@ -205,10 +230,10 @@ pub fn serve<E: Engine>(
     shard_cpus: &[usize],
     listeners: Vec<Vec<OwnedFd>>,
     output: Output,
+    gate: Option<Arc<Gate>>,
 ) -> Result<Summary> {
     let started = Instant::now();
     let timeout = Duration::from_secs_f64(args.shutdown_timeout);
-    let gate = args.max_conns.map(|max| Arc::new(Gate::new(max)));
     let mut wakes = Vec::with_capacity(listeners.len());
     let mut shared = Vec::with_capacity(listeners.len());
     let mut ctxs = Vec::with_capacity(listeners.len());

@@ -69,3 +69,44 @@ fn a_killed_worker_is_reported_and_the_others_go_on() {
         assert!(!alive(pid), "worker {pid} outlived the master");
     }
 }
+
+/// `--max-conns` holds across worker processes (they count in one shared counter), however
+/// SO_REUSEPORT spreads the connections: exactly the cap is held, the next is closed at once.
+#[test]
+fn the_connection_cap_holds_across_workers() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let ports = free_ports(2);
+    // RLIMIT_NOFILE 400: one process holds about 260 connections, so 300 need 2 workers,
+    // each with fd room for about 265: far more than an even share (150) of the cap.
+    let server = Server::start_with_nofile(Engine::Epoll, &ports, &["--max-conns", "300"], 400);
+    assert_eq!(server.children().len(), 2, "{:?}", server.children());
+    let port = |i: usize| -> u16 { ports.split(',').nth(i % 2).unwrap().parse().unwrap() };
+    let open = |i: usize| {
+        let mut s = TcpStream::connect(("127.0.0.1", port(i))).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"hi").unwrap();
+        s
+    };
+    let served = |s: &mut TcpStream| {
+        let mut b = [0u8; 2];
+        s.read_exact(&mut b).is_ok() && &b == b"hi"
+    };
+    let mut held: Vec<TcpStream> = (0..300).map(open).collect();
+    let refused = held.iter_mut().map(|s| !served(s)).filter(|r| *r).count();
+    assert_eq!(refused, 0, "connections under the cap were refused");
+    let mut over = open(300);
+    assert!(!served(&mut over), "the connection over the cap was served");
+    drop(over);
+    held.truncate(290);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut again: Vec<TcpStream> = (0..10).map(open).collect();
+    assert!(again.iter_mut().all(served), "the cap did not recover");
+    drop(held);
+    drop(again);
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = server.stop();
+    assert_eq!(u(&stats, "totals.over_cap"), 1, "{stats}");
+    assert_eq!(u(&stats, "totals.accepted"), 310, "{stats}");
+    assert_eq!(u(&stats, "totals.closed"), 310, "{stats}");
+}

@@ -21,12 +21,19 @@ struct Cli {
     worker_cpu: Option<usize>,
     #[arg(long, hide = true)]
     worker_cap: Option<usize>,
+    #[arg(long, hide = true)]
+    worker_gate_fd: Option<i32>,
 }
 
 fn main() {
     let cli = Cli::parse();
     let worker = match (cli.worker_index, cli.worker_cpu, cli.worker_cap) {
-        (Some(index), Some(cpu), Some(cap)) => Some(WorkerRole { index, cpu, cap }),
+        (Some(index), Some(cpu), Some(cap)) => Some(WorkerRole {
+            index,
+            cpu,
+            cap,
+            gate_fd: cli.worker_gate_fd,
+        }),
         _ => None,
     };
     let mut cfg = EpollConfig {

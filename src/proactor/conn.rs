@@ -6,8 +6,9 @@
 //! are copied to `queued` (coalescing them into the next send) and their buffer goes back at
 //! once; bytes that arrive when nothing is in flight are sent straight from their provided
 //! buffer, which goes back when the send has taken them all. HTTP: the answers to what
-//! arrived are appended to `queued` and the buffer goes back at once; an answer that ends
-//! the connection stops the reads, and the close follows the last byte sent. A short send
+//! arrived are appended to `queued` and the buffer goes back at once; after an answer that
+//! ends the connection, what arrives is discarded, and once the last byte is sent the write
+//! side is shut and the close waits for the peer's EOF (`Phase::Lingering`). A short send
 //! resubmits the rest.
 //!
 //! Output is bounded: once more than `OUTPUT_CAP` bytes are queued (a peer that sends but does

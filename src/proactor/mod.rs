@@ -83,5 +83,6 @@ pub fn run(cfg: &mut UringConfig) -> Result<Summary> {
         &plan.shard_cpus,
         listeners,
         Output::Human,
+        server::local_gate(&cfg.server),
     )
 }

@@ -6,6 +6,7 @@ pub mod shard;
 pub mod worker;
 
 use std::io;
+use std::sync::Arc;
 
 use crate::cli::ServerArgs;
 use crate::error::{Error, Result};
@@ -21,6 +22,8 @@ pub struct WorkerRole {
     pub index: usize,
     pub cpu: usize,
     pub cap: usize,
+    /// The fd of the master's shared connection count (with `--max-conns`).
+    pub gate_fd: Option<i32>,
 }
 
 #[derive(Debug, Clone)]
@@ -53,6 +56,15 @@ pub fn run(cfg: &mut EpollConfig) -> Result<Summary> {
         sys::limits::HostLimits::read().map_err(|e| Error::io("reading host limits", e))?;
     let ports = cfg.server.ports.len() as u64;
     if let Some(role) = cfg.worker {
+        // The master's shared count of open connections, when it caps them.
+        let gate = match (role.gate_fd, cfg.server.max_conns) {
+            (Some(fd), Some(max)) => {
+                let shared = sys::SharedCounter::inherit(fd)
+                    .map_err(|e| Error::io("mapping the master's connection count", e))?;
+                Some(Arc::new(server::Gate::shared(shared, max)))
+            }
+            _ => None,
+        };
         let listeners = server::bind_listeners(&cfg.server, 1, true, sys::LISTEN_BACKLOG)?;
         let plan = crate::plan::Plan {
             max_conns: role.cap as u64,
@@ -72,6 +84,7 @@ pub fn run(cfg: &mut EpollConfig) -> Result<Summary> {
             &[role.cpu],
             listeners,
             Output::Worker,
+            gate,
         );
     }
     let plan = server::make_plan(&cfg.server, EngineKind::Epoll)?;
@@ -95,5 +108,6 @@ pub fn run(cfg: &mut EpollConfig) -> Result<Summary> {
         &plan.shard_cpus,
         listeners,
         Output::Human,
+        server::local_gate(&cfg.server),
     )
 }

@@ -14,8 +14,9 @@
 //! (the bytes themselves for echo, the answers for HTTP, built in a second per-shard buffer)
 //! is written at once; only what the socket would not take is queued, and a connection
 //! with queued output is not read until it drains, so a peer that does not read cannot grow
-//! the server's memory. An HTTP answer that ends the connection stops the reads; the close
-//! follows the last byte sent.
+//! the server's memory. After an HTTP answer that ends the connection no request is read; once
+//! the last byte is sent the write side is shut and what the peer still sends is read and
+//! discarded until its EOF (`Linger`).
 //!
 //! Beyond the `--max-conns` cap (shared by the process's shards) a connection is closed as
 //! soon as it is accepted. Idle and header deadlines live in one timer wheel per shard
@@ -62,8 +63,7 @@ struct Conn {
     generation: u32,
     out: Vec<u8>,
     out_pos: usize,
-    /// The peer half-closed, or an HTTP answer ends the connection: no more reads; close
-    /// once `out` is sent.
+    /// The peer half-closed: no more reads; close once `out` is sent.
     finishing: bool,
     /// The server is stopping: no more reads; close once `out` is sent.
     draining: bool,
@@ -370,7 +370,7 @@ impl ReactorShard {
     }
 
     /// Deadlines that passed: idle connections are closed; an HTTP head that took too long
-    /// is answered 408 and the connection lingers (its idle time) for the answer.
+    /// is answered 408 and closed (lingering); a lingering close that ran out is cut.
     fn expire(&mut self) {
         self.wheel.expire(&mut self.expired);
         let mut expired = std::mem::take(&mut self.expired);
@@ -417,6 +417,7 @@ impl ReactorShard {
                 true
             };
             if !ok {
+                self.counters.conn_errors += 1;
                 self.close(key);
             } else if c.out.is_empty() {
                 // Shuts the write side, then drains what the peer sent meanwhile.

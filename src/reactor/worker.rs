@@ -37,20 +37,17 @@ struct Worker {
 fn spawn(
     args: &ServerArgs,
     index: usize,
-    workers: usize,
     cpu: usize,
     cap: usize,
+    gate: Option<&sys::SharedCounter>,
     tx: mpsc::Sender<Msg>,
 ) -> Result<Child> {
     let exe = std::env::current_exe().map_err(|e| Error::io("finding this program", e))?;
     let mut cmd = Command::new(exe);
-    if let Some(max) = args.max_conns {
-        // The cap is per process: each worker holds its share of it.
-        let (n, i) = (workers as u64, index as u64);
-        cmd.args([
-            "--max-conns",
-            &(max / n + u64::from(i < max % n)).to_string(),
-        ]);
+    if let (Some(max), Some(gate)) = (args.max_conns, gate) {
+        // Every worker counts its connections in the one shared counter, against the cap.
+        cmd.args(["--max-conns", &max.to_string()])
+            .args(["--worker-gate-fd", &gate.fd().to_string()]);
     }
     let mut child = cmd
         .args([
@@ -122,9 +119,17 @@ fn take_line(w: &mut Worker, line: &str) {
 pub fn run_master(args: &ServerArgs, plan: &Plan, cap: usize) -> Result<Summary> {
     let started = Instant::now();
     let (tx, rx) = mpsc::channel();
+    // `--max-conns` holds across the workers: they share one count of open connections.
+    let gate = match args.max_conns {
+        Some(_) => Some(
+            sys::SharedCounter::create()
+                .map_err(|e| Error::io("creating the shared connection count", e))?,
+        ),
+        None => None,
+    };
     let mut workers = Vec::with_capacity(plan.workers);
     for (index, cpu) in plan.shard_cpus.iter().enumerate() {
-        match spawn(args, index, plan.workers, *cpu, cap, tx.clone()) {
+        match spawn(args, index, *cpu, cap, gate.as_ref(), tx.clone()) {
             Ok(child) => workers.push(Worker {
                 child,
                 latest: Counters::default(),

@@ -271,6 +271,91 @@ pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
     syscall!(shutdown(fd, libc::SHUT_WR)).map(drop)
 }
 
+/// A u64 counter in memory shared with the worker processes this one starts: a memfd
+/// (inherited across exec: no CLOEXEC) mapped MAP_SHARED by each of them.
+pub struct SharedCounter {
+    ptr: std::ptr::NonNull<std::sync::atomic::AtomicU64>,
+    fd: OwnedFd,
+}
+
+// SAFETY: the mapping is only ever accessed through the AtomicU64, which is Sync; the pointer
+// stays valid until Drop unmaps it.
+unsafe impl Send for SharedCounter {}
+// SAFETY: as above: all access is atomic.
+unsafe impl Sync for SharedCounter {}
+
+impl SharedCounter {
+    /// A new counter at 0, whose fd children inherit.
+    pub fn create() -> io::Result<SharedCounter> {
+        // The name is a NUL-terminated literal; no flags: the fd survives exec.
+        let raw = syscall!(memfd_create(c"c1m-conns".as_ptr(), 0))?;
+        // SAFETY: memfd_create just returned this fd, owned by no one else.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // No pointers: an fd and a length.
+        syscall!(ftruncate(fd.as_raw_fd(), 8))?;
+        SharedCounter::map(fd)
+    }
+
+    /// The counter behind `fd`, inherited from the process that created it.
+    pub fn inherit(fd: RawFd) -> io::Result<SharedCounter> {
+        // The pointer is to a live local stat; fails clearly on an fd that is not our memfd.
+        let mut st: libc::stat = zeroed_stat();
+        syscall!(fstat(fd, &mut st))?;
+        if st.st_size != 8 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("fd {fd} is not a shared counter"),
+            ));
+        }
+        // SAFETY: the fd was inherited for this purpose and nothing else in this process owns
+        // it (the master passes its number on the command line).
+        SharedCounter::map(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    fn map(fd: OwnedFd) -> io::Result<SharedCounter> {
+        // SAFETY: a fresh shared mapping of the fd's 8 bytes at an address the kernel picks;
+        // the result is checked for MAP_FAILED below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                8,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = std::ptr::NonNull::new(p.cast()).expect("mmap never returns null on success");
+        Ok(SharedCounter { ptr, fd })
+    }
+
+    /// The fd to pass to a child.
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    pub fn get(&self) -> &std::sync::atomic::AtomicU64 {
+        // SAFETY: the mapping is page-aligned (so aligned for a u64), 8 bytes, alive until
+        // Drop, and only ever accessed atomically, here and in the other processes.
+        unsafe { self.ptr.as_ref() }
+    }
+}
+
+impl Drop for SharedCounter {
+    fn drop(&mut self) {
+        // SAFETY: unmaps the 8 bytes `map` mapped; no reference from `get` outlives `self`.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), 8) };
+    }
+}
+
+fn zeroed_stat() -> libc::stat {
+    // SAFETY: libc::stat is plain integers; all-zero is a valid value.
+    unsafe { mem::zeroed() }
+}
+
 /// Sends `sig` to process `pid` (a child this process started).
 pub fn kill(pid: u32, sig: i32) -> io::Result<()> {
     let pid = i32::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
