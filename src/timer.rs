@@ -225,11 +225,13 @@ impl Wheel {
     }
 
     /// Connections with a deadline set.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.linked
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.linked == 0
     }
 
