@@ -54,6 +54,10 @@ restore() {
 tune() {
   for s in "${SETTINGS[@]}"; do
     IFS='|' read -r key want why <<<"$s"
+    if [ ! -e "/proc/sys/${key//.//}" ]; then
+      printf '%-32s (not in this network namespace: set it in the initial one)\n' "$key"
+      continue
+    fi
     before=$(norm "$(sysctl -n "$key")")
     if wants_raise "$key" "$want" "$before"; then
       # The original is saved once, so a second run cannot overwrite it with a tuned value.
@@ -69,6 +73,16 @@ tune-host: RLIMIT_NOFILE is $(ulimit -Sn) soft / $(ulimit -Hn) hard. Raising the
   uring-server spreads connections over several rings (each ring's fixed-file table is capped
   at the limit), epoll-server runs worker processes (each holds at most the limit), and
   uring-load's connections are direct descriptors that use no fd at all.
+MSG
+  local ehash
+  ehash=$(sysctl -n net.ipv4.tcp_ehash_entries 2>/dev/null) || return 0
+  cat <<MSG
+tune-host: the established-connection hash table has ${ehash#-} buckets (net.ipv4.tcp_ehash_entries).
+  It is sized at boot (thash_entries= on the kernel command line) and no sysctl resizes it;
+  with 1M loopback pairs (2M sockets) every packet's lookup walks chains of 2,000,000 /
+  buckets sockets. A network namespace created
+  after \`sysctl -w net.ipv4.tcp_child_ehash_entries=N\` gets a table of its own:
+  scripts/c1000k.sh runs server and load in one.
 MSG
 }
 

@@ -16,6 +16,10 @@ const FD_RESERVE: u64 = 64;
 /// Kernel memory one server-side connection costs, measured here: half of 7.8 KB per idle
 /// loopback pair, plus about 870 B for its armed multishot recv (DESIGN.md).
 pub const KERNEL_BYTES_PER_CONN: u64 = 4_800;
+/// Connections per bucket of the kernel's established hash above which the server warns.
+const EHASH_CHAIN_WARN: u64 = 2;
+/// The largest net.ipv4.tcp_child_ehash_entries the kernel takes.
+const EHASH_CHILD_MAX: u64 = 1 << 24;
 /// Below this somaxconn, connect bursts overflow the backlog (each overflow: a 1 s SYN retransmit).
 const GOOD_SOMAXCONN: u64 = 4096;
 
@@ -230,12 +234,29 @@ pub fn plan(req: &Request, allowed_cpus: &[usize], limits: &HostLimits) -> Resul
             req.ports
         ));
     }
-    const TCP_MEM_FOR_1M: u64 = 1_500_000;
-    if max_conns >= 500_000 && limits.tcp_mem[1] < TCP_MEM_FOR_1M * max_conns / 1_000_000 {
+    if let Some(buckets) = limits.ehash_entries
+        && max_conns > EHASH_CHAIN_WARN * buckets
+    {
         warnings.push(format!(
-            "net.ipv4.tcp_mem pressure is {} pages: {max_conns} connections with data in flight may \
+            "the kernel's established-connection hash table has {buckets} buckets \
+             (net.ipv4.tcp_ehash_entries): at {max_conns} connections every received packet's \
+             socket lookup walks a chain of about {} sockets, twice that with loopback clients in \
+             the same network namespace. It is sized at boot (`thash_entries=` on the kernel \
+             command line); a network namespace created after `sysctl -w \
+             net.ipv4.tcp_child_ehash_entries={}` gets its own (scripts/c1000k.sh runs in one)",
+            max_conns.div_ceil(buckets),
+            (2 * max_conns).next_power_of_two().min(EHASH_CHILD_MAX)
+        ));
+    }
+    const TCP_MEM_FOR_1M: u64 = 1_500_000;
+    // Unknown (None) inside a network namespace other than the first: not checked there.
+    if let Some([_, pressure, _]) = limits.tcp_mem
+        && max_conns >= 500_000
+        && pressure < TCP_MEM_FOR_1M * max_conns / 1_000_000
+    {
+        warnings.push(format!(
+            "net.ipv4.tcp_mem pressure is {pressure} pages: {max_conns} connections with data in flight may \
              enter TCP memory pressure; `sysctl -w net.ipv4.tcp_mem='1500000 2000000 3000000'` held 1M here",
-            limits.tcp_mem[1]
         ));
     }
 
@@ -309,6 +330,47 @@ mod tests {
         // tcp_mem default is too low for 1M: said, not fatal.
         assert!(
             p.warnings.iter().any(|w| w.contains("tcp_mem")),
+            "{:?}",
+            p.warnings
+        );
+    }
+
+    #[test]
+    fn a_small_established_hash_is_said_with_its_fix() {
+        let p = plan(&req(Some(1_000_000), Some(2), 50), &[0, 1], &host()).unwrap();
+        let w = p.warnings.iter().find(|w| w.contains("tcp_ehash_entries"));
+        let w = w.expect("1M connections over 262144 buckets are warned about");
+        assert!(w.contains("262144 buckets"), "{w}");
+        assert!(w.contains("a chain of about 4 sockets"), "{w}");
+        assert!(w.contains("tcp_child_ehash_entries=2097152"), "{w}");
+        let sized = HostLimits {
+            ehash_entries: Some(2_097_152),
+            ..host()
+        };
+        let p = plan(&req(Some(1_000_000), Some(2), 50), &[0, 1], &sized).unwrap();
+        assert!(
+            !p.warnings.iter().any(|w| w.contains("ehash")),
+            "{:?}",
+            p.warnings
+        );
+        let p = plan(&req(Some(100_000), Some(2), 50), &[0, 1], &host()).unwrap();
+        assert!(
+            !p.warnings.iter().any(|w| w.contains("ehash")),
+            "{:?}",
+            p.warnings
+        );
+    }
+
+    #[test]
+    fn tcp_mem_unknown_in_a_network_namespace_is_not_checked() {
+        let limits = HostLimits {
+            tcp_mem: None,
+            ..host()
+        };
+        let p = plan(&req(Some(1_000_000), Some(2), 50), &[0, 1], &limits).unwrap();
+        assert_eq!(p.shards(), 64);
+        assert!(
+            !p.warnings.iter().any(|w| w.contains("tcp_mem")),
             "{:?}",
             p.warnings
         );

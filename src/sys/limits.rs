@@ -18,8 +18,13 @@ pub struct HostLimits {
     /// fs.file-max and the files open now (fs.file-nr).
     pub file_max: u64,
     pub files_open: u64,
-    /// net.ipv4.tcp_mem in pages: low, pressure, high.
-    pub tcp_mem: [u64; 3],
+    /// net.ipv4.tcp_mem in pages: low, pressure, high. The sysctl is host-wide and shows only
+    /// in the initial network namespace: None in any other.
+    pub tcp_mem: Option<[u64; 3]>,
+    /// Buckets in the established-connection hash table this network namespace uses
+    /// (net.ipv4.tcp_ehash_entries, negative there when the namespace shares the host's); None
+    /// before Linux 6.1.
+    pub ehash_entries: Option<u64>,
     /// MemTotal in bytes.
     pub mem_total: u64,
 }
@@ -65,7 +70,15 @@ impl HostLimits {
         let range = numbers(&read_proc("/proc/sys/net/ipv4/ip_local_port_range")?);
         let file_max = numbers(&read_proc("/proc/sys/fs/file-max")?);
         let file_nr = numbers(&read_proc("/proc/sys/fs/file-nr")?);
-        let tcp_mem = numbers(&read_proc("/proc/sys/net/ipv4/tcp_mem")?);
+        let tcp_mem = match fs::read_to_string("/proc/sys/net/ipv4/tcp_mem") {
+            Ok(text) => Some(numbers(&text)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io::Error::new(e.kind(), format!("reading tcp_mem: {e}"))),
+        };
+        let ehash_entries = fs::read_to_string("/proc/sys/net/ipv4/tcp_ehash_entries")
+            .ok()
+            .and_then(|t| t.trim().parse::<i64>().ok())
+            .map(i64::unsigned_abs);
         let meminfo = read_proc("/proc/meminfo")?;
         let mem_kb = meminfo
             .lines()
@@ -85,10 +98,12 @@ impl HostLimits {
             },
             file_max: *file_max.first().ok_or_else(|| bad("file-max"))?,
             files_open: *file_nr.first().ok_or_else(|| bad("file-nr"))?,
-            tcp_mem: match tcp_mem[..] {
-                [a, b, c] => [a, b, c],
-                _ => return Err(bad("tcp_mem")),
+            tcp_mem: match tcp_mem.as_deref() {
+                None => None,
+                Some(&[a, b, c]) => Some([a, b, c]),
+                Some(_) => return Err(bad("tcp_mem")),
             },
+            ehash_entries,
             mem_total: mem_kb * 1024,
         })
     }
@@ -105,7 +120,8 @@ impl HostLimits {
             port_range: (1024, 65535),
             file_max: 2_466_174,
             files_open: 2_000,
-            tcp_mem: [287_898, 383_866, 575_796],
+            tcp_mem: Some([287_898, 383_866, 575_796]),
+            ehash_entries: Some(262_144),
             mem_total: 24 << 30,
         }
     }
