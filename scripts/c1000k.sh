@@ -17,12 +17,12 @@
 # (net.ipv4.tcp_child_ehash_entries, Linux 6.1+): the host's own table is sized at boot, and
 # at 2M loopback sockets its chains are long (262,144 buckets here: 8 sockets a chain).
 # --host-netns runs in the host's namespace instead; it needs iproute2's `ip` otherwise.
-# --batch-usec U (default 10000; 0: off) batches io_uring completion waits in uring-server
-# and uring-load: each ring, once a completion is there, waits up to U microseconds for 64.
-# At 1M connections each ring sees a few hundred completions a second, so unbatched every
-# request wakes a sleeping thread on each side. Measured here at 25,000 req/s (interleaved,
-# bench/results/c1000k-ab-2026-11-23.md): server CPU 39.5/38.6 % -> 32.7/34.1 %, client
-# CPU -16 %, p50 latency 2 ms -> 15 ms. The epoll engine has no such wait.
+# --batch-usec U (default 10000; 0: off) batches the waits of the server (either engine) and
+# of uring-load: once an event is there, each shard waits up to U microseconds for more.
+# At 1M connections each shard sees a few hundred events a second, so unbatched every
+# request wakes a sleeping thread on each side. Measured here with io_uring at 25,000 req/s
+# (interleaved, bench/results/c1000k-ab-2026-11-23.md): server CPU 39.5/38.6 % ->
+# 32.7/34.1 %, client CPU -16 %, p50 latency 2 ms -> 15 ms.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -96,7 +96,7 @@ overall=0
 for ENGINE in $ENGINES; do
   echo "== $ENGINE: server on $PORTS planned for $CONNS connections"
   SERVER_ARGS=(--ports "$PORTS" --max-conns "$CONNS" --stats-json "$TMP/server.json")
-  [ "$ENGINE" = uring ] && SERVER_ARGS+=(--batch-usec "$BATCH")
+  SERVER_ARGS+=(--batch-usec "$BATCH")
   "${IN_NS[@]}" target/release/$ENGINE-server "${SERVER_ARGS[@]}" >"$TMP/server.out" 2>"$TMP/server.err" &
   SERVER_PID=$!
   for _ in $(seq 600); do

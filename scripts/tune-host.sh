@@ -80,9 +80,9 @@ MSG
 tune-host: the established-connection hash table has ${ehash#-} buckets (net.ipv4.tcp_ehash_entries).
   It is sized at boot (thash_entries= on the kernel command line) and no sysctl resizes it;
   with 1M loopback pairs (2M sockets) every packet's lookup walks chains of 2,000,000 /
-  buckets sockets. A network namespace created
-  after \`sysctl -w net.ipv4.tcp_child_ehash_entries=N\` gets a table of its own:
-  scripts/c1000k.sh runs server and load in one.
+  buckets sockets. A network namespace created after
+  \`sysctl -w net.ipv4.tcp_child_ehash_entries=N\` gets a table of its own: scripts/c1000k.sh
+  runs server and load in one.
 MSG
 }
 

@@ -172,6 +172,13 @@ pub struct ServerArgs {
     #[arg(long, default_value = "30", value_name = "SECONDS")]
     pub header_timeout: f64,
 
+    /// Batch wake-ups: once an event is there, a shard waits up to this many microseconds
+    /// for more (io_uring: up to 64 completions, kernel 6.12+; epoll: one sleep, then the
+    /// events gathered meanwhile). Fewer wake-ups when each shard sees few events at a time
+    /// (1M connections over many shards per core), at up to this much added latency. 0: off.
+    #[arg(long, default_value_t = 0, value_name = "USEC")]
+    pub batch_usec: u32,
+
     /// Print a stats line every second.
     #[arg(long)]
     pub stats: bool,

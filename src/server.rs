@@ -31,6 +31,8 @@ pub struct ShardCtx {
     /// HTTP's limits if HTTP is served; echo otherwise.
     pub http: Option<http::Limits>,
     pub timeouts: Timeouts,
+    /// `--batch-usec`: how long a shard gathers events once one is there (0: not at all).
+    pub batch_usec: u32,
     /// The `--max-conns` cap the shards of this process share, when one is set.
     pub gate: Option<Arc<Gate>>,
 }
@@ -250,6 +252,7 @@ pub fn serve<E: Engine>(
             shutdown_timeout: timeout,
             http: args.http(),
             timeouts: args.timeouts(),
+            batch_usec: args.batch_usec,
             gate: gate.clone(),
         });
     }

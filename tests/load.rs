@@ -310,8 +310,14 @@ fn merged_logs_equal_the_runs_they_came_from() {
 
 #[test]
 fn batched_waits_on_both_sides_answer_every_request() {
+    for engine in [common::Engine::Uring, common::Engine::Epoll] {
+        batched_waits_answer_every_request(engine);
+    }
+}
+
+fn batched_waits_answer_every_request(engine: common::Engine) {
     let ports = free_ports(2);
-    let server = Server::start(common::Engine::Uring, &ports, &["--batch-usec", "500"]);
+    let server = Server::start(engine, &ports, &["--batch-usec", "500"]);
     let (code, r) = load(
         &ports,
         &[
@@ -329,7 +335,7 @@ fn batched_waits_on_both_sides_answer_every_request() {
     let requests = u(&r, "requests");
     assert!(
         (5_820..=6_180).contains(&requests),
-        "{requests} at 3000/s for 2 s"
+        "{engine:?}: {requests} at 3000/s for 2 s"
     );
     let (code, r) = load(
         &ports,
@@ -345,8 +351,8 @@ fn batched_waits_on_both_sides_answer_every_request() {
         ],
     );
     assert_eq!(code, 0, "{r}");
-    assert_eq!(u(&r, "requests"), 1000);
+    assert_eq!(u(&r, "requests"), 1000, "{engine:?}");
     let stats = server.stop();
-    assert_eq!(u(&stats, "totals.accepted"), 320);
+    assert_eq!(u(&stats, "totals.accepted"), 320, "{engine:?}");
     assert_eq!(u(&stats, "totals.bytes_in"), u(&stats, "totals.bytes_out"));
 }

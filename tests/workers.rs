@@ -17,9 +17,22 @@ fn alive(pid: u32) -> bool {
 #[test]
 fn sigterm_stops_every_worker_and_sums_their_stats() {
     let ports = free_ports(2);
-    let server = Server::start(Engine::Epoll, &ports, &["--max-conns", WORKER_TARGET]);
+    let server = Server::start(
+        Engine::Epoll,
+        &ports,
+        &["--max-conns", WORKER_TARGET, "--batch-usec", "300"],
+    );
     let workers = server.children();
     assert_eq!(workers.len(), 4, "workers: {workers:?}");
+    const NEEDLE: &[u8] = b"--batch-usec\x00300\x00";
+    for pid in &workers {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        assert!(
+            cmdline.windows(NEEDLE.len()).any(|w| w == NEEDLE),
+            "worker {pid} was not given --batch-usec: {}",
+            String::from_utf8_lossy(&cmdline)
+        );
+    }
     let (code, r) = load(
         &ports,
         &["--conns", "400", "--requests", "5", "--size", "100"],

@@ -21,12 +21,6 @@ struct Cli {
     /// Size of each provided buffer in bytes.
     #[arg(long, default_value_t = 4096, value_name = "BYTES")]
     buf_size: u32,
-
-    /// Batch completions: a shard waits for up to 64, or this many microseconds once one is
-    /// there. Fewer wake-ups when each shard sees few at a time (many shards per core), at
-    /// up to this much added latency. 0: off. Kernel 6.12+.
-    #[arg(long, default_value_t = 0, value_name = "USEC")]
-    batch_usec: u32,
 }
 
 fn main() {
@@ -36,7 +30,6 @@ fn main() {
         bufs: cli.bufs,
         buf_size: cli.buf_size,
         table_slots: 0,
-        batch_usec: cli.batch_usec,
     };
     if let Err(e) = proactor::run(&mut cfg) {
         eprintln!("uring-server: error: {e}");

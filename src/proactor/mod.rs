@@ -28,8 +28,6 @@ pub struct UringConfig {
     pub buf_size: u32,
     /// Fixed-file slots per ring, from the plan.
     pub table_slots: u32,
-    /// See `RingConfig::batch_usec`.
-    pub batch_usec: u32,
 }
 
 /// SQ entries: a loop turn pushes at most a few SQEs per completion, and a full SQ is
@@ -48,7 +46,7 @@ impl Engine for UringConfig {
             cq_entries: CQ_ENTRIES,
             fixed_files: self.table_slots,
             bufs: Some((self.bufs, self.buf_size)),
-            batch_usec: self.batch_usec,
+            batch_usec: ctx.batch_usec,
         };
         let shard = Shard::new(ctx, ring)?;
         ready();
