@@ -348,17 +348,13 @@ mod tests {
             ..host()
         };
         let p = plan(&req(Some(1_000_000), Some(2), 50), &[0, 1], &sized).unwrap();
-        assert!(
-            !p.warnings.iter().any(|w| w.contains("ehash")),
-            "{:?}",
-            p.warnings
-        );
+        assert!(!warned(&p, "ehash"), "{:?}", p.warnings);
         let p = plan(&req(Some(100_000), Some(2), 50), &[0, 1], &host()).unwrap();
-        assert!(
-            !p.warnings.iter().any(|w| w.contains("ehash")),
-            "{:?}",
-            p.warnings
-        );
+        assert!(!warned(&p, "ehash"), "{:?}", p.warnings);
+    }
+
+    fn warned(p: &Plan, about: &str) -> bool {
+        p.warnings.iter().any(|w| w.contains(about))
     }
 
     #[test]
@@ -369,11 +365,7 @@ mod tests {
         };
         let p = plan(&req(Some(1_000_000), Some(2), 50), &[0, 1], &limits).unwrap();
         assert_eq!(p.shards(), 64);
-        assert!(
-            !p.warnings.iter().any(|w| w.contains("tcp_mem")),
-            "{:?}",
-            p.warnings
-        );
+        assert!(!warned(&p, "tcp_mem"), "{:?}", p.warnings);
     }
 
     #[test]
