@@ -9,7 +9,11 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use io_uring::Submitter;
 use io_uring::types::BufRingEntry;
 
-/// An anonymous private mapping, page-aligned and zeroed, unmapped on drop.
+/// An anonymous private mapping, page-aligned, zeroed and populated, unmapped on drop.
+///
+/// Populated (MAP_POPULATE) so that the kernel's first write into each buffer does not take a
+/// page fault in the middle of a recv: with 64 rings of 2,048 buffers a side, those faults
+/// (and the fault lock they contend on) slowed the first pass over a million connections.
 struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
@@ -23,7 +27,7 @@ impl Mapping {
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
                 -1,
                 0,
             )
