@@ -95,8 +95,7 @@ mkdir -p bench/results
 overall=0
 for ENGINE in $ENGINES; do
   echo "== $ENGINE: server on $PORTS planned for $CONNS connections"
-  SERVER_ARGS=(--ports "$PORTS" --max-conns "$CONNS" --stats-json "$TMP/server.json")
-  SERVER_ARGS+=(--batch-usec "$BATCH")
+  SERVER_ARGS=(--ports "$PORTS" --max-conns "$CONNS" --batch-usec "$BATCH" --stats-json "$TMP/server.json")
   "${IN_NS[@]}" target/release/$ENGINE-server "${SERVER_ARGS[@]}" >"$TMP/server.out" 2>"$TMP/server.err" &
   SERVER_PID=$!
   for _ in $(seq 600); do

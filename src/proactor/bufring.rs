@@ -13,7 +13,7 @@ use io_uring::types::BufRingEntry;
 ///
 /// Populated (MAP_POPULATE) so that the kernel's first write into each buffer does not take a
 /// page fault in the middle of a recv: with 64 rings of 2,048 buffers a side, those faults
-/// (and the fault lock they contend on) slowed the first pass over a million connections.
+/// slowed the first pass over a million connections about threefold (bench/results/c1000k-ab-*).
 struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
