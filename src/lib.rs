@@ -13,3 +13,4 @@ pub mod server;
 pub mod stats;
 pub mod sys;
 pub mod timer;
+pub mod uring;

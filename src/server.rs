@@ -2,6 +2,8 @@
 //! listeners, one pinned thread per shard, SIGINT/SIGTERM, the ready line, the stats line,
 //! the summary and `--stats-json`. An engine only builds and runs a shard.
 
+pub mod core;
+
 use std::io::{self, Write};
 use std::net::SocketAddrV4;
 use std::os::fd::{AsRawFd, OwnedFd};

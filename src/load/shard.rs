@@ -20,7 +20,54 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use super::conn::{Completed, Fault, Requests, Stream};
-use crate::proactor::ring::{Completion, Kind, Ring, RingConfig, UserData};
+use crate::uring::probe::Need;
+use crate::uring::{self, ConnectSteps, Op, RingConfig};
+
+/// What an operation of the load generator's ring was for, the top byte of its `user_data`;
+/// the slot is the connection's, the generation always 0 (a slot is never reused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Kind {
+    /// SOCKET into the connection's direct slot.
+    Socket = 1,
+    /// SETSOCKOPT (IP_BIND_ADDRESS_NO_PORT) on the new socket, linked after SOCKET.
+    SockOpt,
+    /// BIND of the new socket to its source address, linked after SETSOCKOPT.
+    Bind,
+    /// CONNECT, linked after SOCKET (or BIND).
+    Connect,
+    /// Send of requests from the pinned request region.
+    SendRegion,
+    /// Multishot recv of answers.
+    Recv,
+    /// Cancel requests; its own completion carries nothing to act on.
+    Cancel,
+    /// Close of the direct descriptor.
+    Close,
+}
+
+impl Op for Kind {
+    const ALL: &'static [Self] = &[
+        Kind::Socket,
+        Kind::SockOpt,
+        Kind::Bind,
+        Kind::Connect,
+        Kind::SendRegion,
+        Kind::Recv,
+        Kind::Cancel,
+        Kind::Close,
+    ];
+    fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+type Ring = uring::Ring<Kind>;
+type Completion = uring::Completion<Kind>;
+
+fn ud(kind: Kind, slot: u32) -> uring::UserData<Kind> {
+    uring::UserData::new(kind, slot, 0)
+}
 
 /// What all shards share: progress counters and the phase gate.
 #[derive(Debug, Default)]
@@ -157,12 +204,15 @@ impl LoadShard {
     /// Builds the ring on the calling thread (its single issuer).
     pub fn new(mut plan: ShardPlan, shared: Arc<Shared>) -> io::Result<Self> {
         let mut ring = Ring::new(&RingConfig {
-            sq_entries: 4096,
-            cq_entries: 16384,
+            sq_entries: uring::SQ_ENTRIES,
+            cq_entries: uring::CQ_ENTRIES,
             fixed_files: plan.conns.max(1),
             bufs: Some((plan.bufs, plan.buf_size)),
             batch_usec: plan.batch_usec,
         })?;
+        if !plan.sources.is_empty() {
+            ring.require(Need::Bind, "--sources")?;
+        }
         let dests = plan.addrs.iter().map(|a| ring.pin_addr(*a)).collect();
         let sources = plan.sources.iter().map(|a| ring.pin_addr(*a)).collect();
         let region = ring.pin_region(std::mem::take(&mut plan.pattern));
@@ -390,7 +440,7 @@ impl LoadShard {
         }
         if let Some((off, len)) = c.stream.next_send(Instant::now()) {
             c.sending = true;
-            let ud = UserData::new(Kind::SendRegion, slot, 0);
+            let ud = ud(Kind::SendRegion, slot);
             self.ring.send_region(slot, self.region, off, len, ud)?;
         }
         Ok(())
@@ -406,13 +456,18 @@ impl LoadShard {
         c.state = State::Connecting;
         c.connect_started = Instant::now();
         self.connecting += 1;
-        self.ring.socket_connect(slot, source, dest, slot)
+        let steps = ConnectSteps {
+            socket: ud(Kind::Socket, slot),
+            sockopt: ud(Kind::SockOpt, slot),
+            bind: ud(Kind::Bind, slot),
+            connect: ud(Kind::Connect, slot),
+        };
+        self.ring.socket_connect(slot, source, dest, &steps)
     }
 
     fn arm_recv(&mut self, slot: u32) -> io::Result<()> {
         self.clients[slot as usize].recv_armed = true;
-        self.ring
-            .recv_multishot(slot, UserData::new(Kind::Recv, slot, 0))
+        self.ring.recv_multishot(slot, ud(Kind::Recv, slot))
     }
 
     /// Closes the connection in `slot` (once); its operations end with -ECANCELED.
@@ -425,26 +480,22 @@ impl LoadShard {
         if was == State::Connecting {
             // A connect that would otherwise run through its SYN retries; its completion
             // (and, if the SOCKET lands after this, the close) still come.
-            let cancel = UserData::new(Kind::Cancel, slot, 0);
-            self.ring
-                .cancel(UserData::new(Kind::Connect, slot, 0), cancel)?;
+            let cancel = ud(Kind::Cancel, slot);
+            self.ring.cancel(ud(Kind::Connect, slot), cancel)?;
         }
         if !c.installed {
             return Ok(());
         }
         c.installed = false;
         let (recv_armed, sending) = (c.recv_armed, c.sending);
-        let cancel = UserData::new(Kind::Cancel, slot, 0);
+        let cancel = ud(Kind::Cancel, slot);
         if recv_armed {
-            self.ring
-                .cancel(UserData::new(Kind::Recv, slot, 0), cancel)?;
+            self.ring.cancel(ud(Kind::Recv, slot), cancel)?;
         }
         if sending {
-            self.ring
-                .cancel(UserData::new(Kind::SendRegion, slot, 0), cancel)?;
+            self.ring.cancel(ud(Kind::SendRegion, slot), cancel)?;
         }
-        self.ring
-            .close_fixed(slot, UserData::new(Kind::Close, slot, 0))
+        self.ring.close_fixed(slot, ud(Kind::Close, slot))
     }
 
     fn complete(&mut self, c: Completion) -> io::Result<()> {
@@ -502,14 +553,6 @@ impl LoadShard {
             }
             Kind::Recv => self.on_recv(&c)?,
             Kind::Cancel | Kind::Close => {}
-            Kind::Accept
-            | Kind::SendBuf
-            | Kind::SendVec
-            | Kind::Wake
-            | Kind::Refuse
-            | Kind::Shutdown => {
-                debug_assert!(false, "the load generator never submits {:?}", c.ud.kind);
-            }
         }
         Ok(())
     }

@@ -1,6 +1,8 @@
-//! One connection's state in the Proactor: completions in, actions out (send this,
-//! recycle that buffer, re-arm or cancel the recv, close). No fds, no unsafe: the shard
-//! carries the actions out through `ConnIo`, and the tests below record them.
+//! One connection's state in the Proactor: a pure state machine fed the completions of its
+//! operations, which returns what it wants done as `Effect`s (send this, recycle that buffer,
+//! re-arm or cancel the recv, shut, close; counters; timer changes), in order. No fds, no
+//! unsafe, no calls back into the shard: the shard applies the effects in one place, and the
+//! tests below and the kernel model (`conn_check`) read them.
 //!
 //! Output rules: at most one send in flight. Echo: bytes that arrive while it is in flight
 //! are copied to `queued` (coalescing them into the next send) and their buffer goes back at
@@ -15,35 +17,56 @@
 //! not read), the multishot recv is cancelled, and it is re-armed when the queue has drained,
 //! so such a peer can neither grow the server's memory nor hold the shard's buffers.
 
-use crate::proto::http;
+use crate::server::core::{HttpEnv, KEEP_QUEUE_CAPACITY};
 
-/// What the connection asks of the ring.
-pub trait ConnIo {
+/// What the connection asks of its shard.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Effect {
     /// Send `len` bytes from byte `off` of provided buffer `bid` (held by this connection).
-    fn send_buf(&mut self, bid: u16, off: u32, len: u32);
-    /// Send `data[start..]`; the bytes come back in `on_sent_vec`.
-    fn send_vec(&mut self, data: Vec<u8>, start: usize);
-    /// The first `len` bytes of held buffer `bid`.
-    fn buf_bytes(&self, bid: u16, len: u32) -> &[u8];
+    SendBuf {
+        bid: u16,
+        off: u32,
+        len: u32,
+    },
+    /// Send `data[start..]`; the bytes come back with its completion (`on_sent`).
+    SendVec {
+        data: Vec<u8>,
+        start: usize,
+    },
     /// Give buffer `bid` back to the kernel.
-    fn recycle(&mut self, bid: u16);
-    fn arm_recv(&mut self);
-    /// The recv ended for lack of buffers: re-arm once some have come back.
-    fn wait_buffers(&mut self);
-    fn cancel_recv(&mut self);
-    /// Cancel the send in flight (one to a peer that does not read may never finish);
-    /// `vec` tells which kind it is.
-    fn cancel_send(&mut self, vec: bool);
-    fn close(&mut self);
-    fn short_send(&mut self);
-    /// HTTP's limits and the current Date (called only when HTTP is served).
-    fn http_env(&self) -> (&http::Limits, &http::Date);
-    /// `n` HTTP requests were answered.
-    fn answered(&mut self, n: u32);
+    Recycle(u16),
+    ArmRecv,
+    /// The recv ended for lack of buffers: call `rearm` once some have come back.
+    WaitBuffers,
+    CancelRecv,
+    /// Cancel the send in flight (one to a peer that does not read may never finish): of a
+    /// `Vec` if `vec`, else of a provided buffer.
+    CancelSend {
+        vec: bool,
+    },
     /// Shut the write side (everything owed has been sent): the peer reads EOF.
-    fn shutdown_write(&mut self);
-    /// The connection ends on an error (called once per connection).
-    fn failed(&mut self);
+    ShutdownWrite,
+    Close,
+    /// A send took fewer bytes than offered; the rest was resubmitted.
+    ShortSend,
+    /// HTTP requests answered.
+    Answered(u32),
+    /// The connection ends on an error (once per connection).
+    Failed,
+    /// HTTP: a request head is open (the header timeout runs) or not.
+    Head(bool),
+    /// The connection closes after a final answer, or aborts after a timeout: the timer
+    /// wheel bounds what is left of it.
+    Linger,
+}
+
+/// A recv completion: its result, the provided buffer it filled (with the bytes) if any,
+/// and IORING_CQE_F_MORE.
+#[derive(Debug, Clone, Copy)]
+pub struct Received<'a> {
+    pub res: i32,
+    pub buf: Option<(u16, &'a [u8])>,
+    pub more: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,8 +109,6 @@ enum Phase {
     Closing,
 }
 
-/// Grown coalescing buffers above this are dropped once drained rather than kept idle.
-const KEEP_QUEUE_CAPACITY: usize = 64 * 1024;
 /// Queued output above which the connection stops being read.
 pub const OUTPUT_CAP: usize = 256 * 1024;
 
@@ -101,14 +122,14 @@ pub struct Conn {
     phase: Phase,
     /// The HTTP session when HTTP is served (boxed: echo connections pay one pointer); echo
     /// when None.
-    http: Option<Box<http::Session>>,
+    http: Option<Box<crate::proto::http::Session>>,
 }
 
 impl Conn {
     /// A connection just accepted into direct slot `fixed`, speaking HTTP or echo; arms its
     /// recv.
-    pub fn accepted(generation: u32, fixed: u32, http: bool, io: &mut impl ConnIo) -> Self {
-        io.arm_recv();
+    pub fn accepted(generation: u32, fixed: u32, http: bool, out: &mut Vec<Effect>) -> Self {
+        out.push(Effect::ArmRecv);
         Conn {
             generation,
             fixed,
@@ -121,34 +142,35 @@ impl Conn {
     }
 
     /// Whether the recv is waiting for buffers and may be re-armed.
-    pub fn wants_buffers(&self) -> bool {
+    #[cfg(test)]
+    fn wants_buffers(&self) -> bool {
         self.recv == Recv::WaitingBuffers
     }
 
     /// HTTP: a request head has begun and not ended (the header timeout runs).
-    pub fn reading_head(&self) -> bool {
+    fn reading_head(&self) -> bool {
         self.http.as_ref().is_some_and(|s| s.reading_head())
     }
 
     /// In a lingering close (see `Phase::Lingering`).
-    pub fn lingering(&self) -> bool {
+    fn lingering(&self) -> bool {
         matches!(self.phase, Phase::Lingering { .. })
     }
 
     /// The header timeout passed: answer 408 and close (lingering). An echo connection, or
-    /// one already ending, is aborted.
-    pub fn time_out(&mut self, io: &mut impl ConnIo) {
-        match &mut self.http {
-            Some(session) if self.phase == Phase::Open => {
-                let (_, date) = io.http_env();
-                session.time_out(date, &mut self.queued);
+    /// one already ending, is aborted. Either way the linger timer bounds what is left.
+    pub fn time_out(&mut self, http: Option<&HttpEnv>, out: &mut Vec<Effect>) {
+        match (&mut self.http, http) {
+            (Some(session), Some(env)) if self.phase == Phase::Open => {
+                session.time_out(&env.date, &mut self.queued);
                 if self.inflight == Inflight::None {
-                    self.send_queued(io);
+                    self.send_queued(out);
                 }
-                self.linger(io);
+                self.linger(out);
             }
-            _ => self.abort(io),
+            _ => self.abort(out),
         }
+        out.push(Effect::Linger);
     }
 
     #[cfg(test)]
@@ -162,63 +184,93 @@ impl Conn {
         self.queued.len()
     }
 
-    /// A recv completion with data in buffer `bid`; `more` is IORING_CQE_F_MORE.
-    pub fn on_data(&mut self, bid: u16, len: u32, more: bool, io: &mut impl ConnIo) {
+    /// A recv completion (HTTP connections need their shard's `http`).
+    pub fn on_recv(&mut self, r: Received<'_>, http: Option<&HttpEnv>, out: &mut Vec<Effect>) {
+        match r.buf {
+            Some((bid, bytes)) if !bytes.is_empty() => self.on_data(bid, bytes, r.more, http, out),
+            Some((bid, _)) => {
+                out.push(Effect::Recycle(bid));
+                if !r.more {
+                    self.on_recv_end(r.res, out);
+                }
+            }
+            None => self.on_recv_end(r.res, out),
+        }
+    }
+
+    /// `bytes` arrived in buffer `bid`; `more` is IORING_CQE_F_MORE.
+    fn on_data(
+        &mut self,
+        bid: u16,
+        bytes: &[u8],
+        more: bool,
+        http: Option<&HttpEnv>,
+        out: &mut Vec<Effect>,
+    ) {
+        let len = bytes.len() as u32;
         if matches!(
             self.phase,
             Phase::Aborting | Phase::Closing | Phase::Lingering { .. }
         ) {
-            io.recycle(bid);
+            out.push(Effect::Recycle(bid));
         } else if let Some(session) = &mut self.http {
-            let (limits, date) = io.http_env();
-            let o = session.on_input(io.buf_bytes(bid, len), limits, date, &mut self.queued);
-            io.recycle(bid);
-            io.answered(o.answers);
+            let env = http.expect("an HTTP connection's shard serves HTTP");
+            let o = session.on_input(bytes, &env.limits, &env.date, &mut self.queued);
+            out.push(Effect::Recycle(bid));
+            if o.answers > 0 {
+                out.push(Effect::Answered(o.answers));
+            }
             if self.inflight == Inflight::None {
-                self.send_queued(io);
+                self.send_queued(out);
             }
             if o.close {
-                self.linger(io);
+                self.linger(out);
             } else {
-                self.pause_if_over_cap(more, io);
+                self.pause_if_over_cap(more, out);
             }
         } else if self.inflight == Inflight::None && self.queued.is_empty() {
             self.inflight = Inflight::Buf { bid, off: 0, len };
-            io.send_buf(bid, 0, len);
+            out.push(Effect::SendBuf { bid, off: 0, len });
         } else {
-            crate::proto::echo::reply(io.buf_bytes(bid, len), &mut self.queued);
-            io.recycle(bid);
-            self.pause_if_over_cap(more, io);
+            crate::proto::echo::reply(bytes, &mut self.queued);
+            out.push(Effect::Recycle(bid));
+            self.pause_if_over_cap(more, out);
         }
         if !more && self.recv == Recv::Pausing {
             // The cancel and the end of the multishot crossed: nothing left to cancel.
             self.recv = Recv::Paused;
             if self.lingering() {
                 self.recv = Recv::Armed;
-                io.arm_recv();
+                out.push(Effect::ArmRecv);
             }
         } else if !more {
             // The multishot ended after this buffer (it can, e.g. on CQ overflow): go on.
             if self.reads() {
-                io.arm_recv();
+                out.push(Effect::ArmRecv);
             } else {
                 self.recv = Recv::Done;
             }
         }
-        self.maybe_close(io);
+        self.maybe_close(out);
+        if self.http.is_some() {
+            out.push(Effect::Head(self.reading_head()));
+        }
+        if self.lingering() {
+            out.push(Effect::Linger);
+        }
     }
 
     /// After a closing HTTP answer: lingering close (see `Phase::Lingering`). A peer that has
     /// already half-closed has nothing more to send: the close follows the answer.
-    fn linger(&mut self, io: &mut impl ConnIo) {
+    fn linger(&mut self, out: &mut Vec<Effect>) {
         if self.phase == Phase::Open {
             self.phase = Phase::Lingering { shut: false };
             if self.recv == Recv::Paused {
                 self.recv = Recv::Armed;
-                io.arm_recv();
+                out.push(Effect::ArmRecv);
             }
         }
-        self.maybe_close(io);
+        self.maybe_close(out);
     }
 
     /// Whether the recv should be kept armed: open, or discarding in a lingering close.
@@ -227,25 +279,25 @@ impl Conn {
     }
 
     /// Stops reading a peer that does not read what it is sent (see the module doc).
-    fn pause_if_over_cap(&mut self, more: bool, io: &mut impl ConnIo) {
+    fn pause_if_over_cap(&mut self, more: bool, out: &mut Vec<Effect>) {
         if self.queued.len() > OUTPUT_CAP && self.recv == Recv::Armed && more {
             self.recv = Recv::Pausing;
-            io.cancel_recv();
+            out.push(Effect::CancelRecv);
         }
     }
 
     /// A recv completion without data: `res` is 0 (EOF) or -errno; never has F_MORE.
-    pub fn on_recv_end(&mut self, res: i32, io: &mut impl ConnIo) {
+    fn on_recv_end(&mut self, res: i32, out: &mut Vec<Effect>) {
         let pausing = self.recv == Recv::Pausing;
         self.recv = Recv::Done;
         match -res {
             libc::ECANCELED if pausing && self.phase == Phase::Open => {
                 self.recv = Recv::Paused;
-                self.resume(io);
+                self.resume(out);
             }
             libc::ECANCELED if pausing && self.lingering() => {
                 self.recv = Recv::Armed;
-                io.arm_recv();
+                out.push(Effect::ArmRecv);
             }
             0 => {
                 if self.phase == Phase::Open {
@@ -254,29 +306,40 @@ impl Conn {
             }
             libc::ENOBUFS if self.reads() => {
                 self.recv = Recv::WaitingBuffers;
-                io.wait_buffers();
+                out.push(Effect::WaitBuffers);
             }
             libc::ENOBUFS | libc::ECANCELED => {}
-            _ => self.fail(io),
+            _ => self.fail(out),
         }
-        self.maybe_close(io);
+        self.maybe_close(out);
     }
 
     /// Re-arms a recv that waited for buffers (the shard calls this when some came back).
-    pub fn rearm(&mut self, io: &mut impl ConnIo) {
-        if self.recv == Recv::WaitingBuffers {
-            if self.reads() {
-                self.recv = Recv::Armed;
-                io.arm_recv();
-            } else {
-                self.recv = Recv::Done;
-                self.maybe_close(io);
-            }
+    /// Returns whether it was waiting.
+    pub fn rearm(&mut self, out: &mut Vec<Effect>) -> bool {
+        if self.recv != Recv::WaitingBuffers {
+            return false;
+        }
+        if self.reads() {
+            self.recv = Recv::Armed;
+            out.push(Effect::ArmRecv);
+        } else {
+            self.recv = Recv::Done;
+            self.maybe_close(out);
+        }
+        true
+    }
+
+    /// The send in flight completed with `res`; a `SendVec`'s bytes come back in `vec`.
+    pub fn on_sent(&mut self, res: i32, vec: Option<(Vec<u8>, usize)>, out: &mut Vec<Effect>) {
+        match vec {
+            Some((data, start)) => self.on_sent_vec(res, data, start, out),
+            None => self.on_sent_buf(res, out),
         }
     }
 
     /// The send from a provided buffer completed with `res`.
-    pub fn on_sent_buf(&mut self, res: i32, io: &mut impl ConnIo) {
+    fn on_sent_buf(&mut self, res: i32, out: &mut Vec<Effect>) {
         let Inflight::Buf { bid, off, len } = self.inflight else {
             debug_assert!(false, "buffer send completion without one in flight");
             return;
@@ -284,111 +347,121 @@ impl Conn {
         self.inflight = Inflight::None;
         match u32::try_from(res) {
             Ok(n) if n > 0 && n < len && self.phase != Phase::Aborting => {
-                io.short_send();
+                out.push(Effect::ShortSend);
                 self.inflight = Inflight::Buf {
                     bid,
                     off: off + n,
                     len: len - n,
                 };
-                io.send_buf(bid, off + n, len - n);
+                out.push(Effect::SendBuf {
+                    bid,
+                    off: off + n,
+                    len: len - n,
+                });
             }
             Ok(n) if n == len => {
-                io.recycle(bid);
-                self.send_queued(io);
+                out.push(Effect::Recycle(bid));
+                self.send_queued(out);
             }
             _ => {
-                io.recycle(bid);
-                self.fail(io);
+                out.push(Effect::Recycle(bid));
+                self.fail(out);
             }
         }
-        self.maybe_close(io);
+        self.maybe_close(out);
     }
 
     /// The send of `data[start..]` completed with `res`.
-    pub fn on_sent_vec(&mut self, res: i32, mut data: Vec<u8>, start: usize, io: &mut impl ConnIo) {
+    fn on_sent_vec(&mut self, res: i32, mut data: Vec<u8>, start: usize, out: &mut Vec<Effect>) {
         debug_assert_eq!(self.inflight, Inflight::Vec);
         self.inflight = Inflight::None;
         let rest = data.len() - start;
         match usize::try_from(res) {
             Ok(n) if n > 0 && n < rest && self.phase != Phase::Aborting => {
-                io.short_send();
+                out.push(Effect::ShortSend);
                 self.inflight = Inflight::Vec;
-                io.send_vec(data, start + n);
+                out.push(Effect::SendVec {
+                    data,
+                    start: start + n,
+                });
             }
             Ok(n) if n == rest => {
                 if self.queued.is_empty() && data.capacity() <= KEEP_QUEUE_CAPACITY {
                     data.clear();
                     self.queued = data;
                 }
-                self.send_queued(io);
+                self.send_queued(out);
             }
-            _ => self.fail(io),
+            _ => self.fail(out),
         }
-        self.maybe_close(io);
+        self.maybe_close(out);
     }
 
     /// Server shutdown: stop reading, send what is owed, then close.
-    pub fn drain(&mut self, io: &mut impl ConnIo) {
+    pub fn drain(&mut self, out: &mut Vec<Effect>) {
         if matches!(
             self.phase,
             Phase::Open | Phase::PeerDone | Phase::Lingering { .. }
         ) {
             self.phase = Phase::Draining;
             match self.recv {
-                Recv::Armed => io.cancel_recv(),
+                Recv::Armed => out.push(Effect::CancelRecv),
                 Recv::Paused => self.recv = Recv::Done,
                 _ => {}
             }
         }
-        self.maybe_close(io);
+        self.maybe_close(out);
     }
 
     /// An operation failed (reset, broken pipe): counted once per connection, then abort.
-    fn fail(&mut self, io: &mut impl ConnIo) {
+    fn fail(&mut self, out: &mut Vec<Effect>) {
         if !matches!(self.phase, Phase::Aborting | Phase::Closing) {
-            io.failed();
+            out.push(Effect::Failed);
         }
-        self.abort(io);
+        self.abort(out);
     }
 
     /// Drop what is owed and close once every operation has ended.
-    pub fn abort(&mut self, io: &mut impl ConnIo) {
+    pub fn abort(&mut self, out: &mut Vec<Effect>) {
         if matches!(self.phase, Phase::Aborting | Phase::Closing) {
             return;
         }
         self.phase = Phase::Aborting;
         self.queued = Vec::new();
         match self.recv {
-            Recv::Armed => io.cancel_recv(),
+            Recv::Armed => out.push(Effect::CancelRecv),
             Recv::Paused => self.recv = Recv::Done,
             _ => {}
         }
         match self.inflight {
             Inflight::None => {}
-            Inflight::Buf { .. } => io.cancel_send(false),
-            Inflight::Vec => io.cancel_send(true),
+            Inflight::Buf { .. } => out.push(Effect::CancelSend { vec: false }),
+            Inflight::Vec => out.push(Effect::CancelSend { vec: true }),
         }
-        self.maybe_close(io);
+        self.maybe_close(out);
     }
 
-    fn send_queued(&mut self, io: &mut impl ConnIo) {
+    fn send_queued(&mut self, out: &mut Vec<Effect>) {
         if !self.queued.is_empty() && self.phase != Phase::Aborting {
             self.inflight = Inflight::Vec;
-            io.send_vec(std::mem::take(&mut self.queued), 0);
+            out.push(Effect::SendVec {
+                data: std::mem::take(&mut self.queued),
+                start: 0,
+            });
         }
-        self.resume(io);
+        self.resume(out);
     }
 
     /// Re-arms a recv paused for queued output once all of it has been sent.
-    fn resume(&mut self, io: &mut impl ConnIo) {
+    fn resume(&mut self, out: &mut Vec<Effect>) {
         let drained = self.queued.is_empty() && self.inflight == Inflight::None;
         if self.recv == Recv::Paused && drained && self.phase == Phase::Open {
             self.recv = Recv::Armed;
-            io.arm_recv();
+            out.push(Effect::ArmRecv);
         }
     }
 
-    fn maybe_close(&mut self, io: &mut impl ConnIo) {
+    fn maybe_close(&mut self, out: &mut Vec<Effect>) {
         let idle = self.queued.is_empty() && self.inflight == Inflight::None;
         let finished = match self.phase {
             Phase::Open | Phase::Closing => false,
@@ -396,7 +469,7 @@ impl Conn {
             Phase::Lingering { shut } => {
                 if idle && !shut {
                     self.phase = Phase::Lingering { shut: true };
-                    io.shutdown_write();
+                    out.push(Effect::ShutdownWrite);
                 }
                 self.queued.is_empty()
             }
@@ -410,7 +483,7 @@ impl Conn {
         };
         if finished && recv_over && self.inflight == Inflight::None {
             self.phase = Phase::Closing;
-            io.close();
+            out.push(Effect::Close);
         }
     }
 }
@@ -418,6 +491,7 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::http;
 
     #[derive(Debug, PartialEq, Eq, Clone)]
     enum Act {
@@ -443,88 +517,145 @@ mod tests {
         /// The bytes of the last vec send.
         sent: Vec<u8>,
         answered: u32,
-        http: (http::Limits, Option<http::Date>),
+        /// The shard's HTTP environment, for HTTP tests.
+        http: Option<HttpEnv>,
+        /// The timer effects seen, apart from the acts.
+        heads: Vec<bool>,
+        lingers: usize,
+        effects: Vec<Effect>,
     }
 
     impl Rec {
         fn take(&mut self) -> Vec<Act> {
             std::mem::take(&mut self.acts)
         }
+
+        /// Records the effects the last call returned.
+        fn record(&mut self) {
+            for e in std::mem::take(&mut self.effects) {
+                let act = match e {
+                    Effect::SendBuf { bid, off, len } => Act::SendBuf(bid, off, len),
+                    Effect::SendVec { data, start } => {
+                        let act = Act::SendVec(data.len(), start);
+                        self.sent = data;
+                        act
+                    }
+                    Effect::Recycle(bid) => Act::Recycle(bid),
+                    Effect::ArmRecv => Act::Arm,
+                    Effect::WaitBuffers => Act::Wait,
+                    Effect::CancelRecv => Act::CancelRecv,
+                    Effect::CancelSend { vec } => Act::CancelSend(vec),
+                    Effect::ShutdownWrite => Act::Shut,
+                    Effect::Close => Act::Close,
+                    Effect::ShortSend => Act::Short,
+                    Effect::Failed => Act::Failed,
+                    Effect::Answered(n) => {
+                        self.answered += n;
+                        continue;
+                    }
+                    Effect::Head(open) => {
+                        self.heads.push(open);
+                        continue;
+                    }
+                    Effect::Linger => {
+                        self.lingers += 1;
+                        continue;
+                    }
+                };
+                self.acts.push(act);
+            }
+        }
     }
 
     /// Buffer `bid` holds bytes `bid, bid, bid...`.
     static BUF: [u8; 4096] = [0; 4096];
 
-    impl ConnIo for Rec {
-        fn send_buf(&mut self, bid: u16, off: u32, len: u32) {
-            self.acts.push(Act::SendBuf(bid, off, len));
-        }
-        fn send_vec(&mut self, data: Vec<u8>, start: usize) {
-            self.acts.push(Act::SendVec(data.len(), start));
-            self.sent = data;
-        }
-        fn buf_bytes(&self, _bid: u16, len: u32) -> &[u8] {
-            if self.input.is_empty() {
-                &BUF[..len as usize]
-            } else {
-                &self.input[..len as usize]
-            }
-        }
-        fn recycle(&mut self, bid: u16) {
-            self.acts.push(Act::Recycle(bid));
-        }
-        fn arm_recv(&mut self) {
-            self.acts.push(Act::Arm);
-        }
-        fn wait_buffers(&mut self) {
-            self.acts.push(Act::Wait);
-        }
-        fn cancel_recv(&mut self) {
-            self.acts.push(Act::CancelRecv);
-        }
-        fn cancel_send(&mut self, vec: bool) {
-            self.acts.push(Act::CancelSend(vec));
-        }
-        fn close(&mut self) {
-            self.acts.push(Act::Close);
-        }
-        fn short_send(&mut self) {
-            self.acts.push(Act::Short);
-        }
-        fn http_env(&self) -> (&http::Limits, &http::Date) {
-            let date = self.http.1.as_ref().expect("an HTTP test sets the date");
-            (&self.http.0, date)
-        }
-        fn answered(&mut self, n: u32) {
-            self.answered += n;
-        }
-        fn failed(&mut self) {
-            self.acts.push(Act::Failed);
-        }
-        fn shutdown_write(&mut self) {
-            self.acts.push(Act::Shut);
+    /// A connection under test: the events a shard feeds it, each recording the effects it
+    /// returns in the `Rec`.
+    struct Tested(Conn);
+
+    impl std::ops::Deref for Tested {
+        type Target = Conn;
+        fn deref(&self) -> &Conn {
+            &self.0
         }
     }
 
-    fn open() -> (Conn, Rec) {
+    impl Tested {
+        fn on_data(&mut self, bid: u16, len: u32, more: bool, io: &mut Rec) {
+            let bytes = if io.input.is_empty() {
+                &BUF[..len as usize]
+            } else {
+                &io.input[..len as usize]
+            };
+            let r = Received {
+                res: len as i32,
+                buf: Some((bid, bytes)),
+                more,
+            };
+            self.0.on_recv(r, io.http.as_ref(), &mut io.effects);
+            io.record();
+        }
+        fn on_recv_end(&mut self, res: i32, io: &mut Rec) {
+            let r = Received {
+                res,
+                buf: None,
+                more: false,
+            };
+            self.0.on_recv(r, io.http.as_ref(), &mut io.effects);
+            io.record();
+        }
+        fn on_sent_buf(&mut self, res: i32, io: &mut Rec) {
+            self.0.on_sent(res, None, &mut io.effects);
+            io.record();
+        }
+        fn on_sent_vec(&mut self, res: i32, data: Vec<u8>, start: usize, io: &mut Rec) {
+            self.0.on_sent(res, Some((data, start)), &mut io.effects);
+            io.record();
+        }
+        fn rearm(&mut self, io: &mut Rec) -> bool {
+            let waited = self.0.rearm(&mut io.effects);
+            io.record();
+            waited
+        }
+        fn drain(&mut self, io: &mut Rec) {
+            self.0.drain(&mut io.effects);
+            io.record();
+        }
+        fn abort(&mut self, io: &mut Rec) {
+            self.0.abort(&mut io.effects);
+            io.record();
+        }
+        fn time_out(&mut self, io: &mut Rec) {
+            self.0.time_out(io.http.as_ref(), &mut io.effects);
+            io.record();
+        }
+    }
+
+    fn open() -> (Tested, Rec) {
         let mut io = Rec::default();
-        let c = Conn::accepted(1, 5, false, &mut io);
+        let c = Tested(Conn::accepted(1, 5, false, &mut io.effects));
+        io.record();
         assert_eq!(io.take(), vec![Act::Arm]);
         (c, io)
     }
 
-    fn open_http() -> (Conn, Rec) {
+    fn open_http() -> (Tested, Rec) {
         let mut io = Rec {
-            http: (http::Limits::default(), Some(http::Date::at(0))),
+            http: Some(HttpEnv {
+                limits: http::Limits::default(),
+                date: http::Date::at(0),
+            }),
             ..Rec::default()
         };
-        let c = Conn::accepted(1, 5, true, &mut io);
+        let c = Tested(Conn::accepted(1, 5, true, &mut io.effects));
+        io.record();
         assert_eq!(io.take(), vec![Act::Arm]);
         (c, io)
     }
 
     /// An HTTP data completion in buffer 7 holding `input`.
-    fn http_data(c: &mut Conn, io: &mut Rec, input: &[u8], more: bool) {
+    fn http_data(c: &mut Tested, io: &mut Rec, input: &[u8], more: bool) {
         io.input = input.to_vec();
         c.on_data(7, input.len() as u32, more, io);
     }
@@ -574,6 +705,19 @@ mod tests {
         assert_eq!(io.take(), vec![Act::CancelRecv]);
         c.on_recv_end(-libc::ECANCELED, &mut io);
         assert_eq!(io.take(), vec![Act::Close]);
+    }
+
+    #[test]
+    fn the_timers_hear_of_an_open_head_and_of_the_linger_and_echo_says_nothing() {
+        let (mut c, mut io) = open_http();
+        http_data(&mut c, &mut io, b"GET / HTTP/1.1\r\nHost", true);
+        assert_eq!((&io.heads[..], io.lingers), (&[true][..], 0));
+        http_data(&mut c, &mut io, b": a\r\nConnection: close\r\n\r\n", true);
+        assert_eq!((&io.heads[..], io.lingers), (&[true, false][..], 1));
+        let (mut c, mut io) = open();
+        c.on_data(1, 10, true, &mut io);
+        c.time_out(&mut io);
+        assert_eq!((&io.heads[..], io.lingers), (&[][..], 1));
     }
 
     /// The lingering close: the answer goes out whole, then the write side is shut, then

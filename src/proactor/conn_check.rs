@@ -15,8 +15,9 @@
 
 use std::collections::BTreeSet;
 
-use super::conn::{Conn, ConnIo};
+use super::conn::{Conn, Effect, Received};
 use crate::proto::http;
+use crate::server::core::HttpEnv;
 
 /// Provided buffers in the model's ring: few, so that it runs dry.
 const BUFS: u16 = 4;
@@ -46,8 +47,7 @@ struct Kernel {
     shut: bool,
     closed: bool,
     sent: Vec<u8>,
-    limits: http::Limits,
-    date: http::Date,
+    env: HttpEnv,
 }
 
 impl Kernel {
@@ -56,91 +56,93 @@ impl Kernel {
     }
 }
 
-impl ConnIo for Kernel {
-    fn send_buf(&mut self, bid: u16, off: u32, len: u32) {
-        self.alive("send_buf");
-        assert!(!self.shut, "send after shutdown");
-        assert!(self.held.contains(&bid), "send from buffer {bid} not held");
-        assert!(self.send.is_none(), "two sends in flight");
-        assert!(
-            len > 0 && (off + len) as usize <= BUF_SIZE,
-            "send {off}+{len}"
-        );
-        self.send = Some(Send::Buf { bid, off, len });
-    }
-
-    fn send_vec(&mut self, data: Vec<u8>, start: usize) {
-        self.alive("send_vec");
-        assert!(!self.shut, "send after shutdown");
-        assert!(self.send.is_none(), "two sends in flight");
-        assert!(start < data.len(), "empty send");
-        self.send = Some(Send::Vec { data, start });
-    }
-
-    fn buf_bytes(&self, bid: u16, len: u32) -> &[u8] {
-        assert!(self.held.contains(&bid), "read of buffer {bid} not held");
-        &self.bufs[bid as usize][..len as usize]
-    }
-
-    fn recycle(&mut self, bid: u16) {
-        assert!(self.held.remove(&bid), "recycle of buffer {bid} not held");
-        self.free.push(bid);
-    }
-
-    fn arm_recv(&mut self) {
-        self.alive("arm_recv");
-        assert_eq!(self.recv, KernelRecv::Idle, "recv armed twice");
-        self.recv = KernelRecv::Armed { cancel: false };
-    }
-
-    fn wait_buffers(&mut self) {
-        self.alive("wait_buffers");
-        self.waiting = true;
-    }
-
-    fn cancel_recv(&mut self) {
-        self.alive("cancel_recv");
-        if let KernelRecv::Armed { cancel } = &mut self.recv {
-            *cancel = true;
+impl Kernel {
+    /// Carries out what the connection asked, checking each effect against the ring's rules.
+    fn apply(&mut self, effects: &mut Vec<Effect>) {
+        for e in effects.drain(..) {
+            match e {
+                Effect::SendBuf { bid, off, len } => {
+                    self.alive("send_buf");
+                    assert!(!self.shut, "send after shutdown");
+                    assert!(self.held.contains(&bid), "send from buffer {bid} not held");
+                    assert!(self.send.is_none(), "two sends in flight");
+                    assert!(
+                        len > 0 && (off + len) as usize <= BUF_SIZE,
+                        "send {off}+{len}"
+                    );
+                    self.send = Some(Send::Buf { bid, off, len });
+                }
+                Effect::SendVec { data, start } => {
+                    self.alive("send_vec");
+                    assert!(!self.shut, "send after shutdown");
+                    assert!(self.send.is_none(), "two sends in flight");
+                    assert!(start < data.len(), "empty send");
+                    self.send = Some(Send::Vec { data, start });
+                }
+                Effect::Recycle(bid) => {
+                    assert!(self.held.remove(&bid), "recycle of buffer {bid} not held");
+                    self.free.push(bid);
+                }
+                Effect::ArmRecv => {
+                    self.alive("arm_recv");
+                    assert_eq!(self.recv, KernelRecv::Idle, "recv armed twice");
+                    self.recv = KernelRecv::Armed { cancel: false };
+                }
+                Effect::WaitBuffers => {
+                    self.alive("wait_buffers");
+                    self.waiting = true;
+                }
+                Effect::CancelRecv => {
+                    self.alive("cancel_recv");
+                    if let KernelRecv::Armed { cancel } = &mut self.recv {
+                        *cancel = true;
+                    }
+                }
+                Effect::CancelSend { vec } => {
+                    self.alive("cancel_send");
+                    match &self.send {
+                        Some(Send::Vec { .. }) => assert!(vec, "cancel of the wrong send kind"),
+                        Some(Send::Buf { .. }) => assert!(!vec, "cancel of the wrong send kind"),
+                        None => {}
+                    }
+                    self.send_cancel = true;
+                }
+                Effect::Close => {
+                    self.alive("close");
+                    assert!(self.send.is_none(), "close with a send in flight");
+                    assert_eq!(self.recv, KernelRecv::Idle, "close with a recv armed");
+                    self.closed = true;
+                }
+                Effect::ShutdownWrite => {
+                    self.alive("shutdown_write");
+                    assert!(self.send.is_none(), "shutdown with a send in flight");
+                    assert!(!self.shut, "shutdown twice");
+                    self.shut = true;
+                }
+                Effect::Failed => {
+                    self.alive("failed");
+                    assert!(!self.failed, "an error counted twice for one connection");
+                    self.failed = true;
+                }
+                Effect::ShortSend | Effect::Answered(_) | Effect::Head(_) | Effect::Linger => {}
+            }
         }
     }
 
-    fn cancel_send(&mut self, vec: bool) {
-        self.alive("cancel_send");
-        match &self.send {
-            Some(Send::Vec { .. }) => assert!(vec, "cancel of the wrong send kind"),
-            Some(Send::Buf { .. }) => assert!(!vec, "cancel of the wrong send kind"),
-            None => {}
-        }
-        self.send_cancel = true;
+    /// A recv completion: the end of the multishot (`res`, no buffer), fed to `conn`.
+    fn recv_end(&mut self, conn: &mut Conn, res: i32, fx: &mut Vec<Effect>) {
+        let r = Received {
+            res,
+            buf: None,
+            more: false,
+        };
+        conn.on_recv(r, Some(&self.env), fx);
+        self.apply(fx);
     }
 
-    fn close(&mut self) {
-        self.alive("close");
-        assert!(self.send.is_none(), "close with a send in flight");
-        assert_eq!(self.recv, KernelRecv::Idle, "close with a recv armed");
-        self.closed = true;
-    }
-
-    fn short_send(&mut self) {}
-
-    fn http_env(&self) -> (&http::Limits, &http::Date) {
-        (&self.limits, &self.date)
-    }
-
-    fn answered(&mut self, _n: u32) {}
-
-    fn shutdown_write(&mut self) {
-        self.alive("shutdown_write");
-        assert!(self.send.is_none(), "shutdown with a send in flight");
-        assert!(!self.shut, "shutdown twice");
-        self.shut = true;
-    }
-
-    fn failed(&mut self) {
-        self.alive("failed");
-        assert!(!self.failed, "an error counted twice for one connection");
-        self.failed = true;
+    fn rearm(&mut self, conn: &mut Conn, fx: &mut Vec<Effect>) {
+        conn.rearm(fx);
+        self.apply(fx);
     }
 }
 
@@ -163,17 +165,21 @@ pub fn run(data: &[u8]) -> (Vec<u8>, Vec<u8>) {
         shut: false,
         closed: false,
         sent: Vec::new(),
-        limits: http::Limits {
-            max_header_bytes: 64 + u32::from(mode >> 1),
-            max_body_bytes: u64::from(mode),
+        env: HttpEnv {
+            limits: http::Limits {
+                max_header_bytes: 64 + u32::from(mode >> 1),
+                max_body_bytes: u64::from(mode),
+            },
+            date: http::Date::at(784_111_777),
         },
-        date: http::Date::at(784_111_777),
     };
     // The right answer to everything delivered, and a counter for echo payloads.
     let mut expected = Vec::new();
     let mut reference = http::Session::new();
     let mut fill = 0u8;
-    let mut conn = Conn::accepted(1, 1, is_http, &mut k);
+    let mut fx = Vec::new();
+    let mut conn = Conn::accepted(1, 1, is_http, &mut fx);
+    k.apply(&mut fx);
     let mut take = |n: usize| -> &[u8] {
         let (a, b) = rest.split_at(n.min(rest.len()));
         rest = b;
@@ -191,7 +197,7 @@ pub fn run(data: &[u8]) -> (Vec<u8>, Vec<u8>) {
             0 | 1 if matches!(k.recv, KernelRecv::Armed { .. }) => {
                 let Some(bid) = k.free.pop() else {
                     k.recv = KernelRecv::Idle;
-                    conn.on_recv_end(-libc::ENOBUFS, &mut k);
+                    k.recv_end(&mut conn, -libc::ENOBUFS, &mut fx);
                     continue;
                 };
                 let more = arg & 0x80 == 0;
@@ -201,7 +207,7 @@ pub fn run(data: &[u8]) -> (Vec<u8>, Vec<u8>) {
                     let input = take(len);
                     chunk[..input.len()].copy_from_slice(input);
                     chunk[input.len()..].fill(b'\n');
-                    reference.on_input(chunk, &k.limits, &k.date, &mut expected);
+                    reference.on_input(chunk, &k.env.limits, &k.env.date, &mut expected);
                 } else {
                     for b in chunk.iter_mut() {
                         *b = fill;
@@ -213,7 +219,13 @@ pub fn run(data: &[u8]) -> (Vec<u8>, Vec<u8>) {
                 if !more {
                     k.recv = KernelRecv::Idle;
                 }
-                conn.on_data(bid, len as u32, more, &mut k);
+                let r = Received {
+                    res: len as i32,
+                    buf: Some((bid, &k.bufs[bid as usize][..len])),
+                    more,
+                };
+                conn.on_recv(r, Some(&k.env), &mut fx);
+                k.apply(&mut fx);
             }
             // The recv ends: EOF, a reset, or the cancel asked for.
             2 if matches!(k.recv, KernelRecv::Armed { .. }) => {
@@ -227,20 +239,27 @@ pub fn run(data: &[u8]) -> (Vec<u8>, Vec<u8>) {
                     (false, _) => -libc::ENOBUFS,
                 };
                 k.recv = KernelRecv::Idle;
-                conn.on_recv_end(res, &mut k);
+                k.recv_end(&mut conn, res, &mut fx);
             }
-            3 if k.send.is_some() => complete_send(&mut conn, &mut k, arg),
+            3 if k.send.is_some() => complete_send(&mut conn, &mut k, arg, &mut fx),
             4 if k.waiting => {
                 k.waiting = false;
-                conn.rearm(&mut k);
+                k.rearm(&mut conn, &mut fx);
             }
-            5 => conn.drain(&mut k),
-            6 if arg % 4 == 0 => conn.abort(&mut k),
+            5 => {
+                conn.drain(&mut fx);
+                k.apply(&mut fx);
+            }
+            6 if arg % 4 == 0 => {
+                conn.abort(&mut fx);
+                k.apply(&mut fx);
+            }
             7 if arg % 4 == 0 => {
                 if is_http {
-                    reference.time_out(&k.date, &mut expected);
+                    reference.time_out(&k.env.date, &mut expected);
                 }
-                conn.time_out(&mut k);
+                conn.time_out(Some(&k.env), &mut fx);
+                k.apply(&mut fx);
             }
             _ => {}
         }
@@ -256,20 +275,25 @@ pub fn run(data: &[u8]) -> (Vec<u8>, Vec<u8>) {
             break;
         }
         if k.send.is_some() {
-            complete_send(&mut conn, &mut k, 0);
+            complete_send(&mut conn, &mut k, 0, &mut fx);
         } else if let KernelRecv::Armed { cancel } = k.recv {
             k.recv = KernelRecv::Idle;
-            conn.on_recv_end(if cancel { -libc::ECANCELED } else { 0 }, &mut k);
+            k.recv_end(
+                &mut conn,
+                if cancel { -libc::ECANCELED } else { 0 },
+                &mut fx,
+            );
         } else if k.waiting {
             k.waiting = false;
-            conn.rearm(&mut k);
+            k.rearm(&mut conn, &mut fx);
         } else {
             assert!(
                 !aborted,
                 "wedged: nothing in flight, aborted, and not closed"
             );
             aborted = true;
-            conn.abort(&mut k);
+            conn.abort(&mut fx);
+            k.apply(&mut fx);
         }
     }
     assert!(k.closed, "never closed");
@@ -279,7 +303,7 @@ pub fn run(data: &[u8]) -> (Vec<u8>, Vec<u8>) {
 }
 
 /// Completes the send in flight: whole, short, failed, or cancelled if asked (`arg`).
-fn complete_send(conn: &mut Conn, k: &mut Kernel, arg: u8) {
+fn complete_send(conn: &mut Conn, k: &mut Kernel, arg: u8, fx: &mut Vec<Effect>) {
     let send = k.send.take().expect("a send is in flight");
     let cancelled = std::mem::take(&mut k.send_cancel) && arg % 2 == 1;
     let avail = match &send {
@@ -301,13 +325,14 @@ fn complete_send(conn: &mut Conn, k: &mut Kernel, arg: u8) {
             let from = off as usize;
             k.sent
                 .extend_from_slice(&k.bufs[bid as usize][from..from + n]);
-            conn.on_sent_buf(res, k);
+            conn.on_sent(res, None, fx);
         }
         Send::Vec { data, start } => {
             k.sent.extend_from_slice(&data[start..start + n]);
-            conn.on_sent_vec(res, data, start, k);
+            conn.on_sent(res, Some((data, start)), fx);
         }
     }
+    k.apply(fx);
 }
 
 #[cfg(test)]

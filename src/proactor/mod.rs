@@ -1,11 +1,9 @@
 //! The Proactor: an io_uring echo server. Each shard is a pinned thread owning one ring, its
 //! listeners, its connections and its provided buffers; `server` does the rest.
 
-pub mod bufring;
 pub mod conn;
 #[cfg(any(test, fuzzing))]
 pub mod conn_check;
-pub mod ring;
 pub mod shard;
 
 use std::io;
@@ -16,7 +14,7 @@ use crate::plan::EngineKind;
 use crate::server::{self, Engine, Output, ShardCtx};
 use crate::stats::{Counters, Summary};
 use crate::sys;
-use ring::RingConfig;
+use crate::uring::RingConfig;
 use shard::Shard;
 
 /// The io_uring engine's own knobs, beside the flags both servers share.

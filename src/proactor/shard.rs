@@ -17,17 +17,61 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use slab::Slab;
 
-use super::conn::{Conn, ConnIo};
-use super::ring::{Completion, Kind, Ring, RingConfig, UserData};
-use crate::proto::http;
-use crate::server::{Gate, ShardCtx};
-use crate::stats::{Counters, SharedCounters};
-use crate::timer::{Expired, Wheel};
+use super::conn::{Conn, Effect, Received};
+use crate::server::ShardCtx;
+use crate::server::core::{HttpEnv, ShardCore};
+use crate::stats::Counters;
+use crate::timer::Expired;
+use crate::uring::{self, GEN_MASK, Op, RingConfig};
+
+/// What an operation of a server shard's ring was for, the top byte of its `user_data`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Kind {
+    /// Accept on a listener; `slot` is the listener index.
+    Accept = 1,
+    /// Multishot recv on a connection.
+    Recv,
+    /// Send from a provided buffer.
+    SendBuf,
+    /// Send from bytes the ring holds for the operation (`send_vec`).
+    SendVec,
+    /// Cancel requests; its own completion carries nothing to act on.
+    Cancel,
+    /// Close a connection's direct descriptor.
+    Close,
+    /// Close a connection refused at the `--max-conns` cap as soon as it was accepted.
+    Refuse,
+    /// Shut a connection's write side (lingering close); its completion carries nothing.
+    Shutdown,
+    /// Read of the shard's wake-up eventfd.
+    Wake,
+}
+
+impl Op for Kind {
+    const ALL: &'static [Self] = &[
+        Kind::Accept,
+        Kind::Recv,
+        Kind::SendBuf,
+        Kind::SendVec,
+        Kind::Cancel,
+        Kind::Close,
+        Kind::Refuse,
+        Kind::Shutdown,
+        Kind::Wake,
+    ];
+    fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+type Ring = uring::Ring<Kind>;
+type Completion = uring::Completion<Kind>;
+type UserData = uring::UserData<Kind>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Accept {
@@ -58,6 +102,7 @@ pub fn listen_backlog(slots: u32, ports: usize) -> u32 {
 
 pub struct Shard {
     ring: Ring,
+    core: ShardCore,
     conns: Slab<Conn>,
     listeners: Vec<OwnedFd>,
     accept: Vec<Accept>,
@@ -72,148 +117,35 @@ pub struct Shard {
     /// Connections whose recv waits for buffers: (slot, generation), oldest first.
     waiting: VecDeque<(u32, u32)>,
     next_gen: u32,
-    counters: Counters,
-    shared: Arc<SharedCounters>,
-    shutdown_timeout: Duration,
-    deadline: Option<Instant>,
+    /// The shutdown timeout passed and every connection was aborted.
     aborted: bool,
-    /// HTTP's limits and the Date of the current second, when HTTP is served.
-    http: Option<(http::Limits, http::Date)>,
-    /// Idle and header deadlines, keyed by slot.
-    wheel: Wheel,
-    expired: Vec<(u32, Expired)>,
-    gate: Option<Arc<Gate>>,
-}
-
-/// Carries a connection's actions out on the ring.
-struct Io<'a> {
-    ring: &'a mut Ring,
-    counters: &'a mut Counters,
-    waiting: &'a mut VecDeque<(u32, u32)>,
-    slot: u32,
-    generation: u32,
-    fixed: u32,
-    err: Option<io::Error>,
-    http: Option<&'a (http::Limits, http::Date)>,
-}
-
-impl Io<'_> {
-    fn ud(&self, kind: Kind) -> UserData {
-        UserData::new(kind, self.slot, self.generation)
-    }
-
-    fn check(&mut self, r: io::Result<()>) {
-        if let Err(e) = r {
-            self.err.get_or_insert(e);
-        }
-    }
-}
-
-impl ConnIo for Io<'_> {
-    fn send_buf(&mut self, bid: u16, off: u32, len: u32) {
-        self.counters.sends += 1;
-        let ud = self.ud(Kind::SendBuf);
-        let r = self.ring.send_buf(self.fixed, bid, off, len, ud);
-        self.check(r);
-    }
-
-    fn send_vec(&mut self, data: Vec<u8>, start: usize) {
-        self.counters.sends += 1;
-        let ud = self.ud(Kind::SendVec);
-        let r = self.ring.send_vec(self.fixed, data, start, ud);
-        self.check(r);
-    }
-
-    fn buf_bytes(&self, bid: u16, len: u32) -> &[u8] {
-        self.ring.bufs().bytes(bid, len)
-    }
-
-    fn recycle(&mut self, bid: u16) {
-        self.ring.bufs_mut().recycle(bid);
-    }
-
-    fn arm_recv(&mut self) {
-        let ud = self.ud(Kind::Recv);
-        let r = self.ring.recv_multishot(self.fixed, ud);
-        self.check(r);
-    }
-
-    fn wait_buffers(&mut self) {
-        self.waiting.push_back((self.slot, self.generation));
-    }
-
-    fn cancel_recv(&mut self) {
-        let (target, ud) = (self.ud(Kind::Recv), self.ud(Kind::Cancel));
-        let r = self.ring.cancel(target, ud);
-        self.check(r);
-    }
-
-    fn cancel_send(&mut self, vec: bool) {
-        let target = self.ud(if vec { Kind::SendVec } else { Kind::SendBuf });
-        let ud = self.ud(Kind::Cancel);
-        let r = self.ring.cancel(target, ud);
-        self.check(r);
-    }
-
-    fn close(&mut self) {
-        let ud = self.ud(Kind::Close);
-        let r = self.ring.close_fixed(self.fixed, ud);
-        self.check(r);
-    }
-
-    fn short_send(&mut self) {
-        self.counters.short_sends += 1;
-    }
-
-    fn http_env(&self) -> (&http::Limits, &http::Date) {
-        let (limits, date) = self.http.expect("only HTTP connections ask");
-        (limits, date)
-    }
-
-    fn answered(&mut self, n: u32) {
-        self.counters.requests += u64::from(n);
-    }
-
-    fn failed(&mut self) {
-        self.counters.conn_errors += 1;
-    }
-
-    fn shutdown_write(&mut self) {
-        let ud = self.ud(Kind::Shutdown);
-        let r = self.ring.shutdown_write(self.fixed, ud);
-        self.check(r);
-    }
+    /// What the connection being driven asked for; applied by `apply`.
+    effects: Vec<Effect>,
 }
 
 impl Shard {
     /// Builds the ring on the calling thread (it becomes the ring's single issuer).
-    pub fn new(cfg: ShardCtx, ring_cfg: RingConfig) -> io::Result<Self> {
+    pub fn new(ctx: ShardCtx, ring_cfg: RingConfig) -> io::Result<Self> {
         let ring = Ring::new(&ring_cfg)?;
         let slots = ring_cfg.fixed_files;
-        // Pause with room to spare for the accepts that complete before the cancel lands.
-        let multi_limit = multi_limit(slots);
-        let n = cfg.listeners.len();
+        let core = ShardCore::new(&ctx);
+        let n = ctx.listeners.len();
         Ok(Shard {
             ring,
+            core,
             conns: Slab::with_capacity(1024),
-            listeners: cfg.listeners,
+            listeners: ctx.listeners,
             accept: vec![Accept::Off; n],
-            wake: cfg.wake,
+            wake: ctx.wake,
             in_table: 0,
             slots,
-            multi_limit,
+            // Pause with room to spare for the accepts that complete before the cancel lands.
+            multi_limit: multi_limit(slots),
             paused: false,
             waiting: VecDeque::new(),
             next_gen: 0,
-            counters: Counters::default(),
-            shared: cfg.counters,
-            shutdown_timeout: cfg.shutdown_timeout,
-            deadline: None,
             aborted: false,
-            http: cfg.http.map(|limits| (limits, http::Date::now())),
-            wheel: Wheel::new(cfg.timeouts, Instant::now()),
-            expired: Vec::new(),
-            gate: cfg.gate,
+            effects: Vec::new(),
         })
     }
 
@@ -226,39 +158,26 @@ impl Shard {
         self.ring.read_eventfd(self.wake.as_raw_fd(), wake_ud)?;
         let mut cqes = Vec::with_capacity(4096);
         loop {
-            let now = Instant::now();
-            let stop = self.deadline.map(|d| {
-                d.saturating_duration_since(now)
-                    .max(Duration::from_millis(10))
-            });
-            let timeout = match (stop, self.wheel.next_wake(now)) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let timeout = self.core.wait_timeout(Instant::now());
             self.ring.submit_and_wait(timeout)?;
             self.ring.drain(&mut cqes);
-            let now = Instant::now();
-            self.wheel.set_clock(now);
-            if let Some((_, date)) = &mut self.http {
-                date.refresh();
-            }
+            self.core.turn(Instant::now());
             for c in cqes.drain(..) {
                 self.complete(c)?;
             }
             self.after_turn()?;
-            if self.deadline.is_some() && self.conns.is_empty() && self.ring.in_flight() == 0 {
+            if self.core.stopping() && self.conns.is_empty() && self.ring.in_flight() == 0 {
                 self.publish();
-                return Ok(self.counters);
+                return Ok(self.core.counters);
             }
         }
     }
 
     fn publish(&mut self) {
-        self.counters.syscalls = self.ring.enters;
-        self.counters.cq_overflow = self.ring.cq_overflow();
-        self.shared.publish(&self.counters);
+        self.core.counters.syscalls = self.ring.enters;
+        self.core.counters.cq_overflow = self.ring.cq_overflow();
+        self.core.publish();
     }
-
     /// Arms listener `l`'s accept: multishot while the table has ample room (with a little
     /// hysteresis), single-shot while a slot is free for it, else nothing (paused).
     fn arm_accept(&mut self, l: usize) -> io::Result<bool> {
@@ -300,7 +219,7 @@ impl Shard {
 
     /// Arms every listener whose accept has ended, as far as the table allows.
     fn rearm_accepts(&mut self) -> io::Result<()> {
-        if self.deadline.is_some() {
+        if self.core.stopping() {
             return Ok(());
         }
         if self.in_table >= self.multi_limit {
@@ -310,49 +229,75 @@ impl Shard {
         for l in 0..self.accept.len() {
             if self.accept[l] == Accept::Off {
                 if self.arm_accept(l)? {
-                    self.counters.rearms += 1;
+                    self.core.counters.rearms += 1;
                 } else {
                     blocked = true;
                 }
             }
         }
         if blocked && !self.paused {
-            self.counters.accept_pauses += 1;
+            self.core.counters.accept_pauses += 1;
         }
         self.paused = blocked;
         Ok(())
     }
 
-    /// Runs `f` on the connection in `slot` if it is still generation `generation`.
-    /// Returns None for a completion that outlived its connection.
-    fn with_conn<R>(
+    /// Feeds the connection in `slot` an event with `f`, if it is still generation
+    /// `generation` (a completion can outlive its connection), and applies what it asks.
+    fn drive(
         &mut self,
         slot: u32,
         generation: u32,
-        f: impl FnOnce(&mut Conn, &mut Io<'_>) -> R,
-    ) -> io::Result<Option<R>> {
+        f: impl FnOnce(&mut Conn, Option<&HttpEnv>, &mut Vec<Effect>),
+    ) -> io::Result<()> {
         let Some(conn) = self
             .conns
             .get_mut(slot as usize)
             .filter(|c| c.generation == generation)
         else {
-            return Ok(None);
+            return Ok(());
         };
-        let mut io = Io {
-            ring: &mut self.ring,
-            counters: &mut self.counters,
-            waiting: &mut self.waiting,
-            slot,
-            generation,
-            fixed: conn.fixed,
-            err: None,
-            http: self.http.as_ref(),
-        };
-        let r = f(conn, &mut io);
-        match io.err {
-            Some(e) => Err(e),
-            None => Ok(Some(r)),
+        let fixed = conn.fixed;
+        f(conn, self.core.http.as_ref(), &mut self.effects);
+        self.apply(slot, generation, fixed)
+    }
+
+    /// Carries out, in order, what connection (`slot`, `generation`) in direct descriptor
+    /// `fixed` asked for: the one place a connection's operations are submitted.
+    fn apply(&mut self, slot: u32, generation: u32, fixed: u32) -> io::Result<()> {
+        let mut effects = std::mem::take(&mut self.effects);
+        let ud = |kind| UserData::new(kind, slot, generation);
+        let counters = &mut self.core.counters;
+        for e in effects.drain(..) {
+            match e {
+                Effect::SendBuf { bid, off, len } => {
+                    counters.sends += 1;
+                    self.ring
+                        .send_buf(fixed, bid, off, len, ud(Kind::SendBuf))?;
+                }
+                Effect::SendVec { data, start } => {
+                    counters.sends += 1;
+                    self.ring.send_vec(fixed, data, start, ud(Kind::SendVec))?;
+                }
+                Effect::Recycle(bid) => self.ring.bufs_mut().recycle(bid),
+                Effect::ArmRecv => self.ring.recv_multishot(fixed, ud(Kind::Recv))?,
+                Effect::WaitBuffers => self.waiting.push_back((slot, generation)),
+                Effect::CancelRecv => self.ring.cancel(ud(Kind::Recv), ud(Kind::Cancel))?,
+                Effect::CancelSend { vec } => {
+                    let target = if vec { Kind::SendVec } else { Kind::SendBuf };
+                    self.ring.cancel(ud(target), ud(Kind::Cancel))?;
+                }
+                Effect::ShutdownWrite => self.ring.shutdown_write(fixed, ud(Kind::Shutdown))?,
+                Effect::Close => self.ring.close_fixed(fixed, ud(Kind::Close))?,
+                Effect::ShortSend => counters.short_sends += 1,
+                Effect::Answered(n) => counters.requests += u64::from(n),
+                Effect::Failed => counters.conn_errors += 1,
+                Effect::Head(open) => self.core.wheel.head(slot, open),
+                Effect::Linger => self.core.wheel.linger(slot),
+            }
         }
+        self.effects = effects;
+        Ok(())
     }
 
     fn complete(&mut self, c: Completion) -> io::Result<()> {
@@ -364,15 +309,14 @@ impl Shard {
         match kind {
             Kind::Accept => self.on_accept(slot as usize, &c)?,
             Kind::Recv => self.on_recv(&c)?,
-            Kind::SendBuf => {
-                self.count_send(slot, c.res);
-                self.with_conn(slot, generation, |conn, io| conn.on_sent_buf(c.res, io))?;
-            }
-            Kind::SendVec => {
-                self.count_send(slot, c.res);
-                let (data, start) = c.vec.expect("the ring hands back a SendVec's bytes");
-                self.with_conn(slot, generation, |conn, io| {
-                    conn.on_sent_vec(c.res, data, start, io)
+            Kind::SendBuf | Kind::SendVec => {
+                debug_assert_eq!(kind == Kind::SendVec, c.vec.is_some());
+                if c.res > 0 {
+                    self.core.counters.bytes_out += c.res as u64;
+                    self.core.wheel.progress(slot);
+                }
+                self.drive(slot, generation, |conn, _, out| {
+                    conn.on_sent(c.res, c.vec, out)
                 })?;
             }
             Kind::Close => {
@@ -382,32 +326,17 @@ impl Shard {
                     .is_some_and(|conn| conn.generation == generation)
                 {
                     self.conns.remove(slot as usize);
-                    self.wheel.stop(slot);
-                    if let Some(gate) = &self.gate {
-                        gate.leave();
-                    }
+                    self.core.wheel.stop(slot);
+                    self.core.leave();
                     self.in_table -= 1;
-                    self.counters.closed += 1;
+                    self.core.counters.closed += 1;
                 }
             }
             Kind::Refuse => self.in_table -= 1,
             Kind::Wake => self.begin_stop()?,
-            Kind::Cancel
-            | Kind::Shutdown
-            | Kind::SendRegion
-            | Kind::Socket
-            | Kind::SockOpt
-            | Kind::Bind
-            | Kind::Connect => {}
+            Kind::Cancel | Kind::Shutdown => {}
         }
         Ok(())
-    }
-
-    fn count_send(&mut self, slot: u32, res: i32) {
-        if res > 0 {
-            self.counters.bytes_out += res as u64;
-            self.wheel.progress(slot);
-        }
     }
 
     fn on_accept(&mut self, l: usize, c: &Completion) -> io::Result<()> {
@@ -416,41 +345,34 @@ impl Shard {
             // or failed. Either way `rearm_accepts` decides what comes next.
             self.accept[l] = Accept::Off;
         }
-        if c.res >= 0 && self.gate.as_ref().is_some_and(|g| !g.enter()) {
+        if c.res >= 0 && !self.core.enter() {
             // Over the cap: closed at once, before a byte is read.
             self.in_table += 1;
-            self.counters.over_cap += 1;
+            self.core.counters.over_cap += 1;
             self.ring
                 .close_fixed(c.res as u32, UserData::new(Kind::Refuse, 0, 0))?;
         } else if c.res >= 0 {
             let fixed = c.res as u32;
-            self.counters.accepted += 1;
+            self.core.counters.accepted += 1;
             self.in_table += 1;
             self.next_gen = self.next_gen.wrapping_add(1);
-            let generation = self.next_gen & super::ring::GEN_MASK;
+            let generation = self.next_gen & GEN_MASK;
             let entry = self.conns.vacant_entry();
             let slot = entry.key() as u32;
-            let http = self.http.is_some();
-            let mut io = Io {
-                ring: &mut self.ring,
-                counters: &mut self.counters,
-                waiting: &mut self.waiting,
-                slot,
+            let out = &mut self.effects;
+            let conn = entry.insert(Conn::accepted(
                 generation,
                 fixed,
-                err: None,
-                http: self.http.as_ref(),
-            };
-            let conn = entry.insert(Conn::accepted(generation, fixed, http, &mut io));
+                self.core.http.is_some(),
+                out,
+            ));
             if self.aborted {
-                conn.abort(&mut io);
-            } else if self.deadline.is_some() {
-                conn.drain(&mut io);
+                conn.abort(out);
+            } else if self.core.stopping() {
+                conn.drain(out);
             }
-            if let Some(e) = io.err {
-                return Err(e);
-            }
-            self.wheel.start(slot);
+            self.apply(slot, generation, fixed)?;
+            self.core.wheel.start(slot);
         } else {
             match -c.res {
                 libc::ECANCELED => {}
@@ -465,7 +387,7 @@ impl Shard {
                     ));
                 }
                 // -ENFILE (table full), -ECONNABORTED, -ENOMEM...: that connection is lost.
-                _ => self.counters.refused += 1,
+                _ => self.core.counters.refused += 1,
             }
         }
         if self.in_table >= self.multi_limit {
@@ -475,65 +397,71 @@ impl Shard {
     }
 
     fn on_recv(&mut self, c: &Completion) -> io::Result<()> {
-        let (slot, generation) = (c.ud.slot, c.ud.generation);
-        let more = c.more();
-        match c.buffer() {
+        let (slot, generation, more) = (c.ud.slot, c.ud.generation, c.more());
+        let buf = c.buffer();
+        // The bytes a data completion carries (none for the end of the recv).
+        let len = if buf.is_some() {
+            c.res.max(0) as u32
+        } else {
+            0
+        };
+        let counters = &mut self.core.counters;
+        match buf {
             Some(bid) => {
                 self.ring.bufs_mut().taken(bid);
-                let len = c.res.max(0) as u32;
                 if len > 0 {
-                    self.counters.recvs += 1;
-                    self.counters.bytes_in += u64::from(len);
-                }
-                let handled = self.with_conn(slot, generation, |conn, io| {
-                    if len > 0 {
-                        conn.on_data(bid, len, more, io);
-                    } else {
-                        io.recycle(bid);
+                    counters.recvs += 1;
+                    counters.bytes_in += u64::from(len);
+                    if !more {
+                        counters.rearms += 1;
                     }
-                    (conn.reading_head(), conn.lingering())
-                })?;
-                match handled {
-                    None => self.ring.bufs_mut().recycle(bid),
-                    Some((head, lingering)) if len > 0 => {
-                        self.wheel.progress(slot);
-                        self.wheel.head(slot, head);
-                        if lingering {
-                            self.wheel.linger(slot);
-                        }
-                    }
-                    Some(_) => {}
-                }
-                if len > 0 && !more {
-                    self.counters.rearms += 1;
-                }
-                if len == 0 && !more {
-                    self.with_conn(slot, generation, |conn, io| conn.on_recv_end(c.res, io))?;
                 }
             }
-            None => {
-                if c.res == -libc::ENOBUFS {
-                    self.counters.enobufs += 1;
-                }
-                self.with_conn(slot, generation, |conn, io| conn.on_recv_end(c.res, io))?;
-            }
+            None if c.res == -libc::ENOBUFS => counters.enobufs += 1,
+            None => {}
         }
-        Ok(())
+        let Some(conn) = self
+            .conns
+            .get_mut(slot as usize)
+            .filter(|conn| conn.generation == generation)
+        else {
+            // A completion that outlived its connection: only its buffer matters.
+            if let Some(bid) = buf {
+                self.ring.bufs_mut().recycle(bid);
+            }
+            return Ok(());
+        };
+        let fixed = conn.fixed;
+        let r = Received {
+            res: c.res,
+            buf: buf.map(|bid| (bid, self.ring.bufs().bytes(bid, len))),
+            more,
+        };
+        conn.on_recv(r, self.core.http.as_ref(), &mut self.effects);
+        if len > 0 {
+            self.core.wheel.progress(slot);
+        }
+        self.apply(slot, generation, fixed)
+    }
+
+    /// Every connection's (slot, generation), to drive them all.
+    fn all_conns(&self) -> Vec<(u32, u32)> {
+        self.conns
+            .iter()
+            .map(|(k, c)| (k as u32, c.generation))
+            .collect()
     }
 
     fn begin_stop(&mut self) -> io::Result<()> {
-        self.deadline = Some(Instant::now() + self.shutdown_timeout);
+        if !self.core.begin_stop(Instant::now()) {
+            return Ok(());
+        }
         self.cancel_accepts(false)?;
         // Closing our fds makes each listener go away once its accept has ended, so new
         // connections are refused rather than left in a backlog nobody accepts from.
         self.listeners.clear();
-        let slots: Vec<(u32, u32)> = self
-            .conns
-            .iter()
-            .map(|(k, c)| (k as u32, c.generation))
-            .collect();
-        for (slot, generation) in slots {
-            self.with_conn(slot, generation, |conn, io| conn.drain(io))?;
+        for (slot, generation) in self.all_conns() {
+            self.drive(slot, generation, |conn, _, out| conn.drain(out))?;
         }
         Ok(())
     }
@@ -541,29 +469,22 @@ impl Shard {
     /// Acts on the deadlines that passed: idle connections are cut; an HTTP head that took
     /// too long is answered 408 and closed (lingering); a lingering close that ran out is cut.
     fn expire(&mut self) -> io::Result<()> {
-        self.wheel.expire(&mut self.expired);
-        let mut expired = std::mem::take(&mut self.expired);
-        for (slot, why) in expired.drain(..) {
+        let expired = self.core.take_expired();
+        for &(slot, why) in &expired {
             let Some(generation) = self.conns.get(slot as usize).map(|c| c.generation) else {
                 debug_assert!(false, "a closed connection's timer is stopped");
                 continue;
             };
             match why {
-                Expired::Idle => {
-                    self.counters.idle_timeouts += 1;
-                    self.with_conn(slot, generation, |conn, io| conn.abort(io))?;
+                Expired::Idle | Expired::Linger => {
+                    self.drive(slot, generation, |conn, _, out| conn.abort(out))?;
                 }
                 Expired::Header => {
-                    self.counters.header_timeouts += 1;
-                    self.with_conn(slot, generation, |conn, io| conn.time_out(io))?;
-                    self.wheel.linger(slot);
-                }
-                Expired::Linger => {
-                    self.with_conn(slot, generation, |conn, io| conn.abort(io))?;
+                    self.drive(slot, generation, |conn, http, out| conn.time_out(http, out))?;
                 }
             }
         }
-        self.expired = expired;
+        self.core.expired_done(expired);
         Ok(())
     }
 
@@ -576,28 +497,17 @@ impl Shard {
             let Some((slot, generation)) = self.waiting.pop_front() else {
                 break;
             };
-            let rearmed = self.with_conn(slot, generation, |conn, io| {
-                let wanted = conn.wants_buffers();
-                conn.rearm(io);
-                wanted
-            })?;
-            if rearmed == Some(true) {
-                self.counters.rearms += 1;
+            let mut waited = false;
+            self.drive(slot, generation, |conn, _, out| waited = conn.rearm(out))?;
+            if waited {
+                self.core.counters.rearms += 1;
                 budget -= 1;
             }
         }
-        if let Some(deadline) = self.deadline
-            && !self.aborted
-            && Instant::now() >= deadline
-        {
+        if !self.aborted && self.core.overdue(Instant::now()) {
             self.aborted = true;
-            let slots: Vec<(u32, u32)> = self
-                .conns
-                .iter()
-                .map(|(k, c)| (k as u32, c.generation))
-                .collect();
-            for (slot, generation) in slots {
-                self.with_conn(slot, generation, |conn, io| conn.abort(io))?;
+            for (slot, generation) in self.all_conns() {
+                self.drive(slot, generation, |conn, _, out| conn.abort(out))?;
             }
         }
         self.publish();

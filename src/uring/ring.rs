@@ -2,7 +2,8 @@
 //! kernel may touch through it: the provided-buffer ring, the data of sends in flight, the
 //! addresses connects read, the eventfd counter. This is the only place SQEs are pushed; each
 //! push method first takes ownership of what the operation will touch, and the memory is
-//! released only by the completion that ends the operation. `user_data` is encoded here too.
+//! released only by the completion that ends the operation. The ring is generic over its
+//! user's operation kinds (`K`), which it encodes into `user_data` and never interprets.
 
 use std::io;
 use std::net::SocketAddrV4;
@@ -12,108 +13,22 @@ use std::time::Duration;
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
 use super::bufring::BufRing;
+use super::probe::{self, Need};
+use super::user_data::{Op, UserData};
 use crate::sys::sockaddr_in;
-
-/// What an operation was for, the top byte of its `user_data`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Kind {
-    /// Multishot accept; `slot` is the listener index.
-    Accept = 1,
-    /// Multishot recv on a connection.
-    Recv,
-    /// Send from a provided buffer.
-    SendBuf,
-    /// Send from bytes the ring holds for the operation (`send_vec`).
-    SendVec,
-    /// Send from a pinned region (`send_region`).
-    SendRegion,
-    /// Cancel requests; its own completion carries nothing to act on.
-    Cancel,
-    /// Close a direct descriptor.
-    Close,
-    /// Close a connection refused at the `--max-conns` cap as soon as it was accepted.
-    Refuse,
-    /// Shut a connection's write side (lingering close); its completion carries nothing.
-    Shutdown,
-    /// Read of the shard's wake-up eventfd.
-    Wake,
-    /// SOCKET into a chosen direct slot (the load generator).
-    Socket,
-    /// SETSOCKOPT (IP_BIND_ADDRESS_NO_PORT) on a new direct socket, linked after SOCKET.
-    SockOpt,
-    /// BIND of a new direct socket to its source address, linked after SETSOCKOPT.
-    Bind,
-    /// CONNECT on a direct descriptor, linked after its SOCKET (or BIND).
-    Connect,
-}
-
-const KINDS: [Kind; 14] = [
-    Kind::Accept,
-    Kind::Recv,
-    Kind::SendBuf,
-    Kind::SendVec,
-    Kind::SendRegion,
-    Kind::Cancel,
-    Kind::Close,
-    Kind::Refuse,
-    Kind::Shutdown,
-    Kind::Wake,
-    Kind::Socket,
-    Kind::SockOpt,
-    Kind::Bind,
-    Kind::Connect,
-];
-
-/// Decoded `user_data`: kind (8 bits) | generation (24 bits) | slot (32 bits). The generation
-/// makes a late completion for a closed connection unmistakable for its slot's next tenant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UserData {
-    pub kind: Kind,
-    pub generation: u32,
-    pub slot: u32,
-}
-
-pub const GEN_MASK: u32 = 0xFF_FFFF;
-
-impl UserData {
-    pub fn new(kind: Kind, slot: u32, generation: u32) -> Self {
-        UserData {
-            kind,
-            generation: generation & GEN_MASK,
-            slot,
-        }
-    }
-
-    pub fn encode(self) -> u64 {
-        (self.kind as u64) << 56
-            | u64::from(self.generation & GEN_MASK) << 32
-            | u64::from(self.slot)
-    }
-
-    /// None for a value this crate never encodes.
-    pub fn decode(v: u64) -> Option<Self> {
-        let kind = *KINDS.iter().find(|k| **k as u64 == v >> 56)?;
-        Some(UserData {
-            kind,
-            generation: (v >> 32) as u32 & GEN_MASK,
-            slot: v as u32,
-        })
-    }
-}
 
 /// One completion, copied out of the CQ.
 #[derive(Debug)]
-pub struct Completion {
-    pub ud: UserData,
+pub struct Completion<K> {
+    pub ud: UserData<K>,
     pub res: i32,
     pub flags: u32,
-    /// For `Kind::SendVec`: the bytes the send owned and the offset it started at, handed
-    /// back for a short send's rest or for reuse of the allocation.
+    /// For a `send_vec`: the bytes the send owned and the offset it started at, handed back
+    /// for a short send's rest or for reuse of the allocation.
     pub vec: Option<(Vec<u8>, usize)>,
 }
 
-impl Completion {
+impl<K> Completion<K> {
     /// The multishot that posted this goes on (IORING_CQE_F_MORE).
     pub fn more(&self) -> bool {
         cqueue::more(self.flags)
@@ -140,15 +55,28 @@ pub struct RingConfig {
     pub batch_usec: u32,
 }
 
-/// Completions a batched wait waits for before its minimum wait has passed.
-const BATCH_WANT: usize = 64;
+/// SQ entries: a loop turn pushes at most a few SQEs per completion, and a full SQ is
+/// submitted and reused, so this bounds syscalls, not correctness.
+pub const SQ_ENTRIES: u32 = 4096;
+/// CQ entries: sized for a loop turn's burst; overflow is kept by the kernel and counted.
+pub const CQ_ENTRIES: u32 = 16384;
 
-pub struct Ring {
+/// Completions a batched wait waits for before its minimum wait has passed.
+pub const BATCH_WANT: usize = 64;
+
+/// The bytes a `send_vec` in flight owns, with the `user_data` whose completion ends it.
+struct SendVec {
+    ud: u64,
+    data: Vec<u8>,
+    start: usize,
+}
+
+pub struct Ring<K> {
     // Field order is drop order: the io_uring goes first, then the memory it may touch.
     uring: IoUring,
     bufs: Option<BufRing>,
-    /// Bytes owned by the SendVec in flight on each slot (one send in flight per slot).
-    send_vecs: Vec<Option<(Vec<u8>, usize)>>,
+    /// Bytes owned by the `send_vec` in flight on each slot (one send in flight per slot).
+    send_vecs: Vec<Option<SendVec>>,
     /// Read-only memory sends may point into; lives as long as the ring.
     regions: Vec<Box<[u8]>>,
     /// Socket addresses connects read; live as long as the ring. Boxed so that growing the
@@ -164,9 +92,10 @@ pub struct Ring {
     batch_usec: u32,
     /// io_uring_enter calls made.
     pub enters: u64,
+    kinds: std::marker::PhantomData<K>,
 }
 
-impl Ring {
+impl<K: Op> Ring<K> {
     /// Must be called on the thread that will submit (IORING_SETUP_SINGLE_ISSUER).
     pub fn new(cfg: &RingConfig) -> io::Result<Self> {
         let uring = IoUring::builder()
@@ -174,12 +103,10 @@ impl Ring {
             .setup_defer_taskrun()
             .setup_submit_all()
             .setup_cqsize(cfg.cq_entries)
-            .build(cfg.sq_entries)?;
-        if cfg.batch_usec > 0 && !uring.params().is_feature_min_timeout() {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "batched waits need kernel 6.12+ (IORING_FEAT_MIN_TIMEOUT); drop --batch-usec",
-            ));
+            .build(cfg.sq_entries)
+            .map_err(probe::setup_error)?;
+        if cfg.batch_usec > 0 {
+            probe::require(&uring, Need::MinTimeout, "--batch-usec")?;
         }
         let submitter = uring.submitter();
         submitter.register_files_sparse(cfg.fixed_files)?;
@@ -198,7 +125,13 @@ impl Ring {
             batch_usec: cfg.batch_usec,
             in_flight: 0,
             enters: 0,
+            kinds: std::marker::PhantomData,
         })
+    }
+
+    /// Fails with "`what` needs Linux ..." unless this kernel has `need`.
+    pub fn require(&self, need: Need, what: &str) -> io::Result<()> {
+        probe::require(&self.uring, need, what)
     }
 
     pub fn bufs(&self) -> &BufRing {
@@ -290,7 +223,7 @@ impl Ring {
     }
 
     /// Moves every completion now in the CQ into `out`.
-    pub fn drain(&mut self, out: &mut Vec<Completion>) {
+    pub fn drain(&mut self, out: &mut Vec<Completion<K>>) {
         let mut cq = self.uring.completion();
         cq.sync();
         for cqe in &mut cq {
@@ -301,13 +234,11 @@ impl Ring {
             if !cqueue::more(flags) {
                 self.in_flight -= 1;
             }
-            let vec = if ud.kind == Kind::SendVec {
-                self.send_vecs
-                    .get_mut(ud.slot as usize)
-                    .and_then(Option::take)
-            } else {
-                None
-            };
+            let vec = self
+                .send_vecs
+                .get_mut(ud.slot as usize)
+                .and_then(|v| v.take_if(|v| v.ud == cqe.user_data()))
+                .map(|v| (v.data, v.start));
             out.push(Completion {
                 ud,
                 res: cqe.result(),
@@ -317,7 +248,7 @@ impl Ring {
         }
     }
 
-    pub fn accept_multishot(&mut self, listener: RawFd, ud: UserData) -> io::Result<()> {
+    pub fn accept_multishot(&mut self, listener: RawFd, ud: UserData<K>) -> io::Result<()> {
         let e = opcode::AcceptMulti::new(types::Fd(listener))
             // SOCK_CLOEXEC is -EINVAL with a direct descriptor, which no exec can inherit anyway.
             .allocate_file_index(true)
@@ -329,7 +260,7 @@ impl Ring {
 
     /// One accept into a direct descriptor the kernel allocates (used near a full table,
     /// where a multishot accept could overshoot it).
-    pub fn accept_one(&mut self, listener: RawFd, ud: UserData) -> io::Result<()> {
+    pub fn accept_one(&mut self, listener: RawFd, ud: UserData<K>) -> io::Result<()> {
         let e = opcode::Accept::new(
             types::Fd(listener),
             std::ptr::null_mut(),
@@ -342,7 +273,7 @@ impl Ring {
         unsafe { self.push(&e) }
     }
 
-    pub fn recv_multishot(&mut self, fixed: u32, ud: UserData) -> io::Result<()> {
+    pub fn recv_multishot(&mut self, fixed: u32, ud: UserData<K>) -> io::Result<()> {
         let bgid = self.bufs().bgid();
         let e = opcode::RecvMulti::new(types::Fixed(fixed), bgid)
             .build()
@@ -360,7 +291,7 @@ impl Ring {
         bid: u16,
         off: u32,
         len: u32,
-        ud: UserData,
+        ud: UserData<K>,
     ) -> io::Result<()> {
         let ptr = self.bufs().addr(bid, off, len);
         let e = opcode::Send::new(types::Fixed(fixed), ptr, len)
@@ -379,7 +310,7 @@ impl Ring {
         fixed: u32,
         data: Vec<u8>,
         start: usize,
-        ud: UserData,
+        ud: UserData<K>,
     ) -> io::Result<()> {
         assert!(start < data.len(), "send_vec of nothing");
         let slot = ud.slot as usize;
@@ -392,7 +323,11 @@ impl Ring {
         );
         let len = u32::try_from(data.len() - start).unwrap_or(u32::MAX);
         let ptr = data[start..].as_ptr();
-        self.send_vecs[slot] = Some((data, start));
+        self.send_vecs[slot] = Some(SendVec {
+            ud: ud.encode(),
+            data,
+            start,
+        });
         let e = opcode::Send::new(types::Fixed(fixed), ptr, len)
             .flags(libc::MSG_NOSIGNAL)
             .build()
@@ -419,7 +354,7 @@ impl Ring {
         region: usize,
         off: usize,
         len: usize,
-        ud: UserData,
+        ud: UserData<K>,
     ) -> io::Result<()> {
         let bytes = &self.regions[region][off..off + len];
         let e = opcode::Send::new(types::Fixed(fixed), bytes.as_ptr(), len as u32)
@@ -440,28 +375,27 @@ impl Ring {
     /// SOCKET into direct slot `fixed`, linked to CONNECT on it to pinned address `addr`;
     /// with a pinned `source`, SETSOCKOPT(IP_BIND_ADDRESS_NO_PORT) and BIND to it come between,
     /// so the source port is picked at connect time per 4-tuple rather than reserved per bind.
-    /// Every step posts its own completion (kinds Socket, SockOpt, Bind, Connect, all with
-    /// `slot`); a failed step cancels the rest of the chain.
+    /// Every step posts its own completion, with its `user_data` from `steps`; a failed step
+    /// cancels the rest of the chain.
     pub fn socket_connect(
         &mut self,
         fixed: u32,
         source: Option<usize>,
         addr: usize,
-        slot: u32,
+        steps: &ConnectSteps<K>,
     ) -> io::Result<()> {
         let dest = types::DestinationSlot::try_from_slot_target(fixed)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "slot out of range"))?;
-        let ud = |kind| UserData::new(kind, slot, 0).encode();
         let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
         let target: *const libc::sockaddr_in = &*self.addrs[addr];
         let socket = opcode::Socket::new(libc::AF_INET, libc::SOCK_STREAM, 0)
             .file_index(Some(dest))
             .build()
             .flags(squeue::Flags::IO_LINK)
-            .user_data(ud(Kind::Socket));
+            .user_data(steps.socket.encode());
         let connect = opcode::Connect::new(types::Fixed(fixed), target.cast(), len)
             .build()
-            .user_data(ud(Kind::Connect));
+            .user_data(steps.connect.encode());
         match source {
             // SAFETY: the sockaddr is boxed in `addrs`, never freed or written while the
             // ring lives.
@@ -478,11 +412,11 @@ impl Ring {
                 )
                 .build()
                 .flags(squeue::Flags::IO_LINK)
-                .user_data(ud(Kind::SockOpt));
+                .user_data(steps.sockopt.encode());
                 let bind = opcode::Bind::new(types::Fixed(fixed), src.cast(), len)
                     .build()
                     .flags(squeue::Flags::IO_LINK)
-                    .user_data(ud(Kind::Bind));
+                    .user_data(steps.bind.encode());
                 // SAFETY: both sockaddrs are boxed in `addrs` and the option value in `one`;
                 // none is freed or written while the ring lives.
                 unsafe { self.push_linked(&[socket, sockopt, bind, connect]) }
@@ -493,7 +427,7 @@ impl Ring {
     /// Cancels the request whose user_data is `target`. Matching by user_data is a hash
     /// lookup in the kernel; matching by fd (IORING_ASYNC_CANCEL_FD) scans every pending
     /// request, which made closing 15,000 connections take seconds.
-    pub fn cancel(&mut self, target: UserData, ud: UserData) -> io::Result<()> {
+    pub fn cancel(&mut self, target: UserData<K>, ud: UserData<K>) -> io::Result<()> {
         let e = opcode::AsyncCancel::new(target.encode())
             .build()
             .user_data(ud.encode());
@@ -502,7 +436,7 @@ impl Ring {
     }
 
     /// Shuts the write side of direct descriptor `fixed` (the peer reads EOF).
-    pub fn shutdown_write(&mut self, fixed: u32, ud: UserData) -> io::Result<()> {
+    pub fn shutdown_write(&mut self, fixed: u32, ud: UserData<K>) -> io::Result<()> {
         let e = opcode::Shutdown::new(types::Fixed(fixed), libc::SHUT_WR)
             .build()
             .user_data(ud.encode());
@@ -511,7 +445,7 @@ impl Ring {
     }
 
     /// Closes direct descriptor `fixed`, freeing its table slot.
-    pub fn close_fixed(&mut self, fixed: u32, ud: UserData) -> io::Result<()> {
+    pub fn close_fixed(&mut self, fixed: u32, ud: UserData<K>) -> io::Result<()> {
         let e = opcode::Close::new(types::Fixed(fixed))
             .build()
             .user_data(ud.encode());
@@ -520,7 +454,7 @@ impl Ring {
     }
 
     /// Reads the eventfd `fd` (8 bytes) into the ring's own counter.
-    pub fn read_eventfd(&mut self, fd: RawFd, ud: UserData) -> io::Result<()> {
+    pub fn read_eventfd(&mut self, fd: RawFd, ud: UserData<K>) -> io::Result<()> {
         let ptr: *mut u64 = &mut *self.wake_buf;
         let e = opcode::Read::new(types::Fd(fd), ptr.cast(), 8)
             .build()
@@ -530,7 +464,15 @@ impl Ring {
     }
 }
 
-impl Drop for Ring {
+/// The `user_data` of each step of a `socket_connect` chain.
+pub struct ConnectSteps<K> {
+    pub socket: UserData<K>,
+    pub sockopt: UserData<K>,
+    pub bind: UserData<K>,
+    pub connect: UserData<K>,
+}
+
+impl<K> Drop for Ring<K> {
     fn drop(&mut self) {
         if self.in_flight > 0 {
             // Closing the ring cancels its requests asynchronously; memory they may touch is
@@ -551,30 +493,4 @@ fn retryable(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN)
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn user_data_round_trips() {
-        for kind in KINDS {
-            let ud = UserData::new(kind, 0xDEAD_BEEF, 0x12_3456);
-            assert_eq!(UserData::decode(ud.encode()), Some(ud));
-        }
-    }
-
-    #[test]
-    fn generation_wraps_at_24_bits() {
-        let ud = UserData::new(Kind::Recv, 7, GEN_MASK + 2);
-        assert_eq!(ud.generation, 1);
-        assert_eq!(UserData::decode(ud.encode()).unwrap().generation, 1);
-    }
-
-    #[test]
-    fn unknown_user_data_is_none() {
-        assert_eq!(UserData::decode(0), None);
-        assert_eq!(UserData::decode(0xFF << 56), None);
-    }
 }

@@ -1,0 +1,142 @@
+//! The shard core: what every shard keeps whatever its engine (the Proactor's ring, the
+//! Reactor's epoll set). Its counters and their publication, the timer wheel and the clock it
+//! runs on, HTTP's limits and the Date of the current second, the `--max-conns` gate, and the
+//! stop deadline, with one rule for how long a loop turn may wait.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{Gate, ShardCtx};
+use crate::proto::http;
+use crate::stats::{Counters, SharedCounters};
+use crate::timer::{Expired, Wheel};
+
+/// What an HTTP connection reads from its shard: the limits, and the Date of this second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpEnv {
+    pub limits: http::Limits,
+    pub date: http::Date,
+}
+
+/// Grown output queues above this are dropped once drained rather than kept idle (both
+/// engines' connections).
+pub const KEEP_QUEUE_CAPACITY: usize = 64 * 1024;
+
+/// Events a batched wait is content with before its delay has passed (both engines: the
+/// Proactor's minimum wait, the Reactor's sleep-then-poll).
+pub const BATCH_WANT: usize = crate::uring::BATCH_WANT;
+
+/// While stopping, a loop turn waits at least this long (no spin while owed output drains)...
+const STOP_WAIT_MIN: Duration = Duration::from_millis(1);
+/// ...and at most this long, so the deadline is noticed on time.
+const STOP_WAIT_MAX: Duration = Duration::from_millis(100);
+
+pub struct ShardCore {
+    pub counters: Counters,
+    shared: Arc<SharedCounters>,
+    /// Idle, header and linger deadlines, keyed by connection slot.
+    pub wheel: Wheel,
+    expired: Vec<(u32, Expired)>,
+    /// HTTP's limits and Date, when HTTP is served; echo when None.
+    pub http: Option<HttpEnv>,
+    gate: Option<Arc<Gate>>,
+    shutdown_timeout: Duration,
+    /// Set by `begin_stop`: owed output must be sent by then.
+    deadline: Option<Instant>,
+}
+
+impl ShardCore {
+    /// The core of a shard; the context's fds (listeners, wake) stay with the engine.
+    pub fn new(ctx: &ShardCtx) -> ShardCore {
+        ShardCore {
+            counters: Counters::default(),
+            shared: ctx.counters.clone(),
+            wheel: Wheel::new(ctx.timeouts, Instant::now()),
+            expired: Vec::new(),
+            http: ctx.http.map(|limits| HttpEnv {
+                limits,
+                date: http::Date::now(),
+            }),
+            gate: ctx.gate.clone(),
+            shutdown_timeout: ctx.shutdown_timeout,
+            deadline: None,
+        }
+    }
+
+    /// How long the loop may wait for events: until the wheel's next tick, and while
+    /// stopping until the deadline (within `STOP_WAIT_MIN..=STOP_WAIT_MAX`); None: no bound.
+    pub fn wait_timeout(&self, now: Instant) -> Option<Duration> {
+        let stop = self.deadline.map(|d| {
+            d.saturating_duration_since(now)
+                .clamp(STOP_WAIT_MIN, STOP_WAIT_MAX)
+        });
+        match (stop, self.wheel.next_wake(now)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The start of a loop turn, after the wait: deadlines count from `now`, answers carry
+    /// this second's Date.
+    pub fn turn(&mut self, now: Instant) {
+        self.wheel.set_clock(now);
+        if let Some(env) = &mut self.http {
+            env.date.refresh();
+        }
+    }
+
+    /// The deadlines that passed, counted (idle and header timeouts); hand the Vec back
+    /// with `expired_done` to keep its allocation.
+    pub fn take_expired(&mut self) -> Vec<(u32, Expired)> {
+        self.wheel.expire(&mut self.expired);
+        for (_, why) in &self.expired {
+            match why {
+                Expired::Idle => self.counters.idle_timeouts += 1,
+                Expired::Header => self.counters.header_timeouts += 1,
+                Expired::Linger => {}
+            }
+        }
+        std::mem::take(&mut self.expired)
+    }
+
+    pub fn expired_done(&mut self, mut done: Vec<(u32, Expired)>) {
+        done.clear();
+        self.expired = done;
+    }
+
+    /// Takes a place under `--max-conns` for a new connection; false at the cap.
+    pub fn enter(&self) -> bool {
+        self.gate.as_ref().is_none_or(|g| g.enter())
+    }
+
+    /// A connection that `enter` let in has closed.
+    pub fn leave(&self) {
+        if let Some(gate) = &self.gate {
+            gate.leave();
+        }
+    }
+
+    /// Starts the stop: owed output may take up to the shutdown timeout from now. False if
+    /// the shard was already stopping.
+    pub fn begin_stop(&mut self, now: Instant) -> bool {
+        if self.deadline.is_some() {
+            return false;
+        }
+        self.deadline = Some(now + self.shutdown_timeout);
+        true
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.deadline.is_some()
+    }
+
+    /// Stopping, and the shutdown timeout has passed.
+    pub fn overdue(&self, now: Instant) -> bool {
+        self.deadline.is_some_and(|d| now >= d)
+    }
+
+    /// Makes the counters visible to the main thread (once per loop turn).
+    pub fn publish(&self) {
+        self.shared.publish(&self.counters);
+    }
+}
