@@ -21,44 +21,28 @@ use hdrhistogram::Histogram;
 
 use super::conn::{Completed, Fault, Requests, Stream};
 use crate::uring::probe::Need;
-use crate::uring::{self, ConnectSteps, Op, RingConfig};
+use crate::uring::{self, ConnectSteps, RingConfig};
 
-/// What an operation of the load generator's ring was for, the top byte of its `user_data`;
-/// the slot is the connection's, the generation always 0 (a slot is never reused).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-enum Kind {
-    /// SOCKET into the connection's direct slot.
-    Socket = 1,
-    /// SETSOCKOPT (IP_BIND_ADDRESS_NO_PORT) on the new socket, linked after SOCKET.
-    SockOpt,
-    /// BIND of the new socket to its source address, linked after SETSOCKOPT.
-    Bind,
-    /// CONNECT, linked after SOCKET (or BIND).
-    Connect,
-    /// Send of requests from the pinned request region.
-    SendRegion,
-    /// Multishot recv of answers.
-    Recv,
-    /// Cancel requests; its own completion carries nothing to act on.
-    Cancel,
-    /// Close of the direct descriptor.
-    Close,
-}
-
-impl Op for Kind {
-    const ALL: &'static [Self] = &[
-        Kind::Socket,
-        Kind::SockOpt,
-        Kind::Bind,
-        Kind::Connect,
-        Kind::SendRegion,
-        Kind::Recv,
-        Kind::Cancel,
-        Kind::Close,
-    ];
-    fn code(self) -> u8 {
-        self as u8
+uring::op_kinds! {
+    /// What an operation of the load generator's ring was for, the top byte of its `user_data`;
+    /// the slot is the connection's, the generation always 0 (a slot is never reused).
+    enum Kind {
+        /// SOCKET into the connection's direct slot.
+        Socket,
+        /// SETSOCKOPT (IP_BIND_ADDRESS_NO_PORT) on the new socket, linked after SOCKET.
+        SockOpt,
+        /// BIND of the new socket to its source address, linked after SETSOCKOPT.
+        Bind,
+        /// CONNECT, linked after SOCKET (or BIND).
+        Connect,
+        /// Send of requests from the pinned request region.
+        SendRegion,
+        /// Multishot recv of answers.
+        Recv,
+        /// Cancel requests; its own completion carries nothing to act on.
+        Cancel,
+        /// Close of the direct descriptor.
+        Close,
     }
 }
 

@@ -26,46 +26,29 @@ use crate::server::ShardCtx;
 use crate::server::core::{HttpEnv, ShardCore};
 use crate::stats::Counters;
 use crate::timer::Expired;
-use crate::uring::{self, GEN_MASK, Op, RingConfig};
+use crate::uring::{self, GEN_MASK, RingConfig};
 
-/// What an operation of a server shard's ring was for, the top byte of its `user_data`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-enum Kind {
-    /// Accept on a listener; `slot` is the listener index.
-    Accept = 1,
-    /// Multishot recv on a connection.
-    Recv,
-    /// Send from a provided buffer.
-    SendBuf,
-    /// Send from bytes the ring holds for the operation (`send_vec`).
-    SendVec,
-    /// Cancel requests; its own completion carries nothing to act on.
-    Cancel,
-    /// Close a connection's direct descriptor.
-    Close,
-    /// Close a connection refused at the `--max-conns` cap as soon as it was accepted.
-    Refuse,
-    /// Shut a connection's write side (lingering close); its completion carries nothing.
-    Shutdown,
-    /// Read of the shard's wake-up eventfd.
-    Wake,
-}
-
-impl Op for Kind {
-    const ALL: &'static [Self] = &[
-        Kind::Accept,
-        Kind::Recv,
-        Kind::SendBuf,
-        Kind::SendVec,
-        Kind::Cancel,
-        Kind::Close,
-        Kind::Refuse,
-        Kind::Shutdown,
-        Kind::Wake,
-    ];
-    fn code(self) -> u8 {
-        self as u8
+uring::op_kinds! {
+    /// What an operation of a server shard's ring was for, the top byte of its `user_data`.
+    enum Kind {
+        /// Accept on a listener; `slot` is the listener index.
+        Accept,
+        /// Multishot recv on a connection.
+        Recv,
+        /// Send from a provided buffer.
+        SendBuf,
+        /// Send from bytes the ring holds for the operation (`send_vec`).
+        SendVec,
+        /// Cancel requests; its own completion carries nothing to act on.
+        Cancel,
+        /// Close a connection's direct descriptor.
+        Close,
+        /// Close a connection refused at the `--max-conns` cap as soon as it was accepted.
+        Refuse,
+        /// Shut a connection's write side (lingering close); its completion carries nothing.
+        Shutdown,
+        /// Read of the shard's wake-up eventfd.
+        Wake,
     }
 }
 

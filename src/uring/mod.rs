@@ -9,4 +9,5 @@ pub mod ring;
 pub mod user_data;
 
 pub use ring::{BATCH_WANT, CQ_ENTRIES, Completion, ConnectSteps, Ring, RingConfig, SQ_ENTRIES};
+pub(crate) use user_data::op_kinds;
 pub use user_data::{GEN_MASK, Op, UserData};

@@ -15,6 +15,27 @@ pub trait Op: Copy + Eq + Debug + 'static {
     }
 }
 
+/// Declares an operation-kind enum and its [`Op`] implementation: codes count from 1, in
+/// the order the kinds are written.
+macro_rules! op_kinds {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident { $($(#[$vmeta:meta])* $kind:ident,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(u8)]
+        $vis enum $name {
+            $($(#[$vmeta])* $kind,)+
+        }
+
+        impl $crate::uring::Op for $name {
+            const ALL: &'static [Self] = &[$($name::$kind,)+];
+            fn code(self) -> u8 {
+                self as u8 + 1
+            }
+        }
+    };
+}
+pub(crate) use op_kinds;
+
 /// The generation counter's width: it wraps at 2^24.
 pub const GEN_MASK: u32 = 0xFF_FFFF;
 
@@ -56,16 +77,10 @@ impl<K: Op> UserData<K> {
 mod tests {
     use super::*;
 
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    enum Kind {
-        A = 1,
-        B = 0xFE,
-    }
-
-    impl Op for Kind {
-        const ALL: &'static [Self] = &[Kind::A, Kind::B];
-        fn code(self) -> u8 {
-            self as u8
+    op_kinds! {
+        enum Kind {
+            A,
+            B,
         }
     }
 
