@@ -1,6 +1,6 @@
 //! c1m: a Proactor (io_uring) TCP server, its Reactor (epoll) baseline, the load generator
 //! that measures them, and the bench that compares them, up to 1,000,000 connections on one
-//! Linux host. See README.md and DESIGN.md.
+//! Linux host. README.md is the user guide; ARCHITECTURE.md the layers and invariants.
 
 pub mod cli;
 pub mod error;
