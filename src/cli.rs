@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use crate::proto::http::Limits;
-use crate::timer::Timeouts;
+use crate::timer::{LINGER, Timeouts};
 
 /// A set of TCP ports: `6000`, `6000-6049`, or `6000,6002,7000-7009`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,10 +125,6 @@ pub enum Proto {
     /// HTTP/1.1: `GET /plaintext` (and `/`) answers `Hello, World!`; keep-alive, pipelining.
     Http,
 }
-
-/// HTTP: the longest a lingering close lasts (the server has sent its last answer, shut its
-/// write side, and reads and discards until the peer's EOF).
-pub const LINGER: Duration = Duration::from_secs(5);
 
 /// The flags both servers take.
 #[derive(Debug, Clone, Args)]
