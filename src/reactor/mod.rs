@@ -74,7 +74,9 @@ pub fn run(args: &EpollArgs) -> Result<Summary> {
 fn run_worker(args: &ServerArgs, cpu: usize, cap: u64, gate_fd: Option<i32>) -> Result<Summary> {
     let gate = match (gate_fd, args.max_conns) {
         (Some(fd), Some(max)) => {
-            let shared = sys::SharedCounter::inherit(fd)
+            // SAFETY: the master passes the fd of the counter it created (`spawn` in
+            // worker.rs), inherited across exec; it is taken only here, once.
+            let shared = unsafe { sys::SharedCounter::inherit(fd) }
                 .map_err(|e| Error::io("mapping the master's connection count", e))?;
             Some(Arc::new(server::Gate::shared(shared, max)))
         }
