@@ -19,7 +19,7 @@ const USAGE: &str =
 
 use std::time::{Duration, Instant};
 
-use c1m::timer::{TICK, Timeouts, Wheel};
+use c1m::timer::{LINGER, TICK, Timeouts, Wheel};
 
 fn vm_rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -76,7 +76,7 @@ fn main() {
     let timeouts = Timeouts {
         idle: Some(Duration::from_secs(120)),
         header: Some(Duration::from_secs(30)),
-        linger: Some(c1m::cli::LINGER),
+        linger: Some(LINGER),
     };
     let epoch = Instant::now();
     let rss_before = vm_rss_kib();
@@ -138,7 +138,7 @@ fn main() {
     let json = serde_json::json!({
         "date": date, "kernel": kernel, "commit": commit, "machine": machine, "command": cmd,
         "conns": conns, "rate": rate, "simulated_s": seconds,
-        "timeouts_s": {"idle": 120, "header": 30, "linger": c1m::cli::LINGER.as_secs()},
+        "timeouts_s": {"idle": 120, "header": 30, "linger": LINGER.as_secs()},
         "timer_cpu_s": busy.as_secs_f64(), "cpu_pct_of_one_core": cpu_pct,
         "ns_per_request": per_request_ns, "ns_per_start": start_ns,
         "timed_out_and_replaced": timed_out, "rss_added_kib": rss_kib,

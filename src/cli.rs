@@ -1,4 +1,5 @@
-//! Flags shared by the servers (and, for ports, by the load generator), and their parsing.
+//! The flags of every binary: what both servers share, what each engine adds, the load
+//! generator's, and the parsing of port and address lists.
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -6,10 +7,10 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::proto::http::Limits;
-use crate::timer::Timeouts;
+use crate::timer::{LINGER, Timeouts};
 
 /// A set of TCP ports: `6000`, `6000-6049`, or `6000,6002,7000-7009`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,10 +127,6 @@ pub enum Proto {
     Http,
 }
 
-/// HTTP: the longest a lingering close lasts (the server has sent its last answer, shut its
-/// write side, and reads and discards until the peer's EOF).
-pub const LINGER: Duration = Duration::from_secs(5);
-
 /// The flags both servers take.
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
@@ -190,6 +187,172 @@ pub struct ServerArgs {
     /// On SIGINT/SIGTERM, how long owed output may take before connections are cut.
     #[arg(long, default_value = "5", value_name = "SECONDS")]
     pub shutdown_timeout: f64,
+}
+
+/// A completion-based (io_uring) TCP echo server: per-core shards, each owning its ring, with
+/// multishot accept into direct descriptors and multishot recv into a provided-buffer ring.
+/// Holds more connections than RLIMIT_NOFILE by planning several rings where needed.
+#[derive(Parser, Debug, Clone)]
+#[command(version, about)]
+pub struct UringArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+
+    /// Provided buffers per shard (a power of two, at most 32768).
+    #[arg(long, default_value_t = 2048, value_name = "N")]
+    pub bufs: u16,
+
+    /// Size of each provided buffer in bytes.
+    #[arg(long, default_value_t = 4096, value_name = "BYTES")]
+    pub buf_size: u32,
+}
+
+/// An edge-triggered epoll TCP echo server, the baseline the Proactor is measured against:
+/// one loop per shard, non-blocking sockets, no locks. Above what one process's fd limit
+/// holds, the shards are worker processes under a master (nginx style).
+#[derive(Parser, Debug, Clone)]
+#[command(version, about)]
+pub struct EpollArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+
+    /// Internal: run as worker INDEX of a master process.
+    #[arg(long, hide = true, requires_all = ["worker_cpu", "worker_cap"])]
+    pub worker_index: Option<usize>,
+    /// Internal: the worker's CPU.
+    #[arg(long, hide = true)]
+    pub worker_cpu: Option<usize>,
+    /// Internal: the most connections the worker's shard holds.
+    #[arg(long, hide = true)]
+    pub worker_cap: Option<u64>,
+    /// Internal: the fd of the master's shared connection count (with `--max-conns`).
+    #[arg(long, hide = true)]
+    pub worker_gate_fd: Option<i32>,
+}
+
+/// An io_uring load generator: every connection a direct descriptor (no fd each, so one process
+/// holds far more than RLIMIT_NOFILE), echo requests with every byte verified or HTTP GETs with
+/// every answer's status and body checked, closed loop or open loop (latency corrected for
+/// coordinated omission), and an honest count of every connection. Exits 3 when fewer connections were established than asked, or on any error
+/// (a byte that did not verify, a request left unanswered), unless --allow-partial.
+#[derive(Parser, Debug, Clone)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
+pub struct LoadCli {
+    #[command(subcommand)]
+    pub command: Option<LoadCommand>,
+
+    #[command(flatten)]
+    pub run: LoadArgs,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum LoadCommand {
+    /// Merge the --hlog files of several runs (several hosts, say) into one latency report.
+    Merge {
+        /// Interval logs written by --hlog.
+        #[arg(required = true, value_name = "FILE.hlog")]
+        logs: Vec<PathBuf>,
+        /// Write the merged report as JSON to this file.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
+}
+
+/// The flags of a load run.
+#[derive(Args, Debug, Clone)]
+pub struct LoadArgs {
+    /// Server address.
+    #[arg(long, default_value = "127.0.0.1", value_name = "ADDR")]
+    pub host: Ipv4Addr,
+
+    /// Server ports, connections spread over them: one port, a range A-B, or a comma list.
+    #[arg(long, default_value = "6000", value_name = "PORTS")]
+    pub ports: PortList,
+
+    /// Source addresses to connect from, a range A-B or a comma list (each adds
+    /// ip_local_port_range's worth of connections per server port).
+    #[arg(long, value_name = "ADDRS")]
+    pub sources: Option<AddrList>,
+
+    /// Connections to open and hold, all at once.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub conns: u64,
+
+    /// The protocol: echo requests, or HTTP/1.1 GETs whose answers must be 200 with the body
+    /// `Hello, World!`.
+    #[arg(long, value_enum, default_value_t = Proto::Echo)]
+    pub proto: Proto,
+
+    /// Echo: bytes per request [default: 64].
+    #[arg(long, value_name = "BYTES")]
+    pub size: Option<usize>,
+
+    /// HTTP: the path to GET [default: /plaintext].
+    #[arg(long, value_name = "PATH")]
+    pub path: Option<String>,
+
+    /// HTTP, closed loop: requests written together on a connection; the next batch goes
+    /// once all are answered [default: 1].
+    #[arg(long, value_name = "N")]
+    pub pipeline: Option<u32>,
+
+    /// Closed loop: requests (with --pipeline: batches) outstanding on each connection.
+    #[arg(long, default_value_t = 1, value_name = "D")]
+    pub depth: u32,
+
+    /// Open loop: total requests per second, spread evenly over the connections.
+    #[arg(long, value_name = "R")]
+    pub rate: Option<f64>,
+
+    /// Seconds of load before measuring starts.
+    #[arg(long, default_value_t = 0.0, value_name = "SECONDS")]
+    pub warmup: f64,
+
+    /// Seconds measured once every connection is up (with --requests: the time limit).
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    pub duration: f64,
+
+    /// Closed loop, counted: this many requests on each connection, then stop.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub requests: Option<u64>,
+
+    /// Client threads are pinned to this many cores (default: all).
+    #[arg(long, value_name = "N")]
+    pub cores: Option<usize>,
+
+    /// Connects in flight per client thread.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub connect_inflight: usize,
+
+    /// Connects per second (default: as fast as the in-flight bound lets them go).
+    #[arg(long, value_name = "R")]
+    pub connect_rate: Option<f64>,
+
+    /// Seed of the payload pattern.
+    #[arg(long, default_value_t = 0x5eed)]
+    pub seed: u64,
+
+    /// Write the report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+
+    /// Write an HdrHistogram interval log (one histogram per second) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub hlog: Option<PathBuf>,
+
+    /// Batch completions: each thread waits for up to 64, or this many microseconds once one
+    /// is there (fewer wake-ups with many connections per thread; latency still counts from
+    /// when each request was due). 0: off. Kernel 6.12+.
+    #[arg(long, default_value_t = 0, value_name = "USEC")]
+    pub batch_usec: u32,
+
+    /// Exit 0 even when connections failed or requests went wrong.
+    #[arg(long)]
+    pub allow_partial: bool,
+
+    /// No progress on stderr.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 impl ServerArgs {
@@ -264,6 +427,14 @@ mod tests {
                 .unwrap_err()
                 .contains("not an IPv4")
         );
+    }
+
+    #[test]
+    fn every_binarys_flags_are_well_formed() {
+        use clap::CommandFactory;
+        UringArgs::command().debug_assert();
+        EpollArgs::command().debug_assert();
+        LoadCli::command().debug_assert();
     }
 
     #[test]

@@ -18,7 +18,23 @@ pub enum Error {
     Shard { shard: usize, reason: String },
 }
 
+/// Exit status of a usage error: a flag whose value cannot be used (clap exits so too on a
+/// flag it cannot parse).
+const EXIT_USAGE: i32 = 2;
+/// Exit status of an error met while running.
+const EXIT_FAILURE: i32 = 1;
+
 impl Error {
+    /// The status a binary exits with on this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::BadFlag(_) => EXIT_USAGE,
+            Error::PortInUse(_) | Error::Limit { .. } | Error::Io { .. } | Error::Shard { .. } => {
+                EXIT_FAILURE
+            }
+        }
+    }
+
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
         Error::Io {
             context: context.into(),

@@ -11,8 +11,11 @@ pub const MAX_FIXED_FILES: u64 = 1 << 20;
 /// accepting pauses a little below a full table (a full table makes a multishot accept fail
 /// with -ENFILE and drop that connection), so a shard is planned for 80 % of its table.
 const PLAN_FILL_PCT: u64 = 80;
-/// File descriptors kept free for everything that is not a listener, eventfd or ring.
+/// File descriptors kept free for everything that is not a listener, eventfd, ring or epoll fd.
 const FD_RESERVE: u64 = 64;
+/// Connections one load-generator ring is planned for at most (its fixed-file table is also
+/// capped by RLIMIT_NOFILE: see `load_shards`).
+const LOAD_CONNS_PER_RING: u64 = 16_000;
 /// Kernel memory one server-side connection costs, measured here: half of 7.8 KB per idle
 /// loopback pair, plus about 870 B for its armed multishot recv (DESIGN.md).
 pub const KERNEL_BYTES_PER_CONN: u64 = 4_800;
@@ -53,6 +56,9 @@ pub struct Plan {
     pub table_slots: u32,
     /// Worker processes (Epoll; 1 means the shards are threads of the server process).
     pub workers: usize,
+    /// The most connections one shard holds before it stops accepting (Epoll): its share of
+    /// its process's fds. 0 for Uring, whose shards are bounded by `table_slots`.
+    pub shard_cap: u64,
     /// Connections each shard is planned to hold.
     pub per_shard: u64,
     /// Things the user should know that do not stop the server.
@@ -113,6 +119,42 @@ pub fn compact_list(items: &[usize]) -> String {
     }
 }
 
+/// File descriptors a process of `shards` shards holds besides its connections: per shard a
+/// listener per port, an eventfd and its ring or epoll fd; and FD_RESERVE.
+fn fixed_fds(shards: u64, ports: u64) -> u64 {
+    shards * (ports + 2) + FD_RESERVE
+}
+
+/// The connections a table (or fd budget) of `slots` is planned to hold.
+fn planned_fill(slots: u64) -> u64 {
+    slots * PLAN_FILL_PCT / 100
+}
+
+/// The plan of one of the Reactor's worker processes: the single shard on `cpu` its master
+/// started, holding at most `cap` connections (the master's `shard_cap`).
+pub fn worker(cpu: usize, cap: u64) -> Plan {
+    Plan {
+        max_conns: cap,
+        shard_cpus: vec![cpu],
+        cpus: vec![cpu],
+        table_slots: 0,
+        workers: 1,
+        per_shard: cap,
+        shard_cap: cap,
+        warnings: Vec::new(),
+    }
+}
+
+/// How many rings (one thread each) the load generator spreads `conns` connections over on
+/// `cores` cores: enough that none holds more than its planned fill of the fd limit (its
+/// fixed-file table's cap) or LOAD_CONNS_PER_RING, at least one per core, at most one per
+/// connection.
+pub fn load_shards(conns: u64, cores: usize, limits: &HostLimits) -> usize {
+    let per_ring = LOAD_CONNS_PER_RING.min(planned_fill(limits.nofile_soft));
+    let needed = conns.div_ceil(per_ring) as usize;
+    needed.max(cores).min(conns as usize)
+}
+
 /// Plans the shards for `req` on a host with `limits` whose allowed CPUs are `allowed_cpus`.
 pub fn plan(req: &Request, allowed_cpus: &[usize], limits: &HostLimits) -> Result<Plan, Error> {
     let mut warnings = Vec::new();
@@ -145,15 +187,15 @@ pub fn plan(req: &Request, allowed_cpus: &[usize], limits: &HostLimits) -> Resul
         });
     }
     let ports = req.ports as u64;
-    let (max_conns, shards, workers, table_slots) = match req.engine {
+    let (max_conns, shards, workers, table_slots, shard_cap) = match req.engine {
         EngineKind::Uring => {
             let table_cap = limits.nofile_soft.min(MAX_FIXED_FILES);
-            let per_shard_cap = table_cap * PLAN_FILL_PCT / 100;
+            let per_shard_cap = planned_fill(table_cap);
             let max_conns = req.max_conns.unwrap_or(per_shard_cap * cores as u64);
             let needed = max_conns.div_ceil(per_shard_cap.max(1)) as usize;
             let shards = needed.max(cores).div_ceil(cores) * cores;
-            // Every shard holds real fds: one listener per port, an eventfd, its ring.
-            let fds = shards as u64 * (ports + 2) + FD_RESERVE;
+            // Connections are direct descriptors, but each shard's own fds are real.
+            let fds = fixed_fds(shards as u64, ports);
             if fds > limits.nofile_soft {
                 let max_ports = (limits.nofile_soft.saturating_sub(FD_RESERVE) / shards as u64)
                     .saturating_sub(2);
@@ -163,20 +205,22 @@ pub fn plan(req: &Request, allowed_cpus: &[usize], limits: &HostLimits) -> Resul
                     max_ports,
                 ));
             }
-            (max_conns, shards, 1, table_cap as u32)
+            (max_conns, shards, 1, table_cap as u32, 0)
         }
         EngineKind::Epoll => {
             // One process with a shard per core holds what its fd limit leaves after the
-            // listeners (one per shard per port), epoll fds and eventfds.
-            let fixed = cores as u64 * (ports + 2) + FD_RESERVE;
-            let one_process = limits.nofile_soft.saturating_sub(fixed) * PLAN_FILL_PCT / 100;
+            // shards' own fds.
+            let free = limits
+                .nofile_soft
+                .saturating_sub(fixed_fds(cores as u64, ports));
+            let one_process = planned_fill(free);
             let max_conns = req.max_conns.unwrap_or(one_process.max(1));
             if max_conns <= one_process {
-                (max_conns, cores, 1, 0)
+                (max_conns, cores, 1, 0, free / cores as u64)
             } else {
                 // Worker processes of one shard each, nginx style.
-                let per_worker =
-                    limits.nofile_soft.saturating_sub(ports + 2 + FD_RESERVE) * PLAN_FILL_PCT / 100;
+                let free = limits.nofile_soft.saturating_sub(fixed_fds(1, ports));
+                let per_worker = planned_fill(free);
                 if per_worker < 64 {
                     let max_ports = limits.nofile_soft.saturating_sub(FD_RESERVE + 2 + 80);
                     return Err(too_many_fds(
@@ -187,7 +231,7 @@ pub fn plan(req: &Request, allowed_cpus: &[usize], limits: &HostLimits) -> Resul
                 }
                 let workers = max_conns.div_ceil(per_worker) as usize;
                 let workers = workers.max(cores).div_ceil(cores) * cores;
-                (max_conns, workers, workers, 0)
+                (max_conns, workers, workers, 0, free)
             }
         }
     };
@@ -266,6 +310,7 @@ pub fn plan(req: &Request, allowed_cpus: &[usize], limits: &HostLimits) -> Resul
         cpus,
         table_slots,
         workers,
+        shard_cap,
         per_shard,
         warnings,
     })
@@ -475,6 +520,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("leave almost no fds"), "{msg}");
+    }
+
+    #[test]
+    fn an_epoll_shard_holds_its_share_of_its_process_fds() {
+        // One process, 2 shards x (4 listeners + epoll + eventfd) and the reserve.
+        let p = plan(&epoll(Some(10_000), 4), &[0, 1], &host()).unwrap();
+        assert_eq!(p.shard_cap, (20_000 - 2 * 6 - 64) / 2);
+        // A worker process: one shard, 50 listeners.
+        let p = plan(&epoll(Some(100_000), 50), &[0, 1], &host()).unwrap();
+        assert_eq!(p.shard_cap, 20_000 - 52 - 64);
+        let w = worker(1, p.shard_cap);
+        assert_eq!((w.shard_cpus, w.workers, w.shard_cap), (vec![1], 1, 19_884));
+        assert_eq!(
+            plan(&req(None, None, 1), &[0, 1], &host())
+                .unwrap()
+                .shard_cap,
+            0
+        );
+    }
+
+    #[test]
+    fn the_load_generator_plans_a_ring_per_planned_fill_of_the_fd_limit() {
+        assert_eq!(load_shards(100, 2, &host()), 2);
+        assert_eq!(load_shards(1, 2, &host()), 1);
+        assert_eq!(load_shards(1_000_000, 2, &host()), 63);
+        let small = HostLimits {
+            nofile_soft: 1_000,
+            ..host()
+        };
+        assert_eq!(load_shards(8_000, 2, &small), 10);
     }
 
     #[test]

@@ -14,6 +14,9 @@
 
 use std::time::{Duration, Instant};
 
+/// HTTP: the longest a lingering close lasts (the server has sent its last answer, shut its
+/// write side, and reads and discards until the peer's EOF).
+pub const LINGER: Duration = Duration::from_secs(5);
 /// The wheel's resolution.
 pub const TICK: Duration = Duration::from_millis(100);
 /// Buckets in the wheel (a power of two): 102.4 s of ticks. A deadline further away sits in

@@ -1,4 +1,5 @@
-//! What a user sees on bad input and in the way of limits: clear messages, right exit codes.
+//! What a user sees on bad input and in the way of limits: clear messages, right exit codes
+//! (2 for a usage error, whether clap or the program catches it; 1 for an error met running).
 
 mod common;
 
@@ -52,20 +53,20 @@ fn bad_flags_say_what_is_wrong() {
                 "0",
             ],
         );
-        assert_eq!(code, 1);
+        assert_eq!(code, 2, "{err}");
         assert!(err.contains("--cores must be at least 1"), "{err}");
         let (code, _, err) = run(
             bin,
             &["--host", "10.255.255.254", "--ports", &free_ports(1)],
         );
-        assert_eq!(code, 1);
+        assert_eq!(code, 2, "{err}");
         assert!(
             err.contains("no interface of this machine has that address"),
             "{err}"
         );
         for (flag, v) in [("--idle-timeout", "-1"), ("--header-timeout", "1e12")] {
             let (code, _, err) = run(bin, &["--ports", &free_ports(1), &format!("{flag}={v}")]);
-            assert_eq!(code, 1, "{flag} {v}");
+            assert_eq!(code, 2, "{flag} {v}: {err}");
             assert!(
                 err.contains(&format!("{flag} must be a number of seconds from 0")),
                 "{err}"
@@ -73,8 +74,29 @@ fn bad_flags_say_what_is_wrong() {
         }
     }
     let (code, _, err) = run(env!("CARGO_BIN_EXE_uring-server"), &["--bufs", "3"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2, "{err}");
     assert!(err.contains("--bufs 3 must be a power of two"), "{err}");
+}
+
+#[test]
+fn bad_load_flags_are_usage_errors() {
+    let bin = env!("CARGO_BIN_EXE_uring-load");
+    for (args, says) in [
+        (&["--conns", "0"][..], "--conns must be at least 1"),
+        (
+            &["--warmup=-1"][..],
+            "--warmup must be a number of seconds >= 0",
+        ),
+        (
+            &["--path", "/x"][..],
+            "--path and --pipeline are for --proto http",
+        ),
+        (&["--ports", "0"][..], "port 0 is not a port"),
+    ] {
+        let (code, _, err) = run(bin, args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
 }
 
 #[test]
@@ -103,6 +125,7 @@ fn a_target_beyond_the_fd_limit_for_listeners_names_the_limit_and_the_fix() {
 fn help_and_version() {
     for bin in [
         env!("CARGO_BIN_EXE_uring-server"),
+        env!("CARGO_BIN_EXE_epoll-server"),
         env!("CARGO_BIN_EXE_uring-load"),
     ] {
         let (code, out, _) = run(bin, &["--help"]);

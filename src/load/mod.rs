@@ -19,8 +19,9 @@ use std::time::{Duration, Instant, SystemTime};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::cli::{PortList, Proto};
+use crate::cli::{LoadArgs, LoadCli, LoadCommand, PortList, Proto};
 use crate::error::{Error, Result};
+use crate::plan;
 use crate::sys::{self, limits::HostLimits};
 use conn::{PATTERN_SPREAD, Requests};
 use shard::{LoadShard, ShardPlan, Shared, Workload};
@@ -61,12 +62,100 @@ pub struct LoadConfig {
     pub progress: bool,
 }
 
-/// Connections one client ring is planned for (its fixed-file table is capped by RLIMIT_NOFILE).
-const CONNS_PER_SHARD: u64 = 16_000;
 /// Largest payload: the pattern every request is cut from is held once per shard.
 pub const MAX_SIZE: usize = 64 << 20;
 /// Closed loop: the most requests outstanding on one connection.
 const MAX_OUTSTANDING: u64 = 4096;
+
+impl LoadConfig {
+    /// The run `args` ask for, with each optional flag's default for the protocol; a flag
+    /// given for the other protocol, or a negative time, is a flag error.
+    pub fn new(args: &LoadArgs) -> Result<LoadConfig> {
+        let misplaced = match (
+            args.proto == Proto::Http,
+            args.size.is_some(),
+            args.path.is_some() || args.pipeline.is_some(),
+        ) {
+            (true, true, _) => Some("--size is for echo; HTTP requests are GETs of --path"),
+            (false, _, true) => Some("--path and --pipeline are for --proto http"),
+            _ => None,
+        };
+        if let Some(why) = misplaced {
+            return Err(Error::BadFlag(why.into()));
+        }
+        Ok(LoadConfig {
+            host: args.host,
+            ports: args.ports.clone(),
+            sources: args.sources.clone().map(|s| s.0).unwrap_or_default(),
+            conns: args.conns,
+            proto: args.proto,
+            size: args.size.unwrap_or(64),
+            path: args.path.clone().unwrap_or_else(|| "/plaintext".into()),
+            pipeline: args.pipeline.unwrap_or(1),
+            depth: args.depth,
+            rate: args.rate,
+            warmup: seconds(args.warmup, "--warmup")?,
+            duration: seconds(args.duration, "--duration")?,
+            requests: args.requests,
+            cores: args.cores,
+            connect_inflight: args.connect_inflight,
+            connect_rate: args.connect_rate,
+            seed: args.seed,
+            hlog: args.hlog.clone(),
+            batch_usec: args.batch_usec,
+            progress: !args.quiet,
+        })
+    }
+}
+
+fn seconds(v: f64, flag: &str) -> Result<Duration> {
+    if !(v.is_finite() && v >= 0.0) {
+        return Err(Error::BadFlag(format!(
+            "{flag} must be a number of seconds >= 0"
+        )));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// Exit status of a run with fewer connections than asked, or any error, without
+/// `--allow-partial`.
+const EXIT_PARTIAL: i32 = 3;
+
+/// What `uring-load` does with its command line: merges interval logs, or runs the load and
+/// prints (and with `--json` writes) its report. Returns the status to exit with.
+pub fn run_cli(cli: &LoadCli) -> Result<i32> {
+    if let Some(LoadCommand::Merge { logs, json }) = &cli.command {
+        let r = merge_report(logs)?;
+        println!("{}", r.human());
+        if let Some(path) = json {
+            write_json(path, &r)?;
+        }
+        return Ok(0);
+    }
+    let args = &cli.run;
+    let report = run(&LoadConfig::new(args)?)?;
+    println!("{}", report.human());
+    if let Some(path) = &args.json {
+        write_json(path, &report)?;
+    }
+    let short = report.conns_established < report.conns_requested;
+    if (short || report.error_count() > 0) && !args.allow_partial {
+        eprintln!(
+            "uring-load: FAILED: {} of {} connections established, {} errors (--allow-partial to accept)",
+            report.conns_established,
+            report.conns_requested,
+            report.error_count()
+        );
+        return Ok(EXIT_PARTIAL);
+    }
+    Ok(0)
+}
+
+fn write_json(path: &PathBuf, value: &impl Serialize) -> Result<()> {
+    let json = serde_json::to_string_pretty(value).expect("reports always serialize");
+    std::fs::write(path, json + "\n")
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Percentiles {
@@ -358,9 +447,7 @@ pub fn run(cfg: &LoadConfig) -> Result<Report> {
     check(cfg, &limits)?;
     let cpus = sys::allowed_cpus().map_err(|e| Error::io("sched_getaffinity", e))?;
     let cores = cfg.cores.unwrap_or(cpus.len()).clamp(1, cpus.len());
-    let per_ring = CONNS_PER_SHARD.min(limits.nofile_soft * 8 / 10);
-    let needed = cfg.conns.div_ceil(per_ring) as usize;
-    let shards = needed.max(cores).min(cfg.conns as usize);
+    let shards = plan::load_shards(cfg.conns, cores, &limits);
     let addrs: Vec<SocketAddrV4> = cfg
         .ports
         .ports()

@@ -8,24 +8,33 @@ pub mod shard;
 
 use std::io;
 
-use crate::cli::ServerArgs;
+use crate::cli::UringArgs;
 use crate::error::{Error, Result};
-use crate::plan::EngineKind;
+use crate::plan::{EngineKind, Plan};
 use crate::server::{self, Engine, Output, ShardCtx};
 use crate::stats::{Counters, Summary};
 use crate::sys;
 use crate::uring::RingConfig;
 use shard::Shard;
 
-/// The io_uring engine's own knobs, beside the flags both servers share.
+/// What each io_uring shard is built with, beside what `ShardCtx` hands it.
 #[derive(Debug, Clone)]
-pub struct UringConfig {
-    pub server: ServerArgs,
+struct UringConfig {
     /// Provided buffers per shard (a power of two, at most 32768) and their size.
-    pub bufs: u16,
-    pub buf_size: u32,
+    bufs: u16,
+    buf_size: u32,
     /// Fixed-file slots per ring, from the plan.
-    pub table_slots: u32,
+    table_slots: u32,
+}
+
+impl UringConfig {
+    fn new(args: &UringArgs, plan: &Plan) -> UringConfig {
+        UringConfig {
+            bufs: args.bufs,
+            buf_size: args.buf_size,
+            table_slots: plan.table_slots,
+        }
+    }
 }
 
 /// SQ entries: a loop turn pushes at most a few SQEs per completion, and a full SQ is
@@ -53,32 +62,30 @@ impl Engine for UringConfig {
 }
 
 /// Runs the server until SIGINT/SIGTERM; returns the summary it printed.
-pub fn run(cfg: &mut UringConfig) -> Result<Summary> {
-    if !cfg.bufs.is_power_of_two() || cfg.bufs > 32768 {
+pub fn run(args: &UringArgs) -> Result<Summary> {
+    if !args.bufs.is_power_of_two() || args.bufs > 32768 {
         return Err(Error::BadFlag(format!(
             "--bufs {} must be a power of two from 1 to 32768",
-            cfg.bufs
+            args.bufs
         )));
     }
-    if cfg.buf_size == 0 {
+    if args.buf_size == 0 {
         return Err(Error::BadFlag("--buf-size must be at least 1".into()));
     }
-    server::validate(&cfg.server)?;
+    server::validate(&args.server)?;
     sys::block_stop_signals().map_err(|e| Error::io("blocking signals", e))?;
-    let plan = server::make_plan(&cfg.server, EngineKind::Uring)?;
-    server::check_ports(&cfg.server)?;
-    let backlog = shard::listen_backlog(plan.table_slots, cfg.server.ports.len());
-    let listeners = server::bind_listeners(&cfg.server, plan.shards(), false, backlog)?;
+    let plan = server::make_plan(&args.server, EngineKind::Uring)?;
+    server::check_ports(&args.server)?;
+    let backlog = shard::listen_backlog(plan.table_slots, args.server.ports.len());
+    let listeners = server::bind_listeners(&args.server, plan.shards(), false, backlog)?;
     server::print_plan("uring-server", &plan);
-    cfg.table_slots = plan.table_slots;
-    let cfg = &*cfg;
     server::serve(
-        cfg,
-        &cfg.server,
+        &UringConfig::new(args, &plan),
+        &args.server,
         &plan,
         &plan.shard_cpus,
         listeners,
         Output::Human,
-        server::local_gate(&cfg.server),
+        server::local_gate(&args.server),
     )
 }

@@ -8,30 +8,27 @@ pub mod worker;
 use std::io;
 use std::sync::Arc;
 
-use crate::cli::ServerArgs;
+use crate::cli::{EpollArgs, ServerArgs};
 use crate::error::{Error, Result};
-use crate::plan::EngineKind;
+use crate::plan::{self, EngineKind, Plan};
 use crate::server::{self, Engine, Output, ShardCtx};
 use crate::stats::{Counters, Summary};
 use crate::sys;
 use shard::ReactorShard;
 
-/// Runs a worker process's single shard when set (the master passes it; hidden flags).
-#[derive(Debug, Clone, Copy)]
-pub struct WorkerRole {
-    pub index: usize,
-    pub cpu: usize,
-    pub cap: usize,
-    /// The fd of the master's shared connection count (with `--max-conns`).
-    pub gate_fd: Option<i32>,
+/// What each epoll shard is built with, beside what `ShardCtx` hands it.
+#[derive(Debug, Clone)]
+struct EpollConfig {
+    /// Connections each shard may hold: its share of the process's fds.
+    cap: usize,
 }
 
-#[derive(Debug, Clone)]
-pub struct EpollConfig {
-    pub server: ServerArgs,
-    pub worker: Option<WorkerRole>,
-    /// Connections each shard may hold: its share of the process's fds.
-    pub cap: usize,
+impl EpollConfig {
+    fn new(plan: &Plan) -> EpollConfig {
+        EpollConfig {
+            cap: plan.shard_cap as usize,
+        }
+    }
 }
 
 impl Engine for EpollConfig {
@@ -45,69 +42,55 @@ impl Engine for EpollConfig {
     }
 }
 
-/// Fds a process keeps for what is not a connection.
-const FD_RESERVE: u64 = 64;
-
-/// Runs the server (or, with `worker` set, one worker of it) until SIGINT/SIGTERM.
-pub fn run(cfg: &mut EpollConfig) -> Result<Summary> {
-    server::validate(&cfg.server)?;
+/// Runs the server (or, with the hidden `--worker-*` flags, one worker of it) until
+/// SIGINT/SIGTERM.
+pub fn run(args: &EpollArgs) -> Result<Summary> {
+    server::validate(&args.server)?;
     sys::block_stop_signals().map_err(|e| Error::io("blocking signals", e))?;
-    let limits =
-        sys::limits::HostLimits::read().map_err(|e| Error::io("reading host limits", e))?;
-    let ports = cfg.server.ports.len() as u64;
-    if let Some(role) = cfg.worker {
-        // The master's shared count of open connections, when it caps them.
-        let gate = match (role.gate_fd, cfg.server.max_conns) {
-            (Some(fd), Some(max)) => {
-                let shared = sys::SharedCounter::inherit(fd)
-                    .map_err(|e| Error::io("mapping the master's connection count", e))?;
-                Some(Arc::new(server::Gate::shared(shared, max)))
-            }
-            _ => None,
-        };
-        let listeners = server::bind_listeners(&cfg.server, 1, true, sys::LISTEN_BACKLOG)?;
-        let plan = crate::plan::Plan {
-            max_conns: role.cap as u64,
-            shard_cpus: vec![role.cpu],
-            cpus: vec![role.cpu],
-            table_slots: 0,
-            workers: 1,
-            per_shard: role.cap as u64,
-            warnings: Vec::new(),
-        };
-        cfg.cap = role.cap;
-        let cfg = &*cfg;
-        return server::serve(
-            cfg,
-            &cfg.server,
-            &plan,
-            &[role.cpu],
-            listeners,
-            Output::Worker,
-            gate,
-        );
+    if let (Some(_), Some(cpu), Some(cap)) = (args.worker_index, args.worker_cpu, args.worker_cap) {
+        return run_worker(&args.server, cpu, cap, args.worker_gate_fd);
     }
-    let plan = server::make_plan(&cfg.server, EngineKind::Epoll)?;
-    server::check_ports(&cfg.server)?;
+    let plan = server::make_plan(&args.server, EngineKind::Epoll)?;
+    server::check_ports(&args.server)?;
     server::print_plan("epoll-server", &plan);
     if plan.workers > 1 {
-        let cap = limits.nofile_soft.saturating_sub(ports + 2 + FD_RESERVE) as usize;
-        return worker::run_master(&cfg.server, &plan, cap);
+        return worker::run_master(&args.server, &plan);
     }
-    let shards = plan.shards() as u64;
-    cfg.cap = (limits
-        .nofile_soft
-        .saturating_sub(shards * (ports + 2) + FD_RESERVE)
-        / shards) as usize;
-    let listeners = server::bind_listeners(&cfg.server, plan.shards(), true, sys::LISTEN_BACKLOG)?;
-    let cfg = &*cfg;
+    let listeners = server::bind_listeners(&args.server, plan.shards(), true, sys::LISTEN_BACKLOG)?;
     server::serve(
-        cfg,
-        &cfg.server,
+        &EpollConfig::new(&plan),
+        &args.server,
         &plan,
         &plan.shard_cpus,
         listeners,
         Output::Human,
-        server::local_gate(&cfg.server),
+        server::local_gate(&args.server),
+    )
+}
+
+/// Runs one worker process's single shard on `cpu`, holding at most `cap` connections, for
+/// the master that started it (and, with `--max-conns`, counting them in the master's
+/// shared counter at `gate_fd`).
+fn run_worker(args: &ServerArgs, cpu: usize, cap: u64, gate_fd: Option<i32>) -> Result<Summary> {
+    let gate = match (gate_fd, args.max_conns) {
+        (Some(fd), Some(max)) => {
+            // SAFETY: the master passes the fd of the counter it created (`spawn` in
+            // worker.rs), inherited across exec; it is taken only here, once.
+            let shared = unsafe { sys::SharedCounter::inherit(fd) }
+                .map_err(|e| Error::io("mapping the master's connection count", e))?;
+            Some(Arc::new(server::Gate::shared(shared, max)))
+        }
+        _ => None,
+    };
+    let listeners = server::bind_listeners(args, 1, true, sys::LISTEN_BACKLOG)?;
+    let plan = plan::worker(cpu, cap);
+    server::serve(
+        &EpollConfig::new(&plan),
+        args,
+        &plan,
+        &plan.shard_cpus,
+        listeners,
+        Output::Worker,
+        gate,
     )
 }

@@ -38,7 +38,7 @@ fn spawn(
     args: &ServerArgs,
     index: usize,
     cpu: usize,
-    cap: usize,
+    cap: u64,
     gate: Option<&sys::SharedCounter>,
     tx: mpsc::Sender<Msg>,
 ) -> Result<Child> {
@@ -117,7 +117,9 @@ fn take_line(w: &mut Worker, line: &str) {
     }
 }
 
-pub fn run_master(args: &ServerArgs, plan: &Plan, cap: usize) -> Result<Summary> {
+/// Runs `plan.workers` worker processes of one shard each, every one holding at most
+/// `plan.shard_cap` connections, until SIGINT/SIGTERM; returns the summary of them all.
+pub fn run_master(args: &ServerArgs, plan: &Plan) -> Result<Summary> {
     let started = Instant::now();
     let (tx, rx) = mpsc::channel();
     // `--max-conns` holds across the workers: they share one count of open connections.
@@ -130,7 +132,7 @@ pub fn run_master(args: &ServerArgs, plan: &Plan, cap: usize) -> Result<Summary>
     };
     let mut workers = Vec::with_capacity(plan.workers);
     for (index, cpu) in plan.shard_cpus.iter().enumerate() {
-        match spawn(args, index, *cpu, cap, gate.as_ref(), tx.clone()) {
+        match spawn(args, index, *cpu, plan.shard_cap, gate.as_ref(), tx.clone()) {
             Ok(child) => workers.push(Worker {
                 child,
                 latest: Counters::default(),

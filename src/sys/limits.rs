@@ -44,8 +44,8 @@ fn getrlimit_nofile() -> io::Result<libc::rlimit> {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // The pointer is to a live local rlimit.
-    syscall!(getrlimit(libc::RLIMIT_NOFILE, &mut rl))?;
+    // SAFETY: the pointer is to a live local rlimit, which getrlimit(2) fills.
+    unsafe { syscall!(getrlimit(libc::RLIMIT_NOFILE, &mut rl)) }?;
     Ok(rl)
 }
 
@@ -55,8 +55,8 @@ pub fn raise_nofile() -> io::Result<()> {
     let mut rl = getrlimit_nofile()?;
     if rl.rlim_cur < rl.rlim_max {
         rl.rlim_cur = rl.rlim_max;
-        // The pointer is to a live local rlimit.
-        syscall!(setrlimit(libc::RLIMIT_NOFILE, &rl))?;
+        // SAFETY: the pointer is to a live local rlimit, which setrlimit(2) only reads.
+        unsafe { syscall!(setrlimit(libc::RLIMIT_NOFILE, &rl)) }?;
     }
     Ok(())
 }

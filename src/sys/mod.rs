@@ -10,11 +10,12 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 /// Calls a libc function and turns a `-1` return into the thread's `errno` as `io::Error`.
+/// The call is unsafe and the macro does not hide it: each use is written
+/// `unsafe { syscall!(f(..)) }` under a `// SAFETY:` comment saying why its arguments meet
+/// `f`'s contract, where `clippy::undocumented_unsafe_blocks` checks that there is one.
 macro_rules! syscall {
     ($fn:ident ( $($arg:expr),* $(,)? )) => {{
-        // SAFETY: every call site passes arguments that satisfy the libc function's contract;
-        // each caller states below which pointers it passes and why they are valid.
-        let res = unsafe { libc::$fn($($arg),*) };
+        let res = libc::$fn($($arg),*);
         if res == -1 {
             Err(std::io::Error::last_os_error())
         } else {
@@ -28,14 +29,17 @@ pub(crate) use syscall;
 pub const LISTEN_BACKLOG: u32 = 65535;
 
 fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
-    // The pointer is to a live local i32 and the length is its size.
-    syscall!(setsockopt(
-        fd,
-        level,
-        name,
-        (&value as *const i32).cast(),
-        mem::size_of::<i32>() as libc::socklen_t
-    ))
+    // SAFETY: the value pointer is to a live local i32 and the length is its size;
+    // setsockopt(2) only reads it.
+    unsafe {
+        syscall!(setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const i32).cast(),
+            mem::size_of::<i32>() as libc::socklen_t
+        ))
+    }
     .map(drop)
 }
 
@@ -52,23 +56,29 @@ pub fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
 }
 
 fn tcp_socket(flags: i32) -> io::Result<OwnedFd> {
-    let fd = syscall!(socket(
-        libc::AF_INET,
-        libc::SOCK_STREAM | libc::SOCK_CLOEXEC | flags,
-        0
-    ))?;
+    // SAFETY: socket(2) takes no pointers: integers in, a new fd or -1 out.
+    let fd = unsafe {
+        syscall!(socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | flags,
+            0
+        ))
+    }?;
     // SAFETY: socket(2) just returned this fd and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn bind(fd: RawFd, addr: SocketAddrV4) -> io::Result<()> {
     let sa = sockaddr_in(addr);
-    // The pointer is to a live local sockaddr_in and the length is its size.
-    syscall!(bind(
-        fd,
-        (&sa as *const libc::sockaddr_in).cast(),
-        mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
-    ))
+    // SAFETY: the address pointer is to a live local sockaddr_in and the length is its size;
+    // bind(2) only reads it.
+    unsafe {
+        syscall!(bind(
+            fd,
+            (&sa as *const libc::sockaddr_in).cast(),
+            mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
+        ))
+    }
     .map(drop)
 }
 
@@ -87,7 +97,8 @@ pub fn reuseport_listener(
     setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
     setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
     bind(fd, addr)?;
-    syscall!(listen(fd, backlog.min(LISTEN_BACKLOG) as i32))?;
+    // SAFETY: listen(2) takes no pointers: an fd and a backlog.
+    unsafe { syscall!(listen(fd, backlog.min(LISTEN_BACKLOG) as i32)) }?;
     Ok(sock)
 }
 
@@ -108,12 +119,15 @@ pub fn port_in_use(addr: SocketAddrV4) -> io::Result<bool> {
 pub fn allowed_cpus() -> io::Result<Vec<usize>> {
     // SAFETY: cpu_set_t is a plain bit array; all-zero is a valid (empty) set.
     let mut set: libc::cpu_set_t = unsafe { mem::zeroed() };
-    // The pointer is to a live local cpu_set_t and the size is its size.
-    syscall!(sched_getaffinity(
-        0,
-        mem::size_of::<libc::cpu_set_t>(),
-        &mut set
-    ))?;
+    // SAFETY: the mask pointer is to a live local cpu_set_t and the size is its size, so the
+    // kernel writes no more than it holds.
+    unsafe {
+        syscall!(sched_getaffinity(
+            0,
+            mem::size_of::<libc::cpu_set_t>(),
+            &mut set
+        ))
+    }?;
     Ok((0..libc::CPU_SETSIZE as usize)
         // SAFETY: `cpu` is below CPU_SETSIZE, the bit count of `set`.
         .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
@@ -122,22 +136,29 @@ pub fn allowed_cpus() -> io::Result<Vec<usize>> {
 
 /// Pins the calling thread to one CPU.
 pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
     // SAFETY: cpu_set_t is a plain bit array; all-zero is a valid (empty) set.
     let mut set: libc::cpu_set_t = unsafe { mem::zeroed() };
-    // SAFETY: the caller passes a CPU from `allowed_cpus`, below CPU_SETSIZE.
+    // SAFETY: `cpu` is below CPU_SETSIZE (checked above), the bit count of `set`.
     unsafe { libc::CPU_SET(cpu, &mut set) };
-    // The pointer is to a live local cpu_set_t and the size is its size.
-    syscall!(sched_setaffinity(
-        0,
-        mem::size_of::<libc::cpu_set_t>(),
-        &set
-    ))
+    // SAFETY: the mask pointer is to a live local cpu_set_t and the size is its size;
+    // sched_setaffinity(2) only reads it.
+    unsafe {
+        syscall!(sched_setaffinity(
+            0,
+            mem::size_of::<libc::cpu_set_t>(),
+            &set
+        ))
+    }
     .map(drop)
 }
 
 /// A non-blocking eventfd, used to wake a shard blocked in io_uring_enter.
 pub fn eventfd() -> io::Result<OwnedFd> {
-    let fd = syscall!(eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK))?;
+    // SAFETY: eventfd(2) takes no pointers: a count and flags in, a new fd or -1 out.
+    let fd = unsafe { syscall!(eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK)) }?;
     // SAFETY: eventfd(2) just returned this fd and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -145,8 +166,9 @@ pub fn eventfd() -> io::Result<OwnedFd> {
 /// Adds one to an eventfd's counter, waking whatever reads it.
 pub fn eventfd_wake(fd: RawFd) -> io::Result<()> {
     let one: u64 = 1;
-    // The pointer is to a live local u64, the 8 bytes eventfd(2) requires.
-    syscall!(write(fd, (&one as *const u64).cast(), 8)).map(drop)
+    // SAFETY: the buffer pointer is to a live local u64 and the length is its 8 bytes (what
+    // eventfd(2) requires); write(2) only reads them.
+    unsafe { syscall!(write(fd, (&one as *const u64).cast(), 8)) }.map(drop)
 }
 
 fn stop_signals() -> libc::sigset_t {
@@ -184,8 +206,9 @@ pub fn wait_stop_signal(timeout: Duration) -> io::Result<Option<i32>> {
         tv_sec: timeout.as_secs() as libc::time_t,
         tv_nsec: timeout.subsec_nanos() as libc::c_long,
     };
-    // Pointers are to a live local sigset_t and timespec; a null siginfo is allowed.
-    match syscall!(sigtimedwait(&set, std::ptr::null_mut(), &ts)) {
+    // SAFETY: the set and timeout pointers are to a live local sigset_t (initialised by
+    // `stop_signals`) and timespec, which sigtimedwait(2) only reads; a null siginfo is allowed.
+    match unsafe { syscall!(sigtimedwait(&set, std::ptr::null_mut(), &ts)) } {
         Ok(sig) => Ok(Some(sig)),
         Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR)) => Ok(None),
         Err(e) => Err(e),
@@ -202,8 +225,8 @@ pub fn cpu_times(children: bool) -> (f64, f64) {
     };
     // SAFETY: rusage is plain data; all-zero is valid and getrusage overwrites it.
     let mut ru: libc::rusage = unsafe { mem::zeroed() };
-    // The pointer is to a live local rusage.
-    if syscall!(getrusage(who, &mut ru)).is_err() {
+    // SAFETY: the pointer is to a live local rusage, which getrusage(2) fills.
+    if unsafe { syscall!(getrusage(who, &mut ru)) }.is_err() {
         return (0.0, 0.0);
     }
     let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
@@ -212,7 +235,8 @@ pub fn cpu_times(children: bool) -> (f64, f64) {
 
 /// A new epoll instance.
 pub fn epoll_create() -> io::Result<OwnedFd> {
-    let fd = syscall!(epoll_create1(libc::EPOLL_CLOEXEC))?;
+    // SAFETY: epoll_create1(2) takes no pointers: flags in, a new fd or -1 out.
+    let fd = unsafe { syscall!(epoll_create1(libc::EPOLL_CLOEXEC)) }?;
     // SAFETY: epoll_create1(2) just returned this fd and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -220,8 +244,9 @@ pub fn epoll_create() -> io::Result<OwnedFd> {
 /// Registers `fd` with `events`, reported with `token`.
 pub fn epoll_add(epfd: RawFd, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
     let mut ev = libc::epoll_event { events, u64: token };
-    // The pointer is to a live local epoll_event.
-    syscall!(epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev)).map(drop)
+    // SAFETY: the event pointer is to a live local epoll_event, which epoll_ctl(2) only reads
+    // (the kernel keeps a copy, not the pointer).
+    unsafe { syscall!(epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev)) }.map(drop)
 }
 
 /// Waits up to `timeout_ms` (-1: forever) for events; returns how many were written.
@@ -232,8 +257,9 @@ pub fn epoll_wait(
     timeout_ms: i32,
 ) -> io::Result<usize> {
     let max = events.len().min(i32::MAX as usize) as i32;
-    // The pointer and length describe the caller's live slice.
-    match syscall!(epoll_wait(epfd, events.as_mut_ptr(), max, timeout_ms)) {
+    // SAFETY: the pointer is to the caller's live, writable slice and `max` is at most its
+    // length, so the kernel writes only inside it.
+    match unsafe { syscall!(epoll_wait(epfd, events.as_mut_ptr(), max, timeout_ms)) } {
         Ok(n) => Ok(n as usize),
         Err(e) if e.raw_os_error() == Some(libc::EINTR) => Ok(0),
         Err(e) => Err(e),
@@ -242,33 +268,37 @@ pub fn epoll_wait(
 
 /// Accepts one connection as a non-blocking socket.
 pub fn accept_nonblocking(listener: RawFd) -> io::Result<OwnedFd> {
-    // Null address pointers are allowed: we do not need the peer's address.
-    let fd = syscall!(accept4(
-        listener,
-        std::ptr::null_mut(),
-        std::ptr::null_mut(),
-        libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC
-    ))?;
+    // SAFETY: null address and length pointers are allowed (the peer's address is not
+    // wanted); nothing else is a pointer.
+    let fd = unsafe {
+        syscall!(accept4(
+            listener,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC
+        ))
+    }?;
     // SAFETY: accept4(2) just returned this fd and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// read(2) into `buf`.
 pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    // The pointer and length describe the caller's live, writable slice.
-    syscall!(read(fd, buf.as_mut_ptr().cast(), buf.len())).map(|n| n as usize)
+    // SAFETY: the pointer and length describe the caller's live, writable slice, so read(2)
+    // writes only inside it.
+    unsafe { syscall!(read(fd, buf.as_mut_ptr().cast(), buf.len())) }.map(|n| n as usize)
 }
 
 /// write(2) from `buf`.
 pub fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    // The pointer and length describe the caller's live slice.
-    syscall!(write(fd, buf.as_ptr().cast(), buf.len())).map(|n| n as usize)
+    // SAFETY: the pointer and length describe the caller's live slice; write(2) only reads it.
+    unsafe { syscall!(write(fd, buf.as_ptr().cast(), buf.len())) }.map(|n| n as usize)
 }
 
 /// shutdown(2) of the write side: the peer reads EOF once what was written has arrived.
 pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
-    // No pointers: an fd and a flag.
-    syscall!(shutdown(fd, libc::SHUT_WR)).map(drop)
+    // SAFETY: shutdown(2) takes no pointers: an fd and a flag.
+    unsafe { syscall!(shutdown(fd, libc::SHUT_WR)) }.map(drop)
 }
 
 /// A u64 counter in memory shared with the worker processes this one starts: a memfd
@@ -287,28 +317,37 @@ unsafe impl Sync for SharedCounter {}
 impl SharedCounter {
     /// A new counter at 0, whose fd children inherit.
     pub fn create() -> io::Result<SharedCounter> {
-        // The name is a NUL-terminated literal; no flags: the fd survives exec.
-        let raw = syscall!(memfd_create(c"c1m-conns".as_ptr(), 0))?;
+        // SAFETY: the name is a NUL-terminated 'static literal, which memfd_create(2) only
+        // reads. No flags: no CLOEXEC, so the fd survives exec into the workers.
+        let raw = unsafe { syscall!(memfd_create(c"c1m-conns".as_ptr(), 0)) }?;
         // SAFETY: memfd_create just returned this fd, owned by no one else.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // No pointers: an fd and a length.
-        syscall!(ftruncate(fd.as_raw_fd(), 8))?;
+        // SAFETY: ftruncate(2) takes no pointers: an fd and a length.
+        unsafe { syscall!(ftruncate(fd.as_raw_fd(), 8)) }?;
         SharedCounter::map(fd)
     }
 
-    /// The counter behind `fd`, inherited from the process that created it.
-    pub fn inherit(fd: RawFd) -> io::Result<SharedCounter> {
-        // The pointer is to a live local stat; fails clearly on an fd that is not our memfd.
+    /// The counter behind `fd`, inherited from the process that created it. An fd that is
+    /// not 8 bytes long is refused (and left open).
+    ///
+    /// # Safety
+    ///
+    /// `fd` must be the fd of a counter made by `create` in an ancestor of this process (the
+    /// master passes its number to each worker), open, and owned by nothing else in this
+    /// process: the counter takes it over and closes it on drop, and maps it as memory that
+    /// only these processes touch, and only atomically.
+    pub unsafe fn inherit(fd: RawFd) -> io::Result<SharedCounter> {
         let mut st: libc::stat = zeroed_stat();
-        syscall!(fstat(fd, &mut st))?;
+        // SAFETY: the pointer is to a live local stat, which fstat(2) fills; a bad fd is an
+        // error return.
+        unsafe { syscall!(fstat(fd, &mut st)) }?;
         if st.st_size != 8 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("fd {fd} is not a shared counter"),
             ));
         }
-        // SAFETY: the fd was inherited for this purpose and nothing else in this process owns
-        // it (the master passes its number on the command line).
+        // SAFETY: the caller guarantees `fd` is open and owned by nothing else here.
         SharedCounter::map(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 
@@ -359,5 +398,6 @@ fn zeroed_stat() -> libc::stat {
 /// Sends `sig` to process `pid` (a child this process started).
 pub fn kill(pid: u32, sig: i32) -> io::Result<()> {
     let pid = i32::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
-    syscall!(kill(pid, sig)).map(drop)
+    // SAFETY: kill(2) takes no pointers: a pid and a signal number.
+    unsafe { syscall!(kill(pid, sig)) }.map(drop)
 }
