@@ -243,7 +243,12 @@ pub fn serve<E: Engine>(
     let mut ctxs = Vec::with_capacity(listeners.len());
     for (index, mine) in listeners.into_iter().enumerate() {
         let wake = sys::eventfd().map_err(|e| Error::io("eventfd", e))?;
-        wakes.push(wake.as_raw_fd());
+        // Our own handle on the eventfd: the shard closes its copy when it ends, and a write
+        // to a closed fd's number could land in whatever the shard's process opened next.
+        wakes.push(
+            wake.try_clone()
+                .map_err(|e| Error::io("duplicating an eventfd", e))?,
+        );
         let counters = Arc::new(SharedCounters::default());
         shared.push(counters.clone());
         ctxs.push(ShardCtx {
@@ -338,10 +343,10 @@ pub fn serve<E: Engine>(
     }
 }
 
-fn wake_all(wakes: &[std::os::fd::RawFd]) {
+fn wake_all(wakes: &[OwnedFd]) {
     for fd in wakes {
         // A shard that has already stopped no longer reads its eventfd; that is fine.
-        let _ = sys::eventfd_wake(*fd);
+        let _ = sys::eventfd_wake(fd.as_raw_fd());
     }
 }
 

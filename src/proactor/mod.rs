@@ -14,7 +14,7 @@ use crate::plan::{EngineKind, Plan};
 use crate::server::{self, Engine, Output, ShardCtx};
 use crate::stats::{Counters, Summary};
 use crate::sys;
-use crate::uring::RingConfig;
+use crate::uring::{CQ_ENTRIES, RingConfig, SQ_ENTRIES};
 use shard::Shard;
 
 /// What each io_uring shard is built with, beside what `ShardCtx` hands it.
@@ -36,12 +36,6 @@ impl UringConfig {
         }
     }
 }
-
-/// SQ entries: a loop turn pushes at most a few SQEs per completion, and a full SQ is
-/// submitted and reused, so this bounds syscalls, not correctness.
-const SQ_ENTRIES: u32 = 4096;
-/// CQ entries: sized for a loop turn's burst; overflow is kept by the kernel and counted.
-const CQ_ENTRIES: u32 = 16384;
 
 impl Engine for UringConfig {
     const NAME: &'static str = "uring";
