@@ -153,25 +153,23 @@ impl Conn {
 
     /// What to do next, given the shard's buffers as they are.
     pub fn next<'a>(&'a self, bufs: Bufs<'a>) -> Op<'a> {
-        if self.phase == Phase::Closing {
-            return Op::Close;
-        }
         let owed = match self.owed {
-            Owed::Nothing => None,
-            Owed::Input => Some(bufs.input),
-            Owed::Answers => Some(bufs.answers),
+            Owed::Input => bufs.input,
+            Owed::Answers => bufs.answers,
+            Owed::Queued { writable: true } => &self.queue,
             Owed::Queued { writable: false } => return Op::Wait,
-            Owed::Queued { writable: true } => Some(&self.queue[..]),
+            Owed::Nothing => {
+                return match self.phase {
+                    Phase::Open | Phase::Lingering { shut: true } => match self.read {
+                        Read::Blocked => Op::Wait,
+                        Read::Ready | Read::ToEof => Op::Read,
+                    },
+                    Phase::Lingering { shut: false } => Op::ShutWrite,
+                    Phase::PeerDone | Phase::Draining | Phase::Closing => Op::Close,
+                };
+            }
         };
-        if let Some(owed) = owed {
-            return Op::Write(&owed[self.sent..]);
-        }
-        match self.phase {
-            Phase::PeerDone | Phase::Draining | Phase::Closing => Op::Close,
-            Phase::Lingering { shut: false } => Op::ShutWrite,
-            Phase::Open | Phase::Lingering { shut: true } if self.read > Read::Blocked => Op::Read,
-            Phase::Open | Phase::Lingering { shut: true } => Op::Wait,
-        }
+        Op::Write(&owed[self.sent..])
     }
 
     /// A read returned `input` (not empty); `short` if fewer bytes than the shard's buffer
@@ -184,14 +182,14 @@ impl Conn {
         answers: &mut Vec<u8>,
     ) -> Effects {
         debug_assert_eq!(self.owed, Owed::Nothing, "reads wait until all is written");
-        if short && self.read == Read::Ready {
+        if short && matches!(self.read, Read::Ready) {
             self.read = Read::Blocked;
         }
         let mut fx = Effects {
             progress: true,
             ..Effects::default()
         };
-        if self.phase != Phase::Open {
+        if !matches!(self.phase, Phase::Open) {
             // Lingering: discarded.
             return fx;
         }
@@ -324,7 +322,7 @@ impl Conn {
                 );
             }
         }
-        if self.phase == Phase::Open {
+        if matches!(self.phase, Phase::Open) {
             self.phase = Phase::Lingering { shut: false };
         }
         Effects {
@@ -346,12 +344,13 @@ impl Conn {
     /// Close now, dropping what is owed (a deadline passed).
     pub fn abort(&mut self) {
         self.phase = Phase::Closing;
+        self.owed = Owed::Nothing;
     }
 
     /// A syscall failed: counted once per connection, then close.
     fn fail(&mut self) -> Effects {
-        let failed = self.phase != Phase::Closing;
-        self.phase = Phase::Closing;
+        let failed = !matches!(self.phase, Phase::Closing);
+        self.abort();
         Effects {
             failed,
             ..Effects::default()
