@@ -117,6 +117,7 @@ pub struct Conn {
     owed: Owed,
     /// Bytes of what is owed that are already written.
     sent: usize,
+    /// What the socket would not take (`Owed::Queued`).
     queue: Vec<u8>,
     /// The HTTP session when HTTP is served (boxed: echo connections pay one pointer); echo
     /// when None.
@@ -206,6 +207,7 @@ impl Conn {
                     self.owed = Owed::Answers;
                 }
             }
+            // Echo: the reply is the input itself.
             _ => self.owed = Owed::Input,
         }
         fx
@@ -272,7 +274,10 @@ impl Conn {
             Owed::Queued { .. } => &[],
         };
         if !rest.is_empty() {
-            debug_assert!(self.queue.is_empty(), "only one of the owed is ever held");
+            debug_assert!(
+                self.queue.is_empty(),
+                "nothing is queued while a reply is owed"
+            );
             self.queue.extend_from_slice(rest);
             self.sent = 0;
         }
@@ -286,6 +291,9 @@ impl Conn {
 
     /// The write side was shut (`Op::ShutWrite`): linger.
     pub fn on_shut(&mut self) -> Effects {
+        if !matches!(self.phase, Phase::Lingering { .. }) {
+            return Effects::default();
+        }
         self.phase = Phase::Lingering { shut: true };
         Effects {
             linger: true,

@@ -224,6 +224,7 @@ impl Shard {
                         let slot = slot as usize;
                         match self.conns.get_mut(slot) {
                             Some(e) if e.generation == generation => e.conn.on_ready(ev.events),
+                            // Closed earlier in this batch (its slot may hold a new one).
                             _ => continue,
                         }
                         self.drive(slot);
