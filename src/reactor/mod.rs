@@ -2,6 +2,7 @@
 //! against. Where one process's fd limit holds the target, the shards are threads of one
 //! process; where it does not, they are worker processes (nginx style) under a master.
 
+pub mod conn;
 pub mod shard;
 pub mod worker;
 
@@ -14,7 +15,7 @@ use crate::plan::{self, EngineKind, Plan};
 use crate::server::{self, Engine, Output, ShardCtx};
 use crate::stats::{Counters, Summary};
 use crate::sys;
-use shard::ReactorShard;
+use shard::Shard;
 
 /// What each epoll shard is built with, beside what `ShardCtx` hands it.
 #[derive(Debug, Clone)]
@@ -36,7 +37,7 @@ impl Engine for EpollConfig {
     const KIND: EngineKind = EngineKind::Epoll;
 
     fn run_shard(&self, ctx: ShardCtx, ready: &mut dyn FnMut()) -> io::Result<Counters> {
-        let shard = ReactorShard::new(ctx, self.cap)?;
+        let shard = Shard::new(ctx, self.cap)?;
         ready();
         shard.run()
     }

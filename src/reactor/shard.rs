@@ -1,22 +1,23 @@
 //! One Reactor shard: an edge-triggered epoll loop that owns its listeners and connections.
+//! Each connection's logic is a state machine (`conn::Conn`); the shard performs the
+//! syscalls it asks for and feeds their results back (`Shard::drive`) until it waits for its
+//! next edge or closes. Every epoll token is a `Token`, decoded in one place (`Shard::run`).
 //!
 //! The edge-triggered rule, once: an event means "something changed"; the handler must go
 //! on until the kernel says EAGAIN, or it will not hear of that socket again. Listeners:
 //! accept4 until EAGAIN. Connections: read until EAGAIN, except that a read that returns
 //! fewer bytes than asked means the queue was empty at that instant, so the next arrival
 //! raises a new edge (nginx's ngx_unix_recv treats a short read the same way); when the
-//! event carried EPOLLRDHUP the reads go on to the EOF, which raises no further edge.
-//! Connections are registered once with EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET: EPOLLOUT
-//! then fires only after a write hit EAGAIN (the socket sets SOCK_NOSPACE), i.e. only while
-//! output is queued, and no epoll_ctl is ever needed after the accept.
+//! event carried EPOLLRDHUP the reads go on to the EOF, which raises no further edge, and so
+//! do the reads that resume after reading was stopped (the edges of what arrived meanwhile
+//! were taken then). Connections are registered once with EPOLLIN | EPOLLOUT | EPOLLRDHUP |
+//! EPOLLET: EPOLLOUT then fires only after a write hit EAGAIN (the socket sets
+//! SOCK_NOSPACE), i.e. only while output is queued, and no epoll_ctl is ever needed after
+//! the accept. A syscall interrupted by a signal (EINTR) is made again; an event whose token
+//! does not decode, or names a connection closed earlier in its batch, is ignored.
 //!
-//! Each read lands in one buffer per shard (no buffer held by an idle connection); its reply
-//! (the bytes themselves for echo, the answers for HTTP, built in a second per-shard buffer)
-//! is written at once; only what the socket would not take is queued, and a connection
-//! with queued output is not read until it drains, so a peer that does not read cannot grow
-//! the server's memory. After an HTTP answer that ends the connection no request is read; once
-//! the last byte is sent the write side is shut and what the peer still sends is read and
-//! discarded until its EOF (`Linger`).
+//! Each read lands in one buffer per shard (no buffer held by an idle connection) and HTTP's
+//! answers to it in a second one; the reply is written from there (see `conn`).
 //!
 //! Beyond the `--max-conns` cap (shared by the process's shards) a connection is closed as
 //! soon as it is accepted. Idle and header deadlines live in one timer wheel per shard
@@ -29,56 +30,77 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
+use super::conn::{Bufs, Conn, Effects, Op};
 use crate::proto::http;
 use crate::server::{Gate, ShardCtx};
 use crate::stats::{Counters, SharedCounters};
 use crate::sys;
 use crate::timer::{Expired, Wheel};
 
-const WAKE: u64 = u64::MAX;
-/// Listener tokens count down from here; connection tokens are (generation << 32) | slot,
-/// and generations stay below 2^31, so the ranges cannot meet.
-const LISTENER_BASE: u64 = u64::MAX - 1;
 const EVENTS: usize = 1024;
 const READ_BUF: usize = 64 * 1024;
-/// Grown output queues above this are dropped once drained rather than kept idle.
-const KEEP_QUEUE_CAPACITY: usize = 64 * 1024;
 const CONN_EVENTS: u32 = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+/// Events a batched wait is content with: as many as io_uring's batched wait waits for.
+const BATCH_WANT: usize = 64;
 
-/// The lingering close after an HTTP answer that closes: send it, shut the write side, then
-/// read and discard until the peer's EOF (closing with its bytes unread would reset the
-/// connection, which can destroy the answer before the peer reads it); the timer wheel cuts
-/// it after `cli::LINGER`.
+/// What an epoll event is for, as its 64-bit token says. The wake eventfd and the listeners
+/// have reserved values with bit 63 set; a connection is its slot and a generation, so that
+/// an event for a closed connection can never touch the slot's next one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Linger {
-    No,
-    /// The closing answer is written or queued; no more requests are read.
-    Owed,
-    /// The answer is sent and the write side shut: reading and discarding.
-    Active,
+pub enum Token {
+    /// The shard's wake eventfd: stop.
+    Wake,
+    /// The shard's listener of this index.
+    Listener(u32),
+    Conn {
+        slot: u32,
+        generation: u32,
+    },
 }
 
-struct Conn {
+/// Generations wrap within 31 bits, which keeps bit 63 clear in every connection's token.
+pub const GEN_MASK: u32 = 0x7FFF_FFFF;
+const RESERVED: u64 = 1 << 63;
+const WAKE: u64 = u64::MAX;
+
+impl Token {
+    pub fn encode(self) -> u64 {
+        match self {
+            Token::Wake => WAKE,
+            Token::Listener(l) => RESERVED | u64::from(l),
+            Token::Conn { slot, generation } => {
+                u64::from(generation & GEN_MASK) << 32 | u64::from(slot)
+            }
+        }
+    }
+
+    /// None for a value no `encode` gives.
+    pub fn decode(v: u64) -> Option<Token> {
+        match v {
+            WAKE => Some(Token::Wake),
+            _ if v & RESERVED == 0 => Some(Token::Conn {
+                slot: v as u32,
+                generation: (v >> 32) as u32,
+            }),
+            _ if v >> 32 == RESERVED >> 32 => Some(Token::Listener(v as u32)),
+            _ => None,
+        }
+    }
+}
+
+/// A connection: its socket, the generation in its token, its state.
+struct Entry {
     fd: OwnedFd,
     generation: u32,
-    out: Vec<u8>,
-    out_pos: usize,
-    /// The peer half-closed: no more reads; close once `out` is sent.
-    finishing: bool,
-    /// The server is stopping: no more reads; close once `out` is sent.
-    draining: bool,
-    linger: Linger,
-    /// The HTTP session when HTTP is served (boxed: echo connections pay one pointer); echo
-    /// when None.
-    http: Option<Box<http::Session>>,
+    conn: Conn,
 }
 
-pub struct ReactorShard {
+pub struct Shard {
     epoll: OwnedFd,
     listeners: Vec<OwnedFd>,
     /// Registered with the epoll set; kept open for as long as the shard runs.
     _wake: OwnedFd,
-    conns: Slab<Conn>,
+    conns: Slab<Entry>,
     buf: Box<[u8]>,
     /// HTTP: the answers to what was just read.
     answers: Vec<u8>,
@@ -101,34 +123,49 @@ pub struct ReactorShard {
     batch: Option<Duration>,
 }
 
-/// Events a batched wait is content with: as many as io_uring's batched wait waits for.
-const BATCH_WANT: usize = 64;
-
-fn listener_token(l: usize) -> u64 {
-    LISTENER_BASE - l as u64
-}
-
 fn is_again(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::EAGAIN)
 }
 
-impl ReactorShard {
+fn is_intr(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EINTR)
+}
+
+/// Applies connection `slot`'s counters and timer changes.
+fn apply(slot: usize, fx: Effects, counters: &mut Counters, wheel: &mut Wheel) {
+    let key = slot as u32;
+    if fx.progress {
+        wheel.progress(key);
+    }
+    if let Some(open) = fx.head {
+        wheel.head(key, open);
+    }
+    if fx.linger {
+        wheel.linger(key);
+    }
+    counters.requests += u64::from(fx.answered);
+    counters.short_sends += u64::from(fx.short_send);
+    counters.conn_errors += u64::from(fx.failed);
+}
+
+impl Shard {
     pub fn new(ctx: ShardCtx, cap: usize) -> io::Result<Self> {
         let epoll = sys::epoll_create()?;
         for (l, fd) in ctx.listeners.iter().enumerate() {
             let ev = (libc::EPOLLIN | libc::EPOLLET) as u32;
-            sys::epoll_add(epoll.as_raw_fd(), fd.as_raw_fd(), ev, listener_token(l))?;
+            let token = Token::Listener(l as u32).encode();
+            sys::epoll_add(epoll.as_raw_fd(), fd.as_raw_fd(), ev, token)?;
         }
         // The eventfd is level-triggered: it only ever fires once, to stop.
         sys::epoll_add(
             epoll.as_raw_fd(),
             ctx.wake.as_raw_fd(),
             libc::EPOLLIN as u32,
-            WAKE,
+            Token::Wake.encode(),
         )?;
         let mut counters = Counters::default();
         counters.syscalls += ctx.listeners.len() as u64 + 2;
-        Ok(ReactorShard {
+        Ok(Shard {
             epoll,
             listeners: ctx.listeners,
             _wake: ctx.wake,
@@ -180,15 +217,19 @@ impl ReactorShard {
                 date.refresh();
             }
             for ev in &events[..n] {
-                let (flags, token) = (ev.events, ev.u64);
-                match token {
-                    WAKE => self.begin_stop(),
-                    t if t > LISTENER_BASE - self.listeners.len().max(1) as u64
-                        && t <= LISTENER_BASE =>
-                    {
-                        self.accept_all((LISTENER_BASE - t) as usize)?;
+                match Token::decode(ev.u64) {
+                    Some(Token::Wake) => self.begin_stop(),
+                    Some(Token::Listener(l)) => self.accept_all(l as usize)?,
+                    Some(Token::Conn { slot, generation }) => {
+                        let slot = slot as usize;
+                        match self.conns.get_mut(slot) {
+                            Some(e) if e.generation == generation => e.conn.on_ready(ev.events),
+                            // Closed earlier in this batch (its slot may hold a new one).
+                            _ => continue,
+                        }
+                        self.drive(slot);
                     }
-                    t => self.on_conn_event(t, flags),
+                    None => {}
                 }
             }
             self.expire();
@@ -200,10 +241,7 @@ impl ReactorShard {
             }
             if let Some(d) = self.deadline {
                 if Instant::now() >= d {
-                    let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-                    for k in keys {
-                        self.close(k);
-                    }
+                    self.for_each_conn(Conn::abort);
                 }
                 if self.conns.is_empty() {
                     self.shared.publish(&self.counters);
@@ -233,13 +271,20 @@ impl ReactorShard {
                     self.counters.over_cap += 1;
                 }
                 Ok(fd) => {
-                    self.next_gen = (self.next_gen + 1) & 0x7FFF_FFFF;
+                    self.next_gen = self.next_gen.wrapping_add(1) & GEN_MASK;
                     let entry = self.conns.vacant_entry();
-                    let token = u64::from(self.next_gen) << 32 | entry.key() as u64;
+                    let slot = entry.key() as u32;
+                    let token = Token::Conn {
+                        slot,
+                        generation: self.next_gen,
+                    };
                     self.counters.syscalls += 1;
-                    if let Err(e) =
-                        sys::epoll_add(self.epoll.as_raw_fd(), fd.as_raw_fd(), CONN_EVENTS, token)
-                    {
+                    if let Err(e) = sys::epoll_add(
+                        self.epoll.as_raw_fd(),
+                        fd.as_raw_fd(),
+                        CONN_EVENTS,
+                        token.encode(),
+                    ) {
                         // Dropping `fd` closes it: the peer sees the close.
                         self.counters.refused += 1;
                         if let Some(gate) = &self.gate {
@@ -252,16 +297,11 @@ impl ReactorShard {
                         }
                         return Err(e);
                     }
-                    self.wheel.start(entry.key() as u32);
-                    entry.insert(Conn {
+                    self.wheel.start(slot);
+                    entry.insert(Entry {
                         fd,
                         generation: self.next_gen,
-                        out: Vec::new(),
-                        out_pos: 0,
-                        finishing: false,
-                        linger: Linger::No,
-                        draining: false,
-                        http: self.http.is_some().then(Box::default),
+                        conn: Conn::accepted(self.http.is_some()),
                     });
                     self.counters.accepted += 1;
                 }
@@ -282,79 +322,10 @@ impl ReactorShard {
         }
     }
 
-    fn on_conn_event(&mut self, token: u64, flags: u32) {
-        let key = (token & 0xFFFF_FFFF) as usize;
-        let generation = (token >> 32) as u32;
-        if self
-            .conns
-            .get(key)
-            .is_none_or(|c| c.generation != generation)
-        {
-            return; // an event for a connection closed earlier in this batch
-        }
-        let hup = flags & (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0;
-        if flags & libc::EPOLLOUT as u32 != 0 && !self.conns[key].out.is_empty() && !self.flush(key)
-        {
-            return;
-        }
-        if flags & libc::EPOLLIN as u32 != 0 || hup {
-            self.on_readable(key, hup);
-        }
-    }
-
-    /// Reads and replies until EAGAIN (see the module doc), unless output is queued; in a
-    /// lingering close, reads and discards.
-    fn on_readable(&mut self, key: usize, to_eof: bool) {
-        loop {
-            if self.conns[key].linger == Linger::Owed && self.conns[key].out.is_empty() {
-                self.start_linger(key);
-            }
-            let c = &mut self.conns[key];
-            if !c.out.is_empty() || c.finishing || c.draining {
-                break;
-            }
-            let fd = c.fd.as_raw_fd();
-            self.counters.syscalls += 1;
-            match sys::read(fd, &mut self.buf) {
-                Ok(0) => {
-                    c.finishing = true;
-                    break;
-                }
-                Ok(n) => {
-                    self.counters.recvs += 1;
-                    self.counters.bytes_in += n as u64;
-                    self.wheel.progress(key as u32);
-                    if c.linger == Linger::No && !self.reply(key, n) {
-                        return;
-                    }
-                    if n < self.buf.len() && !to_eof {
-                        break;
-                    }
-                }
-                Err(e) if is_again(&e) => break,
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-                Err(_) => {
-                    self.counters.conn_errors += 1;
-                    self.close(key);
-                    return;
-                }
-            }
-        }
-        let c = &self.conns[key];
-        if c.linger == Linger::Owed && c.out.is_empty() && !c.finishing && !c.draining {
-            // The closing answer went out whole just now: linger, reading what is there.
-            self.start_linger(key);
-            self.on_readable(key, to_eof);
-        } else if c.finishing && c.out.is_empty() {
-            self.close(key);
-        }
-    }
-
-    /// Writes the reply to the `n` bytes just read (echo: those bytes; HTTP: the answers
-    /// they complete); queues what the socket will not take. Returns false if the
-    /// connection was closed.
-    fn reply(&mut self, key: usize, n: usize) -> bool {
-        let ReactorShard {
+    /// Performs what connection `slot` asks for, feeding each result back, until it waits
+    /// for an edge or a deadline, or closes.
+    fn drive(&mut self, slot: usize) {
+        let Shard {
             conns,
             buf,
             answers,
@@ -363,26 +334,65 @@ impl ReactorShard {
             wheel,
             ..
         } = self;
-        let c = &mut conns[key];
-        let reply: &[u8] = match (&mut c.http, http) {
-            (Some(session), Some((limits, date))) => {
-                answers.clear();
-                let o = session.on_input(&buf[..n], limits, date, answers);
-                counters.requests += u64::from(o.answers);
-                if o.close {
-                    c.linger = Linger::Owed;
+        let Entry { fd, conn, .. } = &mut conns[slot];
+        let fd = fd.as_raw_fd();
+        // Bytes of `buf` the last read of this turn filled: an echo is owed from there.
+        let mut input = 0;
+        loop {
+            let bufs = Bufs {
+                input: &buf[..input],
+                answers,
+            };
+            let fx = match conn.next(bufs) {
+                Op::Wait => return,
+                Op::Close => break,
+                Op::Read => {
+                    counters.syscalls += 1;
+                    match sys::read(fd, buf) {
+                        Ok(0) => {
+                            conn.on_eof();
+                            continue;
+                        }
+                        Ok(n) => {
+                            counters.recvs += 1;
+                            counters.bytes_in += n as u64;
+                            input = n;
+                            conn.on_recv(&buf[..n], n < buf.len(), http.as_ref(), answers)
+                        }
+                        Err(e) if is_again(&e) => {
+                            conn.on_read_blocked();
+                            continue;
+                        }
+                        Err(e) if is_intr(&e) => continue,
+                        Err(_) => conn.on_read_error(),
+                    }
                 }
-                wheel.head(key as u32, session.reading_head());
-                answers
-            }
-            _ => &buf[..n],
-        };
-        if write_or_queue(c, reply, counters, wheel, key) {
-            return true;
+                Op::Write(bytes) => {
+                    counters.syscalls += 1;
+                    counters.sends += 1;
+                    match sys::write(fd, bytes) {
+                        Ok(w) => {
+                            counters.bytes_out += w as u64;
+                            conn.on_sent(w, bufs)
+                        }
+                        Err(e) if is_again(&e) => {
+                            conn.on_write_blocked(bufs);
+                            continue;
+                        }
+                        Err(e) if is_intr(&e) => continue,
+                        Err(_) => conn.on_write_error(),
+                    }
+                }
+                Op::ShutWrite => {
+                    counters.syscalls += 1;
+                    // A peer already gone makes this fail; the reads that follow see it.
+                    let _ = sys::shutdown_write(fd);
+                    conn.on_shut()
+                }
+            };
+            apply(slot, fx, counters, wheel);
         }
-        self.counters.conn_errors += 1;
-        self.close(key);
-        false
+        self.close(slot);
     }
 
     /// Deadlines that passed: idle connections are closed; an HTTP head that took too long
@@ -390,113 +400,45 @@ impl ReactorShard {
     fn expire(&mut self) {
         self.wheel.expire(&mut self.expired);
         let mut expired = std::mem::take(&mut self.expired);
-        for (key, why) in expired.drain(..) {
-            let key = key as usize;
+        for (slot, why) in expired.drain(..) {
+            let slot = slot as usize;
             debug_assert!(
-                self.conns.contains(key),
+                self.conns.contains(slot),
                 "a closed connection's timer is stopped"
             );
-            if !self.conns.contains(key) {
+            let Some(Entry { conn, .. }) = self.conns.get_mut(slot) else {
                 continue;
-            }
+            };
             match why {
-                Expired::Idle => self.counters.idle_timeouts += 1,
-                Expired::Linger => {}
-                Expired::Header => self.counters.header_timeouts += 1,
+                Expired::Idle => {
+                    self.counters.idle_timeouts += 1;
+                    conn.abort();
+                }
+                Expired::Linger => conn.abort(),
+                Expired::Header => {
+                    self.counters.header_timeouts += 1;
+                    let fx = conn.time_out(self.http.as_ref(), &mut self.answers);
+                    apply(slot, fx, &mut self.counters, &mut self.wheel);
+                }
             }
-            if why != Expired::Header {
-                self.close(key);
-                continue;
-            }
-            let ReactorShard {
-                conns,
-                answers,
-                http,
-                counters,
-                wheel,
-                ..
-            } = self;
-            let c = &mut conns[key];
-            let (Some(session), Some((_, date))) = (&mut c.http, http) else {
-                self.close(key);
-                continue;
-            };
-            answers.clear();
-            session.time_out(date, answers);
-            c.linger = Linger::Owed;
-            wheel.linger(key as u32);
-            // After what is already queued, or straight to the socket.
-            let ok = if c.out.is_empty() {
-                write_or_queue(c, answers, counters, wheel, key)
-            } else {
-                c.out.extend_from_slice(answers);
-                true
-            };
-            if !ok {
-                self.counters.conn_errors += 1;
-                self.close(key);
-            } else if c.out.is_empty() {
-                // Shuts the write side, then drains what the peer sent meanwhile.
-                self.on_readable(key, true);
-            }
+            self.drive(slot);
         }
         self.expired = expired;
     }
 
-    /// Writes queued output until EAGAIN; when it drains, reading resumes (it stopped with
-    /// bytes possibly left unread). Returns false if the connection was closed.
-    fn flush(&mut self, key: usize) -> bool {
-        let c = &mut self.conns[key];
-        while c.out_pos < c.out.len() {
-            self.counters.syscalls += 1;
-            self.counters.sends += 1;
-            match sys::write(c.fd.as_raw_fd(), &c.out[c.out_pos..]) {
-                Ok(w) => {
-                    self.counters.bytes_out += w as u64;
-                    self.wheel.progress(key as u32);
-                    c.out_pos += w;
-                    if c.out_pos < c.out.len() {
-                        self.counters.short_sends += 1;
-                    }
-                }
-                Err(e) if is_again(&e) => return true,
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-                Err(_) => {
-                    self.counters.conn_errors += 1;
-                    self.close(key);
-                    return false;
-                }
-            }
+    /// Tells every connection `event`, then drives it.
+    fn for_each_conn(&mut self, event: fn(&mut Conn)) {
+        let slots: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for slot in slots {
+            event(&mut self.conns[slot].conn);
+            self.drive(slot);
         }
-        if c.out.capacity() > KEEP_QUEUE_CAPACITY {
-            c.out = Vec::new();
-        } else {
-            c.out.clear();
-        }
-        c.out_pos = 0;
-        if c.finishing || c.draining {
-            self.close(key);
-            return false;
-        }
-        // Reads resume (or, after a closing answer, the lingering close begins).
-        self.on_readable(key, true);
-        self.conns.contains(key)
     }
 
-    /// Everything owed after a closing answer is sent: shut the write side and linger.
-    fn start_linger(&mut self, key: usize) {
-        let c = &mut self.conns[key];
-        c.linger = Linger::Active;
-        self.counters.syscalls += 1;
-        // A peer already gone makes this fail; the reads that follow see it.
-        let _ = sys::shutdown_write(c.fd.as_raw_fd());
-        self.wheel.linger(key as u32);
-    }
-
-    fn close(&mut self, key: usize) {
+    fn close(&mut self, slot: usize) {
         // Dropping the fd closes it, which also takes it out of the epoll set.
-        drop(self.conns.remove(key));
-        self.wheel.stop(key as u32);
+        drop(self.conns.remove(slot));
+        self.wheel.stop(slot as u32);
         if let Some(gate) = &self.gate {
             gate.leave();
         }
@@ -512,44 +454,57 @@ impl ReactorShard {
         // Closing the listeners refuses new connections (and resets those in the backlog).
         self.counters.syscalls += self.listeners.len() as u64;
         self.listeners.clear();
-        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-        for k in keys {
-            let c = &mut self.conns[k];
-            c.draining = true;
-            if c.out.is_empty() {
-                self.close(k);
-            }
-        }
+        self.for_each_conn(Conn::drain);
     }
 }
 
-/// Writes `bytes` to `c` until the socket will take no more and queues the rest; false on a
-/// write error (the caller closes).
-fn write_or_queue(
-    c: &mut Conn,
-    bytes: &[u8],
-    counters: &mut Counters,
-    wheel: &mut Wheel,
-    key: usize,
-) -> bool {
-    let mut done = 0;
-    while done < bytes.len() {
-        counters.syscalls += 1;
-        counters.sends += 1;
-        match sys::write(c.fd.as_raw_fd(), &bytes[done..]) {
-            Ok(w) => {
-                counters.bytes_out += w as u64;
-                wheel.progress(key as u32);
-                done += w;
-                if done < bytes.len() {
-                    counters.short_sends += 1;
-                }
-            }
-            Err(e) if is_again(&e) => break,
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-            Err(_) => return false,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip() {
+        for t in [
+            Token::Wake,
+            Token::Listener(0),
+            Token::Listener(49),
+            Token::Listener(u32::MAX),
+            Token::Conn {
+                slot: 0,
+                generation: 0,
+            },
+            Token::Conn {
+                slot: u32::MAX,
+                generation: GEN_MASK,
+            },
+            Token::Conn {
+                slot: 19_999,
+                generation: 12_345,
+            },
+        ] {
+            assert_eq!(Token::decode(t.encode()), Some(t), "{t:?}");
         }
     }
-    c.out.extend_from_slice(&bytes[done..]);
-    true
+
+    #[test]
+    fn generation_wraps_at_31_bits_clear_of_the_reserved_tokens() {
+        let t = Token::Conn {
+            slot: 7,
+            generation: GEN_MASK + 2,
+        };
+        assert_eq!(t.encode() & RESERVED, 0);
+        assert_eq!(
+            Token::decode(t.encode()),
+            Some(Token::Conn {
+                slot: 7,
+                generation: 1
+            })
+        );
+    }
+
+    #[test]
+    fn unknown_tokens_are_none() {
+        assert_eq!(Token::decode(RESERVED | 1 << 32), None);
+        assert_eq!(Token::decode(u64::MAX - 1), None);
+    }
 }

@@ -1,0 +1,759 @@
+//! One connection's state in the Reactor: readiness and the results of the syscalls it asked
+//! for in; the next operation, and the counters and timer changes each result implies, out.
+//! No fds, no syscalls, no unsafe: the shard carries out what `Conn::next` asks, one
+//! operation at a time, and reports each result, until the answer is to wait or to close;
+//! the tests below play the shard. Reading follows the edge-triggered rule written in the
+//! shard's module doc (`Read`).
+//!
+//! Output: the reply to what was just read (echo: those bytes; HTTP: the answers they
+//! complete) lies in the shard's buffers (`Bufs`) and is written from there at once; only
+//! what the socket will not take is copied into the connection's queue. A connection that
+//! owes anything is not read until all of it is written, so a peer that does not read cannot
+//! grow the server's memory; for the same reason the peer's EOF is read only once everything
+//! is sent, and the close follows at once. After an HTTP answer that ends the connection no
+//! request is read; once its last byte is sent the write side is shut, and what the peer
+//! still sends is read and discarded until its EOF (`Phase::Lingering`).
+
+use crate::proto::http;
+
+/// Grown output queues above this are dropped once drained rather than kept idle.
+const KEEP_QUEUE_CAPACITY: usize = 64 * 1024;
+
+/// The shard's buffers, as they are when the connection is asked or told something.
+#[derive(Debug, Clone, Copy)]
+pub struct Bufs<'a> {
+    /// What the last read of this connection's turn returned: an echo is owed from here.
+    pub input: &'a [u8],
+    /// What the last `on_recv` or `time_out` built: HTTP answers are owed from here.
+    pub answers: &'a [u8],
+}
+
+/// What the connection wants done next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Op<'a> {
+    /// Read into the shard's buffer; report `on_recv`, `on_eof`, `on_read_blocked` or
+    /// `on_read_error` (EINTR: ask again).
+    Read,
+    /// Write these bytes; report `on_sent`, `on_write_blocked` or `on_write_error` (EINTR:
+    /// ask again).
+    Write(&'a [u8]),
+    /// Shut the write side, then report `on_shut`. Its result does not matter: a peer already
+    /// gone is seen by the reads that follow.
+    ShutWrite,
+    /// Close the socket and drop the connection.
+    Close,
+    /// Nothing until the next readiness event or deadline.
+    Wait,
+}
+
+/// Counters and timer changes an event asks for; the shard applies them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Effects {
+    /// Bytes moved: the idle deadline starts again.
+    pub progress: bool,
+    /// HTTP, after input was parsed: whether a request head is open (its deadline runs).
+    pub head: Option<bool>,
+    /// A final answer is owed or has been sent: the linger deadline starts.
+    pub linger: bool,
+    /// HTTP requests answered.
+    pub answered: u32,
+    /// A write took fewer bytes than offered; the rest is written next.
+    pub short_send: bool,
+    /// The connection ends on an error (set once per connection).
+    pub failed: bool,
+}
+
+/// What the socket may still hold to read, as far as the edges tell (the shard's module doc).
+/// Ordered: a new edge only ever raises it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Read {
+    /// The last read found the queue empty (EAGAIN, or a short read): the next arrival raises
+    /// a new edge.
+    Blocked,
+    /// An edge came: read until a read comes back short.
+    Ready,
+    /// Read until EAGAIN or the EOF, whatever the reads return: the peer's EOF raises no
+    /// further edge, and neither do bytes whose edge came while reading was stopped.
+    ToEof,
+}
+
+/// What is owed to the peer and not yet written; `Conn::sent` bytes of it are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owed {
+    Nothing,
+    /// The echo of what was just read: `Bufs::input`.
+    Input,
+    /// The answers just built: `Bufs::answers`.
+    Answers,
+    /// What the socket would not take, in `Conn::queue`; `writable` once EPOLLOUT has come
+    /// since the EAGAIN.
+    Queued {
+        writable: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Open,
+    /// The peer's EOF was read: send what is owed, then close.
+    PeerDone,
+    /// Server shutdown: no more reads; send what is owed, then close.
+    Draining,
+    /// HTTP, after an answer that closes: send what is owed, then shut the write side
+    /// (`shut`) and read and discard until the peer's EOF, so that bytes it sent after the
+    /// request are not left unread at close (which would reset the connection and could
+    /// destroy the answer before the peer read it). The shard bounds it with a deadline.
+    Lingering {
+        shut: bool,
+    },
+    /// An error or a deadline: close now, dropping what is owed.
+    Closing,
+}
+
+#[derive(Debug)]
+pub struct Conn {
+    phase: Phase,
+    read: Read,
+    owed: Owed,
+    /// Bytes of what is owed that are already written.
+    sent: usize,
+    /// What the socket would not take (`Owed::Queued`).
+    queue: Vec<u8>,
+    /// The HTTP session when HTTP is served (boxed: echo connections pay one pointer); echo
+    /// when None.
+    http: Option<Box<http::Session>>,
+}
+
+impl Conn {
+    /// A connection just accepted and registered, speaking HTTP or echo. Registering a socket
+    /// that already holds input raises its first edge.
+    pub fn accepted(http: bool) -> Conn {
+        Conn {
+            phase: Phase::Open,
+            read: Read::Blocked,
+            owed: Owed::Nothing,
+            sent: 0,
+            queue: Vec::new(),
+            http: http.then(Box::default),
+        }
+    }
+
+    /// An epoll event with these `events` came for the connection.
+    pub fn on_ready(&mut self, events: u32) {
+        if events & (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
+            self.read = Read::ToEof;
+        } else if events & libc::EPOLLIN as u32 != 0 {
+            self.read = self.read.max(Read::Ready);
+        }
+        if events & libc::EPOLLOUT as u32 != 0
+            && let Owed::Queued { writable } = &mut self.owed
+        {
+            *writable = true;
+        }
+    }
+
+    /// What to do next, given the shard's buffers as they are.
+    pub fn next<'a>(&'a self, bufs: Bufs<'a>) -> Op<'a> {
+        let owed = match self.owed {
+            Owed::Input => bufs.input,
+            Owed::Answers => bufs.answers,
+            Owed::Queued { writable: true } => &self.queue,
+            Owed::Queued { writable: false } => return Op::Wait,
+            Owed::Nothing => {
+                return match self.phase {
+                    Phase::Open | Phase::Lingering { shut: true } => match self.read {
+                        Read::Blocked => Op::Wait,
+                        Read::Ready | Read::ToEof => Op::Read,
+                    },
+                    Phase::Lingering { shut: false } => Op::ShutWrite,
+                    Phase::PeerDone | Phase::Draining | Phase::Closing => Op::Close,
+                };
+            }
+        };
+        Op::Write(&owed[self.sent..])
+    }
+
+    /// A read returned `input` (not empty); `short` if fewer bytes than the shard's buffer
+    /// holds. HTTP's answers are built in `answers`; `http` is the shard's limits and Date.
+    pub fn on_recv(
+        &mut self,
+        input: &[u8],
+        short: bool,
+        http: Option<&(http::Limits, http::Date)>,
+        answers: &mut Vec<u8>,
+    ) -> Effects {
+        debug_assert_eq!(self.owed, Owed::Nothing, "reads wait until all is written");
+        if short && matches!(self.read, Read::Ready) {
+            self.read = Read::Blocked;
+        }
+        let mut fx = Effects {
+            progress: true,
+            ..Effects::default()
+        };
+        if !matches!(self.phase, Phase::Open) {
+            // Lingering: discarded.
+            return fx;
+        }
+        match (&mut self.http, http) {
+            (Some(session), Some((limits, date))) => {
+                answers.clear();
+                let o = session.on_input(input, limits, date, answers);
+                fx.answered = o.answers;
+                fx.head = Some(session.reading_head());
+                if o.close {
+                    self.phase = Phase::Lingering { shut: false };
+                }
+                if !answers.is_empty() {
+                    self.owed = Owed::Answers;
+                }
+            }
+            // Echo: the reply is the input itself.
+            _ => self.owed = Owed::Input,
+        }
+        fx
+    }
+
+    /// A read returned 0: the peer's EOF.
+    pub fn on_eof(&mut self) {
+        if matches!(self.phase, Phase::Open | Phase::Lingering { .. }) {
+            self.phase = Phase::PeerDone;
+        }
+    }
+
+    /// A read found nothing (EAGAIN).
+    pub fn on_read_blocked(&mut self) {
+        self.read = Read::Blocked;
+    }
+
+    /// A read failed (reset).
+    pub fn on_read_error(&mut self) -> Effects {
+        self.fail()
+    }
+
+    /// A write took `n` bytes of what `next` offered.
+    pub fn on_sent(&mut self, n: usize, bufs: Bufs) -> Effects {
+        let len = match self.owed {
+            Owed::Nothing => {
+                debug_assert!(false, "a write without anything owed");
+                return Effects::default();
+            }
+            Owed::Input => bufs.input.len(),
+            Owed::Answers => bufs.answers.len(),
+            Owed::Queued { .. } => self.queue.len(),
+        };
+        self.sent += n;
+        let mut fx = Effects {
+            progress: true,
+            ..Effects::default()
+        };
+        if self.sent < len {
+            fx.short_send = true;
+            return fx;
+        }
+        if let Owed::Queued { .. } = self.owed {
+            if self.queue.capacity() > KEEP_QUEUE_CAPACITY {
+                self.queue = Vec::new();
+            } else {
+                self.queue.clear();
+            }
+            // Reading stopped while this was queued: what came meanwhile raised its edges
+            // then.
+            self.read = Read::ToEof;
+        }
+        self.owed = Owed::Nothing;
+        self.sent = 0;
+        fx
+    }
+
+    /// A write found the socket full (EAGAIN): the rest is queued and waits for EPOLLOUT.
+    pub fn on_write_blocked(&mut self, bufs: Bufs) {
+        let rest = match self.owed {
+            Owed::Nothing => return,
+            Owed::Input => &bufs.input[self.sent..],
+            Owed::Answers => &bufs.answers[self.sent..],
+            Owed::Queued { .. } => &[],
+        };
+        if !rest.is_empty() {
+            debug_assert!(
+                self.queue.is_empty(),
+                "nothing is queued while a reply is owed"
+            );
+            self.queue.extend_from_slice(rest);
+            self.sent = 0;
+        }
+        self.owed = Owed::Queued { writable: false };
+    }
+
+    /// A write failed (reset, broken pipe).
+    pub fn on_write_error(&mut self) -> Effects {
+        self.fail()
+    }
+
+    /// The write side was shut (`Op::ShutWrite`): linger.
+    pub fn on_shut(&mut self) -> Effects {
+        if !matches!(self.phase, Phase::Lingering { .. }) {
+            return Effects::default();
+        }
+        self.phase = Phase::Lingering { shut: true };
+        Effects {
+            linger: true,
+            ..Effects::default()
+        }
+    }
+
+    /// The header deadline passed: answer 408, after what is queued, and close (lingering).
+    /// An echo connection is closed.
+    pub fn time_out(
+        &mut self,
+        http: Option<&(http::Limits, http::Date)>,
+        answers: &mut Vec<u8>,
+    ) -> Effects {
+        let (Some(session), Some((_, date))) = (&mut self.http, http) else {
+            self.abort();
+            return Effects::default();
+        };
+        match self.owed {
+            Owed::Nothing => {
+                answers.clear();
+                session.time_out(date, answers);
+                if !answers.is_empty() {
+                    self.owed = Owed::Answers;
+                }
+            }
+            Owed::Queued { .. } => {
+                session.time_out(date, &mut self.queue);
+            }
+            Owed::Input | Owed::Answers => {
+                debug_assert!(
+                    false,
+                    "what is owed from the shard's buffers is settled in its turn"
+                );
+            }
+        }
+        if matches!(self.phase, Phase::Open) {
+            self.phase = Phase::Lingering { shut: false };
+        }
+        Effects {
+            linger: true,
+            ..Effects::default()
+        }
+    }
+
+    /// Server shutdown: stop reading; close once what is owed is written.
+    pub fn drain(&mut self) {
+        if matches!(
+            self.phase,
+            Phase::Open | Phase::PeerDone | Phase::Lingering { .. }
+        ) {
+            self.phase = Phase::Draining;
+        }
+    }
+
+    /// Close now, dropping what is owed (a deadline passed).
+    pub fn abort(&mut self) {
+        self.phase = Phase::Closing;
+        self.owed = Owed::Nothing;
+    }
+
+    /// A syscall failed: counted once per connection, then close.
+    fn fail(&mut self) -> Effects {
+        let failed = !matches!(self.phase, Phase::Closing);
+        self.abort();
+        Effects {
+            failed,
+            ..Effects::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IN: u32 = libc::EPOLLIN as u32;
+    const OUT: u32 = libc::EPOLLOUT as u32;
+    const RDHUP: u32 = libc::EPOLLRDHUP as u32;
+
+    /// The shard's side of a connection: its buffers, and the syscalls' results.
+    #[derive(Default)]
+    struct Shard {
+        input: Vec<u8>,
+        answers: Vec<u8>,
+        http: Option<(http::Limits, http::Date)>,
+    }
+
+    impl Shard {
+        fn http() -> Shard {
+            Shard {
+                http: Some((http::Limits::default(), http::Date::at(0))),
+                ..Shard::default()
+            }
+        }
+
+        fn bufs(&self) -> Bufs<'_> {
+            Bufs {
+                input: &self.input,
+                answers: &self.answers,
+            }
+        }
+
+        /// The connection asks to read, and the read returns `bytes`.
+        fn recv(&mut self, c: &mut Conn, bytes: &[u8], short: bool) -> Effects {
+            assert_eq!(c.next(self.bufs()), Op::Read);
+            self.input = bytes.to_vec();
+            c.on_recv(&self.input, short, self.http.as_ref(), &mut self.answers)
+        }
+
+        /// The connection asks to write, and the write takes `n` of the bytes; returns them.
+        fn sent(&mut self, c: &mut Conn, n: usize) -> (Vec<u8>, Effects) {
+            let Op::Write(bytes) = c.next(self.bufs()) else {
+                panic!("expected a write, got {:?}", c.next(self.bufs()));
+            };
+            let took = bytes[..n].to_vec();
+            (took, c.on_sent(n, self.bufs()))
+        }
+
+        /// The connection asks to write, and the write returns EAGAIN.
+        fn blocked(&mut self, c: &mut Conn) {
+            assert!(matches!(c.next(self.bufs()), Op::Write(_)));
+            c.on_write_blocked(self.bufs());
+        }
+
+        /// The connection asks to write; returns what it offers.
+        fn offered(&self, c: &Conn) -> Vec<u8> {
+            match c.next(self.bufs()) {
+                Op::Write(bytes) => bytes.to_vec(),
+                op => panic!("expected a write, got {op:?}"),
+            }
+        }
+
+        fn next<'a>(&'a self, c: &'a Conn) -> Op<'a> {
+            c.next(self.bufs())
+        }
+    }
+
+    fn progress() -> Effects {
+        Effects {
+            progress: true,
+            ..Effects::default()
+        }
+    }
+
+    fn short() -> Effects {
+        Effects {
+            short_send: true,
+            ..progress()
+        }
+    }
+
+    fn bytes(n: usize) -> Vec<u8> {
+        (0..n).map(|i| i as u8).collect()
+    }
+
+    fn statuses(bytes: &[u8]) -> usize {
+        bytes.windows(9).filter(|w| w == b"HTTP/1.1 ").count()
+    }
+
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    const GET_CLOSE: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+
+    #[test]
+    fn echo_writes_what_it_read_straight_back_and_waits_after_a_short_read() {
+        let (mut c, mut s) = (Conn::accepted(false), Shard::default());
+        assert_eq!(s.next(&c), Op::Wait, "no read before the first edge");
+        c.on_ready(IN | OUT);
+        assert_eq!(s.recv(&mut c, b"hello", true), progress());
+        assert_eq!(s.sent(&mut c, 5), (b"hello".to_vec(), progress()));
+        assert_eq!(s.next(&c), Op::Wait);
+        // EPOLLOUT with nothing queued changes nothing.
+        c.on_ready(OUT);
+        assert_eq!(s.next(&c), Op::Wait);
+    }
+
+    #[test]
+    fn a_full_read_reads_again_and_rdhup_reads_on_to_the_eof() {
+        let (mut c, mut s) = (Conn::accepted(false), Shard::default());
+        c.on_ready(IN);
+        s.recv(&mut c, &bytes(8), false);
+        s.sent(&mut c, 8);
+        s.recv(&mut c, &bytes(3), true);
+        s.sent(&mut c, 3);
+        assert_eq!(s.next(&c), Op::Wait);
+        // The peer's FIN raises no edge of its own: short reads do not stop the reading.
+        c.on_ready(IN | RDHUP);
+        s.recv(&mut c, &bytes(3), true);
+        s.sent(&mut c, 3);
+        assert_eq!(s.next(&c), Op::Read);
+        c.on_eof();
+        assert_eq!(s.next(&c), Op::Close);
+    }
+
+    #[test]
+    fn eagain_on_a_read_waits_for_the_next_edge() {
+        let (mut c, s) = (Conn::accepted(false), Shard::default());
+        c.on_ready(IN | RDHUP);
+        assert_eq!(s.next(&c), Op::Read);
+        c.on_read_blocked();
+        assert_eq!(s.next(&c), Op::Wait);
+    }
+
+    #[test]
+    fn short_write_then_second_short_write_writes_exactly_the_rest() {
+        let (mut c, mut s) = (Conn::accepted(false), Shard::default());
+        let data = bytes(100);
+        c.on_ready(IN);
+        s.recv(&mut c, &data, true);
+        assert_eq!(s.sent(&mut c, 30), (data[..30].to_vec(), short()));
+        assert_eq!(s.offered(&c), data[30..]);
+        assert_eq!(s.sent(&mut c, 50), (data[30..80].to_vec(), short()));
+        assert_eq!(s.offered(&c), data[80..]);
+        assert_eq!(s.sent(&mut c, 20), (data[80..].to_vec(), progress()));
+        assert_eq!(s.next(&c), Op::Wait);
+
+        // The same from the queue: a short write, EAGAIN, then two short writes.
+        c.on_ready(IN);
+        s.recv(&mut c, &data, true);
+        s.sent(&mut c, 10);
+        s.blocked(&mut c);
+        c.on_ready(OUT);
+        assert_eq!(s.offered(&c), data[10..]);
+        assert_eq!(s.sent(&mut c, 40), (data[10..50].to_vec(), short()));
+        assert_eq!(s.sent(&mut c, 25), (data[50..75].to_vec(), short()));
+        assert_eq!(s.sent(&mut c, 25), (data[75..].to_vec(), progress()));
+    }
+
+    #[test]
+    fn eagain_mid_answer_queues_the_rest_and_reading_stops_until_it_is_written() {
+        let (mut c, mut s) = (Conn::accepted(true), Shard::http());
+        c.on_ready(IN);
+        let two = [GET, GET].concat();
+        let fx = s.recv(&mut c, &two, true);
+        assert_eq!((fx.answered, fx.head), (2, Some(false)));
+        let answers = s.answers.clone();
+        assert_eq!(statuses(&answers), 2);
+        s.sent(&mut c, 10);
+        s.blocked(&mut c);
+        // The shard's buffers move on to other connections: the rest was copied.
+        s.answers.clear();
+        s.input.clear();
+        assert_eq!(s.next(&c), Op::Wait);
+        c.on_ready(IN);
+        assert_eq!(s.next(&c), Op::Wait, "no read while output is queued");
+        c.on_ready(OUT);
+        assert_eq!(s.offered(&c), answers[10..]);
+        s.sent(&mut c, answers.len() - 10);
+        // Reading resumes, on to EAGAIN whatever the reads return.
+        let fx = s.recv(&mut c, GET, true);
+        assert_eq!(fx.answered, 1);
+        s.sent(&mut c, s.answers.len());
+        assert_eq!(s.next(&c), Op::Read);
+        c.on_read_blocked();
+        assert_eq!(s.next(&c), Op::Wait);
+    }
+
+    #[test]
+    fn eof_with_output_queued_closes_only_after_it_is_all_written() {
+        let (mut c, mut s) = (Conn::accepted(false), Shard::default());
+        let data = bytes(50);
+        c.on_ready(IN);
+        s.recv(&mut c, &data, true);
+        s.sent(&mut c, 20);
+        s.blocked(&mut c);
+        c.on_ready(IN | RDHUP);
+        assert_eq!(
+            s.next(&c),
+            Op::Wait,
+            "the EOF is not read while output is queued"
+        );
+        c.on_ready(OUT);
+        s.sent(&mut c, 10);
+        s.blocked(&mut c);
+        assert_eq!(s.next(&c), Op::Wait);
+        c.on_ready(OUT);
+        assert_eq!(s.sent(&mut c, 20), (data[30..].to_vec(), progress()));
+        assert_eq!(s.next(&c), Op::Read);
+        c.on_eof();
+        assert_eq!(s.next(&c), Op::Close);
+    }
+
+    #[test]
+    fn lingering_close_sends_the_answer_shuts_once_discards_then_closes_at_the_eof() {
+        let (mut c, mut s) = (Conn::accepted(true), Shard::http());
+        c.on_ready(IN);
+        let fx = s.recv(&mut c, &[GET_CLOSE, GET].concat(), false);
+        assert_eq!(
+            fx.answered, 1,
+            "nothing after the closing request is answered"
+        );
+        let answer = s.answers.clone();
+        assert!(answer.ends_with(b"Hello, World!"));
+        s.sent(&mut c, 7);
+        assert_eq!(s.offered(&c), answer[7..]);
+        let (_, fx) = s.sent(&mut c, answer.len() - 7);
+        assert!(!fx.linger, "the linger starts when the write side is shut");
+        assert_eq!(s.next(&c), Op::ShutWrite);
+        assert_eq!(
+            c.on_shut(),
+            Effects {
+                linger: true,
+                ..Effects::default()
+            }
+        );
+        // What the peer still sends is read and discarded; the write side is not shut again.
+        let fx = s.recv(&mut c, GET, false);
+        assert_eq!(fx, progress());
+        assert_eq!(s.next(&c), Op::Read);
+        s.recv(&mut c, GET, true);
+        assert_eq!(s.next(&c), Op::Wait);
+        c.on_ready(IN | RDHUP);
+        s.recv(&mut c, GET, true);
+        assert_eq!(s.next(&c), Op::Read);
+        c.on_eof();
+        assert_eq!(s.next(&c), Op::Close);
+    }
+
+    #[test]
+    fn a_closing_answer_that_blocks_shuts_after_its_last_byte() {
+        let (mut c, mut s) = (Conn::accepted(true), Shard::http());
+        c.on_ready(IN);
+        s.recv(&mut c, GET_CLOSE, true);
+        s.blocked(&mut c);
+        c.on_ready(IN);
+        assert_eq!(s.next(&c), Op::Wait);
+        c.on_ready(OUT);
+        let n = s.offered(&c).len();
+        s.sent(&mut c, n);
+        assert_eq!(s.next(&c), Op::ShutWrite);
+        c.on_shut();
+        // Reading was stopped while the answer was queued: on to EAGAIN, discarding.
+        assert_eq!(s.next(&c), Op::Read);
+    }
+
+    #[test]
+    fn header_timeout_answers_408_then_lingers() {
+        let (mut c, mut s) = (Conn::accepted(true), Shard::http());
+        c.on_ready(IN);
+        let fx = s.recv(&mut c, b"GET / HTTP/1.1\r\nHost", true);
+        assert_eq!((fx.answered, fx.head), (0, Some(true)));
+        assert_eq!(s.next(&c), Op::Wait, "nothing owed for half a request");
+        let fx = c.time_out(s.http.as_ref(), &mut s.answers);
+        assert!(fx.linger);
+        let answer = s.offered(&c);
+        assert!(answer.starts_with(b"HTTP/1.1 408 Request Timeout\r\n"));
+        s.sent(&mut c, answer.len());
+        assert_eq!(s.next(&c), Op::ShutWrite);
+        c.on_shut();
+        assert_eq!(s.next(&c), Op::Wait);
+        c.on_ready(IN | RDHUP);
+        assert_eq!(s.next(&c), Op::Read);
+        c.on_eof();
+        assert_eq!(s.next(&c), Op::Close);
+    }
+
+    #[test]
+    fn header_timeout_with_output_queued_answers_after_it() {
+        let (mut c, mut s) = (Conn::accepted(true), Shard::http());
+        c.on_ready(IN);
+        s.recv(&mut c, &[GET, b"GET / HT"].concat(), true);
+        let first = s.answers.clone();
+        s.sent(&mut c, 5);
+        s.blocked(&mut c);
+        s.answers.clear();
+        c.time_out(s.http.as_ref(), &mut s.answers);
+        assert!(
+            s.answers.is_empty(),
+            "appended to the queue, not the shard's buffer"
+        );
+        c.on_ready(OUT);
+        let rest = s.offered(&c);
+        assert_eq!(rest[..first.len() - 5], first[5..]);
+        assert!(rest[first.len() - 5..].starts_with(b"HTTP/1.1 408 "));
+        s.sent(&mut c, rest.len());
+        assert_eq!(s.next(&c), Op::ShutWrite);
+    }
+
+    #[test]
+    fn header_timeout_closes_an_echo_connection() {
+        let (mut c, mut s) = (Conn::accepted(false), Shard::default());
+        assert_eq!(c.time_out(None, &mut s.answers), Effects::default());
+        assert_eq!(s.next(&c), Op::Close);
+    }
+
+    #[test]
+    fn drain_during_output_writes_the_rest_then_closes_without_reading() {
+        let (mut c, mut s) = (Conn::accepted(false), Shard::default());
+        let data = bytes(40);
+        c.on_ready(IN);
+        s.recv(&mut c, &data, true);
+        s.sent(&mut c, 15);
+        s.blocked(&mut c);
+        c.drain();
+        assert_eq!(s.next(&c), Op::Wait);
+        c.on_ready(IN);
+        assert_eq!(s.next(&c), Op::Wait);
+        c.on_ready(OUT);
+        assert_eq!(s.sent(&mut c, 25), (data[15..].to_vec(), progress()));
+        assert_eq!(s.next(&c), Op::Close);
+    }
+
+    #[test]
+    fn drain_with_nothing_owed_closes_at_once_even_while_lingering() {
+        let (mut c, s) = (Conn::accepted(false), Shard::default());
+        c.drain();
+        assert_eq!(s.next(&c), Op::Close);
+
+        let (mut c, mut s) = (Conn::accepted(true), Shard::http());
+        c.on_ready(IN);
+        s.recv(&mut c, GET_CLOSE, true);
+        let n = s.answers.len();
+        s.sent(&mut c, n);
+        c.on_shut();
+        c.drain();
+        assert_eq!(s.next(&c), Op::Close);
+    }
+
+    #[test]
+    fn write_error_is_counted_once_and_closes() {
+        let (mut c, mut s) = (Conn::accepted(false), Shard::default());
+        c.on_ready(IN);
+        s.recv(&mut c, &bytes(10), true);
+        assert_eq!(
+            c.on_write_error(),
+            Effects {
+                failed: true,
+                ..Effects::default()
+            }
+        );
+        assert_eq!(s.next(&c), Op::Close);
+        assert_eq!(c.on_read_error(), Effects::default(), "already counted");
+        assert_eq!(c.on_write_error(), Effects::default());
+    }
+
+    #[test]
+    fn read_error_closes_and_an_abort_closes_dropping_what_is_owed() {
+        let (mut c, s) = (Conn::accepted(false), Shard::default());
+        c.on_ready(IN);
+        assert!(c.on_read_error().failed);
+        assert_eq!(s.next(&c), Op::Close);
+
+        let (mut c, mut s) = (Conn::accepted(false), Shard::default());
+        c.on_ready(IN);
+        s.recv(&mut c, &bytes(10), true);
+        s.blocked(&mut c);
+        c.abort();
+        c.on_ready(OUT);
+        assert_eq!(s.next(&c), Op::Close);
+    }
+
+    #[test]
+    fn a_grown_queue_is_dropped_once_written() {
+        let (mut c, mut s) = (Conn::accepted(false), Shard::default());
+        let data = bytes(KEEP_QUEUE_CAPACITY + 1);
+        c.on_ready(IN);
+        s.recv(&mut c, &data, true);
+        s.blocked(&mut c);
+        c.on_ready(OUT);
+        s.sent(&mut c, data.len());
+        assert_eq!(c.queue.capacity(), 0);
+    }
+}
