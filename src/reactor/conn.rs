@@ -15,9 +15,7 @@
 //! still sends is read and discarded until its EOF (`Phase::Lingering`).
 
 use crate::proto::http;
-
-/// Grown output queues above this are dropped once drained rather than kept idle.
-const KEEP_QUEUE_CAPACITY: usize = 64 * 1024;
+use crate::server::core::{HttpEnv, KEEP_QUEUE_CAPACITY};
 
 /// The shard's buffers, as they are when the connection is asked or told something.
 #[derive(Debug, Clone, Copy)]
@@ -179,7 +177,7 @@ impl Conn {
         &mut self,
         input: &[u8],
         short: bool,
-        http: Option<&(http::Limits, http::Date)>,
+        http: Option<&HttpEnv>,
         answers: &mut Vec<u8>,
     ) -> Effects {
         debug_assert_eq!(self.owed, Owed::Nothing, "reads wait until all is written");
@@ -195,9 +193,9 @@ impl Conn {
             return fx;
         }
         match (&mut self.http, http) {
-            (Some(session), Some((limits, date))) => {
+            (Some(session), Some(env)) => {
                 answers.clear();
-                let o = session.on_input(input, limits, date, answers);
+                let o = session.on_input(input, &env.limits, &env.date, answers);
                 fx.answered = o.answers;
                 fx.head = Some(session.reading_head());
                 if o.close {
@@ -303,12 +301,8 @@ impl Conn {
 
     /// The header deadline passed: answer 408, after what is queued, and close (lingering).
     /// An echo connection is closed.
-    pub fn time_out(
-        &mut self,
-        http: Option<&(http::Limits, http::Date)>,
-        answers: &mut Vec<u8>,
-    ) -> Effects {
-        let (Some(session), Some((_, date))) = (&mut self.http, http) else {
+    pub fn time_out(&mut self, http: Option<&HttpEnv>, answers: &mut Vec<u8>) -> Effects {
+        let (Some(session), Some(HttpEnv { date, .. })) = (&mut self.http, http) else {
             self.abort();
             return Effects::default();
         };
@@ -379,13 +373,16 @@ mod tests {
     struct Shard {
         input: Vec<u8>,
         answers: Vec<u8>,
-        http: Option<(http::Limits, http::Date)>,
+        http: Option<HttpEnv>,
     }
 
     impl Shard {
         fn http() -> Shard {
             Shard {
-                http: Some((http::Limits::default(), http::Date::at(0))),
+                http: Some(HttpEnv {
+                    limits: http::Limits::default(),
+                    date: http::Date::at(0),
+                }),
                 ..Shard::default()
             }
         }

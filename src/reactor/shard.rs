@@ -25,23 +25,20 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use slab::Slab;
 
 use super::conn::{Bufs, Conn, Effects, Op};
-use crate::proto::http;
-use crate::server::{Gate, ShardCtx};
-use crate::stats::{Counters, SharedCounters};
+use crate::server::ShardCtx;
+use crate::server::core::{BATCH_WANT, ShardCore};
+use crate::stats::Counters;
 use crate::sys;
 use crate::timer::{Expired, Wheel};
 
 const EVENTS: usize = 1024;
 const READ_BUF: usize = 64 * 1024;
 const CONN_EVENTS: u32 = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
-/// Events a batched wait is content with: as many as io_uring's batched wait waits for.
-const BATCH_WANT: usize = 64;
 
 /// What an epoll event is for, as its 64-bit token says. The wake eventfd and the listeners
 /// have reserved values with bit 63 set; a connection is its slot and a generation, so that
@@ -96,6 +93,7 @@ struct Entry {
 }
 
 pub struct Shard {
+    core: ShardCore,
     epoll: OwnedFd,
     listeners: Vec<OwnedFd>,
     /// Registered with the epoll set; kept open for as long as the shard runs.
@@ -104,21 +102,11 @@ pub struct Shard {
     buf: Box<[u8]>,
     /// HTTP: the answers to what was just read.
     answers: Vec<u8>,
-    /// HTTP's limits and the Date of the current second, when HTTP is served.
-    http: Option<(http::Limits, http::Date)>,
     /// The most connections this shard may hold: its share of the process's fds.
     cap: usize,
     /// A listener stopped short of EAGAIN (fd limit): retry when connections close.
     accept_pending: bool,
     next_gen: u32,
-    counters: Counters,
-    shared: Arc<SharedCounters>,
-    shutdown_timeout: Duration,
-    deadline: Option<Instant>,
-    /// Idle and header deadlines, keyed by slot.
-    wheel: Wheel,
-    expired: Vec<(u32, Expired)>,
-    gate: Option<Arc<Gate>>,
     /// `--batch-usec`: once events are there, sleep this long and gather what came meanwhile.
     batch: Option<Duration>,
 }
@@ -163,26 +151,19 @@ impl Shard {
             libc::EPOLLIN as u32,
             Token::Wake.encode(),
         )?;
-        let mut counters = Counters::default();
-        counters.syscalls += ctx.listeners.len() as u64 + 2;
+        let mut core = ShardCore::new(&ctx);
+        core.counters.syscalls += ctx.listeners.len() as u64 + 2;
         Ok(Shard {
+            core,
             epoll,
             listeners: ctx.listeners,
             _wake: ctx.wake,
             conns: Slab::with_capacity(1024),
             buf: vec![0u8; READ_BUF].into_boxed_slice(),
             answers: Vec::new(),
-            http: ctx.http.map(|limits| (limits, http::Date::now())),
             cap,
             accept_pending: false,
             next_gen: 0,
-            counters,
-            shared: ctx.counters,
-            shutdown_timeout: ctx.shutdown_timeout,
-            deadline: None,
-            wheel: Wheel::new(ctx.timeouts, Instant::now()),
-            expired: Vec::new(),
-            gate: ctx.gate,
             batch: (ctx.batch_usec > 0).then(|| Duration::from_micros(ctx.batch_usec.into())),
         })
     }
@@ -190,17 +171,12 @@ impl Shard {
     pub fn run(mut self) -> io::Result<Counters> {
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
         loop {
-            let now = Instant::now();
-            let stop = self.deadline.map(|d| {
-                d.saturating_duration_since(now)
-                    .clamp(Duration::from_millis(1), Duration::from_millis(100))
-            });
-            let timeout = match (stop, self.wheel.next_wake(now)) {
-                (Some(a), Some(b)) => a.min(b).as_millis().max(1) as i32,
-                (Some(a), None) | (None, Some(a)) => a.as_millis().max(1) as i32,
-                (None, None) => -1,
+            let timeout = match self.core.wait_timeout(Instant::now()) {
+                // epoll_wait counts whole milliseconds: round up, never a busy 0.
+                Some(t) => t.as_micros().div_ceil(1000).max(1) as i32,
+                None => -1,
             };
-            self.counters.syscalls += 1;
+            self.core.counters.syscalls += 1;
             let mut n = sys::epoll_wait(self.epoll.as_raw_fd(), &mut events, timeout)?;
             if let Some(batch) = self.batch
                 && n > 0
@@ -209,13 +185,10 @@ impl Shard {
                 // Edge-triggered: what became ready during the sleep is reported by the
                 // next wait, which does not block.
                 std::thread::sleep(batch);
-                self.counters.syscalls += 2;
+                self.core.counters.syscalls += 2;
                 n += sys::epoll_wait(self.epoll.as_raw_fd(), &mut events[n..], 0)?;
             }
-            self.wheel.set_clock(Instant::now());
-            if let Some((_, date)) = &mut self.http {
-                date.refresh();
-            }
+            self.core.turn(Instant::now());
             for ev in &events[..n] {
                 match Token::decode(ev.u64) {
                     Some(Token::Wake) => self.begin_stop(),
@@ -233,22 +206,19 @@ impl Shard {
                 }
             }
             self.expire();
-            if self.accept_pending && self.deadline.is_none() && self.conns.len() < self.cap {
+            if self.accept_pending && !self.core.stopping() && self.conns.len() < self.cap {
                 self.accept_pending = false;
                 for l in 0..self.listeners.len() {
                     self.accept_all(l)?;
                 }
             }
-            if let Some(d) = self.deadline {
-                if Instant::now() >= d {
-                    self.for_each_conn(Conn::abort);
-                }
-                if self.conns.is_empty() {
-                    self.shared.publish(&self.counters);
-                    return Ok(self.counters);
-                }
+            if self.core.overdue(Instant::now()) {
+                self.for_each_conn(Conn::abort);
             }
-            self.shared.publish(&self.counters);
+            self.core.publish();
+            if self.core.stopping() && self.conns.is_empty() {
+                return Ok(self.core.counters);
+            }
         }
     }
 
@@ -262,13 +232,13 @@ impl Shard {
                 self.accept_pending = true;
                 return Ok(());
             }
-            self.counters.syscalls += 1;
+            self.core.counters.syscalls += 1;
             match sys::accept_nonblocking(lfd) {
-                Ok(fd) if self.gate.as_ref().is_some_and(|g| !g.enter()) => {
+                Ok(fd) if !self.core.enter() => {
                     // Over the cap: dropping `fd` closes it before a byte is read.
                     drop(fd);
-                    self.counters.syscalls += 1;
-                    self.counters.over_cap += 1;
+                    self.core.counters.syscalls += 1;
+                    self.core.counters.over_cap += 1;
                 }
                 Ok(fd) => {
                     self.next_gen = self.next_gen.wrapping_add(1) & GEN_MASK;
@@ -278,7 +248,7 @@ impl Shard {
                         slot,
                         generation: self.next_gen,
                     };
-                    self.counters.syscalls += 1;
+                    self.core.counters.syscalls += 1;
                     if let Err(e) = sys::epoll_add(
                         self.epoll.as_raw_fd(),
                         fd.as_raw_fd(),
@@ -286,10 +256,8 @@ impl Shard {
                         token.encode(),
                     ) {
                         // Dropping `fd` closes it: the peer sees the close.
-                        self.counters.refused += 1;
-                        if let Some(gate) = &self.gate {
-                            gate.leave();
-                        }
+                        self.core.counters.refused += 1;
+                        self.core.leave();
                         if e.raw_os_error() == Some(libc::ENOMEM)
                             || e.raw_os_error() == Some(libc::ENOSPC)
                         {
@@ -297,19 +265,21 @@ impl Shard {
                         }
                         return Err(e);
                     }
-                    self.wheel.start(slot);
+                    self.core.wheel.start(slot);
                     entry.insert(Entry {
                         fd,
                         generation: self.next_gen,
-                        conn: Conn::accepted(self.http.is_some()),
+                        conn: Conn::accepted(self.core.http.is_some()),
                     });
-                    self.counters.accepted += 1;
+                    self.core.counters.accepted += 1;
                 }
                 Err(e) if is_again(&e) => return Ok(()),
                 Err(e) => match e.raw_os_error() {
                     Some(libc::EINTR) => {}
                     // That connection was reset before we took it.
-                    Some(libc::ECONNABORTED) | Some(libc::EPROTO) => self.counters.refused += 1,
+                    Some(libc::ECONNABORTED) | Some(libc::EPROTO) => {
+                        self.core.counters.refused += 1
+                    }
                     // Out of fds or memory: leave the rest in the backlog, retry on closes.
                     Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS)
                     | Some(libc::ENOMEM) => {
@@ -326,14 +296,18 @@ impl Shard {
     /// for an edge or a deadline, or closes.
     fn drive(&mut self, slot: usize) {
         let Shard {
+            core,
             conns,
             buf,
             answers,
-            http,
-            counters,
-            wheel,
             ..
         } = self;
+        let ShardCore {
+            counters,
+            wheel,
+            http,
+            ..
+        } = core;
         let Entry { fd, conn, .. } = &mut conns[slot];
         let fd = fd.as_raw_fd();
         // Bytes of `buf` the last read of this turn filled: an echo is owed from there.
@@ -398,9 +372,8 @@ impl Shard {
     /// Deadlines that passed: idle connections are closed; an HTTP head that took too long
     /// is answered 408 and closed (lingering); a lingering close that ran out is cut.
     fn expire(&mut self) {
-        self.wheel.expire(&mut self.expired);
-        let mut expired = std::mem::take(&mut self.expired);
-        for (slot, why) in expired.drain(..) {
+        let expired = self.core.take_expired();
+        for &(slot, why) in &expired {
             let slot = slot as usize;
             debug_assert!(
                 self.conns.contains(slot),
@@ -410,20 +383,16 @@ impl Shard {
                 continue;
             };
             match why {
-                Expired::Idle => {
-                    self.counters.idle_timeouts += 1;
-                    conn.abort();
-                }
-                Expired::Linger => conn.abort(),
+                Expired::Idle | Expired::Linger => conn.abort(),
                 Expired::Header => {
-                    self.counters.header_timeouts += 1;
-                    let fx = conn.time_out(self.http.as_ref(), &mut self.answers);
-                    apply(slot, fx, &mut self.counters, &mut self.wheel);
+                    let core = &mut self.core;
+                    let fx = conn.time_out(core.http.as_ref(), &mut self.answers);
+                    apply(slot, fx, &mut core.counters, &mut core.wheel);
                 }
             }
             self.drive(slot);
         }
-        self.expired = expired;
+        self.core.expired_done(expired);
     }
 
     /// Tells every connection `event`, then drives it.
@@ -438,21 +407,18 @@ impl Shard {
     fn close(&mut self, slot: usize) {
         // Dropping the fd closes it, which also takes it out of the epoll set.
         drop(self.conns.remove(slot));
-        self.wheel.stop(slot as u32);
-        if let Some(gate) = &self.gate {
-            gate.leave();
-        }
-        self.counters.syscalls += 1;
-        self.counters.closed += 1;
+        self.core.wheel.stop(slot as u32);
+        self.core.leave();
+        self.core.counters.syscalls += 1;
+        self.core.counters.closed += 1;
     }
 
     fn begin_stop(&mut self) {
-        if self.deadline.is_some() {
+        if !self.core.begin_stop(Instant::now()) {
             return;
         }
-        self.deadline = Some(Instant::now() + self.shutdown_timeout);
         // Closing the listeners refuses new connections (and resets those in the backlog).
-        self.counters.syscalls += self.listeners.len() as u64;
+        self.core.counters.syscalls += self.listeners.len() as u64;
         self.listeners.clear();
         self.for_each_conn(Conn::drain);
     }
