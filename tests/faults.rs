@@ -434,7 +434,7 @@ fn ok_answer() -> String {
     )
 }
 
-/// The answer (src/proto/http.rs `write_answer`) to input that cannot be framed.
+/// The answer (src/proto/http/request.rs `write_answer`) to input that cannot be framed.
 fn closing_answer(status: &str) -> String {
     format!(
         "HTTP/1.1 {status}\r\nServer: c1m\r\nDate: {DATE}\r\nContent-Length: 0\r\n\
@@ -545,7 +545,7 @@ fn upload_over_the_limit(n: usize, _seed: u64) -> Vec<u8> {
     [head.as_slice(), &b"x".repeat(n)].concat()
 }
 
-/// Each kind of bad input, and the status line of its answer (src/proto/http.rs).
+/// Each kind of bad input, and the status line of its answer (src/proto/http/request.rs).
 const GARBAGE: [(&str, MakeGarbage, &str); 4] = [
     ("random binary", random_bytes, "400 Bad Request"),
     (

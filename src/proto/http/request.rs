@@ -1,13 +1,10 @@
-//! HTTP/1.1 (RFC 9112), both ends: the server's request parser and answers (`Session`), and
-//! the load generator's check of responses (`ResponseCheck`). Pure, incremental state
-//! machines: bytes in, bytes out, no I/O, no unsafe, no allocation (answers are appended to
-//! the caller's `Vec`).
+//! The server's side of HTTP/1.1: the request parser and the answers (`Session`), one per
+//! connection.
 //!
-//! Input may be split anywhere and may hold several pipelined requests. The parser keeps no
-//! copy of it, only what must outlive a split: where it is in the grammar, how far the
-//! method, the path and the names and values of the four headers it acts on (Host,
-//! Connection, Content-Length, Transfer-Encoding) match so far, and how much body is left
-//! to discard. That is about 40 bytes per connection, which matters at a million.
+//! The parser keeps no copy of its input, only what must outlive a split: where it is in the
+//! grammar, how far the method, the path and the names and values of the four headers it
+//! acts on (Host, Connection, Content-Length, Transfer-Encoding) match so far, and how much
+//! body is left to discard. That is about 40 bytes per connection, which matters at a million.
 //!
 //! What the server answers:
 //! - `GET` or `HEAD` of `/plaintext` or `/`: 200, `Hello, World!` as text/plain (the
@@ -24,100 +21,7 @@
 //!   chunked 501; an HTTP major version other than 1 505. Content-Length together with
 //!   Transfer-Encoding, or two different Content-Lengths, is 400 (request smuggling).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-/// The answer to `GET /plaintext`.
-pub const BODY: &[u8] = b"Hello, World!";
-
-/// What a request may be; over these the connection is answered and closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Request line and headers together (and a chunked body's trailer).
-    pub max_header_bytes: u32,
-    /// A request body, declared or (chunked) summed.
-    pub max_body_bytes: u64,
-}
-
-impl Default for Limits {
-    /// nginx's defaults: 8 KiB of headers (large_client_header_buffers), 1 MiB of body
-    /// (client_max_body_size).
-    fn default() -> Self {
-        Limits {
-            max_header_bytes: 8 * 1024,
-            max_body_bytes: 1024 * 1024,
-        }
-    }
-}
-
-/// The `Date` header's value (IMF-fixdate), formatted once per second rather than per
-/// answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Date {
-    secs: u64,
-    text: [u8; 29],
-}
-
-impl Date {
-    /// The date `unix_secs` seconds after the epoch.
-    pub fn at(unix_secs: u64) -> Date {
-        const DAYS: [&[u8; 3]; 7] = [b"Thu", b"Fri", b"Sat", b"Sun", b"Mon", b"Tue", b"Wed"];
-        const MONTHS: [&[u8; 3]; 12] = [
-            b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
-            b"Dec",
-        ];
-        let days = unix_secs / 86_400;
-        let s = unix_secs % 86_400;
-        // Days to civil date: Howard Hinnant's `civil_from_days`, for days since 1970.
-        let z = days + 719_468;
-        let era = z / 146_097;
-        let doe = z % 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = doy - (153 * mp + 2) / 5 + 1;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 };
-        let year = yoe + era * 400 + u64::from(month <= 2);
-        let mut text = *b"Thu, 01 Jan 1970 00:00:00 GMT";
-        text[..3].copy_from_slice(DAYS[(days % 7) as usize]);
-        let two = |t: &mut [u8], v: u64| {
-            t[0] = b'0' + (v / 10 % 10) as u8;
-            t[1] = b'0' + (v % 10) as u8;
-        };
-        two(&mut text[5..7], day);
-        text[8..11].copy_from_slice(MONTHS[(month - 1) as usize]);
-        two(&mut text[12..14], year / 100);
-        two(&mut text[14..16], year);
-        two(&mut text[17..19], s / 3600);
-        two(&mut text[20..22], s / 60 % 60);
-        two(&mut text[23..25], s % 60);
-        Date {
-            secs: unix_secs,
-            text,
-        }
-    }
-
-    pub fn now() -> Date {
-        Date::at(unix_now())
-    }
-
-    /// Re-formats if the second has changed (a vDSO clock read otherwise).
-    pub fn refresh(&mut self) {
-        let now = unix_now();
-        if now != self.secs {
-            *self = Date::at(now);
-        }
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.text
-    }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+use super::{BODY, Date, Limits, Match, is_tchar, is_value_byte};
 
 /// The statuses the server answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,42 +53,6 @@ impl Status {
     }
 }
 
-/// Matches a token against a few candidate words as its bytes arrive, split anywhere.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Match {
-    /// Bytes seen, saturating (no candidate is near 255 bytes long).
-    len: u8,
-    /// Bit i: the bytes so far are a prefix of word i.
-    cand: u16,
-}
-
-impl Match {
-    fn new(words: &[&[u8]]) -> Match {
-        Match {
-            len: 0,
-            cand: (1u16 << words.len()) - 1,
-        }
-    }
-
-    fn push(&mut self, b: u8, words: &[&[u8]]) {
-        let mut c = self.cand;
-        while c != 0 {
-            let i = c.trailing_zeros() as usize;
-            c &= c - 1;
-            if words[i].get(usize::from(self.len)) != Some(&b) {
-                self.cand &= !(1 << i);
-            }
-        }
-        self.len = self.len.saturating_add(1);
-    }
-
-    /// The word the token is, if it is one of them.
-    fn found(&self, words: &[&[u8]]) -> Option<usize> {
-        (0..words.len())
-            .find(|&i| self.cand & (1 << i) != 0 && words[i].len() == usize::from(self.len))
-    }
-}
-
 const METHODS: [&[u8]; 9] = [
     b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH",
 ];
@@ -207,16 +75,6 @@ const TOKENS: [&[u8]; 3] = [b"close", b"keep-alive", b"chunked"];
 const T_CLOSE: usize = 0;
 const T_KEEP_ALIVE: usize = 1;
 const T_CHUNKED: usize = 2;
-
-/// RFC 9110 `tchar`: what methods, header names and tokens are made of.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-/// What a header value may hold: visible characters, obs-text, space and tab.
-fn is_value_byte(b: u8) -> bool {
-    b == b'\t' || (b >= b' ' && b != 0x7F)
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -778,260 +636,12 @@ fn write_answer(
     }
 }
 
-/// One answer as the load generator reads it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Answer {
-    pub status: u16,
-    /// The body was exactly the expected bytes.
-    pub body_ok: bool,
-}
-
-/// Answers the load generator cannot frame: not HTTP/1.x, a head over 64 KiB, or a body
-/// without Content-Length (our requests never ask for one that needs another framing).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Malformed;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RState {
-    Version,
-    Status,
-    Reason,
-    LineStart,
-    Name,
-    Value,
-    Body,
-}
-
-/// The most head bytes one answer may have.
-const MAX_ANSWER_HEAD: u32 = 64 * 1024;
-const ANSWER_NAMES: [&[u8]; 2] = [b"content-length", b"transfer-encoding"];
-
-/// The load generator's reader of answers: frames each, reads its status and compares its
-/// body with the expected one, whatever the splits.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResponseCheck {
-    state: RState,
-    cr: bool,
-    head_bytes: u32,
-    at: u8,
-    status: u16,
-    name: Match,
-    header: Option<u8>,
-    digits: Option<u64>,
-    content_length: Option<u64>,
-    transfer_coded: bool,
-    body_pos: u64,
-    body_ok: bool,
-}
-
-impl Default for ResponseCheck {
-    fn default() -> Self {
-        ResponseCheck::new()
-    }
-}
-
-impl ResponseCheck {
-    pub fn new() -> ResponseCheck {
-        ResponseCheck {
-            state: RState::Version,
-            cr: false,
-            head_bytes: 0,
-            at: 0,
-            status: 0,
-            name: Match::new(&ANSWER_NAMES),
-            header: None,
-            digits: None,
-            content_length: None,
-            transfer_coded: false,
-            body_pos: 0,
-            body_ok: true,
-        }
-    }
-
-    /// Reads `input`, calling `done` for every answer it completes (1xx answers are
-    /// skipped: a final one follows).
-    pub fn on_input(
-        &mut self,
-        input: &[u8],
-        expected_body: &[u8],
-        mut done: impl FnMut(Answer),
-    ) -> Result<(), Malformed> {
-        let mut i = 0;
-        while i < input.len() {
-            if self.state == RState::Body {
-                let left = self.content_length.unwrap_or(0) - self.body_pos;
-                let n = (input.len() - i).min(usize::try_from(left).unwrap_or(usize::MAX));
-                let from = usize::try_from(self.body_pos).unwrap_or(usize::MAX);
-                let want = expected_body.get(from..).and_then(|e| e.get(..n));
-                self.body_ok &= want == Some(&input[i..i + n]);
-                self.body_pos += n as u64;
-                i += n;
-                if self.body_pos == self.content_length.unwrap_or(0) {
-                    self.complete(expected_body, &mut done);
-                }
-                continue;
-            }
-            let b = input[i];
-            i += 1;
-            self.head_bytes += 1;
-            if self.head_bytes > MAX_ANSWER_HEAD {
-                return Err(Malformed);
-            }
-            if self.cr {
-                self.cr = false;
-                if b != b'\n' {
-                    return Err(Malformed);
-                }
-            } else if b == b'\r'
-                && matches!(
-                    self.state,
-                    RState::Reason | RState::LineStart | RState::Value
-                )
-            {
-                self.cr = true;
-                continue;
-            }
-            self.step(b, expected_body, &mut done)?;
-        }
-        Ok(())
-    }
-
-    fn step(
-        &mut self,
-        b: u8,
-        expected_body: &[u8],
-        done: &mut impl FnMut(Answer),
-    ) -> Result<(), Malformed> {
-        match self.state {
-            RState::Version => {
-                const FORM: &[u8] = b"HTTP/1.d ";
-                let ok = match FORM.get(usize::from(self.at)) {
-                    Some(b'd') => b.is_ascii_digit(),
-                    Some(&c) => c == b,
-                    None => false,
-                };
-                if !ok {
-                    return Err(Malformed);
-                }
-                self.at += 1;
-                if usize::from(self.at) == FORM.len() {
-                    self.state = RState::Status;
-                    self.at = 0;
-                }
-            }
-            RState::Status => match (self.at, b) {
-                (0..=2, b'0'..=b'9') => {
-                    self.status = self.status * 10 + u16::from(b - b'0');
-                    self.at += 1;
-                }
-                (3, b' ') => self.state = RState::Reason,
-                _ => return Err(Malformed),
-            },
-            RState::Reason => match b {
-                b'\n' => self.state = RState::LineStart,
-                _ if is_value_byte(b) => {}
-                _ => return Err(Malformed),
-            },
-            RState::LineStart => match b {
-                b'\n' => self.end_head(expected_body, done)?,
-                _ if is_tchar(b) => {
-                    self.name = Match::new(&ANSWER_NAMES);
-                    self.name.push(b.to_ascii_lowercase(), &ANSWER_NAMES);
-                    self.state = RState::Name;
-                }
-                _ => return Err(Malformed),
-            },
-            RState::Name => match b {
-                b':' => {
-                    self.header = self.name.found(&ANSWER_NAMES).map(|h| h as u8);
-                    self.digits = None;
-                    self.transfer_coded |= self.header == Some(1);
-                    self.state = RState::Value;
-                }
-                _ if is_tchar(b) => self.name.push(b.to_ascii_lowercase(), &ANSWER_NAMES),
-                _ => return Err(Malformed),
-            },
-            RState::Value => match b {
-                b'\n' => {
-                    if self.header == Some(0) {
-                        let v = self.digits.ok_or(Malformed)?;
-                        if self.content_length.is_some_and(|c| c != v) {
-                            return Err(Malformed);
-                        }
-                        self.content_length = Some(v);
-                    }
-                    self.state = RState::LineStart;
-                }
-                b'0'..=b'9' if self.header == Some(0) => {
-                    let v = self.digits.unwrap_or(0);
-                    let v = v
-                        .checked_mul(10)
-                        .and_then(|v| v.checked_add(u64::from(b - b'0')));
-                    self.digits = Some(v.ok_or(Malformed)?);
-                }
-                b' ' | b'\t' => {}
-                _ if self.header == Some(0) => return Err(Malformed),
-                _ if is_value_byte(b) => {}
-                _ => return Err(Malformed),
-            },
-            RState::Body => unreachable!("handled in on_input"),
-        }
-        Ok(())
-    }
-
-    fn end_head(
-        &mut self,
-        expected_body: &[u8],
-        done: &mut impl FnMut(Answer),
-    ) -> Result<(), Malformed> {
-        let bodiless =
-            (100..200).contains(&self.status) || self.status == 204 || self.status == 304;
-        if self.transfer_coded || (self.content_length.is_none() && !bodiless) {
-            return Err(Malformed);
-        }
-        if bodiless {
-            self.content_length = Some(0);
-        }
-        self.state = RState::Body;
-        if self.content_length == Some(0) {
-            self.complete(expected_body, done);
-        }
-        Ok(())
-    }
-
-    fn complete(&mut self, expected_body: &[u8], done: &mut impl FnMut(Answer)) {
-        let status = self.status;
-        let body_ok = self.body_ok && self.body_pos == expected_body.len() as u64;
-        *self = ResponseCheck::new();
-        if !(100..200).contains(&status) {
-            done(Answer { status, body_ok });
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::http::ResponseCheck;
+    use crate::proto::http::testing::{OK, answer, date, feed};
     use proptest::prelude::*;
-
-    /// RFC 9110's example date.
-    fn date() -> Date {
-        Date::at(784_111_777)
-    }
-
-    fn feed(s: &mut Session, input: &[u8], out: &mut Vec<u8>) -> Outcome {
-        s.on_input(input, &Limits::default(), &date(), out)
-    }
-
-    /// The answers to `input` fed whole, as text, and whether the connection closes.
-    fn answer(input: &[u8]) -> (String, bool) {
-        let mut out = Vec::new();
-        let o = feed(&mut Session::new(), input, &mut out);
-        (String::from_utf8(out).unwrap(), o.close)
-    }
-
-    const OK: &str = "HTTP/1.1 200 OK\r\nServer: c1m\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\
-                      Content-Type: text/plain\r\nContent-Length: 13\r\n\r\nHello, World!";
 
     fn error(line: &str) -> String {
         format!(
@@ -1044,23 +654,6 @@ mod tests {
         text.match_indices("HTTP/1.1 ")
             .map(|(i, _)| &text[i + 9..i + 12])
             .collect()
-    }
-
-    #[test]
-    fn dates_are_imf_fixdate() {
-        assert_eq!(date().as_bytes(), b"Sun, 06 Nov 1994 08:49:37 GMT");
-        assert_eq!(Date::at(0).as_bytes(), b"Thu, 01 Jan 1970 00:00:00 GMT");
-        assert_eq!(
-            Date::at(951_782_400).as_bytes(),
-            b"Tue, 29 Feb 2000 00:00:00 GMT"
-        );
-        assert_eq!(
-            Date::at(4_102_444_799).as_bytes(),
-            b"Thu, 31 Dec 2099 23:59:59 GMT"
-        );
-        let mut d = Date::at(0);
-        d.refresh();
-        assert_ne!(d.as_bytes(), Date::at(0).as_bytes());
     }
 
     #[test]
@@ -1334,70 +927,6 @@ mod tests {
             std::mem::size_of::<Session>() <= 96,
             "{}",
             std::mem::size_of::<Session>()
-        );
-    }
-
-    fn answers(input: &[u8], expected: &[u8]) -> Result<Vec<Answer>, Malformed> {
-        let mut got = Vec::new();
-        ResponseCheck::new().on_input(input, expected, |a| got.push(a))?;
-        Ok(got)
-    }
-
-    #[test]
-    fn the_check_reads_status_and_body_whatever_the_split() {
-        let (text, _) = answer(
-            b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /x HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
-        );
-        let stream = [b"HTTP/1.1 100 Continue\r\n\r\n", text.as_bytes()].concat();
-        let whole = answers(&stream, BODY).unwrap();
-        let ok = Answer {
-            status: 200,
-            body_ok: true,
-        };
-        let not_found = Answer {
-            status: 404,
-            body_ok: false,
-        };
-        assert_eq!(whole, [ok, not_found, ok]);
-        for cut in 0..=stream.len() {
-            let mut c = ResponseCheck::new();
-            let mut got = Vec::new();
-            c.on_input(&stream[..cut], BODY, |a| got.push(a)).unwrap();
-            c.on_input(&stream[cut..], BODY, |a| got.push(a)).unwrap();
-            assert_eq!(got, whole, "cut at {cut}");
-        }
-        let wrong = OK.replace("World", "Worle");
-        assert_eq!(
-            answers(wrong.as_bytes(), BODY).unwrap(),
-            [Answer {
-                status: 200,
-                body_ok: false
-            }]
-        );
-        let longer = OK.replace("13", "14") + "!";
-        assert!(!answers(longer.as_bytes(), BODY).unwrap()[0].body_ok);
-    }
-
-    #[test]
-    fn answers_the_check_cannot_frame_are_malformed() {
-        assert_eq!(
-            answers(b"HTTP/1.1 200 OK\r\n\r\nHello", BODY),
-            Err(Malformed)
-        );
-        assert_eq!(
-            answers(
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-                BODY
-            ),
-            Err(Malformed)
-        );
-        assert_eq!(answers(b"SSH-2.0-OpenSSH\r\n", BODY), Err(Malformed));
-        assert_eq!(answers(b"HTTP/1.1 20 OK\r\n", BODY), Err(Malformed));
-        assert_eq!(
-            answers(b"HTTP/1.1 204 No Content\r\n\r\n", BODY)
-                .unwrap()
-                .len(),
-            1
         );
     }
 
