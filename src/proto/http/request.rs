@@ -2,9 +2,11 @@
 //! connection.
 //!
 //! The parser keeps no copy of its input, only what must outlive a split: where it is in the
-//! grammar, how far the method, the path and the names and values of the four headers it
-//! acts on (Host, Connection, Content-Length, Transfer-Encoding) match so far, and how much
-//! body is left to discard. That is about 40 bytes per connection, which matters at a million.
+//! grammar, how far the word being read (the method, the path, a header's name, a token of
+//! its value) matches so far, what the four headers it acts on (Host, Connection,
+//! Content-Length, Transfer-Encoding) said, the answer owed, and how much body is left to
+//! discard. A `Session` is at most 40 bytes (`size_of`, held by a unit test), which matters
+//! at a million connections.
 //!
 //! What the server answers:
 //! - `GET` or `HEAD` of `/plaintext` or `/`: 200, `Hello, World!` as text/plain (the
@@ -59,17 +61,29 @@ const METHODS: [&[u8]; 9] = [
 const GET: usize = 0;
 const HEAD: usize = 1;
 const PATHS: [&[u8]; 2] = [b"/", b"/plaintext"];
-/// Header names, lowercase (names are case-insensitive).
+/// The headers the parser acts on; every other one is skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Header {
+    Host,
+    Connection,
+    ContentLength,
+    TransferEncoding,
+    Other,
+}
+
+/// Header names, lowercase (names are case-insensitive), and the header each is.
 const NAMES: [&[u8]; 4] = [
     b"host",
     b"connection",
     b"content-length",
     b"transfer-encoding",
 ];
-const H_HOST: usize = 0;
-const H_CONNECTION: usize = 1;
-const H_CONTENT_LENGTH: usize = 2;
-const H_TRANSFER_ENCODING: usize = 3;
+const HEADERS: [Header; 4] = [
+    Header::Host,
+    Header::Connection,
+    Header::ContentLength,
+    Header::TransferEncoding,
+];
 /// Connection and Transfer-Encoding tokens, lowercase.
 const TOKENS: [&[u8]; 3] = [b"close", b"keep-alive", b"chunked"];
 const T_CLOSE: usize = 0;
@@ -89,12 +103,12 @@ enum State {
     /// Whitespace before a header's value.
     ValueLead,
     Value,
-    /// Discarding `remaining` bytes of a Content-Length body.
+    /// Discarding the `number` bytes left of a Content-Length body.
     Body,
     ChunkSize,
     /// After a chunk's size: extensions, skipped to the end of the line.
     ChunkExt,
-    /// Discarding `remaining` bytes of chunk data.
+    /// Discarding the `number` bytes left of a chunk's data.
     ChunkData,
     /// The line end after chunk data.
     ChunkEnd,
@@ -114,44 +128,52 @@ pub struct Outcome {
     pub close: bool,
 }
 
-/// One server connection's HTTP state.
+/// One server connection's HTTP state, at most 40 bytes (see the module doc): what is never
+/// needed at once shares a field. `word` is each word of the head in turn, `number` the
+/// number being read and then the body left, `length` the declared length and then the
+/// chunked total.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
     state: State,
     /// A CR was read; the next byte must be LF.
     cr: bool,
-    /// Bytes of the head (or trailer) so far, against `max_header_bytes`.
+    /// Bytes of the head (or of a chunk-size line, or of the trailer) so far, against
+    /// `max_header_bytes`.
     head_bytes: u32,
-    method: Match,
-    path: Match,
+    /// The word being read: the method, then the target's path, then each header's name and
+    /// (Connection, Transfer-Encoding) each token of its value.
+    word: Match,
+    /// The answer the method and path call for (set at the method's end, made 404 at the
+    /// target's); owed once the request has been read whole.
+    status: Status,
+    /// The method is HEAD: the answer has no body.
+    head: bool,
     /// The target's path has ended (a `?` began its query).
     in_query: bool,
-    target_len: u32,
     /// Bytes of the version so far.
     version_len: u8,
     /// Minor version 0: HTTP/1.0.
     http10: bool,
-    name: Match,
-    /// Which of `NAMES` the current header is, if any.
-    header: Option<u8>,
-    token: Match,
+    /// The header whose value is being read.
+    header: Header,
     hosts: u8,
     conn_close: bool,
     conn_keep_alive: bool,
     chunked: bool,
     /// A transfer coding other than chunked, or chunked not last.
     bad_coding: bool,
-    content_length: Option<u64>,
-    /// The Content-Length value being read.
-    digits: Option<u64>,
+    /// A Content-Length was read: its value is `length`.
+    has_length: bool,
+    /// `number` holds at least one digit.
+    digits: bool,
     /// Whitespace followed the digits: only more whitespace may come.
     digits_done: bool,
-    /// Body bytes left to discard (Content-Length, or the current chunk).
-    remaining: u64,
-    /// Chunked body bytes so far, against `max_body_bytes`.
-    body_total: u64,
-    /// The answer owed once the body has been read: status, HEAD, keep-alive.
-    owed: Option<(Status, bool, bool)>,
+    /// The number being read (a Content-Length value, a chunk size); then, in `Body` and
+    /// `ChunkData`, the bytes left to discard.
+    number: u64,
+    /// In the head, the Content-Length (if `has_length`); in a chunked body, the chunk sizes
+    /// so far, against `max_body_bytes`.
+    length: u64,
 }
 
 impl Default for Session {
@@ -166,26 +188,24 @@ impl Session {
             state: State::Start,
             cr: false,
             head_bytes: 0,
-            method: Match::new(&METHODS),
-            path: Match::new(&PATHS),
+            word: Match::new(&METHODS),
+            // Set at the method's end, before anything can be answered.
+            status: Status::Ok,
+            head: false,
             in_query: false,
-            target_len: 0,
             version_len: 0,
             http10: false,
-            name: Match::new(&NAMES),
-            header: None,
-            token: Match::new(&TOKENS),
+            header: Header::Other,
             hosts: 0,
             conn_close: false,
             conn_keep_alive: false,
             chunked: false,
             bad_coding: false,
-            content_length: None,
-            digits: None,
+            has_length: false,
+            digits: false,
             digits_done: false,
-            remaining: 0,
-            body_total: 0,
-            owed: None,
+            number: 0,
+            length: 0,
         }
     }
 
@@ -202,11 +222,11 @@ impl Session {
         while i < input.len() && self.state != State::Dead {
             match self.state {
                 State::Body | State::ChunkData => {
-                    let n = (input.len() - i)
-                        .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+                    let n =
+                        (input.len() - i).min(usize::try_from(self.number).unwrap_or(usize::MAX));
                     i += n;
-                    self.remaining -= n as u64;
-                    if self.remaining == 0 {
+                    self.number -= n as u64;
+                    if self.number == 0 {
                         if self.state == State::Body {
                             self.finish(date, out, &mut outcome);
                         } else {
@@ -215,7 +235,7 @@ impl Session {
                     }
                     continue;
                 }
-                State::Value if self.header.is_none() && !self.cr => {
+                State::Value if self.header == Header::Other && !self.cr => {
                     // An ignored header's value (User-Agent, Accept, ...): skip to its end.
                     let rest = &input[i..];
                     let n = rest
@@ -329,24 +349,24 @@ impl Session {
                 b'\n' => {}
                 _ if is_tchar(b) => {
                     self.state = State::Method;
-                    self.method.push(b, &METHODS);
+                    self.word.push(b, &METHODS);
                 }
                 _ => return Err(Status::BadRequest),
             },
             State::Method => match b {
-                b' ' => self.state = State::Target,
-                _ if is_tchar(b) => self.method.push(b, &METHODS),
+                b' ' => self.end_method(),
+                _ if is_tchar(b) => self.word.push(b, &METHODS),
                 _ => return Err(Status::BadRequest),
             },
             State::Target => match b {
-                b' ' if self.target_len > 0 => self.state = State::Version,
+                // Not empty: a path byte was pushed, or the target began with its query.
+                b' ' if self.word.len > 0 || self.in_query => self.end_target(),
                 0x21..=0x7E => {
                     if b == b'?' {
                         self.in_query = true;
                     } else if !self.in_query {
-                        self.path.push(b, &PATHS);
+                        self.word.push(b, &PATHS);
                     }
-                    self.target_len = self.target_len.saturating_add(1);
                 }
                 _ => return Err(Status::BadRequest),
             },
@@ -359,24 +379,28 @@ impl Session {
                 b'\n' => self.end_head(limits, date, out, outcome)?,
                 _ if is_tchar(b) => {
                     self.state = State::Name;
-                    self.name = Match::new(&NAMES);
-                    self.name.push(b.to_ascii_lowercase(), &NAMES);
+                    self.word = Match::new(&NAMES);
+                    self.word.push(b.to_ascii_lowercase(), &NAMES);
                 }
                 // Whitespace here would be obs-fold, which RFC 9112 5.2 lets a server refuse.
                 _ => return Err(Status::BadRequest),
             },
             State::Name => match b {
                 b':' => {
-                    self.header = self.name.found(&NAMES).map(|h| h as u8);
-                    self.token = Match::new(&TOKENS);
-                    self.digits = None;
+                    self.header = self
+                        .word
+                        .found(&NAMES)
+                        .map_or(Header::Other, |i| HEADERS[i]);
+                    self.word = Match::new(&TOKENS);
+                    self.number = 0;
+                    self.digits = false;
                     self.digits_done = false;
-                    if self.header == Some(H_HOST as u8) {
+                    if self.header == Header::Host {
                         self.hosts = self.hosts.saturating_add(1);
                     }
                     self.state = State::ValueLead;
                 }
-                _ if is_tchar(b) => self.name.push(b.to_ascii_lowercase(), &NAMES),
+                _ if is_tchar(b) => self.word.push(b.to_ascii_lowercase(), &NAMES),
                 _ => return Err(Status::BadRequest),
             },
             State::ValueLead | State::Value => match b {
@@ -393,16 +417,15 @@ impl Session {
             },
             State::ChunkSize => match b {
                 b'\n' => self.end_chunk_size(limits)?,
-                b';' | b' ' | b'\t' if self.digits.is_some() => self.state = State::ChunkExt,
+                b';' | b' ' | b'\t' if self.digits => self.state = State::ChunkExt,
                 _ => {
                     let d = (b as char).to_digit(16).ok_or(Status::BadRequest)?;
-                    let v = self
-                        .digits
-                        .unwrap_or(0)
+                    self.number = self
+                        .number
                         .checked_mul(16)
                         .and_then(|v| v.checked_add(u64::from(d)))
                         .ok_or(Status::ContentTooLarge)?;
-                    self.digits = Some(v);
+                    self.digits = true;
                 }
             },
             State::ChunkExt => match b {
@@ -446,6 +469,26 @@ impl Session {
         Ok(())
     }
 
+    /// The method has ended: what it calls for, unless the path or the head says otherwise.
+    fn end_method(&mut self) {
+        let method = self.word.found(&METHODS);
+        self.status = match method {
+            Some(GET | HEAD) => Status::Ok,
+            Some(_) => Status::MethodNotAllowed,
+            None => Status::NotImplemented,
+        };
+        self.head = method == Some(HEAD);
+        self.word = Match::new(&PATHS);
+        self.state = State::Target;
+    }
+
+    fn end_target(&mut self) {
+        if self.status == Status::Ok && self.word.found(&PATHS).is_none() {
+            self.status = Status::NotFound;
+        }
+        self.state = State::Version;
+    }
+
     fn end_version(&mut self) -> Result<(), Status> {
         if self.version_len != 8 {
             return Err(Status::BadRequest);
@@ -455,36 +498,35 @@ impl Session {
     }
 
     fn value_byte(&mut self, b: u8) -> Result<(), Status> {
-        match self.header.map(usize::from) {
-            Some(H_CONTENT_LENGTH) => match b {
+        match self.header {
+            Header::ContentLength => match b {
                 b'0'..=b'9' if !self.digits_done => {
-                    let v = self
-                        .digits
-                        .unwrap_or(0)
+                    self.number = self
+                        .number
                         .checked_mul(10)
                         .and_then(|v| v.checked_add(u64::from(b - b'0')))
                         .ok_or(Status::ContentTooLarge)?;
-                    self.digits = Some(v);
+                    self.digits = true;
                 }
-                b' ' | b'\t' if self.digits.is_some() => self.digits_done = true,
+                b' ' | b'\t' if self.digits => self.digits_done = true,
                 _ => return Err(Status::BadRequest),
             },
-            Some(H_CONNECTION) | Some(H_TRANSFER_ENCODING) => match b {
+            Header::Connection | Header::TransferEncoding => match b {
                 b',' | b' ' | b'\t' => self.end_token(),
-                _ => self.token.push(b.to_ascii_lowercase(), &TOKENS),
+                _ => self.word.push(b.to_ascii_lowercase(), &TOKENS),
             },
-            _ => {}
+            Header::Host | Header::Other => {}
         }
         Ok(())
     }
 
     fn end_token(&mut self) {
-        if self.token.len == 0 {
+        if self.word.len == 0 {
             return;
         }
-        let t = self.token.found(&TOKENS);
-        self.token = Match::new(&TOKENS);
-        if self.header == Some(H_CONNECTION as u8) {
+        let t = self.word.found(&TOKENS);
+        self.word = Match::new(&TOKENS);
+        if self.header == Header::Connection {
             match t {
                 Some(T_CLOSE) => self.conn_close = true,
                 Some(T_KEEP_ALIVE) => self.conn_keep_alive = true,
@@ -499,16 +541,16 @@ impl Session {
     }
 
     fn end_value(&mut self) -> Result<(), Status> {
-        match self.header.map(usize::from) {
-            Some(H_CONTENT_LENGTH) => {
-                let v = self.digits.ok_or(Status::BadRequest)?;
-                if self.content_length.is_some_and(|c| c != v) {
+        match self.header {
+            Header::ContentLength => {
+                if !self.digits || (self.has_length && self.length != self.number) {
                     return Err(Status::BadRequest);
                 }
-                self.content_length = Some(v);
+                self.length = self.number;
+                self.has_length = true;
             }
-            Some(H_CONNECTION) | Some(H_TRANSFER_ENCODING) => self.end_token(),
-            _ => {}
+            Header::Connection | Header::TransferEncoding => self.end_token(),
+            Header::Host | Header::Other => {}
         }
         Ok(())
     }
@@ -522,7 +564,7 @@ impl Session {
         outcome: &mut Outcome,
     ) -> Result<(), Status> {
         let transfer_coded = self.chunked || self.bad_coding;
-        if transfer_coded && self.content_length.is_some() {
+        if transfer_coded && self.has_length {
             return Err(Status::BadRequest);
         }
         if self.bad_coding {
@@ -532,28 +574,17 @@ impl Session {
         if self.hosts > 1 || (!self.http10 && self.hosts == 0) {
             return Err(Status::BadRequest);
         }
-        if self
-            .content_length
-            .is_some_and(|n| n > limits.max_body_bytes)
-        {
+        if self.has_length && self.length > limits.max_body_bytes {
             return Err(Status::ContentTooLarge);
         }
-        let keep_alive = !self.conn_close && (!self.http10 || self.conn_keep_alive);
-        let method = self.method.found(&METHODS);
-        let status = match method {
-            Some(GET | HEAD) if self.path.found(&PATHS).is_some() => Status::Ok,
-            Some(GET | HEAD) => Status::NotFound,
-            Some(_) => Status::MethodNotAllowed,
-            None => Status::NotImplemented,
-        };
-        self.owed = Some((status, method == Some(HEAD), keep_alive));
         self.head_bytes = 0;
         if self.chunked {
+            // No Content-Length (checked above): `length` is 0, the chunked total so far.
             self.start_chunk();
         } else {
-            self.remaining = self.content_length.unwrap_or(0);
+            self.number = if self.has_length { self.length } else { 0 };
             self.state = State::Body;
-            if self.remaining == 0 {
+            if self.number == 0 {
                 self.finish(date, out, outcome);
             }
         }
@@ -561,17 +592,19 @@ impl Session {
     }
 
     fn end_chunk_size(&mut self, limits: &Limits) -> Result<(), Status> {
-        let size = self.digits.ok_or(Status::BadRequest)?;
-        if size == 0 {
+        if !self.digits {
+            return Err(Status::BadRequest);
+        }
+        if self.number == 0 {
             self.head_bytes = 0;
             self.state = State::TrailerStart;
             return Ok(());
         }
-        self.body_total = self.body_total.saturating_add(size);
-        if self.body_total > limits.max_body_bytes {
+        self.length = self.length.saturating_add(self.number);
+        if self.length > limits.max_body_bytes {
             return Err(Status::ContentTooLarge);
         }
-        self.remaining = size;
+        // `number`, the chunk's size, is now its data left to discard.
         self.state = State::ChunkData;
         Ok(())
     }
@@ -580,17 +613,15 @@ impl Session {
     /// limit: the grammar bounds neither leading zeros nor extensions.
     fn start_chunk(&mut self) {
         self.state = State::ChunkSize;
-        self.digits = None;
+        self.number = 0;
+        self.digits = false;
         self.head_bytes = 0;
     }
 
     /// The request has been read whole: answer it and get ready for the next.
     fn finish(&mut self, date: &Date, out: &mut Vec<u8>, outcome: &mut Outcome) {
-        let (status, head, keep_alive) = self
-            .owed
-            .take()
-            .expect("a request read whole has an answer owed");
-        write_answer(status, head, keep_alive, self.http10, date, out);
+        let keep_alive = !self.conn_close && (!self.http10 || self.conn_keep_alive);
+        write_answer(self.status, self.head, keep_alive, self.http10, date, out);
         outcome.answers += 1;
         if keep_alive {
             *self = Session::new();
@@ -921,13 +952,9 @@ mod tests {
     }
 
     #[test]
-    fn a_session_is_small() {
+    fn a_session_is_the_40_bytes_the_module_doc_says() {
         // One per connection, a million connections.
-        assert!(
-            std::mem::size_of::<Session>() <= 96,
-            "{}",
-            std::mem::size_of::<Session>()
-        );
+        assert!(size_of::<Session>() <= 40, "{} bytes", size_of::<Session>());
     }
 
     /// A valid request: method, path, version, extra headers, body framing.
