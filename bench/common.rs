@@ -1,11 +1,132 @@
-//! What the benches share: starting pinned servers, reading a process's CPU time, and the
-//! facts every recorded result carries (machine, kernel, commit, command).
+//! What the benches share: their common flags and the parsing of them (clap), starting
+//! pinned servers, reading a process's CPU time, and the facts every recorded result carries
+//! (machine, kernel, commit, command).
 
 #![allow(dead_code)] // each bench uses its own part
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
 use std::time::{Duration, Instant};
+
+use clap::Parser;
+
+/// Parses a bench's flags with its clap parser `T`, from its own arguments: cargo runs a
+/// `harness = false` bench with a `--bench` flag of its own, which is dropped first (so
+/// `cargo bench --bench X -- --help` works). `adjust` may change the command first (a shared
+/// flag's default). Returns the flags and the arguments, for the recorded command.
+pub fn parse<T: Parser>(adjust: impl FnOnce(clap::Command) -> clap::Command) -> (T, Vec<String>) {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let mut cmd = adjust(T::command());
+    let bin = std::env::args().next().unwrap_or_default();
+    let opts = cmd
+        .try_get_matches_from_mut(std::iter::once(bin).chain(args.iter().cloned()))
+        .and_then(|m| T::from_arg_matches(&m))
+        .map_err(|e| e.format(&mut cmd))
+        .unwrap_or_else(|e| e.exit());
+    (opts, args)
+}
+
+/// Where every bench writes its results.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Output {
+    /// The directory the results (.md, .json) are written to
+    #[arg(long, value_name = "DIR", default_value = "bench/results")]
+    pub out: String,
+}
+
+/// The CPUs of the benches that run a server and a load against it.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Cpus {
+    /// The CPUs the server is pinned to (a taskset list: 0, 0-3, 0,2)
+    #[arg(long, value_name = "LIST", default_value = "0")]
+    pub server_cpus: CpuList,
+    /// The CPUs the load is pinned to (a taskset list)
+    #[arg(long, value_name = "LIST", default_value = "1")]
+    pub load_cpus: CpuList,
+}
+
+/// How long the benches that repeat timed runs measure, and how often.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Runs {
+    /// Seconds measured in each run
+    #[arg(long, value_name = "S", default_value = "5", value_parser = positive)]
+    pub duration: f64,
+    /// Seconds of warm-up before each run is measured
+    #[arg(long, value_name = "S", default_value = "1")]
+    pub warmup: f64,
+    /// Repetitions of each run
+    #[arg(long, value_name = "N", default_value = "3",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub reps: usize,
+}
+
+/// A number above 0 (seconds, a rate).
+pub fn positive(v: &str) -> Result<f64, String> {
+    match v.parse::<f64>() {
+        Ok(x) if x > 0.0 => Ok(x),
+        _ => Err(format!("`{v}` is not a number above 0")),
+    }
+}
+
+/// A CPU list as taskset takes it (`1`, `0-3`, `0,2`): kept as written, to pass on and
+/// record, and as the CPUs it names.
+#[derive(Debug, Clone)]
+pub struct CpuList {
+    spec: String,
+    cpus: Vec<usize>,
+}
+
+impl FromStr for CpuList {
+    type Err = String;
+
+    fn from_str(spec: &str) -> Result<CpuList, String> {
+        let bad = || format!("bad CPU list `{spec}` (1, 0-3, 0,2)");
+        let mut cpus = Vec::new();
+        for part in spec.split(',') {
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            let (a, b): (usize, usize) = (
+                a.trim().parse().map_err(|_| bad())?,
+                b.trim().parse().map_err(|_| bad())?,
+            );
+            // CPU_SETSIZE: the most CPUs an affinity mask here can name.
+            if a > b || b >= libc::CPU_SETSIZE as usize {
+                return Err(bad());
+            }
+            cpus.extend(a..=b);
+        }
+        Ok(CpuList {
+            spec: spec.to_string(),
+            cpus,
+        })
+    }
+}
+
+impl std::fmt::Display for CpuList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.spec)
+    }
+}
+
+impl CpuList {
+    /// The list as written.
+    pub fn as_str(&self) -> &str {
+        &self.spec
+    }
+
+    /// The CPUs it names, in the order written.
+    pub fn cpus(&self) -> &[usize] {
+        &self.cpus
+    }
+
+    /// How many CPUs it names.
+    pub fn count(&self) -> usize {
+        self.cpus.len()
+    }
+}
 
 pub struct Proc {
     pub child: Child,
@@ -47,16 +168,15 @@ impl Proc {
     }
 
     pub fn stop(mut self) {
-        // SAFETY: kill(2) on the PID of a child this bench started and has not reaped.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        // By PID: a child this bench has not reaped yet, so the PID is still its.
+        let _ = c1m::sys::kill(self.child.id(), libc::SIGTERM);
         let _ = self.child.wait();
     }
 
     /// `stop` with a bound: SIGTERM, then up to `limit` for the server to exit (ours drain
     /// for `--shutdown-timeout`, 5 s by default); past it SIGKILL, and the error says so.
     pub fn stop_within(mut self, limit: Duration) -> Result<std::process::ExitStatus, String> {
-        // SAFETY: kill(2) on the PID of a child this bench started and has not reaped.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = c1m::sys::kill(self.child.id(), libc::SIGTERM);
         wait_bounded(&mut self.child, limit, "server")
     }
 }
@@ -89,39 +209,6 @@ pub fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or(0)
-}
-
-/// Pins the calling thread, and every thread it starts afterwards, to the CPUs of a taskset
-/// list (`1`, `0-3`, `0,2`): what `taskset -c` does for a child, for the bench itself.
-pub fn pin_self(cpus: &str) -> std::io::Result<()> {
-    let bad = || {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("bad CPU list `{cpus}`"),
-        )
-    };
-    // SAFETY: cpu_set_t is a plain bit array; all-zero is a valid (empty) set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    for part in cpus.split(',') {
-        let (a, b) = part.split_once('-').unwrap_or((part, part));
-        let (a, b): (usize, usize) = (
-            a.trim().parse().map_err(|_| bad())?,
-            b.trim().parse().map_err(|_| bad())?,
-        );
-        if a > b || b >= libc::CPU_SETSIZE as usize {
-            return Err(bad());
-        }
-        // SAFETY: `cpu` is below CPU_SETSIZE, the bit count of `set` (checked above).
-        (a..=b).for_each(|cpu| unsafe { libc::CPU_SET(cpu, &mut set) });
-    }
-    // SAFETY: the pointer is to a live local cpu_set_t and the size is its size; pid 0 is
-    // the calling thread.
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 /// (user, sys) CPU seconds of process `pid`, from /proc/PID/stat.
@@ -224,37 +311,4 @@ pub fn status_sum(pids: &[u32], field: &str, per_thread: bool) -> u64 {
             }
         })
         .sum()
-}
-
-/// A comma list of values for `flag`; a bad one stops the bench with the flag's name.
-pub fn list<T: std::str::FromStr>(v: &str, flag: &str) -> Vec<T> {
-    v.split(',')
-        .map(|x| {
-            x.parse()
-                .unwrap_or_else(|_| panic!("{flag}: bad list `{v}`"))
-        })
-        .collect()
-}
-
-/// How many CPUs a taskset list (`0`, `0-3`, `0,2`) names.
-pub fn cpu_count(list: &str) -> usize {
-    list.split(',')
-        .map(|p| match p.split_once('-') {
-            Some((a, b)) => b.parse::<usize>().unwrap() - a.parse::<usize>().unwrap() + 1,
-            None => 1,
-        })
-        .sum()
-}
-
-/// The bench's own arguments (cargo adds `--bench`); `--help` prints `usage` and exits.
-pub fn args(usage: &str) -> Vec<String> {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--bench")
-        .collect();
-    if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("{usage}");
-        std::process::exit(0);
-    }
-    args
 }

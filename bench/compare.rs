@@ -9,29 +9,10 @@
 //! servers' own counters), context switches per 1,000 requests, server memory per connection
 //! (resident set growth over idle, divided by the connections), and the Proactor/Reactor
 //! ratio of each. Writes bench/results/<date>-<kernel>.md, .json and .svg (latency spectra).
-//!
-//! Options:
-//!   --full                 conns 50,500,5000,50000; sizes 64,1024; rates 25,50,75,90 %
-//!   --conns LIST           default 50,500,5000
-//!   --sizes LIST           default 64
-//!   --rates LIST           open-loop rates in % of the Reactor's saturation; default 50,90
-//!   --duration S --warmup S --reps N   default 3, 1, 3
-//!   --server-cpus LIST --load-cpus LIST   default 0 and 1 (taskset lists)
-//!   --out DIR              default bench/results
+//! Flags: `-- --help`.
 
 #[path = "common.rs"]
 mod common;
-
-const USAGE: &str =
-    "cargo bench --bench compare [-- OPTIONS]: Reactor vs Proactor on identical echo work
-
-  --full                 conns 50,500,5000,50000; sizes 64,1024; rates 25,50,75,90 %
-  --conns LIST           default 50,500,5000
-  --sizes LIST           default 64
-  --rates LIST           open-loop rates in % of the Reactor's saturation; default 50,90
-  --duration S --warmup S --reps N   default 3, 1, 3
-  --server-cpus LIST --load-cpus LIST   default 0 and 1 (taskset lists)
-  --out DIR              default bench/results";
 
 use std::fmt::Write as _;
 use std::process::{Command, Stdio};
@@ -39,62 +20,64 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{cpu_count, list};
+use clap::Parser;
 use serde_json::{Value, json};
 
+#[derive(Parser, Debug)]
+#[command(
+    name = "compare",
+    override_usage = "cargo bench --bench compare [-- OPTIONS]",
+    about = "Reactor vs Proactor on identical echo work"
+)]
+struct Flags {
+    /// Sets conns 50,500,5000,50000; sizes 64,1024; rates 25,50,75,90 % (where not given)
+    #[arg(long)]
+    full: bool,
+    /// Connection counts [default: 50,500,5000]
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    conns: Option<Vec<u64>>,
+    /// Payload sizes in bytes [default: 64]
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    sizes: Option<Vec<usize>>,
+    /// Open-loop rates in % of the Reactor's saturation [default: 50,90]
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    rates: Option<Vec<u32>>,
+    #[command(flatten)]
+    runs: common::Runs,
+    #[command(flatten)]
+    cpus: common::Cpus,
+    #[command(flatten)]
+    output: common::Output,
+}
+
+/// The flags with `--full` and the defaults applied.
 struct Opts {
     conns: Vec<u64>,
     sizes: Vec<usize>,
     rates: Vec<u32>,
-    duration: f64,
-    warmup: f64,
-    reps: usize,
-    server_cpus: String,
-    load_cpus: String,
+    runs: common::Runs,
+    cpus: common::Cpus,
     out: String,
     argv: String,
 }
 
 fn opts() -> Opts {
-    let args = common::args(USAGE);
-    let mut o = Opts {
-        conns: vec![50, 500, 5000],
-        sizes: vec![64],
-        rates: vec![50, 90],
-        duration: 3.0,
-        warmup: 1.0,
-        reps: 3,
-        server_cpus: "0".into(),
-        load_cpus: "1".into(),
-        out: "bench/results".into(),
+    // Runs of 3 s: this bench runs the most points.
+    let (f, args) = common::parse::<Flags>(|c| c.mut_arg("duration", |a| a.default_value("3")));
+    Opts {
+        conns: list(f.conns, f.full, &[50, 500, 5000, 50_000], &[50, 500, 5000]),
+        sizes: list(f.sizes, f.full, &[64, 1024], &[64]),
+        rates: list(f.rates, f.full, &[25, 50, 75, 90], &[50, 90]),
+        runs: f.runs,
+        cpus: f.cpus,
+        out: f.output.out,
         argv: args.join(" "),
-    };
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        if flag == "--full" {
-            o.conns = vec![50, 500, 5000, 50_000];
-            o.sizes = vec![64, 1024];
-            o.rates = vec![25, 50, 75, 90];
-            continue;
-        }
-        let v = it
-            .next()
-            .unwrap_or_else(|| panic!("{flag} needs a value"))
-            .clone();
-        match flag.as_str() {
-            "--conns" => o.conns = list(&v, flag),
-            "--sizes" => o.sizes = list(&v, flag),
-            "--rates" => o.rates = list(&v, flag),
-            "--duration" => o.duration = v.parse().expect("--duration S"),
-            "--warmup" => o.warmup = v.parse().expect("--warmup S"),
-            "--reps" => o.reps = v.parse().expect("--reps N"),
-            "--server-cpus" => o.server_cpus = v,
-            "--load-cpus" => o.load_cpus = v,
-            "--out" => o.out = v,
-            other => panic!("unknown option {other}; see the doc comment in bench/compare.rs"),
-        }
     }
-    o
+}
+
+/// A list as given, else its `--full` value or its default.
+fn list<T: Clone>(given: Option<Vec<T>>, full: bool, when_full: &[T], default: &[T]) -> Vec<T> {
+    given.unwrap_or_else(|| if full { when_full } else { default }.to_vec())
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -161,9 +144,9 @@ fn run(o: &Opts, engine: Engine, conns: u64, size: usize, rate: Option<f64>) -> 
     let load_json =
         std::env::temp_dir().join(format!("c1m-compare-load-{}.json", std::process::id()));
     let max_conns = (conns + conns / 4).max(1000).to_string();
-    let cores = cpu_count(&o.server_cpus).to_string();
+    let cores = o.cpus.server_cpus.count().to_string();
     let server = common::Proc::server_on(
-        &o.server_cpus,
+        o.cpus.server_cpus.as_str(),
         engine.bin(),
         &[
             "--host",
@@ -198,25 +181,29 @@ fn run(o: &Opts, engine: Engine, conns: u64, size: usize, rate: Option<f64>) -> 
         })
     };
     let mut load = Command::new("taskset");
-    load.args(["-c", &o.load_cpus, env!("CARGO_BIN_EXE_uring-load")])
-        .args([
-            "--ports",
-            &ports,
-            "--conns",
-            &conns.to_string(),
-            "--size",
-            &size.to_string(),
-        ])
-        .args(["--cores", &cpu_count(&o.load_cpus).to_string()])
-        .args([
-            "--duration",
-            &o.duration.to_string(),
-            "--warmup",
-            &o.warmup.to_string(),
-        ])
-        .args(["--quiet", "--allow-partial", "--json"])
-        .arg(&load_json)
-        .stdout(Stdio::null());
+    load.args([
+        "-c",
+        o.cpus.load_cpus.as_str(),
+        env!("CARGO_BIN_EXE_uring-load"),
+    ])
+    .args([
+        "--ports",
+        &ports,
+        "--conns",
+        &conns.to_string(),
+        "--size",
+        &size.to_string(),
+    ])
+    .args(["--cores", &o.cpus.load_cpus.count().to_string()])
+    .args([
+        "--duration",
+        &o.runs.duration.to_string(),
+        "--warmup",
+        &o.runs.warmup.to_string(),
+    ])
+    .args(["--quiet", "--allow-partial", "--json"])
+    .arg(&load_json)
+    .stdout(Stdio::null());
     if let Some(r) = rate {
         load.args(["--rate", &format!("{r:.0}")]);
     }
@@ -298,12 +285,12 @@ fn main() {
             for pct in modes {
                 let rate = pct.map(|p| reactor_sat * f64::from(p) / 100.0);
                 let (mut e, mut u) = (Vec::new(), Vec::new());
-                for rep in 0..o.reps {
+                for rep in 0..o.runs.reps {
                     let label = pct.map_or("closed".to_string(), |p| format!("{p}% rate"));
                     eprintln!(
                         "compare: {conns} conns, {size} B, {label}, rep {}/{} ({:.0}s)",
                         rep + 1,
-                        o.reps,
+                        o.runs.reps,
                         started.elapsed().as_secs_f64()
                     );
                     let order = if rep % 2 == 0 {
@@ -373,10 +360,10 @@ fn write_results(o: &Opts, points: &[Value], secs: f64) {
          Ratio = Proactor / Reactor. Target (issue 5): at 500 connections and above, 64 B, throughput ratio >= 1.3 and \
          syscalls ratio <= 0.1 closed loop; p99 ratio <= 1 at every fixed rate.\n",
         common::machine(),
-        o.server_cpus,
-        cpu_count(&o.server_cpus),
-        o.load_cpus,
-        o.reps
+        o.cpus.server_cpus,
+        o.cpus.server_cpus.count(),
+        o.cpus.load_cpus,
+        o.runs.reps
     );
     let _ = writeln!(
         md,
@@ -454,8 +441,9 @@ fn write_results(o: &Opts, points: &[Value], secs: f64) {
     std::fs::write(format!("{base}.svg"), svg(points)).unwrap();
     let doc = json!({
         "bench": "compare", "date": date, "kernel": kernel, "commit": commit, "machine": common::machine(),
-        "command": cmd, "server_cpus": o.server_cpus, "load_cpus": o.load_cpus, "reps": o.reps,
-        "duration_s": o.duration, "warmup_s": o.warmup, "points": points,
+        "command": cmd, "server_cpus": o.cpus.server_cpus.as_str(),
+        "load_cpus": o.cpus.load_cpus.as_str(), "reps": o.runs.reps,
+        "duration_s": o.runs.duration, "warmup_s": o.runs.warmup, "points": points,
     });
     std::fs::write(
         format!("{base}.json"),

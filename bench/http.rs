@@ -25,25 +25,13 @@
 //! - busy: the server's CPU during the measured client run over its wall time; well under
 //!   100 % per server CPU means the client, not the server, set the pace.
 //!
-//! Options:
-//!   --conns LIST           default 50,500
-//!   --pipeline LIST        requests written together on a connection; default 1,16
-//!   --clients LIST         wrk,uring-load (default both)
-//!   --duration S --warmup S --reps N   default 5, 1, 3
-//!   --server-cpus LIST --load-cpus LIST   default 0 and 1 (taskset lists)
-//!   --out DIR              default bench/results
+//! Each server's answer is checked once before the runs, and nginx's request count read, by
+//! the load generator's own answer check (`c1m::proto::http::ResponseCheck`).
+//!
+//! Flags: `-- --help`.
 
 #[path = "common.rs"]
 mod common;
-
-const USAGE: &str = "cargo bench --bench http [-- OPTIONS]: HTTP plaintext, both engines vs nginx, under wrk and uring-load
-
-  --conns LIST           default 50,500
-  --pipeline LIST        requests written together on a connection; default 1,16
-  --clients LIST         wrk,uring-load (default both)
-  --duration S --warmup S --reps N   default 5, 1, 3
-  --server-cpus LIST --load-cpus LIST   default 0 and 1 (taskset lists)
-  --out DIR              default bench/results";
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -52,78 +40,55 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{cpu_count, list};
+use c1m::proto::http::{Answer, BODY, Malformed, ResponseCheck};
+use clap::Parser;
 use serde_json::{Value, json};
 
-/// The answer every server must give, and its body length.
-const BODY: &[u8] = b"Hello, World!";
 const PATH: &str = "/plaintext";
 /// nginx's request counter, kept off the measured path.
 const STATUS_PATH: &str = "/c1m-stub-status";
 
+#[derive(Parser, Debug)]
+#[command(
+    name = "http",
+    override_usage = "cargo bench --bench http [-- OPTIONS]",
+    about = "HTTP plaintext, both engines vs nginx, under wrk and uring-load"
+)]
 struct Opts {
+    /// Connection counts
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        default_value = "50,500"
+    )]
     conns: Vec<u64>,
+    /// Requests written together on a connection
+    #[arg(long = "pipeline", value_name = "LIST", value_delimiter = ',', default_value = "1,16",
+          value_parser = clap::value_parser!(u32).range(1..))]
     pipelines: Vec<u32>,
+    /// The clients that drive the servers
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        default_value = "wrk,uring-load"
+    )]
     clients: Vec<Client>,
-    duration: f64,
-    warmup: f64,
-    reps: usize,
-    server_cpus: String,
-    load_cpus: String,
-    out: String,
+    #[command(flatten)]
+    runs: common::Runs,
+    #[command(flatten)]
+    cpus: common::Cpus,
+    #[command(flatten)]
+    output: common::Output,
+    /// The arguments as given, for the recorded command.
+    #[arg(skip)]
     argv: String,
 }
 
 fn opts() -> Opts {
-    let args = common::args(USAGE);
-    let mut o = Opts {
-        conns: vec![50, 500],
-        pipelines: vec![1, 16],
-        clients: vec![Client::Wrk, Client::UringLoad],
-        duration: 5.0,
-        warmup: 1.0,
-        reps: 3,
-        server_cpus: "0".into(),
-        load_cpus: "1".into(),
-        out: "bench/results".into(),
-        argv: args.join(" "),
-    };
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let v = it
-            .next()
-            .unwrap_or_else(|| panic!("{flag} needs a value"))
-            .clone();
-        match flag.as_str() {
-            "--conns" => o.conns = list(&v, flag),
-            "--pipeline" => o.pipelines = list(&v, flag),
-            "--clients" => {
-                o.clients = v
-                    .split(',')
-                    .map(|c| match c {
-                        "wrk" => Client::Wrk,
-                        "uring-load" => Client::UringLoad,
-                        _ => panic!("--clients: `{c}` is neither wrk nor uring-load"),
-                    })
-                    .collect()
-            }
-            "--duration" => o.duration = v.parse().expect("--duration S"),
-            "--warmup" => o.warmup = v.parse().expect("--warmup S"),
-            "--reps" => o.reps = v.parse().expect("--reps N"),
-            "--server-cpus" => o.server_cpus = v,
-            "--load-cpus" => o.load_cpus = v,
-            "--out" => o.out = v,
-            other => panic!("unknown option {other}; see the doc comment in bench/http.rs"),
-        }
-    }
-    assert!(
-        o.reps > 0 && o.duration > 0.0,
-        "--reps and --duration must be > 0"
-    );
-    assert!(
-        o.pipelines.iter().all(|&p| p > 0),
-        "--pipeline: depths start at 1"
-    );
+    let (mut o, args) = common::parse::<Opts>(|c| c);
+    o.argv = args.join(" ");
     o
 }
 
@@ -146,7 +111,7 @@ impl Server {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Debug)]
+#[derive(Clone, Copy, PartialEq, Debug, clap::ValueEnum)]
 enum Client {
     Wrk,
     UringLoad,
@@ -168,11 +133,10 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Sends `sig` to a process this bench started (or, for nginx workers, its master did).
+/// Sends `sig` to a process this bench started and has not reaped (or, for nginx workers,
+/// its master did), so the PID is still that process; one already gone is no error here.
 fn signal(pid: u32, sig: libc::c_int) {
-    // SAFETY: kill(2) takes no pointers; `pid` is a process this bench started and has not
-    // reaped, or a worker of such an nginx master.
-    unsafe { libc::kill(pid as i32, sig) };
+    let _ = c1m::sys::kill(pid, sig);
 }
 
 /// A server started for one run.
@@ -211,7 +175,7 @@ impl Running {
         let stats =
             std::env::temp_dir().join(format!("c1m-http-stats-{}.json", std::process::id()));
         let _ = std::fs::remove_file(&stats);
-        let cores = cpu_count(&o.server_cpus);
+        let cores = o.cpus.server_cpus.count();
         let (child, workers) = match kind {
             Server::Uring | Server::Epoll => {
                 let bin = if kind == Server::Uring {
@@ -221,7 +185,7 @@ impl Running {
                 };
                 let max_conns = (conns + conns / 4).max(1000).to_string();
                 let p = common::Proc::server_on(
-                    &o.server_cpus,
+                    o.cpus.server_cpus.as_str(),
                     bin,
                     &[
                         "--proto",
@@ -248,7 +212,7 @@ impl Running {
                 std::fs::write(&conf, nginx_conf(&dir, port, cores))
                     .map_err(|e| format!("{}: {e}", conf.display()))?;
                 let mut child = Command::new("taskset")
-                    .args(["-c", &o.server_cpus, "nginx", "-c"])
+                    .args(["-c", o.cpus.server_cpus.as_str(), "nginx", "-c"])
                     .arg(&conf)
                     .arg("-p")
                     .arg(&dir)
@@ -343,16 +307,18 @@ impl Drop for Running {
     }
 }
 
-/// One HTTP/1.1 keep-alive GET on a fresh connection: (whole answer, status, body).
-fn http_get(port: u16, path: &str) -> Result<(Vec<u8>, u16, Vec<u8>), String> {
+/// One HTTP/1.1 keep-alive GET on a fresh connection, framed by the load generator's
+/// answer check with `body` as the expected body: (the bytes of the answer, the check's
+/// reading of it).
+fn http_get(port: u16, path: &str, body: &[u8]) -> Result<(Vec<u8>, Answer), String> {
     let err = |e: std::io::Error| format!("GET {path} on port {port}: {e}");
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(err)?;
     s.set_read_timeout(Some(Duration::from_secs(2)))
         .map_err(err)?;
     write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").map_err(err)?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
+    let mut check = ResponseCheck::new();
+    let (mut raw, mut chunk) = (Vec::new(), [0u8; 4096]);
     loop {
         let n = s.read(&mut chunk).map_err(err)?;
         if n == 0 {
@@ -360,52 +326,43 @@ fn http_get(port: u16, path: &str) -> Result<(Vec<u8>, u16, Vec<u8>), String> {
                 "GET {path} on port {port}: closed before the answer ended"
             ));
         }
-        buf.extend_from_slice(&chunk[..n]);
-        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-            continue;
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).to_string();
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| format!("GET {path}: bad status line in {head:?}"))?;
-        let len: usize = head
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse().ok())?
-            })
-            .ok_or_else(|| format!("GET {path}: no Content-Length in {head:?}"))?;
-        if buf.len() >= end + 4 + len {
-            buf.truncate(end + 4 + len);
-            let body = buf[end + 4..].to_vec();
-            return Ok((buf, status, body));
+        raw.extend_from_slice(&chunk[..n]);
+        let mut answer = None;
+        check
+            .on_input(&chunk[..n], body, |a| answer = answer.or(Some(a)))
+            .map_err(|Malformed| {
+                format!(
+                    "GET {path} on port {port}: an answer without Content-Length framing: {:?}",
+                    String::from_utf8_lossy(&raw)
+                )
+            })?;
+        if let Some(a) = answer {
+            return Ok((raw, a));
         }
     }
 }
 
 /// nginx's own count of the requests it read (stub_status), this one excluded.
 fn nginx_requests(port: u16) -> Result<u64, String> {
-    let (_, _, body) = http_get(port, STATUS_PATH)?;
-    let text = String::from_utf8_lossy(&body);
+    let (raw, _) = http_get(port, STATUS_PATH, b"")?;
+    let text = String::from_utf8_lossy(&raw);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     // "Active connections: 1 \nserver accepts handled requests\n 3 3 3 \n..."
-    text.lines()
+    body.lines()
         .nth(2)
         .and_then(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok())
         .map(|n| n.saturating_sub(1))
-        .ok_or_else(|| format!("nginx stub_status: unexpected {text:?}"))
+        .ok_or_else(|| format!("nginx stub_status: unexpected {body:?}"))
 }
 
 /// What a server answers, checked once before the runs.
 fn check_answer(o: &Opts, kind: Server) -> Result<Value, String> {
     let srv = Running::start(o, kind, 1)?;
-    let got = http_get(srv.port, PATH);
+    let got = http_get(srv.port, PATH, BODY);
     srv.stop()?;
-    let (raw, status, body) = got?;
+    let (raw, answer) = got?;
     let text = String::from_utf8_lossy(&raw).to_string();
-    if status != 200 || body != BODY {
+    if answer.status != 200 || !answer.body_ok {
         return Err(format!(
             "{} answers GET {PATH} with {text:?}, not 200 `Hello, World!`",
             kind.name()
@@ -499,9 +456,9 @@ fn wrk(
     secs: f64,
     lua: &Path,
 ) -> Result<Load, String> {
-    let threads = cpu_count(&o.load_cpus).min(conns as usize).max(1);
+    let threads = o.cpus.load_cpus.count().min(conns as usize).max(1);
     let mut cmd = Command::new("taskset");
-    cmd.args(["-c", &o.load_cpus, "wrk", "--latency"])
+    cmd.args(["-c", o.cpus.load_cpus.as_str(), "wrk", "--latency"])
         .args(["-t", &threads.to_string(), "-c", &conns.to_string()])
         .arg(format!("-d{}s", secs.ceil().max(1.0)));
     if pipeline > 1 {
@@ -531,20 +488,24 @@ fn uring_load(o: &Opts, port: u16, conns: u64, pipeline: u32) -> Result<Load, St
     let json = std::env::temp_dir().join(format!("c1m-http-load-{}.json", std::process::id()));
     let _ = std::fs::remove_file(&json);
     let mut child = Command::new("taskset")
-        .args(["-c", &o.load_cpus, env!("CARGO_BIN_EXE_uring-load")])
+        .args([
+            "-c",
+            o.cpus.load_cpus.as_str(),
+            env!("CARGO_BIN_EXE_uring-load"),
+        ])
         .args(["--proto", "http", "--path", PATH])
         .args(["--pipeline", &pipeline.to_string()])
         .args(["--host", "127.0.0.1", "--ports", &port.to_string()])
         .args(["--conns", &conns.to_string()])
-        .args(["--cores", &cpu_count(&o.load_cpus).to_string()])
-        .args(["--duration", &o.duration.to_string()])
-        .args(["--warmup", &o.warmup.to_string()])
+        .args(["--cores", &o.cpus.load_cpus.count().to_string()])
+        .args(["--duration", &o.runs.duration.to_string()])
+        .args(["--warmup", &o.runs.warmup.to_string()])
         .args(["--quiet", "--allow-partial", "--json"])
         .arg(&json)
         .stdout(Stdio::null())
         .spawn()
         .map_err(|e| format!("start uring-load: {e}"))?;
-    let limit = Duration::from_secs_f64(o.warmup + o.duration + 30.0);
+    let limit = Duration::from_secs_f64(o.runs.warmup + o.runs.duration + 30.0);
     let st = common::wait_bounded(&mut child, limit, "uring-load")?;
     if !st.success() {
         return Err(format!("uring-load failed ({st})"));
@@ -598,13 +559,13 @@ fn run(
 ) -> Result<Run, String> {
     let srv = Running::start(o, kind, conns)?;
     let measured = (|| {
-        if client == Client::Wrk && o.warmup > 0.0 {
-            wrk(o, srv.port, conns, pipeline, o.warmup, lua)?;
+        if client == Client::Wrk && o.runs.warmup > 0.0 {
+            wrk(o, srv.port, conns, pipeline, o.runs.warmup, lua)?;
         }
         let (u0, s0) = srv.cpu();
         let t0 = Instant::now();
         let load = match client {
-            Client::Wrk => wrk(o, srv.port, conns, pipeline, o.duration, lua)?,
+            Client::Wrk => wrk(o, srv.port, conns, pipeline, o.runs.duration, lua)?,
             Client::UringLoad => uring_load(o, srv.port, conns, pipeline)?,
         };
         let wall = t0.elapsed().as_secs_f64();
@@ -705,20 +666,20 @@ fn main() {
             check_answer(&o, kind).unwrap_or_else(|e| fail(e)),
         );
     }
-    let total = o.clients.len() * o.pipelines.len() * o.conns.len() * o.reps;
+    let total = o.clients.len() * o.pipelines.len() * o.conns.len() * o.runs.reps;
     let mut points = Vec::new();
     let mut done = 0;
     for &client in &o.clients {
         for &pipeline in &o.pipelines {
             for &conns in &o.conns {
                 let mut runs: [Vec<Run>; 3] = Default::default();
-                for rep in 0..o.reps {
+                for rep in 0..o.runs.reps {
                     done += 1;
                     eprintln!(
                         "http: {} {conns} conns, pipeline {pipeline}, rep {}/{} ({done}/{total}, {:.0}s)",
                         client.name(),
                         rep + 1,
-                        o.reps,
+                        o.runs.reps,
                         started.elapsed().as_secs_f64()
                     );
                     let mut order = SERVERS;
@@ -776,13 +737,13 @@ fn write_results(o: &Opts, points: &[Value], answers: &serde_json::Map<String, V
          well under 100 % per server CPU means the client set the pace. Latency is the client's; wrk's pipelined percentiles \
          are wrong (its coordinated-omission correction loses samples), so they are n/a.\n",
         common::machine(),
-        cpu_count(&o.server_cpus),
-        cpu_count(&o.server_cpus),
-        o.server_cpus,
-        o.load_cpus,
-        o.reps,
-        o.duration,
-        o.warmup,
+        o.cpus.server_cpus.count(),
+        o.cpus.server_cpus.count(),
+        o.cpus.server_cpus,
+        o.cpus.load_cpus,
+        o.runs.reps,
+        o.runs.duration,
+        o.runs.warmup,
     );
     for &client in &o.clients {
         let _ = writeln!(
@@ -854,13 +815,13 @@ fn write_results(o: &Opts, points: &[Value], answers: &serde_json::Map<String, V
         );
     }
     println!("{md}");
-    let base = format!("{}/http-{date}-{kernel}", o.out);
-    std::fs::create_dir_all(&o.out).unwrap();
+    let base = format!("{}/http-{date}-{kernel}", o.output.out);
+    std::fs::create_dir_all(&o.output.out).unwrap();
     std::fs::write(format!("{base}.md"), &md).unwrap();
     let doc = json!({
         "bench": "http", "date": date, "kernel": kernel, "commit": commit, "machine": common::machine(),
-        "command": cmd, "server_cpus": o.server_cpus, "load_cpus": o.load_cpus, "reps": o.reps,
-        "duration_s": o.duration, "warmup_s": o.warmup, "wrk": wrk_v, "nginx": nginx_v,
+        "command": cmd, "server_cpus": o.cpus.server_cpus.as_str(), "load_cpus": o.cpus.load_cpus.as_str(), "reps": o.runs.reps,
+        "duration_s": o.runs.duration, "warmup_s": o.runs.warmup, "wrk": wrk_v, "nginx": nginx_v,
         "answers": answers, "points": points,
     });
     std::fs::write(

@@ -4,16 +4,10 @@
 //! `uring-load` and, alternately in the same run, by a plain edge-triggered epoll closed-loop
 //! echo client (below), at each connection count, 64 B echo, depth 1. Reported per client:
 //! median throughput with its spread, and the server's CPU use (100 % = one core saturated).
-//! Writes bench/results/loadgen-<date>-<kernel>.md and .json.
-//!
-//! Options: --duration S (5), --warmup S (1), --reps N (3), --conns 50,500, --out DIR.
+//! Writes bench/results/loadgen-<date>-<kernel>.md and .json. Flags: `-- --help`.
 
 #[path = "common.rs"]
 mod common;
-
-const USAGE: &str = "cargo bench --bench loadgen [-- OPTIONS]: uring-load vs a plain epoll client, same one-core server
-
-  --duration S (5) --warmup S (1) --reps N (3) --conns LIST (50,500) --out DIR (bench/results)";
 
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
@@ -21,46 +15,27 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use c1m::sys;
+use clap::Parser;
 
+#[derive(Parser, Debug)]
+#[command(
+    name = "loadgen",
+    override_usage = "cargo bench --bench loadgen [-- OPTIONS]",
+    about = "uring-load vs a plain epoll client, same one-core server"
+)]
 struct Opts {
-    duration: f64,
-    warmup: f64,
-    reps: usize,
+    /// Connection counts, each measured in turn
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        default_value = "50,500"
+    )]
     conns: Vec<usize>,
-    out: String,
-}
-
-fn opts() -> Opts {
-    let mut o = Opts {
-        duration: 5.0,
-        warmup: 1.0,
-        reps: 3,
-        conns: vec![50, 500],
-        out: "bench/results".into(),
-    };
-    let args = common::args(USAGE);
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let mut val = || {
-            it.next()
-                .unwrap_or_else(|| panic!("{flag} needs a value"))
-                .clone()
-        };
-        match flag.as_str() {
-            "--duration" => o.duration = val().parse().expect("--duration S"),
-            "--warmup" => o.warmup = val().parse().expect("--warmup S"),
-            "--reps" => o.reps = val().parse().expect("--reps N"),
-            "--conns" => {
-                o.conns = val()
-                    .split(',')
-                    .map(|c| c.parse().expect("--conns N,M"))
-                    .collect()
-            }
-            "--out" => o.out = val(),
-            other => panic!("unknown option {other}; see the doc comment in bench/loadgen.rs"),
-        }
-    }
-    o
+    #[command(flatten)]
+    runs: common::Runs,
+    #[command(flatten)]
+    output: common::Output,
 }
 
 /// One measured run: requests/s, server CPU %, client CPU seconds per 1,000 requests.
@@ -69,7 +44,7 @@ struct Run {
     server_cpu_pct: f64,
 }
 
-fn uring_load(port: u16, conns: usize, o: &Opts) -> (f64, f64) {
+fn uring_load(port: u16, conns: usize, o: &common::Runs) -> (f64, f64) {
     let json = std::env::temp_dir().join("c1m-bench-loadgen.json");
     let st = Command::new("taskset")
         .args(["-c", "1", env!("CARGO_BIN_EXE_uring-load")])
@@ -103,7 +78,7 @@ fn uring_load(port: u16, conns: usize, o: &Opts) -> (f64, f64) {
 
 /// The other client: edge-triggered epoll, one thread pinned to core 1, 64 B requests, depth 1,
 /// each echo checked. Returns requests/s over the measured window.
-fn epoll_client(port: u16, conns: usize, o: &Opts) -> f64 {
+fn epoll_client(port: u16, conns: usize, o: &common::Runs) -> f64 {
     let handle = std::thread::spawn({
         let (warmup, duration) = (o.warmup, o.duration);
         move || {
@@ -158,14 +133,13 @@ fn epoll_client(port: u16, conns: usize, o: &Opts) -> f64 {
     handle.join().unwrap()
 }
 
-fn measure(server: &common::Proc, f: impl FnOnce() -> f64, o: &Opts) -> Run {
+fn measure(server: &common::Proc, f: impl FnOnce() -> f64) -> Run {
     let (u0, s0) = server.cpu();
     let t0 = Instant::now();
     let rps = f();
     let wall = t0.elapsed().as_secs_f64();
     let (u1, s1) = server.cpu();
     // The run includes connect and warm-up; CPU over the whole of it, as a share of one core.
-    let _ = o;
     Run {
         rps,
         server_cpu_pct: (u1 - u0 + s1 - s0) / wall * 100.0,
@@ -173,7 +147,7 @@ fn measure(server: &common::Proc, f: impl FnOnce() -> f64, o: &Opts) -> Run {
 }
 
 fn main() {
-    let o = opts();
+    let (o, _) = common::parse::<Opts>(|c| c);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -196,10 +170,14 @@ fn main() {
     let mut rows = Vec::new();
     for &conns in &o.conns {
         let (mut ul, mut ep) = (Vec::new(), Vec::new());
-        for rep in 0..o.reps {
-            eprintln!("loadgen bench: {conns} conns, rep {}/{}", rep + 1, o.reps);
-            ul.push(measure(&server, || uring_load(port, conns, &o).0, &o));
-            ep.push(measure(&server, || epoll_client(port, conns, &o), &o));
+        for rep in 0..o.runs.reps {
+            eprintln!(
+                "loadgen bench: {conns} conns, rep {}/{}",
+                rep + 1,
+                o.runs.reps
+            );
+            ul.push(measure(&server, || uring_load(port, conns, &o.runs).0));
+            ep.push(measure(&server, || epoll_client(port, conns, &o.runs)));
         }
         for (name, runs) in [("uring-load", ul), ("epoll client", ep)] {
             let mut rps: Vec<f64> = runs.iter().map(|r| r.rps).collect();
@@ -219,9 +197,9 @@ fn main() {
 
     let cmd = format!(
         "cargo bench --bench loadgen -- --duration {} --warmup {} --reps {} --conns {}",
-        o.duration,
-        o.warmup,
-        o.reps,
+        o.runs.duration,
+        o.runs.warmup,
+        o.runs.reps,
         o.conns
             .iter()
             .map(|c| c.to_string())
@@ -239,7 +217,7 @@ fn main() {
         common::kernel(),
         common::commit(),
         common::machine(),
-        o.reps
+        o.runs.reps
     );
     for r in &rows {
         md += &format!(
@@ -253,8 +231,9 @@ fn main() {
         );
     }
     println!("{md}");
-    let base = format!("{}/loadgen-{}-{}", o.out, common::today(), common::kernel());
-    std::fs::create_dir_all(&o.out).unwrap();
+    let out = &o.output.out;
+    let base = format!("{out}/loadgen-{}-{}", common::today(), common::kernel());
+    std::fs::create_dir_all(out).unwrap();
     std::fs::write(format!("{base}.md"), &md).unwrap();
     let json = serde_json::json!({
         "bench": "loadgen", "date": common::today(), "kernel": common::kernel(),

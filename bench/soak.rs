@@ -5,11 +5,13 @@
 //! the load CPU:
 //! - `uring-load --proto http` holds 1,000 keep-alive connections and sends 20,000 GETs/s
 //!   over them, open loop (latency from each request's schedule time);
-//! - threads of this bench churn connections at 2,000/s in all: connect, `GET /plaintext`,
-//!   read the whole answer (200, `Hello, World!`, Content-Length framed), close. Every 50th
-//!   connection is instead reset (SO_LINGER 0) right after its request, and every 50th sends
-//!   garbage, which the server must answer 400 and close. Connection n goes from source
-//!   127.0.0.(1 + n % 8) to the (n / 8 % 4)th port, so each (source, port) pair gets 1/32.
+//! - threads of this bench, each pinned to one load CPU in turn, churn connections at
+//!   2,000/s in all: connect, `GET /plaintext`, read the whole answer with the load
+//!   generator's check (`ResponseCheck`: 200, `Hello, World!`, Content-Length framed), close.
+//!   Every 50th connection is instead reset (SO_LINGER 0) right after its request, and every
+//!   50th sends garbage, which the server must answer 400 and close. Connection n goes from
+//!   source 127.0.0.(1 + n % 8) to the (n / 8 % 4)th port, so each (source, port) pair gets
+//!   1/32.
 //!
 //! Ephemeral ports: a normal churn connection is closed by the client first, so its tuple
 //! sits in TIME_WAIT for 60 s: 2,000/s leaves about 120,000 of them, under
@@ -36,31 +38,10 @@
 //! should equal the connections the clients opened. Writes
 //! bench/results/soak-<date>-<kernel>.md and .json (the samples in the .json).
 //!
-//! Options:
-//!   --minutes M            per engine; default 30 (a short trial: --minutes 1)
-//!   --engines LIST         uring,epoll (default both, in that order)
-//!   --ports A-B            server ports (four by default: 7100-7103)
-//!   --conns N --rate R     uring-load's connections and requests/s; default 1000, 20000
-//!   --churn-rate R         churn connections per second in all; default 2000
-//!   --churn-threads N      default 32 (blocking: at 2,000/s each has 16 ms a connection)
-//!   --sample S             seconds between RSS samples; default 10
-//!   --server-cpus LIST --load-cpus LIST   default 0 and 1 (taskset lists)
-//!   --out DIR              default bench/results
+//! Flags: `-- --help`.
 
 #[path = "common.rs"]
 mod common;
-
-const USAGE: &str = "cargo bench --bench soak [-- OPTIONS]: both engines under load and connection churn, RSS sampled
-
-  --minutes M            per engine; default 30 (a short trial: --minutes 1)
-  --engines LIST         uring,epoll (default both, in that order)
-  --ports A-B            server ports (four by default: 7100-7103)
-  --conns N --rate R     uring-load's connections and requests/s; default 1000, 20000
-  --churn-rate R         churn connections per second in all; default 2000
-  --churn-threads N      default 32 (blocking: at 2,000/s each has 16 ms a connection)
-  --sample S             seconds between RSS samples; default 10
-  --server-cpus LIST --load-cpus LIST   default 0 and 1 (taskset lists)
-  --out DIR              default bench/results";
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -69,18 +50,20 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::cpu_count;
+use c1m::proto::http::{Answer, BODY, Malformed, ResponseCheck};
+use c1m::sys;
+use clap::Parser;
 use serde_json::{Value, json};
 use socket2::{Domain, SockAddr, SockRef, Socket, Type};
 
 const REQUEST: &[u8] = b"GET /plaintext HTTP/1.1\r\nHost: x\r\n\r\n";
 const GARBAGE: &[u8] = b"\x00\x01garbage\r\n\r\n";
-const BODY: &[u8] = b"Hello, World!";
 /// One churn connection in this many is reset, and one in this many sends garbage.
 const EVERY: u64 = 50;
 /// Churn sources: 127.0.0.1 to 127.0.0.8, all local on lo.
@@ -89,97 +72,97 @@ const SOURCES: u8 = 8;
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Error messages kept verbatim per engine; the rest are only counted.
 const KEEP_ERRORS: usize = 8;
+/// The most a churn connection reads before it calls the answer bad.
+const MAX_ANSWER: usize = 64 << 10;
 
+#[derive(Parser, Debug)]
+#[command(
+    name = "soak",
+    override_usage = "cargo bench --bench soak [-- OPTIONS]",
+    about = "Both engines under load and connection churn, RSS sampled"
+)]
 struct Opts {
+    /// Minutes per engine (a short trial: --minutes 1)
+    #[arg(long, value_name = "M", default_value = "30", value_parser = common::positive)]
     minutes: f64,
+    /// The engines, in this order
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        default_value = "uring,epoll"
+    )]
     engines: Vec<Engine>,
-    ports: String,
-    port_list: Vec<u16>,
+    /// Server ports (A-B or a comma list of ports and ranges)
+    #[arg(long, value_name = "A-B", default_value = "7100-7103")]
+    ports: Ports,
+    /// uring-load's connections
+    #[arg(long, value_name = "N", default_value = "1000", value_parser = clap::value_parser!(u64).range(1..))]
     conns: u64,
+    /// uring-load's requests per second
+    #[arg(long, value_name = "R", default_value = "20000", value_parser = common::positive)]
     rate: f64,
+    /// Churn connections per second in all
+    #[arg(long, value_name = "R", default_value = "2000", value_parser = common::positive)]
     churn_rate: f64,
+    /// Churn threads (blocking: at 2,000/s each has 16 ms a connection)
+    #[arg(long, value_name = "N", default_value = "32",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     churn_threads: usize,
+    /// Seconds between RSS samples
+    #[arg(long, value_name = "S", default_value = "10", value_parser = common::positive)]
     sample: f64,
-    server_cpus: String,
-    load_cpus: String,
-    out: String,
+    #[command(flatten)]
+    cpus: common::Cpus,
+    #[command(flatten)]
+    output: common::Output,
+    /// The arguments as given, for the recorded command.
+    #[arg(skip)]
     argv: String,
 }
 
-/// A port list as the servers take it: `A-B` or a comma list of ports and ranges.
-fn ports(v: &str) -> Vec<u16> {
-    let bad = || panic!("--ports: bad list `{v}` (A-B or a comma list)");
-    v.split(',')
-        .flat_map(|p| {
+/// A port list as the servers take it (`A-B` or a comma list of ports and ranges): kept as
+/// written, to pass on and record, and as the ports it names.
+#[derive(Debug, Clone)]
+struct Ports {
+    spec: String,
+    list: Vec<u16>,
+}
+
+impl FromStr for Ports {
+    type Err = String;
+
+    fn from_str(spec: &str) -> Result<Ports, String> {
+        let bad = || format!("bad list `{spec}` (A-B or a comma list)");
+        let mut list = Vec::new();
+        for p in spec.split(',') {
             let (a, b) = p.split_once('-').unwrap_or((p, p));
-            let (a, b): (u16, u16) = (
-                a.parse().unwrap_or_else(|_| bad()),
-                b.parse().unwrap_or_else(|_| bad()),
-            );
-            a..=b
+            let (a, b): (u16, u16) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+            list.extend(a..=b);
+        }
+        if list.is_empty() {
+            return Err(bad());
+        }
+        Ok(Ports {
+            spec: spec.to_string(),
+            list,
         })
-        .collect()
+    }
+}
+
+impl std::fmt::Display for Ports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.spec)
+    }
 }
 
 fn opts() -> Opts {
-    let args = common::args(USAGE);
-    let mut o = Opts {
-        minutes: 30.0,
-        engines: vec![Engine::Uring, Engine::Epoll],
-        ports: "7100-7103".into(),
-        port_list: Vec::new(),
-        conns: 1000,
-        rate: 20_000.0,
-        churn_rate: 2000.0,
-        churn_threads: 32,
-        sample: 10.0,
-        server_cpus: "0".into(),
-        load_cpus: "1".into(),
-        out: "bench/results".into(),
-        argv: args.join(" "),
-    };
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let v = it
-            .next()
-            .unwrap_or_else(|| panic!("{flag} needs a value"))
-            .clone();
-        match flag.as_str() {
-            "--minutes" => o.minutes = v.parse().expect("--minutes M"),
-            "--engines" => {
-                o.engines = v
-                    .split(',')
-                    .map(|e| match e {
-                        "uring" => Engine::Uring,
-                        "epoll" => Engine::Epoll,
-                        _ => panic!("--engines: `{e}` is neither uring nor epoll"),
-                    })
-                    .collect()
-            }
-            "--ports" => o.ports = v,
-            "--conns" => o.conns = v.parse().expect("--conns N"),
-            "--rate" => o.rate = v.parse().expect("--rate R"),
-            "--churn-rate" => o.churn_rate = v.parse().expect("--churn-rate R"),
-            "--churn-threads" => o.churn_threads = v.parse().expect("--churn-threads N"),
-            "--sample" => o.sample = v.parse().expect("--sample S"),
-            "--server-cpus" => o.server_cpus = v,
-            "--load-cpus" => o.load_cpus = v,
-            "--out" => o.out = v,
-            other => panic!("unknown option {other}; see --help"),
-        }
-    }
-    o.port_list = ports(&o.ports);
-    assert!(o.minutes > 0.0, "--minutes must be > 0");
-    assert!(o.sample > 0.0, "--sample must be > 0");
-    assert!(
-        o.churn_threads > 0 && o.churn_rate > 0.0 && o.rate > 0.0 && o.conns > 0,
-        "--conns, --rate, --churn-rate and --churn-threads must be > 0"
-    );
-    assert!(!o.engines.is_empty(), "--engines: name one at least");
+    let (mut o, args) = common::parse::<Opts>(|c| c);
+    o.argv = args.join(" ");
     o
 }
 
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, PartialEq, Debug, clap::ValueEnum)]
 enum Engine {
     Uring,
     Epoll,
@@ -217,10 +200,9 @@ impl Drop for Server {
     fn drop(&mut self) {
         if let Some(mut p) = self.0.take() {
             if p.child.try_wait().ok().flatten().is_none() {
+                // Its workers: the server has not been reaped, so its children are still its.
                 for &w in &common::family(p.child.id())[1..] {
-                    // SAFETY: kill(2) takes no pointers; `w` is a worker of the server this
-                    // bench started, which has not been reaped, so its children are still its.
-                    unsafe { libc::kill(w as i32, libc::SIGKILL) };
+                    let _ = sys::kill(w, libc::SIGKILL);
                 }
             }
             let _ = p.child.kill();
@@ -329,10 +311,13 @@ impl Churn {
                     stop.clone(),
                     next_n.clone(),
                 );
-                let ports = o.port_list.clone();
+                let ports = o.ports.list.clone();
+                let cpus = o.cpus.load_cpus.cpus();
+                let cpu = cpus[i % cpus.len()];
                 // Threads start spread over one interval, so the connects are even.
                 let mut due = start + interval.mul_f64(i as f64 / o.churn_threads as f64);
                 std::thread::spawn(move || {
+                    sys::pin_current_thread(cpu).expect("each load CPU was pinned to at start");
                     while !stop.load(Relaxed) {
                         let now = Instant::now();
                         if now >= until {
@@ -406,6 +391,7 @@ impl Drop for Churn {
 fn churn_socket(src: Ipv4Addr) -> Result<Socket, Fail> {
     let s = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(|e| Fail::io("socket", e))?;
     let one: libc::c_int = 1;
+    // IP_BIND_ADDRESS_NO_PORT has no safe setter in socket2 or in c1m::sys.
     // SAFETY: setsockopt(2) on a socket `s` owns, with a pointer to a live local c_int and
     // its size.
     let rc = unsafe {
@@ -441,11 +427,14 @@ fn one(src: Ipv4Addr, dst: SocketAddrV4, kind: Kind, counts: &ChurnCounts) -> Re
     match kind {
         Kind::Get => {
             s.write_all(REQUEST).map_err(|e| Fail::io("write", e))?;
-            let (status, body, raw) = read_answer(&mut s)?;
-            if status != 200 || body != BODY {
-                return Err(Fail::answer("bad_answer", &raw));
+            let mut raw = Vec::new();
+            match read_answer(&mut s, BODY, &mut raw) {
+                Ok(a) if a.status == 200 && a.body_ok => Ok(()),
+                Ok(_) | Err(Unframed::Malformed) => Err(Fail::answer("bad_answer", &raw)),
+                Err(Unframed::TooLong) => Err(Fail::answer("bad_answer", &raw[..256])),
+                Err(Unframed::Eof) => Err(Fail::answer("read:early_eof", &raw)),
+                Err(Unframed::Io(e)) => Err(Fail::io("read", e)),
             }
-            Ok(())
         }
         Kind::Reset => {
             s.write_all(REQUEST).map_err(|e| Fail::io("write", e))?;
@@ -457,58 +446,59 @@ fn one(src: Ipv4Addr, dst: SocketAddrV4, kind: Kind, counts: &ChurnCounts) -> Re
         }
         Kind::Garbage => {
             s.write_all(GARBAGE).map_err(|e| Fail::io("write", e))?;
-            // The server answers 400 and closes: read to its FIN.
-            let mut buf = Vec::new();
+            // The server answers 400 (no body) and closes: read the answer, then to its FIN.
+            let mut raw = Vec::new();
+            match read_answer(&mut s, b"", &mut raw) {
+                Ok(a) if a.status == 400 => {}
+                Ok(_) | Err(Unframed::Eof | Unframed::Malformed) => {
+                    return Err(Fail::answer("garbage:not_400", &raw));
+                }
+                Err(Unframed::TooLong) => return Err(Fail::answer("garbage:too_long", &raw)),
+                Err(Unframed::Io(e)) => return Err(Fail::io("garbage:read", e)),
+            }
             let mut chunk = [0u8; 1024];
             loop {
                 match s.read(&mut chunk) {
-                    Ok(0) => break,
-                    Ok(n) if buf.len() + n <= 64 << 10 => buf.extend_from_slice(&chunk[..n]),
-                    Ok(_) => return Err(Fail::answer("garbage:too_long", &buf)),
-                    Err(e) if buf.starts_with(b"HTTP/1.1 400 ") => {
-                        return Err(Fail::io("garbage:after_400", e));
-                    }
-                    Err(e) => return Err(Fail::io("garbage:read", e)),
+                    Ok(0) => return Ok(()),
+                    Ok(n) if raw.len() + n <= MAX_ANSWER => raw.extend_from_slice(&chunk[..n]),
+                    Ok(_) => return Err(Fail::answer("garbage:too_long", &raw)),
+                    Err(e) => return Err(Fail::io("garbage:after_400", e)),
                 }
-            }
-            if buf.starts_with(b"HTTP/1.1 400 ") {
-                Ok(())
-            } else {
-                Err(Fail::answer("garbage:not_400", &buf))
             }
         }
     }
 }
 
-/// Reads one Content-Length framed answer: (status, body, the whole answer).
-fn read_answer(s: &mut TcpStream) -> Result<(u16, Vec<u8>, Vec<u8>), Fail> {
-    let mut buf = Vec::with_capacity(256);
+/// How reading an answer ended before the check framed one.
+enum Unframed {
+    Eof,
+    /// Not an answer the load generator's check can frame.
+    Malformed,
+    /// Over `MAX_ANSWER` bytes without one.
+    TooLong,
+    Io(std::io::Error),
+}
+
+/// Reads until the load generator's answer check frames one answer (its body compared with
+/// `expected`), every byte read appended to `raw`.
+fn read_answer(s: &mut TcpStream, expected: &[u8], raw: &mut Vec<u8>) -> Result<Answer, Unframed> {
+    let mut check = ResponseCheck::new();
     let mut chunk = [0u8; 1024];
     loop {
-        let n = s.read(&mut chunk).map_err(|e| Fail::io("read", e))?;
+        let n = s.read(&mut chunk).map_err(Unframed::Io)?;
         if n == 0 {
-            return Err(Fail::answer("read:early_eof", &buf));
+            return Err(Unframed::Eof);
         }
-        buf.extend_from_slice(&chunk[..n]);
-        if buf.len() > 64 << 10 {
-            return Err(Fail::answer("bad_answer", &buf[..256]));
+        raw.extend_from_slice(&chunk[..n]);
+        if raw.len() > MAX_ANSWER {
+            return Err(Unframed::TooLong);
         }
-        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-            continue;
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).to_string();
-        let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok());
-        let len: Option<usize> = head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
-        });
-        let (Some(status), Some(len)) = (status, len) else {
-            return Err(Fail::answer("bad_answer", &buf));
-        };
-        if buf.len() >= end + 4 + len {
-            let body = buf[end + 4..end + 4 + len].to_vec();
-            return Ok((status, body, buf));
+        let mut answer = None;
+        check
+            .on_input(&chunk[..n], expected, |a| answer = answer.or(Some(a)))
+            .map_err(|Malformed| Unframed::Malformed)?;
+        if let Some(a) = answer {
+            return Ok(a);
         }
     }
 }
@@ -622,7 +612,7 @@ fn net_counters() -> BTreeMap<&'static str, u64> {
 
 /// Fails with the cause and the fix when a server port is taken (by another bench, say).
 fn check_ports(o: &Opts) -> Result<(), String> {
-    for &p in &o.port_list {
+    for &p in &o.ports.list {
         if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", p)) {
             return Err(format!(
                 "port {p} on 127.0.0.1 is not free ({e}); pick others with --ports A-B"
@@ -640,12 +630,12 @@ fn soak(o: &Opts, engine: Engine) -> Result<Value, String> {
     let load_json = tmp("load", engine);
     let _ = std::fs::remove_file(&stats);
     let _ = std::fs::remove_file(&load_json);
-    let cores = cpu_count(&o.server_cpus).to_string();
+    let cores = o.cpus.server_cpus.count().to_string();
     let server_args = [
         "--proto",
         "http",
         "--ports",
-        &o.ports,
+        o.ports.spec.as_str(),
         "--host",
         "127.0.0.1",
         "--cores",
@@ -655,12 +645,12 @@ fn soak(o: &Opts, engine: Engine) -> Result<Value, String> {
     ];
     let server_cmd = format!(
         "taskset -c {} {} {}",
-        o.server_cpus,
+        o.cpus.server_cpus,
         engine.bin(),
         server_args.join(" ")
     );
     let mut server = Server(Some(common::Proc::server_on(
-        &o.server_cpus,
+        o.cpus.server_cpus.as_str(),
         engine.bin(),
         &server_args,
     )));
@@ -674,13 +664,13 @@ fn soak(o: &Opts, engine: Engine) -> Result<Value, String> {
         "--host",
         "127.0.0.1",
         "--ports",
-        &o.ports,
+        o.ports.spec.as_str(),
         "--conns",
         &o.conns.to_string(),
         "--rate",
         &o.rate.to_string(),
         "--cores",
-        &cpu_count(&o.load_cpus).to_string(),
+        &o.cpus.load_cpus.count().to_string(),
         "--duration",
         &duration.to_string(),
         "--quiet",
@@ -693,14 +683,18 @@ fn soak(o: &Opts, engine: Engine) -> Result<Value, String> {
     .collect();
     let load_cmd = format!(
         "taskset -c {} {} {}",
-        o.load_cpus,
+        o.cpus.load_cpus,
         env!("CARGO_BIN_EXE_uring-load"),
         load_args.join(" ")
     );
     let t0 = Instant::now();
     let mut load = Client(
         Command::new("taskset")
-            .args(["-c", &o.load_cpus, env!("CARGO_BIN_EXE_uring-load")])
+            .args([
+                "-c",
+                o.cpus.load_cpus.as_str(),
+                env!("CARGO_BIN_EXE_uring-load"),
+            ])
             .args(&load_args)
             .stdout(Stdio::null())
             .spawn()
@@ -836,10 +830,14 @@ fn main() {
     let o = opts();
     // Before pinning: available_parallelism counts only the CPUs a process may use.
     let machine = common::machine();
-    // The churn threads (and this one, which samples) run on the load CPUs, beside uring-load.
-    if let Err(e) = common::pin_self(&o.load_cpus) {
-        eprintln!("soak: --load-cpus {}: {e}", o.load_cpus);
-        std::process::exit(1);
+    // The churn threads (and this one, which samples) run on the load CPUs, beside
+    // uring-load: each churn thread pins itself to one of them in turn. Every one is tried
+    // here first, so no thread's pin can fail; this thread ends on the first.
+    for &cpu in o.cpus.load_cpus.cpus().iter().rev() {
+        if let Err(e) = sys::pin_current_thread(cpu) {
+            eprintln!("soak: --load-cpus {}: CPU {cpu}: {e}", o.cpus.load_cpus);
+            std::process::exit(1);
+        }
     }
     let started = Instant::now();
     let mut runs = Vec::new();
@@ -913,9 +911,9 @@ fn write_results(o: &Opts, machine: &str, runs: &[Value], secs: f64) {
          backlog are retransmitted after 200 ms or more, which is where latency outliers of that size come from.\n",
         machine,
         o.ports,
-        o.server_cpus,
+        o.cpus.server_cpus,
         o.minutes,
-        o.load_cpus,
+        o.cpus.load_cpus,
         o.conns,
         o.rate,
         o.churn_threads,
@@ -1019,7 +1017,7 @@ fn write_results(o: &Opts, machine: &str, runs: &[Value], secs: f64) {
             load_cpu,
             c["cpu_s"].as_f64().unwrap_or(0.0),
             (load_cpu + c["cpu_s"].as_f64().unwrap_or(0.0))
-                / (r["wall_s"].as_f64().unwrap_or(1.0) * cpu_count(&o.load_cpus) as f64)
+                / (r["wall_s"].as_f64().unwrap_or(1.0) * o.cpus.load_cpus.count() as f64)
                 * 100.0,
             n(&r["host_net"]["softnet_drops"]),
             n(&r["host_net"]["tcp_retrans_segs"]),
@@ -1051,14 +1049,15 @@ fn write_results(o: &Opts, machine: &str, runs: &[Value], secs: f64) {
         );
     }
     println!("{md}");
-    let base = format!("{}/soak-{date}-{kernel}", o.out);
-    std::fs::create_dir_all(&o.out).unwrap();
+    let base = format!("{}/soak-{date}-{kernel}", o.output.out);
+    std::fs::create_dir_all(&o.output.out).unwrap();
     std::fs::write(format!("{base}.md"), &md).unwrap();
     let doc = json!({
         "bench": "soak", "date": date, "kernel": kernel, "commit": commit,
         "machine": machine,
-        "command": cmd, "server_cpus": o.server_cpus, "load_cpus": o.load_cpus, "minutes": o.minutes,
-        "ports": o.ports, "conns": o.conns, "rate": o.rate, "churn_rate": o.churn_rate,
+        "command": cmd, "server_cpus": o.cpus.server_cpus.as_str(),
+        "load_cpus": o.cpus.load_cpus.as_str(), "minutes": o.minutes,
+        "ports": o.ports.spec, "conns": o.conns, "rate": o.rate, "churn_rate": o.churn_rate,
         "churn_threads": o.churn_threads, "sample_s": o.sample,
         "ip_local_port_range": std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
             .unwrap_or_default().split_whitespace().collect::<Vec<_>>().join("-"),

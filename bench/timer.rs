@@ -12,14 +12,30 @@
 #[path = "common.rs"]
 mod common;
 
-const USAGE: &str =
-    "cargo bench --bench timer [-- OPTIONS]: the timer wheel at a million connections
-
-  --conns N (1000000) --rate R (50000) --seconds S simulated (600) --out DIR (bench/results)";
-
 use std::time::{Duration, Instant};
 
 use c1m::timer::{LINGER, TICK, Timeouts, Wheel};
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "timer",
+    override_usage = "cargo bench --bench timer [-- OPTIONS]",
+    about = "The timer wheel at a million connections"
+)]
+struct Opts {
+    /// Connections held by the wheel
+    #[arg(long, value_name = "N", default_value = "1000000", value_parser = clap::value_parser!(u32).range(1..))]
+    conns: u32,
+    /// Requests per second, each on a random connection
+    #[arg(long, value_name = "R", default_value = "50000", value_parser = clap::value_parser!(u64).range(1..))]
+    rate: u64,
+    /// Seconds simulated
+    #[arg(long, value_name = "S", default_value = "600", value_parser = clap::value_parser!(u64).range(1..))]
+    seconds: u64,
+    #[command(flatten)]
+    output: common::Output,
+}
 
 fn vm_rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -31,48 +47,8 @@ fn vm_rss_kib() -> u64 {
 }
 
 fn main() {
-    let (mut conns, mut rate, mut seconds, mut out) =
-        (1_000_000u32, 50_000u64, 600u64, "bench/results".to_string());
-    let args = common::args(USAGE);
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let value = it.next().unwrap_or_else(|| {
-            eprintln!("timer: {flag} needs a value\n\n{USAGE}");
-            std::process::exit(2)
-        });
-        let bad = || -> ! {
-            eprintln!("timer: bad value `{value}` for {flag}\n\n{USAGE}");
-            std::process::exit(2)
-        };
-        match flag.as_str() {
-            "--conns" => {
-                conns = value
-                    .parse()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .unwrap_or_else(|| bad())
-            }
-            "--rate" => {
-                rate = value
-                    .parse()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .unwrap_or_else(|| bad())
-            }
-            "--seconds" => {
-                seconds = value
-                    .parse()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .unwrap_or_else(|| bad())
-            }
-            "--out" => out = value.clone(),
-            _ => {
-                eprintln!("timer: unknown option {flag}\n\n{USAGE}");
-                std::process::exit(2)
-            }
-        }
-    }
+    let (o, args) = common::parse::<Opts>(|c| c);
+    let (conns, rate, seconds, out) = (o.conns, o.rate, o.seconds, o.output.out);
     let timeouts = Timeouts {
         idle: Some(Duration::from_secs(120)),
         header: Some(Duration::from_secs(30)),

@@ -1,5 +1,5 @@
 //! The echo suite: real servers on loopback, real clients, every byte checked. Each test body
-//! runs against every engine in `common::ENGINES`.
+//! is one case per engine (`common::per_engine!`); a few are of one engine's own machinery.
 
 mod common;
 
@@ -8,7 +8,7 @@ use std::net::{Shutdown, TcpStream};
 use std::thread;
 use std::time::Duration;
 
-use common::{ENGINES, Server, first_port, free_ports, load, random_bytes, u};
+use common::{Engine, Server, first_port, free_ports, load, random_bytes, u};
 
 /// Writes `data` and half-closes in one thread while reading to EOF in this one.
 fn echo_stream(stream: TcpStream, data: Vec<u8>) -> Vec<u8> {
@@ -23,61 +23,59 @@ fn echo_stream(stream: TcpStream, data: Vec<u8>) -> Vec<u8> {
     got
 }
 
-#[test]
-fn exact_echo_from_1_byte_to_8_mib_over_many_connections_and_ports() {
-    for engine in ENGINES {
-        let ports = free_ports(4);
-        let server = Server::start(engine, &ports, &[]);
-        let mut bytes = 0u64;
-        for (size, conns) in [
-            (1, 200),
-            (100, 200),
-            (4096, 64),
-            (65_543, 32),
-            (1 << 20, 8),
-            (8 << 20, 4),
-        ] {
-            let (code, r) = load(
-                &ports,
-                &[
-                    "--conns",
-                    &conns.to_string(),
-                    "--size",
-                    &size.to_string(),
-                    "--requests",
-                    "3",
-                ],
-            );
-            assert_eq!(code, 0, "{engine:?} size {size}: {r}");
-            assert_eq!(u(&r, "conns_established"), conns, "{engine:?} size {size}");
-            assert_eq!(u(&r, "requests"), conns * 3, "{engine:?} size {size}");
-            assert!(r["errors"].as_object().unwrap().is_empty(), "{r}");
-            bytes += conns * 3 * size;
-        }
-        // A foreign client too: random bytes through std sockets on every port.
-        let mut handles = Vec::new();
-        for (i, port) in ports.split(',').enumerate() {
-            let port: u16 = port.parse().unwrap();
-            handles.push(thread::spawn(move || {
-                let data = random_bytes(300_001 + i, i as u64 + 1);
-                let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-                assert_eq!(echo_stream(s, data.clone()), data);
-                data.len() as u64
-            }));
-        }
-        for h in handles {
-            bytes += h.join().unwrap();
-        }
-        let stats = server.stop();
-        assert_eq!(u(&stats, "totals.bytes_in"), bytes, "{engine:?}");
-        assert_eq!(u(&stats, "totals.bytes_out"), bytes, "{engine:?}");
-        assert_eq!(u(&stats, "totals.accepted"), u(&stats, "totals.closed"));
-        assert_eq!(u(&stats, "totals.conn_errors"), 0, "{stats}");
+fn exact_echo_from_1_byte_to_8_mib_over_many_connections_and_ports(engine: Engine) {
+    let ports = free_ports(4);
+    let server = Server::start(engine, &ports, &[]);
+    let mut bytes = 0u64;
+    for (size, conns) in [
+        (1, 200),
+        (100, 200),
+        (4096, 64),
+        (65_543, 32),
+        (1 << 20, 8),
+        (8 << 20, 4),
+    ] {
+        let (code, r) = load(
+            &ports,
+            &[
+                "--conns",
+                &conns.to_string(),
+                "--size",
+                &size.to_string(),
+                "--requests",
+                "3",
+            ],
+        );
+        assert_eq!(code, 0, "{engine:?} size {size}: {r}");
+        assert_eq!(u(&r, "conns_established"), conns, "{engine:?} size {size}");
+        assert_eq!(u(&r, "requests"), conns * 3, "{engine:?} size {size}");
+        assert!(r["errors"].as_object().unwrap().is_empty(), "{r}");
+        bytes += conns * 3 * size;
     }
+    // A foreign client too: random bytes through std sockets on every port.
+    let mut handles = Vec::new();
+    for (i, port) in ports.split(',').enumerate() {
+        let port: u16 = port.parse().unwrap();
+        handles.push(thread::spawn(move || {
+            let data = random_bytes(300_001 + i, i as u64 + 1);
+            let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            assert_eq!(echo_stream(s, data.clone()), data);
+            data.len() as u64
+        }));
+    }
+    for h in handles {
+        bytes += h.join().unwrap();
+    }
+    let stats = server.stop();
+    assert_eq!(u(&stats, "totals.bytes_in"), bytes, "{engine:?}");
+    assert_eq!(u(&stats, "totals.bytes_out"), bytes, "{engine:?}");
+    assert_eq!(u(&stats, "totals.accepted"), u(&stats, "totals.closed"));
+    assert_eq!(u(&stats, "totals.conn_errors"), 0, "{stats}");
 }
 
-#[test]
-fn thirty_thousand_concurrent_connections_above_the_fd_limit() {
+common::per_engine!(exact_echo_from_1_byte_to_8_mib_over_many_connections_and_ports);
+
+fn thirty_thousand_concurrent_connections_above_the_fd_limit(engine: Engine) {
     let limits = c1m::sys::limits::HostLimits::read().unwrap();
     if limits.nofile_hard >= 30_000 {
         eprintln!(
@@ -85,81 +83,79 @@ fn thirty_thousand_concurrent_connections_above_the_fd_limit() {
             limits.nofile_hard
         );
     }
-    for engine in ENGINES {
-        let ports = free_ports(8);
-        let server = Server::start(engine, &ports, &["--max-conns", "40000"]);
-        // The load generator connects all 30,000 before any request and closes none until all
-        // requests are done, so all are open at once; its own process holds no fd for them.
-        let (code, r) = load(
-            &ports,
-            &["--conns", "30000", "--size", "32", "--requests", "2"],
-        );
-        assert_eq!(code, 0, "{engine:?}: {r}");
-        assert_eq!(u(&r, "conns_established"), 30_000);
-        assert_eq!(u(&r, "conns_failed"), 0);
-        assert_eq!(u(&r, "conns_closed_by_peer"), 0);
-        assert_eq!(u(&r, "requests"), 60_000);
-        let stats = server.stop();
-        assert_eq!(u(&stats, "totals.accepted"), 30_000, "{engine:?}");
-        assert_eq!(u(&stats, "totals.closed"), 30_000);
-        assert_eq!(u(&stats, "totals.bytes_out"), 60_000 * 32);
-        assert_eq!(u(&stats, "totals.refused"), 0);
-    }
+    let ports = free_ports(8);
+    let server = Server::start(engine, &ports, &["--max-conns", "40000"]);
+    // The load generator connects all 30,000 before any request and closes none until all
+    // requests are done, so all are open at once; its own process holds no fd for them.
+    let (code, r) = load(
+        &ports,
+        &["--conns", "30000", "--size", "32", "--requests", "2"],
+    );
+    assert_eq!(code, 0, "{engine:?}: {r}");
+    assert_eq!(u(&r, "conns_established"), 30_000);
+    assert_eq!(u(&r, "conns_failed"), 0);
+    assert_eq!(u(&r, "conns_closed_by_peer"), 0);
+    assert_eq!(u(&r, "requests"), 60_000);
+    let stats = server.stop();
+    assert_eq!(u(&stats, "totals.accepted"), 30_000, "{engine:?}");
+    assert_eq!(u(&stats, "totals.closed"), 30_000);
+    assert_eq!(u(&stats, "totals.bytes_out"), 60_000 * 32);
+    assert_eq!(u(&stats, "totals.refused"), 0);
 }
 
-#[test]
-fn half_close_echoes_what_arrived_then_closes() {
-    for engine in ENGINES {
-        let ports = free_ports(1);
-        let server = Server::start(engine, &ports, &[]);
-        for n in [0usize, 1, 70_000, 1 << 20] {
-            let data = random_bytes(n, 9);
-            let s = TcpStream::connect(("127.0.0.1", first_port(&ports))).unwrap();
-            // read_to_end returning is the server's close: EOF after exactly the echo.
-            assert_eq!(echo_stream(s, data.clone()), data, "{engine:?} {n} bytes");
-        }
-        let stats = server.stop();
-        assert_eq!(u(&stats, "totals.accepted"), 4);
-        assert_eq!(u(&stats, "totals.closed"), 4);
-        assert_eq!(u(&stats, "totals.conn_errors"), 0);
+common::per_engine!(thirty_thousand_concurrent_connections_above_the_fd_limit);
+
+fn half_close_echoes_what_arrived_then_closes(engine: Engine) {
+    let ports = free_ports(1);
+    let server = Server::start(engine, &ports, &[]);
+    for n in [0usize, 1, 70_000, 1 << 20] {
+        let data = random_bytes(n, 9);
+        let s = TcpStream::connect(("127.0.0.1", first_port(&ports))).unwrap();
+        // read_to_end returning is the server's close: EOF after exactly the echo.
+        assert_eq!(echo_stream(s, data.clone()), data, "{engine:?} {n} bytes");
     }
+    let stats = server.stop();
+    assert_eq!(u(&stats, "totals.accepted"), 4);
+    assert_eq!(u(&stats, "totals.closed"), 4);
+    assert_eq!(u(&stats, "totals.conn_errors"), 0);
 }
 
-#[test]
-fn client_reset_mid_stream_frees_the_connection_and_others_go_on() {
-    for engine in ENGINES {
-        let ports = free_ports(1);
-        let server = Server::start(engine, &ports, &[]);
-        let port = first_port(&ports);
-        let mut victim = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        victim.write_all(&random_bytes(256 * 1024, 3)).unwrap();
-        let victim = socket2::Socket::from(victim);
-        victim.set_linger(Some(Duration::ZERO)).unwrap();
-        drop(victim); // RST, with the echo unread
-        let data = random_bytes(500_000, 4);
-        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        assert_eq!(echo_stream(s, data.clone()), data, "{engine:?}");
-        thread::sleep(Duration::from_millis(200));
-        let stats = server.stop();
-        assert_eq!(u(&stats, "totals.accepted"), 2, "{engine:?}");
-        assert_eq!(
-            u(&stats, "totals.closed"),
-            2,
-            "{engine:?}: the reset slot was freed"
-        );
-        assert_eq!(
-            u(&stats, "totals.conn_errors"),
-            1,
-            "one error per connection: {stats}"
-        );
-    }
+common::per_engine!(half_close_echoes_what_arrived_then_closes);
+
+fn client_reset_mid_stream_frees_the_connection_and_others_go_on(engine: Engine) {
+    let ports = free_ports(1);
+    let server = Server::start(engine, &ports, &[]);
+    let port = first_port(&ports);
+    let mut victim = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    victim.write_all(&random_bytes(256 * 1024, 3)).unwrap();
+    let victim = socket2::Socket::from(victim);
+    victim.set_linger(Some(Duration::ZERO)).unwrap();
+    drop(victim); // RST, with the echo unread
+    let data = random_bytes(500_000, 4);
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    assert_eq!(echo_stream(s, data.clone()), data, "{engine:?}");
+    thread::sleep(Duration::from_millis(200));
+    let stats = server.stop();
+    assert_eq!(u(&stats, "totals.accepted"), 2, "{engine:?}");
+    assert_eq!(
+        u(&stats, "totals.closed"),
+        2,
+        "{engine:?}: the reset slot was freed"
+    );
+    assert_eq!(
+        u(&stats, "totals.conn_errors"),
+        1,
+        "one error per connection: {stats}"
+    );
 }
+
+common::per_engine!(client_reset_mid_stream_frees_the_connection_and_others_go_on);
 
 #[test]
 fn buffer_ring_exhaustion_loses_no_byte() {
     let ports = free_ports(2);
     let server = Server::start(
-        common::Engine::Uring,
+        Engine::Uring,
         &ports,
         &["--bufs", "4", "--buf-size", "1024"],
     );
@@ -183,115 +179,108 @@ fn stream_byte(c: usize, i: usize) -> u8 {
     (i.wrapping_mul(7).wrapping_add(c * 13) % 251) as u8
 }
 
-#[test]
-fn sigterm_while_busy_answers_what_arrived_and_exits_zero() {
-    for engine in ENGINES {
-        let ports = free_ports(2);
-        let mut server = Server::start(engine, &ports, &["--shutdown-timeout", "2"]);
-        let mut clients = Vec::new();
-        for c in 0..16 {
-            let port: u16 = ports.split(',').nth(c % 2).unwrap().parse().unwrap();
-            let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-            let mut w = s.try_clone().unwrap();
-            let writer = thread::spawn(move || {
-                let mut sent = 0usize;
-                let mut chunk = vec![0u8; 16 * 1024];
-                loop {
-                    for (j, b) in chunk.iter_mut().enumerate() {
-                        *b = stream_byte(c, sent + j);
-                    }
-                    match w.write(&chunk) {
-                        Ok(n) => sent += n,
-                        Err(_) => return sent,
-                    }
-                }
-            });
-            let reader = thread::spawn(move || {
-                let mut s = s;
-                let mut got = 0usize;
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) => return (got, true),
-                        Ok(n) => {
-                            for (j, b) in buf[..n].iter().enumerate() {
-                                assert_eq!(
-                                    *b,
-                                    stream_byte(c, got + j),
-                                    "conn {c} byte {}",
-                                    got + j
-                                );
-                            }
-                            got += n;
-                        }
-                        Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                        Err(_) => return (got, false),
-                    }
-                }
-            });
-            clients.push((writer, reader));
-        }
-        thread::sleep(Duration::from_millis(500));
-        let stats = server.stop_within(Duration::from_secs(8));
-        let mut echoed = 0;
-        for (writer, reader) in clients {
-            let (got, _eof) = reader.join().unwrap();
-            let sent = writer.join().unwrap();
-            assert!(got <= sent);
-            echoed += got;
-        }
-        assert!(echoed > 0, "{engine:?}: the clients were busy");
-        // Everything the server read, it handed back before closing.
-        assert_eq!(
-            u(&stats, "totals.bytes_in"),
-            u(&stats, "totals.bytes_out"),
-            "{stats}"
-        );
-        assert_eq!(u(&stats, "totals.accepted"), 16);
-        assert_eq!(u(&stats, "totals.closed"), 16);
-    }
-}
-
-#[test]
-fn a_peer_that_does_not_read_is_pushed_back_then_gets_every_byte() {
-    for engine in ENGINES {
-        let ports = free_ports(1);
-        let server = Server::start(engine, &ports, &[]);
-        let s = TcpStream::connect(("127.0.0.1", first_port(&ports))).unwrap();
-        s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
-        // Write without reading until the writes block: the server stopped reading us.
+fn sigterm_while_busy_answers_what_arrived_and_exits_zero(engine: Engine) {
+    let ports = free_ports(2);
+    let mut server = Server::start(engine, &ports, &["--shutdown-timeout", "2"]);
+    let mut clients = Vec::new();
+    for c in 0..16 {
+        let port: u16 = ports.split(',').nth(c % 2).unwrap().parse().unwrap();
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         let mut w = s.try_clone().unwrap();
         let writer = thread::spawn(move || {
             let mut sent = 0usize;
-            let chunk: Vec<u8> = (0..65_536).map(|i| stream_byte(7, i)).collect();
-            while sent < 256 << 20 {
-                let off = sent % chunk.len();
-                match w.write(&chunk[off..]) {
+            let mut chunk = vec![0u8; 16 * 1024];
+            loop {
+                for (j, b) in chunk.iter_mut().enumerate() {
+                    *b = stream_byte(c, sent + j);
+                }
+                match w.write(&chunk) {
                     Ok(n) => sent += n,
-                    Err(_) => break, // timed out: pushed back
+                    Err(_) => return sent,
                 }
             }
-            sent
         });
-        let sent = writer.join().unwrap();
-        assert!(
-            sent < 64 << 20,
-            "{engine:?}: {sent} bytes went in while nothing was read: the server kept reading"
-        );
-        // Now read: exactly what was written comes back, then EOF after our half-close.
-        s.shutdown(Shutdown::Write).unwrap();
-        let mut got = Vec::with_capacity(sent);
-        (&s).read_to_end(&mut got).unwrap();
-        assert_eq!(got.len(), sent, "{engine:?}");
-        assert!(
-            got.iter()
-                .enumerate()
-                .all(|(i, b)| *b == stream_byte(7, i % 65_536))
-        );
-        let stats = server.stop();
-        assert_eq!(u(&stats, "totals.bytes_out"), sent as u64, "{engine:?}");
+        let reader = thread::spawn(move || {
+            let mut s = s;
+            let mut got = 0usize;
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => return (got, true),
+                    Ok(n) => {
+                        for (j, b) in buf[..n].iter().enumerate() {
+                            assert_eq!(*b, stream_byte(c, got + j), "conn {c} byte {}", got + j);
+                        }
+                        got += n;
+                    }
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => return (got, false),
+                }
+            }
+        });
+        clients.push((writer, reader));
     }
+    thread::sleep(Duration::from_millis(500));
+    let stats = server.stop_within(Duration::from_secs(8));
+    let mut echoed = 0;
+    for (writer, reader) in clients {
+        let (got, _eof) = reader.join().unwrap();
+        let sent = writer.join().unwrap();
+        assert!(got <= sent);
+        echoed += got;
+    }
+    assert!(echoed > 0, "{engine:?}: the clients were busy");
+    // Everything the server read, it handed back before closing.
+    assert_eq!(
+        u(&stats, "totals.bytes_in"),
+        u(&stats, "totals.bytes_out"),
+        "{stats}"
+    );
+    assert_eq!(u(&stats, "totals.accepted"), 16);
+    assert_eq!(u(&stats, "totals.closed"), 16);
 }
+
+common::per_engine!(sigterm_while_busy_answers_what_arrived_and_exits_zero);
+
+fn a_peer_that_does_not_read_is_pushed_back_then_gets_every_byte(engine: Engine) {
+    let ports = free_ports(1);
+    let server = Server::start(engine, &ports, &[]);
+    let s = TcpStream::connect(("127.0.0.1", first_port(&ports))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    // Write without reading until the writes block: the server stopped reading us.
+    let mut w = s.try_clone().unwrap();
+    let writer = thread::spawn(move || {
+        let mut sent = 0usize;
+        let chunk: Vec<u8> = (0..65_536).map(|i| stream_byte(7, i)).collect();
+        while sent < 256 << 20 {
+            let off = sent % chunk.len();
+            match w.write(&chunk[off..]) {
+                Ok(n) => sent += n,
+                Err(_) => break, // timed out: pushed back
+            }
+        }
+        sent
+    });
+    let sent = writer.join().unwrap();
+    assert!(
+        sent < 64 << 20,
+        "{engine:?}: {sent} bytes went in while nothing was read: the server kept reading"
+    );
+    // Now read: exactly what was written comes back, then EOF after our half-close.
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut got = Vec::with_capacity(sent);
+    (&s).read_to_end(&mut got).unwrap();
+    assert_eq!(got.len(), sent, "{engine:?}");
+    assert!(
+        got.iter()
+            .enumerate()
+            .all(|(i, b)| *b == stream_byte(7, i % 65_536))
+    );
+    let stats = server.stop();
+    assert_eq!(u(&stats, "totals.bytes_out"), sent as u64, "{engine:?}");
+}
+
+common::per_engine!(a_peer_that_does_not_read_is_pushed_back_then_gets_every_byte);
 
 /// A burst that lands while the server cannot run (SIGSTOP) must not overfill the fixed-file
 /// table: accepting pauses with no connection lost to -ENFILE, and resumes when some close.
@@ -299,7 +288,7 @@ fn a_peer_that_does_not_read_is_pushed_back_then_gets_every_byte() {
 fn a_burst_near_a_full_fixed_file_table_loses_no_connection() {
     let ports = free_ports(1);
     // RLIMIT_NOFILE 256 caps the ring's table at 256 slots; one shard.
-    let server = Server::start_with_nofile(common::Engine::Uring, &ports, &["--cores", "1"], 256);
+    let server = Server::start_with_nofile(Engine::Uring, &ports, &["--cores", "1"], 256);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], first_port(&ports)));
     let connect = || TcpStream::connect_timeout(&addr, Duration::from_secs(10)).unwrap();
     let ping = |s: &mut TcpStream| {

@@ -1,8 +1,8 @@
 //! The fault suite: peers and events a server meets in the wild (a peer that never reads,
 //! connection churn, HTTP garbage, SIGTERM under HTTP load, a client SIGKILLed with its
-//! connections open), on real loopback sockets, each test body run against every engine in
-//! `common::ENGINES`. Every check is exact except the latency ratio of the first test, whose
-//! design is explained there.
+//! connections open), on real loopback sockets, each test body one case per engine
+//! (`common::per_engine!`). Every check is exact except the latency ratio of the first test,
+//! whose design is explained there.
 
 mod common;
 
@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use common::{ENGINES, Engine, Server, first_port, free_ports, load, random_bytes, u};
+use common::{Engine, Server, first_port, free_ports, load, random_bytes, u};
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// The latency test measures, so it runs alone; the others check exact counts and may run
@@ -254,57 +254,56 @@ fn paired_round(engine: Engine, baseline: &Server, with_peer: &Server) -> [u64; 
 /// A peer that made its server spin would slow the baseline too (same cores), so the two
 /// servers' CPU time is compared as well: a spinning shard burns 100 ticks a second; these
 /// servers used 79 to 238 ticks over their rounds, the two of a pair within 10%.
-#[test]
-fn a_never_reading_peer_does_not_hurt_the_others() {
+fn a_never_reading_peer_does_not_hurt_the_others(engine: Engine) {
     let _alone = alone();
-    for engine in ENGINES {
-        let baseline = Server::start(engine, &free_ports(1), &[]);
-        let with_peer = Server::start(engine, &free_ports(1), &[]);
-        let servers = [&baseline, &with_peer];
-        let cpu_before = servers.map(|s| cpu_ticks(s.pid()));
-        let (mut ratios, mut rounds) = (Vec::new(), 0);
-        while ratios.len() < ROUNDS && rounds < MAX_ROUNDS {
-            rounds += 1;
-            let [alone_p99, beside_p99] = paired_round(engine, &baseline, &with_peer);
-            let ratio = beside_p99 as f64 / alone_p99 as f64;
-            let judged = alone_p99 <= SATURATED_US;
-            eprintln!(
-                "{engine:?} round {rounds}: p99 {alone_p99} us alone, {beside_p99} us beside \
-                 a peer that never reads ({ratio:.2}x){}",
-                if judged { "" } else { ", not judged" }
-            );
-            if judged {
-                ratios.push(ratio);
-            }
+    let baseline = Server::start(engine, &free_ports(1), &[]);
+    let with_peer = Server::start(engine, &free_ports(1), &[]);
+    let servers = [&baseline, &with_peer];
+    let cpu_before = servers.map(|s| cpu_ticks(s.pid()));
+    let (mut ratios, mut rounds) = (Vec::new(), 0);
+    while ratios.len() < ROUNDS && rounds < MAX_ROUNDS {
+        rounds += 1;
+        let [alone_p99, beside_p99] = paired_round(engine, &baseline, &with_peer);
+        let ratio = beside_p99 as f64 / alone_p99 as f64;
+        let judged = alone_p99 <= SATURATED_US;
+        eprintln!(
+            "{engine:?} round {rounds}: p99 {alone_p99} us alone, {beside_p99} us beside \
+             a peer that never reads ({ratio:.2}x){}",
+            if judged { "" } else { ", not judged" }
+        );
+        if judged {
+            ratios.push(ratio);
         }
-        let cpu = [0, 1].map(|i| cpu_ticks(servers[i].pid()) - cpu_before[i]);
-        eprintln!("{engine:?}: server CPU {} and {} ticks", cpu[0], cpu[1]);
-        assert!(
-            cpu[1] <= 2 * cpu[0],
-            "{engine:?}: the server with the peer used {} CPU ticks, the other {}",
-            cpu[1],
-            cpu[0]
-        );
-        ratios.sort_by(f64::total_cmp);
-        // Not judging is not passing: a machine too busy for every round fails the test,
-        // with the reason, rather than letting it pass unmeasured.
-        assert!(
-            ratios.len() >= ROUNDS,
-            "{engine:?}: could not measure: the machine was too busy in {} of {rounds} rounds \
-             (baseline p99 over {SATURATED_US} us); run this test on a machine not otherwise loaded",
-            rounds - ratios.len()
-        );
-        assert!(
-            ratios[ROUNDS / 2] <= 2.0,
-            "{engine:?}: p99 beside a peer that never reads over p99 without, judged \
-             rounds: {ratios:.2?}"
-        );
-        let stats = [baseline, with_peer].map(Server::stop);
-        let conns = 1000 * rounds as u64;
-        assert_eq!(u(&stats[0], "totals.accepted"), conns, "{engine:?}");
-        assert_eq!(u(&stats[1], "totals.accepted"), conns + rounds as u64);
     }
+    let cpu = [0, 1].map(|i| cpu_ticks(servers[i].pid()) - cpu_before[i]);
+    eprintln!("{engine:?}: server CPU {} and {} ticks", cpu[0], cpu[1]);
+    assert!(
+        cpu[1] <= 2 * cpu[0],
+        "{engine:?}: the server with the peer used {} CPU ticks, the other {}",
+        cpu[1],
+        cpu[0]
+    );
+    ratios.sort_by(f64::total_cmp);
+    // Not judging is not passing: a machine too busy for every round fails the test,
+    // with the reason, rather than letting it pass unmeasured.
+    assert!(
+        ratios.len() >= ROUNDS,
+        "{engine:?}: could not measure: the machine was too busy in {} of {rounds} rounds \
+         (baseline p99 over {SATURATED_US} us); run this test on a machine not otherwise loaded",
+        rounds - ratios.len()
+    );
+    assert!(
+        ratios[ROUNDS / 2] <= 2.0,
+        "{engine:?}: p99 beside a peer that never reads over p99 without, judged \
+         rounds: {ratios:.2?}"
+    );
+    let stats = [baseline, with_peer].map(Server::stop);
+    let conns = 1000 * rounds as u64;
+    assert_eq!(u(&stats[0], "totals.accepted"), conns, "{engine:?}");
+    assert_eq!(u(&stats[1], "totals.accepted"), conns + rounds as u64);
 }
+
+common::per_engine!(a_never_reading_peer_does_not_hurt_the_others);
 
 /// Churn threads, each connecting from its own address, 127.0.0.1 to 127.0.0.8.
 const CHURN_THREADS: u8 = 8;
@@ -313,7 +312,8 @@ const CHURN_THREADS: u8 = 8;
 /// picks the port for the whole 4-tuple, as with no bind at all. A plain bind() to port 0
 /// would need a port free on that address for every connection, TIME_WAIT ones included:
 /// 25,000 per address over the two engines, near the 28,232 of ip_local_port_range
-/// (32768-60999), with other jobs here holding thousands more on 127.0.0.x.
+/// (32768-60999), with other jobs here holding thousands more on 127.0.0.x. Neither socket2
+/// nor `c1m::sys` has a setter for it: raw setsockopt(2).
 fn bind_address_no_port(s: &Socket) {
     let one: libc::c_int = 1;
     // SAFETY: setsockopt(2) on the fd `s` owns, reading a live c_int of the size passed.
@@ -366,48 +366,47 @@ fn churn(ports: &[u16], per_thread: u32) {
 /// much per connection crosses it (a slot with its queue, a fixed-file slot's socket). The
 /// first 10,000 warm the allocator and the slabs up; after them, with a few connections open
 /// at a time, the measured growth was 0 KiB in every run, for both engines.
-#[test]
-fn churn_of_100k_connections_leaves_nothing_behind() {
+fn churn_of_100k_connections_leaves_nothing_behind(engine: Engine) {
     let _shared = shared();
     let first: u32 = 10_000 / u32::from(CHURN_THREADS);
     let rest: u32 = 90_000 / u32::from(CHURN_THREADS);
-    for engine in ENGINES {
-        let ports = free_ports(4);
-        let list = port_list(&ports);
-        let server = Server::start(engine, &ports, &[]);
-        assert!(
-            server.children().is_empty(),
-            "{engine:?}: shards are threads of one process, so its VmRSS is all of them"
-        );
-        let started = Instant::now();
-        churn(&list, first);
-        let rss_10k = vm_rss_kib(server.pid());
-        churn(&list, rest);
-        let rss_100k = vm_rss_kib(server.pid());
-        let took = started.elapsed();
-        assert!(
-            wait_until(Duration::from_secs(5), || server_side_sockets(&list) == 0),
-            "{engine:?}: {} connections still open 5 s after their clients closed",
-            server_side_sockets(&list)
-        );
-        echoes(list[0]);
-        eprintln!(
-            "{engine:?}: 100,000 connections in {took:.1?}; VmRSS {rss_10k} KiB after \
-             10,000, {rss_100k} KiB after 100,000"
-        );
-        assert!(
-            rss_100k <= rss_10k + 16 * 1024,
-            "{engine:?}: VmRSS grew from {rss_10k} KiB to {rss_100k} KiB over 90,000 connections"
-        );
-        let stats = server.stop();
-        assert_eq!(u(&stats, "totals.accepted"), 100_001, "{engine:?}: {stats}");
-        assert_eq!(u(&stats, "totals.closed"), 100_001, "{engine:?}: {stats}");
-        assert_eq!(u(&stats, "totals.refused"), 0, "{engine:?}: {stats}");
-        assert_eq!(u(&stats, "totals.conn_errors"), 0, "{engine:?}: {stats}");
-        assert_eq!(u(&stats, "totals.bytes_in"), 100_000 * 8 + 13);
-        assert_eq!(u(&stats, "totals.bytes_out"), 100_000 * 8 + 13);
-    }
+    let ports = free_ports(4);
+    let list = port_list(&ports);
+    let server = Server::start(engine, &ports, &[]);
+    assert!(
+        server.children().is_empty(),
+        "{engine:?}: shards are threads of one process, so its VmRSS is all of them"
+    );
+    let started = Instant::now();
+    churn(&list, first);
+    let rss_10k = vm_rss_kib(server.pid());
+    churn(&list, rest);
+    let rss_100k = vm_rss_kib(server.pid());
+    let took = started.elapsed();
+    assert!(
+        wait_until(Duration::from_secs(5), || server_side_sockets(&list) == 0),
+        "{engine:?}: {} connections still open 5 s after their clients closed",
+        server_side_sockets(&list)
+    );
+    echoes(list[0]);
+    eprintln!(
+        "{engine:?}: 100,000 connections in {took:.1?}; VmRSS {rss_10k} KiB after \
+         10,000, {rss_100k} KiB after 100,000"
+    );
+    assert!(
+        rss_100k <= rss_10k + 16 * 1024,
+        "{engine:?}: VmRSS grew from {rss_10k} KiB to {rss_100k} KiB over 90,000 connections"
+    );
+    let stats = server.stop();
+    assert_eq!(u(&stats, "totals.accepted"), 100_001, "{engine:?}: {stats}");
+    assert_eq!(u(&stats, "totals.closed"), 100_001, "{engine:?}: {stats}");
+    assert_eq!(u(&stats, "totals.refused"), 0, "{engine:?}: {stats}");
+    assert_eq!(u(&stats, "totals.conn_errors"), 0, "{engine:?}: {stats}");
+    assert_eq!(u(&stats, "totals.bytes_in"), 100_000 * 8 + 13);
+    assert_eq!(u(&stats, "totals.bytes_out"), 100_000 * 8 + 13);
 }
+
+common::per_engine!(churn_of_100k_connections_leaves_nothing_behind);
 
 /// Stands for any IMF-fixdate: received dates are rewritten to it before comparing.
 const DATE: &str = "Www, DD Mmm YYYY HH:MM:SS GMT";
@@ -434,7 +433,7 @@ fn ok_answer() -> String {
     )
 }
 
-/// The answer (src/proto/http.rs `write_answer`) to input that cannot be framed.
+/// The answer (src/proto/http/request.rs `write_answer`) to input that cannot be framed.
 fn closing_answer(status: &str) -> String {
     format!(
         "HTTP/1.1 {status}\r\nServer: c1m\r\nDate: {DATE}\r\nContent-Length: 0\r\n\
@@ -545,7 +544,7 @@ fn upload_over_the_limit(n: usize, _seed: u64) -> Vec<u8> {
     [head.as_slice(), &b"x".repeat(n)].concat()
 }
 
-/// Each kind of bad input, and the status line of its answer (src/proto/http.rs).
+/// Each kind of bad input, and the status line of its answer (src/proto/http/request.rs).
 const GARBAGE: [(&str, MakeGarbage, &str); 4] = [
     ("random binary", random_bytes, "400 Bad Request"),
     (
@@ -576,58 +575,55 @@ const ROUNDS_OF_GARBAGE: u64 = 5;
 /// (Python's http.client uploading 20 MB does), which is why RFC 9112 9.6 asks servers to
 /// half-close first and drain. All of it goes to a one-shard server while a well-behaved
 /// keep-alive connection on the same shard is answered, exactly, one request at a time.
-#[test]
-fn http_garbage_is_answered_400_and_closed_and_others_are_unaffected() {
+fn http_garbage_is_answered_400_and_closed_and_others_are_unaffected(engine: Engine) {
     let _shared = shared();
     // 2,000 bytes of a line are over this.
     const MAX_HEADER: &str = "1024";
     // What went wrong, and how often: "engine, kind (how): what" -> count.
     let mut failures = std::collections::BTreeMap::<String, u32>::new();
-    for engine in ENGINES {
-        let ports = free_ports(1);
-        let server = Server::start(
-            engine,
-            &ports,
-            &[
-                "--proto",
-                "http",
-                "--cores",
-                "1",
-                "--max-header-bytes",
-                MAX_HEADER,
-                "--max-body-bytes",
-                "4096",
-            ],
-        );
-        let port = first_port(&ports);
-        let stop = Arc::new(AtomicBool::new(false));
-        let good = well_behaved(port, stop.clone());
-        let mut cases = 0;
-        for round in 0..ROUNDS_OF_GARBAGE {
-            for (what, make, status) in GARBAGE {
-                for endless in [false, true] {
-                    let garbage = make(if endless { 64 * 1024 } else { 2000 }, round + 1);
-                    cases += 1;
-                    let how = if endless { "endless" } else { "whole" };
-                    if let Some(f) = garbage_case(port, garbage, endless, &closing_answer(status)) {
-                        *failures
-                            .entry(format!("{engine:?}, {what} ({how}): {f}"))
-                            .or_default() += 1;
-                    }
+    let ports = free_ports(1);
+    let server = Server::start(
+        engine,
+        &ports,
+        &[
+            "--proto",
+            "http",
+            "--cores",
+            "1",
+            "--max-header-bytes",
+            MAX_HEADER,
+            "--max-body-bytes",
+            "4096",
+        ],
+    );
+    let port = first_port(&ports);
+    let stop = Arc::new(AtomicBool::new(false));
+    let good = well_behaved(port, stop.clone());
+    let mut cases = 0;
+    for round in 0..ROUNDS_OF_GARBAGE {
+        for (what, make, status) in GARBAGE {
+            for endless in [false, true] {
+                let garbage = make(if endless { 64 * 1024 } else { 2000 }, round + 1);
+                cases += 1;
+                let how = if endless { "endless" } else { "whole" };
+                if let Some(f) = garbage_case(port, garbage, endless, &closing_answer(status)) {
+                    *failures
+                        .entry(format!("{engine:?}, {what} ({how}): {f}"))
+                        .or_default() += 1;
                 }
             }
         }
-        stop.store(true, Ordering::Relaxed);
-        let answers = good.join().expect("the well-behaved connection");
-        assert!(answers > 0, "{engine:?}");
-        let stats = server.stop();
-        // Every garbage case was answered once (error answers count as requests).
-        assert_eq!(
-            u(&stats, "totals.requests"),
-            answers + cases,
-            "{engine:?}: {stats}"
-        );
     }
+    stop.store(true, Ordering::Relaxed);
+    let answers = good.join().expect("the well-behaved connection");
+    assert!(answers > 0, "{engine:?}");
+    let stats = server.stop();
+    // Every garbage case was answered once (error answers count as requests).
+    assert_eq!(
+        u(&stats, "totals.requests"),
+        answers + cases,
+        "{engine:?}: {stats}"
+    );
     let report: Vec<String> = failures
         .iter()
         .map(|(f, n)| format!("{n} of {ROUNDS_OF_GARBAGE}: {f}"))
@@ -638,6 +634,8 @@ fn http_garbage_is_answered_400_and_closed_and_others_are_unaffected() {
         report.join("\n")
     );
 }
+
+common::per_engine!(http_garbage_is_answered_400_and_closed_and_others_are_unaffected);
 
 /// Parses complete answers off the front of `buf`, which must each be exactly a 200 with
 /// Content-Length 13 and body `Hello, World!`; returns how many, leaving any partial one.
@@ -713,38 +711,37 @@ fn http_client(port: u16, batch: usize) -> (u64, usize) {
 /// 32 connections (half asking one request at a time, half pipelining 4) busy when SIGTERM
 /// comes: the answers the clients got whole equal the requests the server counted, so
 /// every request it read was answered and arrived, and nothing arrived cut.
-#[test]
-fn sigterm_under_http_load_answers_every_request_it_read() {
+fn sigterm_under_http_load_answers_every_request_it_read(engine: Engine) {
     let _shared = shared();
-    for engine in ENGINES {
-        let ports = free_ports(2);
-        let list = port_list(&ports);
-        let mut server = Server::start(engine, &ports, &["--proto", "http"]);
-        let clients: Vec<_> = (0..32)
-            .map(|c| {
-                let port = list[c % list.len()];
-                thread::spawn(move || http_client(port, if c % 2 == 0 { 1 } else { 4 }))
-            })
-            .collect();
-        thread::sleep(Duration::from_secs(1));
-        let stats = server.stop_within(Duration::from_secs(10));
-        let mut received = 0;
-        for (c, client) in clients.into_iter().enumerate() {
-            let (answers, partial) = client.join().unwrap();
-            assert_eq!(partial, 0, "{engine:?}: client {c} got a cut answer");
-            assert!(answers > 0, "{engine:?}: client {c} got no answer in 1 s");
-            received += answers;
-        }
-        eprintln!("{engine:?}: {received} answers before and during the stop");
-        assert_eq!(
-            u(&stats, "totals.requests"),
-            received,
-            "{engine:?}: {stats}"
-        );
-        assert_eq!(u(&stats, "totals.accepted"), 32);
-        assert_eq!(u(&stats, "totals.closed"), 32);
+    let ports = free_ports(2);
+    let list = port_list(&ports);
+    let mut server = Server::start(engine, &ports, &["--proto", "http"]);
+    let clients: Vec<_> = (0..32)
+        .map(|c| {
+            let port = list[c % list.len()];
+            thread::spawn(move || http_client(port, if c % 2 == 0 { 1 } else { 4 }))
+        })
+        .collect();
+    thread::sleep(Duration::from_secs(1));
+    let stats = server.stop_within(Duration::from_secs(10));
+    let mut received = 0;
+    for (c, client) in clients.into_iter().enumerate() {
+        let (answers, partial) = client.join().unwrap();
+        assert_eq!(partial, 0, "{engine:?}: client {c} got a cut answer");
+        assert!(answers > 0, "{engine:?}: client {c} got no answer in 1 s");
+        received += answers;
     }
+    eprintln!("{engine:?}: {received} answers before and during the stop");
+    assert_eq!(
+        u(&stats, "totals.requests"),
+        received,
+        "{engine:?}: {stats}"
+    );
+    assert_eq!(u(&stats, "totals.accepted"), 32);
+    assert_eq!(u(&stats, "totals.closed"), 32);
 }
+
+common::per_engine!(sigterm_under_http_load_answers_every_request_it_read);
 
 /// Kills (SIGKILL) the child when dropped, so a failing test leaves no load generator.
 struct KillOnDrop(Child);
@@ -758,47 +755,46 @@ impl Drop for KillOnDrop {
 
 /// uring-load holding 2,000 busy echo connections is SIGKILLed: the kernel closes them
 /// (FIN, or RST where echoes were unread), and the server closes its side of every one.
-#[test]
-fn a_sigkilled_load_generator_leaves_no_connection_behind() {
+fn a_sigkilled_load_generator_leaves_no_connection_behind(engine: Engine) {
     let _shared = shared();
-    for engine in ENGINES {
-        let ports = free_ports(2);
-        let list = port_list(&ports);
-        let server = Server::start(engine, &ports, &[]);
-        let mut loader = KillOnDrop(
-            Command::new(env!("CARGO_BIN_EXE_uring-load"))
-                .args(["--host", "127.0.0.1", "--ports", &ports, "--quiet"])
-                .args(["--conns", "2000", "--duration", "30"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-        assert!(
-            wait_until(Duration::from_secs(10), || server_side_sockets(&list)
-                >= 2000),
-            "{engine:?}: {} of 2,000 connections up after 10 s",
-            server_side_sockets(&list)
-        );
-        // Let requests flow on every connection, so some die with echoes in flight.
-        thread::sleep(Duration::from_millis(300));
-        // Child::kill is SIGKILL: no exit path of uring-load runs.
-        loader.0.kill().unwrap();
-        let status = loader.0.wait().unwrap();
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(libc::SIGKILL)
-        );
-        assert!(
-            wait_until(Duration::from_secs(5), || server_side_sockets(&list) == 0),
-            "{engine:?}: {} connections still open 5 s after their client died",
-            server_side_sockets(&list)
-        );
-        echoes(list[1]);
-        let stats = server.stop();
-        let accepted = u(&stats, "totals.accepted");
-        assert_eq!(accepted, 2001, "{engine:?}: {stats}");
-        assert_eq!(u(&stats, "totals.closed"), accepted, "{engine:?}: {stats}");
-        assert_eq!(u(&stats, "totals.refused"), 0, "{engine:?}: {stats}");
-    }
+    let ports = free_ports(2);
+    let list = port_list(&ports);
+    let server = Server::start(engine, &ports, &[]);
+    let mut loader = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_uring-load"))
+            .args(["--host", "127.0.0.1", "--ports", &ports, "--quiet"])
+            .args(["--conns", "2000", "--duration", "30"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || server_side_sockets(&list)
+            >= 2000),
+        "{engine:?}: {} of 2,000 connections up after 10 s",
+        server_side_sockets(&list)
+    );
+    // Let requests flow on every connection, so some die with echoes in flight.
+    thread::sleep(Duration::from_millis(300));
+    // Child::kill is SIGKILL: no exit path of uring-load runs.
+    loader.0.kill().unwrap();
+    let status = loader.0.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || server_side_sockets(&list) == 0),
+        "{engine:?}: {} connections still open 5 s after their client died",
+        server_side_sockets(&list)
+    );
+    echoes(list[1]);
+    let stats = server.stop();
+    let accepted = u(&stats, "totals.accepted");
+    assert_eq!(accepted, 2001, "{engine:?}: {stats}");
+    assert_eq!(u(&stats, "totals.closed"), accepted, "{engine:?}: {stats}");
+    assert_eq!(u(&stats, "totals.refused"), 0, "{engine:?}: {stats}");
 }
+
+common::per_engine!(a_sigkilled_load_generator_leaves_no_connection_behind);

@@ -1,7 +1,7 @@
 //! The HTTP suite: both servers with `--proto http` on loopback, exact answer bytes (the Date
 //! value aside), requests split anywhere and pipelined, bad input, uring-load's HTTP mode, and
-//! tools nobody here wrote (wrk, h2load, ab, curl; .ci/run installs them). Each test body runs
-//! against every engine in `common::ENGINES`.
+//! tools nobody here wrote (wrk, h2load, ab, curl; .ci/run installs them). Each test body is
+//! one case per engine (`common::per_engine!`).
 
 mod common;
 
@@ -11,7 +11,7 @@ use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
-use common::{ENGINES, Engine, Server, first_port, free_ports, load, u};
+use common::{Engine, Server, first_port, free_ports, load, u};
 
 /// Stands for any IMF-fixdate: received dates are rewritten to it before comparing.
 const DATE: &str = "Www, DD Mmm YYYY HH:MM:SS GMT";
@@ -86,77 +86,71 @@ fn http_server(engine: Engine, extra: &[&str]) -> Server {
     Server::start(engine, &ports, &args)
 }
 
-#[test]
-fn plaintext_root_and_head_answer_exactly_even_when_split_anywhere() {
+fn plaintext_root_and_head_answer_exactly_even_when_split_anywhere(engine: Engine) {
     let req = "GET /plaintext HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: test\r\n\r\n";
-    for engine in ENGINES {
-        let server = http_server(engine, &[]);
-        let mut s = connect(&server);
-        s.write_all(req.as_bytes()).unwrap();
-        expect_answers(&mut s, &ok(), "GET /plaintext");
-        // The same request in pieces cut at every few bytes, each its own segment.
-        for chunk in req.as_bytes().chunks(5) {
-            s.write_all(chunk).unwrap();
-            thread::sleep(Duration::from_millis(2));
-        }
-        expect_answers(&mut s, &ok(), "GET /plaintext in 5-byte pieces");
-        s.write_all(
-            b"GET / HTTP/1.1\r\nHost: a\r\n\r\nHEAD /plaintext HTTP/1.1\r\nHost: a\r\n\r\n",
-        )
+    let server = http_server(engine, &[]);
+    let mut s = connect(&server);
+    s.write_all(req.as_bytes()).unwrap();
+    expect_answers(&mut s, &ok(), "GET /plaintext");
+    // The same request in pieces cut at every few bytes, each its own segment.
+    for chunk in req.as_bytes().chunks(5) {
+        s.write_all(chunk).unwrap();
+        thread::sleep(Duration::from_millis(2));
+    }
+    expect_answers(&mut s, &ok(), "GET /plaintext in 5-byte pieces");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nHEAD /plaintext HTTP/1.1\r\nHost: a\r\n\r\n")
         .unwrap();
-        expect_answers(&mut s, &(ok() + &head_ok()), "GET / then HEAD");
-        drop(s);
-        let stats = server.stop();
-        assert_eq!(u(&stats, "totals.requests"), 4, "{engine:?}");
-    }
+    expect_answers(&mut s, &(ok() + &head_ok()), "GET / then HEAD");
+    drop(s);
+    let stats = server.stop();
+    assert_eq!(u(&stats, "totals.requests"), 4, "{engine:?}");
 }
 
-#[test]
-fn pipelined_requests_are_answered_in_order() {
-    for engine in ENGINES {
-        let server = http_server(engine, &[]);
-        let mut s = connect(&server);
-        let (mut reqs, mut expected) = (String::new(), String::new());
-        for i in 0..300 {
-            let (req, answer) = match i % 3 {
-                0 => ("GET /plaintext HTTP/1.1\r\nHost: a\r\n\r\n", ok()),
-                1 => ("GET /missing HTTP/1.1\r\nHost: a\r\n\r\n", not_found()),
-                _ => ("HEAD / HTTP/1.1\r\nHost: a\r\n\r\n", head_ok()),
-            };
-            reqs += req;
-            expected += &answer;
-        }
-        // The last one asks to close: the server answers it, then closes.
-        reqs += "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
-        expected += &ok().replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n");
-        s.write_all(reqs.as_bytes()).unwrap();
-        expect_last_answer(&mut s, &expected, &format!("{engine:?}: 301 pipelined"));
-        let stats = server.stop();
-        assert_eq!(u(&stats, "totals.requests"), 301);
+common::per_engine!(plaintext_root_and_head_answer_exactly_even_when_split_anywhere);
+
+fn pipelined_requests_are_answered_in_order(engine: Engine) {
+    let server = http_server(engine, &[]);
+    let mut s = connect(&server);
+    let (mut reqs, mut expected) = (String::new(), String::new());
+    for i in 0..300 {
+        let (req, answer) = match i % 3 {
+            0 => ("GET /plaintext HTTP/1.1\r\nHost: a\r\n\r\n", ok()),
+            1 => ("GET /missing HTTP/1.1\r\nHost: a\r\n\r\n", not_found()),
+            _ => ("HEAD / HTTP/1.1\r\nHost: a\r\n\r\n", head_ok()),
+        };
+        reqs += req;
+        expected += &answer;
     }
+    // The last one asks to close: the server answers it, then closes.
+    reqs += "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    expected += &ok().replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n");
+    s.write_all(reqs.as_bytes()).unwrap();
+    expect_last_answer(&mut s, &expected, &format!("{engine:?}: 301 pipelined"));
+    let stats = server.stop();
+    assert_eq!(u(&stats, "totals.requests"), 301);
 }
 
-#[test]
-fn http10_closes_unless_kept_alive() {
-    for engine in ENGINES {
-        let server = http_server(engine, &[]);
-        let mut s = connect(&server);
-        s.write_all(b"GET /plaintext HTTP/1.0\r\n\r\n").unwrap();
-        let close = ok().replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n");
-        expect_last_answer(&mut s, &close, "HTTP/1.0");
-        let mut s = connect(&server);
-        s.write_all(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
-            .unwrap();
-        let keep = ok().replace("\r\n\r\n", "\r\nConnection: keep-alive\r\n\r\n");
-        expect_answers(&mut s, &keep, "HTTP/1.0 keep-alive");
-        s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
-        expect_last_answer(&mut s, &close, "then HTTP/1.0 without it");
-        server.stop();
-    }
+common::per_engine!(pipelined_requests_are_answered_in_order);
+
+fn http10_closes_unless_kept_alive(engine: Engine) {
+    let server = http_server(engine, &[]);
+    let mut s = connect(&server);
+    s.write_all(b"GET /plaintext HTTP/1.0\r\n\r\n").unwrap();
+    let close = ok().replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n");
+    expect_last_answer(&mut s, &close, "HTTP/1.0");
+    let mut s = connect(&server);
+    s.write_all(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .unwrap();
+    let keep = ok().replace("\r\n\r\n", "\r\nConnection: keep-alive\r\n\r\n");
+    expect_answers(&mut s, &keep, "HTTP/1.0 keep-alive");
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    expect_last_answer(&mut s, &close, "then HTTP/1.0 without it");
+    server.stop();
 }
 
-#[test]
-fn bad_input_gets_its_status_and_nothing_more() {
+common::per_engine!(http10_closes_unless_kept_alive);
+
+fn bad_input_gets_its_status_and_nothing_more(engine: Engine) {
     let big_header = format!(
         "GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
         "v".repeat(2000)
@@ -177,110 +171,109 @@ fn bad_input_gets_its_status_and_nothing_more() {
         ),
         ("HTTP/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", closing("505 HTTP Version Not Supported")),
     ];
-    for engine in ENGINES {
-        let server = http_server(
-            engine,
-            &["--max-header-bytes", "1024", "--max-body-bytes", "4096"],
-        );
-        for (what, input, answer) in &closing_cases {
-            let mut s = connect(&server);
-            s.write_all(input).unwrap();
-            expect_last_answer(&mut s, answer, &format!("{engine:?}: {what}"));
-        }
-        // Answers that keep the connection: the next request on it is read right.
-        let method = |status: &str| {
-            let allow = if status.starts_with("405") {
-                "Allow: GET, HEAD\r\n"
-            } else {
-                ""
-            };
-            format!(
-                "HTTP/1.1 {status}\r\n{allow}Server: c1m\r\nDate: {DATE}\r\nContent-Length: 0\r\n\r\n"
-            )
-        };
-        let kept: [(&str, &[u8], String); 4] = [
-            ("DELETE", b"DELETE / HTTP/1.1\r\nHost: a\r\n\r\n", method("405 Method Not Allowed")),
-            ("unknown method", b"BREW /pot HTTP/1.1\r\nHost: a\r\n\r\n", method("501 Not Implemented")),
-            (
-                "a body that looks like a request",
-                b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 27\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
-                method("405 Method Not Allowed"),
-            ),
-            (
-                "a chunked body",
-                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
-                  4;x=y\r\nGET \r\n17\r\n/ HTTP/1.1\r\nHost: a\r\n\r\n\r\n0\r\nT: 1\r\n\r\n",
-                method("405 Method Not Allowed"),
-            ),
-        ];
+    let server = http_server(
+        engine,
+        &["--max-header-bytes", "1024", "--max-body-bytes", "4096"],
+    );
+    for (what, input, answer) in &closing_cases {
         let mut s = connect(&server);
-        for (what, input, answer) in &kept {
-            s.write_all(input).unwrap();
-            s.write_all(b"GET /plaintext HTTP/1.1\r\nHost: a\r\n\r\n")
-                .unwrap();
-            expect_answers(
-                &mut s,
-                &(answer.clone() + &ok()),
-                &format!("{engine:?}: {what}"),
-            );
-        }
-        drop(s);
-        let stats = server.stop();
-        assert_eq!(u(&stats, "totals.requests"), 6 + 8, "{engine:?}");
+        s.write_all(input).unwrap();
+        expect_last_answer(&mut s, answer, &format!("{engine:?}: {what}"));
     }
+    // Answers that keep the connection: the next request on it is read right.
+    let method = |status: &str| {
+        let allow = if status.starts_with("405") {
+            "Allow: GET, HEAD\r\n"
+        } else {
+            ""
+        };
+        format!(
+            "HTTP/1.1 {status}\r\n{allow}Server: c1m\r\nDate: {DATE}\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    let kept: [(&str, &[u8], String); 4] = [
+        ("DELETE", b"DELETE / HTTP/1.1\r\nHost: a\r\n\r\n", method("405 Method Not Allowed")),
+        ("unknown method", b"BREW /pot HTTP/1.1\r\nHost: a\r\n\r\n", method("501 Not Implemented")),
+        (
+            "a body that looks like a request",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 27\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            method("405 Method Not Allowed"),
+        ),
+        (
+            "a chunked body",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+              4;x=y\r\nGET \r\n17\r\n/ HTTP/1.1\r\nHost: a\r\n\r\n\r\n0\r\nT: 1\r\n\r\n",
+            method("405 Method Not Allowed"),
+        ),
+    ];
+    let mut s = connect(&server);
+    for (what, input, answer) in &kept {
+        s.write_all(input).unwrap();
+        s.write_all(b"GET /plaintext HTTP/1.1\r\nHost: a\r\n\r\n")
+            .unwrap();
+        expect_answers(
+            &mut s,
+            &(answer.clone() + &ok()),
+            &format!("{engine:?}: {what}"),
+        );
+    }
+    drop(s);
+    let stats = server.stop();
+    assert_eq!(u(&stats, "totals.requests"), 6 + 8, "{engine:?}");
 }
 
-#[test]
-fn uring_load_checks_every_answer_pipelined_or_not() {
-    for engine in ENGINES {
-        let server = http_server(engine, &[]);
-        let ports = server.ports.clone();
-        for pipeline in ["1", "16"] {
-            let (code, r) = load(
-                &ports,
-                &[
-                    "--proto",
-                    "http",
-                    "--conns",
-                    "40",
-                    "--pipeline",
-                    pipeline,
-                    "--requests",
-                    "64",
-                ],
-            );
-            assert_eq!(code, 0, "{engine:?} pipeline {pipeline}: {r}");
-            assert_eq!(u(&r, "requests"), 40 * 64, "{r}");
-            assert_eq!(r["errors"].as_object().unwrap().len(), 0, "{r}");
-            assert_eq!(
-                (r["proto"].as_str(), u(&r, "pipeline")),
-                (Some("http"), pipeline.parse().unwrap())
-            );
-        }
+common::per_engine!(bad_input_gets_its_status_and_nothing_more);
+
+fn uring_load_checks_every_answer_pipelined_or_not(engine: Engine) {
+    let server = http_server(engine, &[]);
+    let ports = server.ports.clone();
+    for pipeline in ["1", "16"] {
         let (code, r) = load(
             &ports,
             &[
                 "--proto",
                 "http",
-                "--path",
-                "/nope",
                 "--conns",
-                "3",
+                "40",
+                "--pipeline",
+                pipeline,
                 "--requests",
-                "2",
+                "64",
             ],
         );
-        assert_eq!(code, 3);
-        assert_eq!(u(&r, "errors.http_status:404"), 3, "{r}");
+        assert_eq!(code, 0, "{engine:?} pipeline {pipeline}: {r}");
+        assert_eq!(u(&r, "requests"), 40 * 64, "{r}");
+        assert_eq!(r["errors"].as_object().unwrap().len(), 0, "{r}");
         assert_eq!(
-            r["errors"].as_object().unwrap().len(),
-            1,
-            "wrong answers are not also unanswered: {r}"
+            (r["proto"].as_str(), u(&r, "pipeline")),
+            (Some("http"), pipeline.parse().unwrap())
         );
-        let stats = server.stop();
-        assert_eq!(u(&stats, "totals.requests"), 2 * 40 * 64 + 3, "{engine:?}");
     }
+    let (code, r) = load(
+        &ports,
+        &[
+            "--proto",
+            "http",
+            "--path",
+            "/nope",
+            "--conns",
+            "3",
+            "--requests",
+            "2",
+        ],
+    );
+    assert_eq!(code, 3);
+    assert_eq!(u(&r, "errors.http_status:404"), 3, "{r}");
+    assert_eq!(
+        r["errors"].as_object().unwrap().len(),
+        1,
+        "wrong answers are not also unanswered: {r}"
+    );
+    let stats = server.stop();
+    assert_eq!(u(&stats, "totals.requests"), 2 * 40 * 64 + 3, "{engine:?}");
 }
+
+common::per_engine!(uring_load_checks_every_answer_pipelined_or_not);
 
 #[test]
 fn uring_load_http_against_an_echo_server_reports_malformed_answers() {
@@ -327,170 +320,164 @@ fn run(cmd: &str, args: &[&str]) -> String {
     text
 }
 
-#[test]
-fn wrk_runs_clean() {
+fn wrk_runs_clean(engine: Engine) {
     if !have("wrk") {
         return;
     }
-    for engine in ENGINES {
-        let server = http_server(engine, &[]);
-        let url = format!("http://127.0.0.1:{}/plaintext", first_port(&server.ports));
-        let text = run("wrk", &["-t1", "-c64", "-d2", &url]);
-        assert!(!text.contains("Socket errors"), "{engine:?}: {text}");
-        assert!(!text.contains("Non-2xx"), "{engine:?}: {text}");
-        let requests: u64 = text
-            .split_whitespace()
-            .zip(text.split_whitespace().skip(1))
-            .find(|(_, next)| *next == "requests")
-            .and_then(|(n, _)| n.parse().ok())
-            .unwrap_or_else(|| panic!("no request count: {text}"));
-        assert!(requests > 1000, "{engine:?}: {text}");
-        let stats = server.stop();
-        assert!(u(&stats, "totals.requests") >= requests, "{engine:?}");
-    }
+    let server = http_server(engine, &[]);
+    let url = format!("http://127.0.0.1:{}/plaintext", first_port(&server.ports));
+    let text = run("wrk", &["-t1", "-c64", "-d2", &url]);
+    assert!(!text.contains("Socket errors"), "{engine:?}: {text}");
+    assert!(!text.contains("Non-2xx"), "{engine:?}: {text}");
+    let requests: u64 = text
+        .split_whitespace()
+        .zip(text.split_whitespace().skip(1))
+        .find(|(_, next)| *next == "requests")
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("no request count: {text}"));
+    assert!(requests > 1000, "{engine:?}: {text}");
+    let stats = server.stop();
+    assert!(u(&stats, "totals.requests") >= requests, "{engine:?}");
 }
 
-#[test]
-fn h2load_runs_clean() {
+common::per_engine!(wrk_runs_clean);
+
+fn h2load_runs_clean(engine: Engine) {
     if !have("h2load") {
         return;
     }
-    for engine in ENGINES {
-        let server = http_server(engine, &[]);
-        let url = format!("http://127.0.0.1:{}/plaintext", first_port(&server.ports));
-        let text = run(
-            "h2load",
-            &["--h1", "-n", "20000", "-c", "50", "-m", "10", &url],
-        );
-        assert!(
-            text.contains(
-                "20000 total, 20000 started, 20000 done, 20000 succeeded, 0 failed, 0 errored"
-            ),
-            "{engine:?}: {text}"
-        );
-        assert!(
-            text.contains("status codes: 20000 2xx"),
-            "{engine:?}: {text}"
-        );
-        let stats = server.stop();
-        assert_eq!(u(&stats, "totals.requests"), 20_000, "{engine:?}");
-    }
+    let server = http_server(engine, &[]);
+    let url = format!("http://127.0.0.1:{}/plaintext", first_port(&server.ports));
+    let text = run(
+        "h2load",
+        &["--h1", "-n", "20000", "-c", "50", "-m", "10", &url],
+    );
+    assert!(
+        text.contains(
+            "20000 total, 20000 started, 20000 done, 20000 succeeded, 0 failed, 0 errored"
+        ),
+        "{engine:?}: {text}"
+    );
+    assert!(
+        text.contains("status codes: 20000 2xx"),
+        "{engine:?}: {text}"
+    );
+    let stats = server.stop();
+    assert_eq!(u(&stats, "totals.requests"), 20_000, "{engine:?}");
 }
 
-#[test]
-fn ab_runs_clean_with_and_without_keep_alive() {
+common::per_engine!(h2load_runs_clean);
+
+fn ab_runs_clean_with_and_without_keep_alive(engine: Engine) {
     if !have("ab") {
         return;
     }
-    for engine in ENGINES {
-        let server = http_server(engine, &[]);
-        let url = format!("http://127.0.0.1:{}/plaintext", first_port(&server.ports));
-        // ab speaks HTTP/1.0: -k asks for keep-alive, without it every request closes.
-        for keep in [true, false] {
-            let mut args = vec!["-n", "5000", "-c", "20"];
-            if keep {
-                args.push("-k");
-            }
-            args.push(&url);
-            let text = run("ab", &args);
-            assert!(
-                text.contains("Complete requests:      5000"),
-                "{engine:?}: {text}"
-            );
-            assert!(
-                text.contains("Failed requests:        0"),
-                "{engine:?}: {text}"
-            );
-            assert!(!text.contains("Non-2xx"), "{engine:?}: {text}");
-            assert!(
-                text.contains("Document Length:        13 bytes"),
-                "{engine:?}: {text}"
-            );
-            if keep {
-                assert!(
-                    text.contains("Keep-Alive requests:    5000"),
-                    "{engine:?}: {text}"
-                );
-            }
+    let server = http_server(engine, &[]);
+    let url = format!("http://127.0.0.1:{}/plaintext", first_port(&server.ports));
+    // ab speaks HTTP/1.0: -k asks for keep-alive, without it every request closes.
+    for keep in [true, false] {
+        let mut args = vec!["-n", "5000", "-c", "20"];
+        if keep {
+            args.push("-k");
         }
-        server.stop();
+        args.push(&url);
+        let text = run("ab", &args);
+        assert!(
+            text.contains("Complete requests:      5000"),
+            "{engine:?}: {text}"
+        );
+        assert!(
+            text.contains("Failed requests:        0"),
+            "{engine:?}: {text}"
+        );
+        assert!(!text.contains("Non-2xx"), "{engine:?}: {text}");
+        assert!(
+            text.contains("Document Length:        13 bytes"),
+            "{engine:?}: {text}"
+        );
+        if keep {
+            assert!(
+                text.contains("Keep-Alive requests:    5000"),
+                "{engine:?}: {text}"
+            );
+        }
     }
+    server.stop();
 }
 
-#[test]
-fn curl_gets_the_answers() {
+common::per_engine!(ab_runs_clean_with_and_without_keep_alive);
+
+fn curl_gets_the_answers(engine: Engine) {
     if !have("curl") {
         return;
     }
-    for engine in ENGINES {
-        let server = http_server(engine, &["--max-body-bytes", "1000"]);
-        let base = format!("http://127.0.0.1:{}", first_port(&server.ports));
-        let get = |args: &[&str]| run("curl", &[&["-sS", "--max-time", "10"], args].concat());
-        assert_eq!(get(&[&format!("{base}/plaintext")]), "Hello, World!");
-        assert_eq!(get(&["--http1.0", &format!("{base}/")]), "Hello, World!");
-        let code =
-            |args: &[&str]| get(&[&["-o", "/dev/null", "-w", "%{http_code}"], args].concat());
-        assert_eq!(code(&[&format!("{base}/nope")]), "404");
-        assert_eq!(code(&["-I", &format!("{base}/plaintext")]), "200");
-        assert_eq!(code(&["-X", "DELETE", &format!("{base}/")]), "405");
-        assert_eq!(
-            code(&["--data-binary", "small body", &format!("{base}/")]),
-            "405"
-        );
-        let big = "x".repeat(5000);
-        assert_eq!(code(&["--data-binary", &big, &format!("{base}/")]), "413");
-        // Two requests on one connection: curl reuses it (keep-alive).
-        let both = get(&["-v", &format!("{base}/"), &format!("{base}/plaintext")]);
-        assert!(
-            both.contains("Re-using existing connection"),
-            "{engine:?}: {both}"
-        );
-        server.stop();
-    }
+    let server = http_server(engine, &["--max-body-bytes", "1000"]);
+    let base = format!("http://127.0.0.1:{}", first_port(&server.ports));
+    let get = |args: &[&str]| run("curl", &[&["-sS", "--max-time", "10"], args].concat());
+    assert_eq!(get(&[&format!("{base}/plaintext")]), "Hello, World!");
+    assert_eq!(get(&["--http1.0", &format!("{base}/")]), "Hello, World!");
+    let code = |args: &[&str]| get(&[&["-o", "/dev/null", "-w", "%{http_code}"], args].concat());
+    assert_eq!(code(&[&format!("{base}/nope")]), "404");
+    assert_eq!(code(&["-I", &format!("{base}/plaintext")]), "200");
+    assert_eq!(code(&["-X", "DELETE", &format!("{base}/")]), "405");
+    assert_eq!(
+        code(&["--data-binary", "small body", &format!("{base}/")]),
+        "405"
+    );
+    let big = "x".repeat(5000);
+    assert_eq!(code(&["--data-binary", &big, &format!("{base}/")]), "413");
+    // Two requests on one connection: curl reuses it (keep-alive).
+    let both = get(&["-v", &format!("{base}/"), &format!("{base}/plaintext")]);
+    assert!(
+        both.contains("Re-using existing connection"),
+        "{engine:?}: {both}"
+    );
+    server.stop();
 }
 
-#[test]
-fn a_peer_that_sends_requests_but_never_reads_is_pushed_back() {
-    for engine in ENGINES {
-        let mut server = http_server(engine, &[]);
-        let mut s = connect(&server);
-        s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
-        let one = b"GET /plaintext HTTP/1.1\r\nHost: a\r\n\r\n";
-        let req = one.repeat(1000);
-        // Each 36-byte request asks for a 128-byte answer: unread answers fill the socket
-        // buffers, the server stops reading, and our writes stall.
-        let mut sent = 0usize;
-        let stalled = loop {
-            match s.write(&req[sent % req.len()..]) {
-                Ok(n) => sent += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {
-                    break true;
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => panic!("{engine:?}: {e}"),
+common::per_engine!(curl_gets_the_answers);
+
+fn a_peer_that_sends_requests_but_never_reads_is_pushed_back(engine: Engine) {
+    let mut server = http_server(engine, &[]);
+    let mut s = connect(&server);
+    s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    let one = b"GET /plaintext HTTP/1.1\r\nHost: a\r\n\r\n";
+    let req = one.repeat(1000);
+    // Each 36-byte request asks for a 128-byte answer: unread answers fill the socket
+    // buffers, the server stops reading, and our writes stall.
+    let mut sent = 0usize;
+    let stalled = loop {
+        match s.write(&req[sent % req.len()..]) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {
+                break true;
             }
-            if sent > 512 << 20 {
-                break false;
-            }
-        };
-        assert!(
-            stalled,
-            "{engine:?}: the server read {sent} bytes of requests whose answers nobody read"
-        );
-        // Reading now gets every answer, in order.
-        let answered = sent / one.len();
-        let expected = ok().len() * answered;
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let mut got = vec![0u8; expected];
-        s.read_exact(&mut got).unwrap_or_else(|e| {
-            panic!(
-                "{engine:?}: after {sent} bytes sent: {e}; {}",
-                server.stop_within(Duration::from_secs(10))
-            )
-        });
-        let text = normalize_dates(&got);
-        assert_eq!(text.matches("Hello, World!").count(), answered);
-        drop(s);
-        server.stop();
-    }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => panic!("{engine:?}: {e}"),
+        }
+        if sent > 512 << 20 {
+            break false;
+        }
+    };
+    assert!(
+        stalled,
+        "{engine:?}: the server read {sent} bytes of requests whose answers nobody read"
+    );
+    // Reading now gets every answer, in order.
+    let answered = sent / one.len();
+    let expected = ok().len() * answered;
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut got = vec![0u8; expected];
+    s.read_exact(&mut got).unwrap_or_else(|e| {
+        panic!(
+            "{engine:?}: after {sent} bytes sent: {e}; {}",
+            server.stop_within(Duration::from_secs(10))
+        )
+    });
+    let text = normalize_dates(&got);
+    assert_eq!(text.matches("Hello, World!").count(), answered);
+    drop(s);
+    server.stop();
 }
+
+common::per_engine!(a_peer_that_sends_requests_but_never_reads_is_pushed_back);

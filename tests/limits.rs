@@ -1,5 +1,6 @@
 //! The per-connection limits against both engines: idle and header timeouts (slowloris) and
-//! the `--max-conns` cap, reached and recovered. Real sockets on loopback, exact bytes.
+//! the `--max-conns` cap, reached and recovered. Real sockets on loopback, exact bytes; each
+//! test body is one case per engine (`common::per_engine!`).
 
 mod common;
 
@@ -8,7 +9,7 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{ENGINES, Server, first_port, free_ports, load, u};
+use common::{Engine, Server, first_port, free_ports, load, u};
 
 const GET: &[u8] = b"GET /plaintext HTTP/1.1\r\nHost: x\r\n\r\n";
 
@@ -42,274 +43,267 @@ fn exchange(s: &mut TcpStream) {
     assert!(answer.ends_with(b"\r\n\r\nHello, World!"));
 }
 
-#[test]
-fn an_idle_connection_is_closed_after_the_idle_timeout_and_not_before() {
-    for engine in ENGINES {
-        for proto in ["echo", "http"] {
-            let ports = free_ports(1);
-            let server = Server::start(engine, &ports, &["--proto", proto, "--idle-timeout", "2"]);
-            let started = Instant::now();
-            let mut idle = connect(&ports);
-            // A connection that keeps moving bytes (every 200 ms, ten times within the
-            // timeout, so a busy machine does not idle it out) outlives the timeout twice over.
-            let mut busy = connect(&ports);
-            let mut rounds = 0;
-            while started.elapsed() < Duration::from_millis(4500) {
-                if proto == "http" {
-                    exchange(&mut busy);
-                } else {
-                    busy.write_all(b"ping").unwrap();
-                    let mut pong = [0u8; 4];
-                    busy.read_exact(&mut pong).unwrap();
-                    assert_eq!(&pong, b"ping");
-                }
-                rounds += 1;
-                thread::sleep(Duration::from_millis(200));
-            }
-            let (got, after) = read_to_close(&mut idle, started);
-            assert!(got.is_empty(), "{engine:?} {proto}: {got:?}");
-            assert!(
-                after >= Duration::from_secs(2),
-                "{engine:?} {proto}: closed after {after:?}, before the timeout"
-            );
-            assert!(rounds >= 3, "{engine:?} {proto}: {rounds} exchanges");
-            drop(busy);
-            thread::sleep(Duration::from_millis(100));
-            let stats = server.stop();
-            assert_eq!(
-                u(&stats, "totals.idle_timeouts"),
-                1,
-                "{engine:?} {proto}: {stats}"
-            );
-            assert_eq!(u(&stats, "totals.accepted"), 2);
-            assert_eq!(u(&stats, "totals.closed"), 2);
-        }
-    }
-}
-
-#[test]
-fn idle_timeout_zero_keeps_connections() {
-    for engine in ENGINES {
+fn an_idle_connection_is_closed_after_the_idle_timeout_and_not_before(engine: Engine) {
+    for proto in ["echo", "http"] {
         let ports = free_ports(1);
-        let server = Server::start(engine, &ports, &["--idle-timeout", "0"]);
-        let mut s = connect(&ports);
-        thread::sleep(Duration::from_millis(1500));
-        s.write_all(b"still here").unwrap();
-        let mut back = [0u8; 10];
-        s.read_exact(&mut back).unwrap();
-        assert_eq!(&back, b"still here");
-        drop(s);
-        thread::sleep(Duration::from_millis(100));
-        let stats = server.stop();
-        assert_eq!(u(&stats, "totals.idle_timeouts"), 0, "{stats}");
-    }
-}
-
-/// Slowloris: a head sent a byte at a time keeps the connection busy but never ends; the
-/// header timeout answers 408 and closes it, while other connections are served as usual.
-#[test]
-fn a_head_that_trickles_in_is_answered_408_at_the_header_timeout() {
-    for engine in ENGINES {
-        let ports = free_ports(1);
-        let server = Server::start(
-            engine,
-            &ports,
-            &[
-                "--proto",
-                "http",
-                "--header-timeout",
-                "1",
-                "--idle-timeout",
-                "5",
-            ],
-        );
-        let mut slow = connect(&ports);
-        let mut good = connect(&ports);
+        let server = Server::start(engine, &ports, &["--proto", proto, "--idle-timeout", "2"]);
         let started = Instant::now();
-        let head =
-            b"GET /plaintext HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-        let mut sent = 0;
-        // A byte every 100 ms: 25 bytes in the first 2.5 s, unless the server closes first.
-        slow.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let mut answer = Vec::new();
-        let mut buf = [0u8; 512];
-        let closed_at = loop {
-            assert!(
-                started.elapsed() < Duration::from_secs(8),
-                "{engine:?}: never closed"
-            );
-            if sent < head.len() && slow.write_all(&head[sent..=sent]).is_ok() {
-                sent += 1;
+        let mut idle = connect(&ports);
+        // A connection that keeps moving bytes (every 200 ms, ten times within the
+        // timeout, so a busy machine does not idle it out) outlives the timeout twice over.
+        let mut busy = connect(&ports);
+        let mut rounds = 0;
+        while started.elapsed() < Duration::from_millis(4500) {
+            if proto == "http" {
+                exchange(&mut busy);
+            } else {
+                busy.write_all(b"ping").unwrap();
+                let mut pong = [0u8; 4];
+                busy.read_exact(&mut pong).unwrap();
+                assert_eq!(&pong, b"ping");
             }
-            exchange(&mut good);
-            match slow.read(&mut buf) {
-                Ok(0) => break started.elapsed(),
-                Ok(n) => answer.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == ErrorKind::ConnectionReset => break started.elapsed(),
-                Err(_) => {} // timed out: nothing yet
-            }
-        };
-        let text = String::from_utf8_lossy(&answer);
+            rounds += 1;
+            thread::sleep(Duration::from_millis(200));
+        }
+        let (got, after) = read_to_close(&mut idle, started);
+        assert!(got.is_empty(), "{engine:?} {proto}: {got:?}");
         assert!(
-            text.starts_with("HTTP/1.1 408 Request Timeout\r\n")
-                && text.contains("Connection: close\r\n"),
-            "{engine:?}: {text:?}"
+            after >= Duration::from_secs(2),
+            "{engine:?} {proto}: closed after {after:?}, before the timeout"
         );
-        assert!(
-            closed_at >= Duration::from_secs(1),
-            "{engine:?}: closed after {closed_at:?}"
-        );
-        assert!(
-            sent > 5,
-            "{engine:?}: the head kept arriving ({sent} bytes)"
-        );
-        exchange(&mut good);
-        drop(good);
+        assert!(rounds >= 3, "{engine:?} {proto}: {rounds} exchanges");
+        drop(busy);
         thread::sleep(Duration::from_millis(100));
         let stats = server.stop();
         assert_eq!(
-            u(&stats, "totals.header_timeouts"),
+            u(&stats, "totals.idle_timeouts"),
             1,
-            "{engine:?}: {stats}"
+            "{engine:?} {proto}: {stats}"
         );
-        assert_eq!(u(&stats, "totals.idle_timeouts"), 0, "{engine:?}: {stats}");
+        assert_eq!(u(&stats, "totals.accepted"), 2);
         assert_eq!(u(&stats, "totals.closed"), 2);
     }
 }
 
+common::per_engine!(an_idle_connection_is_closed_after_the_idle_timeout_and_not_before);
+
+fn idle_timeout_zero_keeps_connections(engine: Engine) {
+    let ports = free_ports(1);
+    let server = Server::start(engine, &ports, &["--idle-timeout", "0"]);
+    let mut s = connect(&ports);
+    thread::sleep(Duration::from_millis(1500));
+    s.write_all(b"still here").unwrap();
+    let mut back = [0u8; 10];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"still here");
+    drop(s);
+    thread::sleep(Duration::from_millis(100));
+    let stats = server.stop();
+    assert_eq!(u(&stats, "totals.idle_timeouts"), 0, "{stats}");
+}
+
+common::per_engine!(idle_timeout_zero_keeps_connections);
+
+/// Slowloris: a head sent a byte at a time keeps the connection busy but never ends; the
+/// header timeout answers 408 and closes it, while other connections are served as usual.
+fn a_head_that_trickles_in_is_answered_408_at_the_header_timeout(engine: Engine) {
+    let ports = free_ports(1);
+    let server = Server::start(
+        engine,
+        &ports,
+        &[
+            "--proto",
+            "http",
+            "--header-timeout",
+            "1",
+            "--idle-timeout",
+            "5",
+        ],
+    );
+    let mut slow = connect(&ports);
+    let mut good = connect(&ports);
+    let started = Instant::now();
+    let head = b"GET /plaintext HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let mut sent = 0;
+    // A byte every 100 ms: 25 bytes in the first 2.5 s, unless the server closes first.
+    slow.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 512];
+    let closed_at = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "{engine:?}: never closed"
+        );
+        if sent < head.len() && slow.write_all(&head[sent..=sent]).is_ok() {
+            sent += 1;
+        }
+        exchange(&mut good);
+        match slow.read(&mut buf) {
+            Ok(0) => break started.elapsed(),
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => break started.elapsed(),
+            Err(_) => {} // timed out: nothing yet
+        }
+    };
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.starts_with("HTTP/1.1 408 Request Timeout\r\n")
+            && text.contains("Connection: close\r\n"),
+        "{engine:?}: {text:?}"
+    );
+    assert!(
+        closed_at >= Duration::from_secs(1),
+        "{engine:?}: closed after {closed_at:?}"
+    );
+    assert!(
+        sent > 5,
+        "{engine:?}: the head kept arriving ({sent} bytes)"
+    );
+    exchange(&mut good);
+    drop(good);
+    thread::sleep(Duration::from_millis(100));
+    let stats = server.stop();
+    assert_eq!(
+        u(&stats, "totals.header_timeouts"),
+        1,
+        "{engine:?}: {stats}"
+    );
+    assert_eq!(u(&stats, "totals.idle_timeouts"), 0, "{engine:?}: {stats}");
+    assert_eq!(u(&stats, "totals.closed"), 2);
+}
+
+common::per_engine!(a_head_that_trickles_in_is_answered_408_at_the_header_timeout);
+
 /// Load that touches every connection far more often than the idle timeout (about every
 /// 100 ms, against 3 s) loses none to it.
-#[test]
-fn busy_connections_never_time_out() {
-    for engine in ENGINES {
-        let ports = free_ports(2);
-        let server = Server::start(
-            engine,
-            &ports,
-            &[
-                "--proto",
-                "http",
-                "--idle-timeout",
-                "3",
-                "--header-timeout",
-                "3",
-            ],
-        );
-        let (code, r) = load(
-            &ports,
-            &[
-                "--proto",
-                "http",
-                "--conns",
-                "200",
-                "--rate",
-                "2000",
-                "--duration",
-                "3",
-            ],
-        );
-        assert_eq!(code, 0, "{engine:?}: {r}");
-        assert!(r["errors"].as_object().unwrap().is_empty(), "{r}");
-        assert_eq!(u(&r, "conns_closed_by_peer"), 0, "{r}");
-        let stats = server.stop();
-        assert_eq!(u(&stats, "totals.idle_timeouts"), 0, "{stats}");
-        assert_eq!(u(&stats, "totals.header_timeouts"), 0, "{stats}");
-        assert_eq!(u(&stats, "totals.requests"), u(&r, "requests"), "{stats}");
-    }
+fn busy_connections_never_time_out(engine: Engine) {
+    let ports = free_ports(2);
+    let server = Server::start(
+        engine,
+        &ports,
+        &[
+            "--proto",
+            "http",
+            "--idle-timeout",
+            "3",
+            "--header-timeout",
+            "3",
+        ],
+    );
+    let (code, r) = load(
+        &ports,
+        &[
+            "--proto",
+            "http",
+            "--conns",
+            "200",
+            "--rate",
+            "2000",
+            "--duration",
+            "3",
+        ],
+    );
+    assert_eq!(code, 0, "{engine:?}: {r}");
+    assert!(r["errors"].as_object().unwrap().is_empty(), "{r}");
+    assert_eq!(u(&r, "conns_closed_by_peer"), 0, "{r}");
+    let stats = server.stop();
+    assert_eq!(u(&stats, "totals.idle_timeouts"), 0, "{stats}");
+    assert_eq!(u(&stats, "totals.header_timeouts"), 0, "{stats}");
+    assert_eq!(u(&stats, "totals.requests"), u(&r, "requests"), "{stats}");
 }
+
+common::per_engine!(busy_connections_never_time_out);
 
 /// At `--max-conns` a new connection is closed at once (and counted); when some close, new
 /// ones are taken again.
-#[test]
-fn the_connection_cap_is_reached_and_recovered() {
-    for engine in ENGINES {
-        let ports = free_ports(2);
-        let server = Server::start(engine, &ports, &["--max-conns", "50"]);
-        let port = |i: usize| -> u16 { ports.split(',').nth(i % 2).unwrap().parse().unwrap() };
-        let open = |i: usize| {
-            let mut s = TcpStream::connect(("127.0.0.1", port(i))).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            s.write_all(b"hi").unwrap();
-            s
-        };
-        let echoed = |s: &mut TcpStream| {
-            let mut b = [0u8; 2];
-            s.read_exact(&mut b).is_ok() && &b == b"hi"
-        };
-        let mut held: Vec<TcpStream> = (0..50).map(open).collect();
-        for s in &mut held {
-            assert!(echoed(s), "{engine:?}: one of the first 50 was not served");
-        }
-        for i in 0..10 {
-            let mut s = open(i);
-            let t = Instant::now();
-            let (got, after) = read_to_close(&mut s, t);
-            assert!(
-                got.is_empty(),
-                "{engine:?}: a connection over the cap was served"
-            );
-            assert!(
-                after < Duration::from_secs(2),
-                "{engine:?}: refused after {after:?}"
-            );
-        }
-        held.drain(..5);
-        thread::sleep(Duration::from_millis(200));
-        let mut again: Vec<TcpStream> = (0..5).map(open).collect();
-        for s in &mut again {
-            assert!(echoed(s), "{engine:?}: the cap did not recover");
-        }
-        drop(held);
-        drop(again);
-        thread::sleep(Duration::from_millis(200));
-        let stats = server.stop();
-        assert_eq!(u(&stats, "totals.over_cap"), 10, "{engine:?}: {stats}");
-        assert_eq!(u(&stats, "totals.accepted"), 55, "{engine:?}: {stats}");
-        assert_eq!(u(&stats, "totals.closed"), 55, "{engine:?}: {stats}");
+fn the_connection_cap_is_reached_and_recovered(engine: Engine) {
+    let ports = free_ports(2);
+    let server = Server::start(engine, &ports, &["--max-conns", "50"]);
+    let port = |i: usize| -> u16 { ports.split(',').nth(i % 2).unwrap().parse().unwrap() };
+    let open = |i: usize| {
+        let mut s = TcpStream::connect(("127.0.0.1", port(i))).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"hi").unwrap();
+        s
+    };
+    let echoed = |s: &mut TcpStream| {
+        let mut b = [0u8; 2];
+        s.read_exact(&mut b).is_ok() && &b == b"hi"
+    };
+    let mut held: Vec<TcpStream> = (0..50).map(open).collect();
+    for s in &mut held {
+        assert!(echoed(s), "{engine:?}: one of the first 50 was not served");
     }
+    for i in 0..10 {
+        let mut s = open(i);
+        let t = Instant::now();
+        let (got, after) = read_to_close(&mut s, t);
+        assert!(
+            got.is_empty(),
+            "{engine:?}: a connection over the cap was served"
+        );
+        assert!(
+            after < Duration::from_secs(2),
+            "{engine:?}: refused after {after:?}"
+        );
+    }
+    held.drain(..5);
+    thread::sleep(Duration::from_millis(200));
+    let mut again: Vec<TcpStream> = (0..5).map(open).collect();
+    for s in &mut again {
+        assert!(echoed(s), "{engine:?}: the cap did not recover");
+    }
+    drop(held);
+    drop(again);
+    thread::sleep(Duration::from_millis(200));
+    let stats = server.stop();
+    assert_eq!(u(&stats, "totals.over_cap"), 10, "{engine:?}: {stats}");
+    assert_eq!(u(&stats, "totals.accepted"), 55, "{engine:?}: {stats}");
+    assert_eq!(u(&stats, "totals.closed"), 55, "{engine:?}: {stats}");
 }
+
+common::per_engine!(the_connection_cap_is_reached_and_recovered);
 
 /// After an answer that closes, the server shuts its write side and reads on until the
 /// peer's EOF (a lingering close): a peer still sending gets the whole answer then EOF, not
 /// a reset that could destroy it; one that never stops is cut after the linger time (5 s).
-#[test]
-fn a_closing_answer_survives_a_peer_that_keeps_sending() {
-    for engine in ENGINES {
-        let ports = free_ports(1);
-        let server = Server::start(engine, &ports, &["--proto", "http"]);
-        let mut s = connect(&ports);
-        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut w = s.try_clone().unwrap();
-        let started = Instant::now();
-        let writer = thread::spawn(move || {
-            // Pipelined requests that will never be answered, until the server cuts us.
-            let more = GET.repeat(1000);
-            loop {
-                if let Err(e) = w.write_all(&more) {
-                    return (e.kind(), started.elapsed());
-                }
+fn a_closing_answer_survives_a_peer_that_keeps_sending(engine: Engine) {
+    let ports = free_ports(1);
+    let server = Server::start(engine, &ports, &["--proto", "http"]);
+    let mut s = connect(&ports);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut w = s.try_clone().unwrap();
+    let started = Instant::now();
+    let writer = thread::spawn(move || {
+        // Pipelined requests that will never be answered, until the server cuts us.
+        let more = GET.repeat(1000);
+        loop {
+            if let Err(e) = w.write_all(&more) {
+                return (e.kind(), started.elapsed());
             }
-        });
-        let (got, _) = read_to_close(&mut s, started);
-        let text = String::from_utf8_lossy(&got);
-        assert!(
-            text.starts_with("HTTP/1.1 200 OK\r\n") && text.ends_with("\r\n\r\nHello, World!"),
-            "{engine:?}: {text:?}"
-        );
-        assert_eq!(text.matches("HTTP/1.1").count(), 1, "{engine:?}: {text:?}");
-        let (err, after) = writer.join().unwrap();
-        assert!(
-            matches!(err, ErrorKind::ConnectionReset | ErrorKind::BrokenPipe),
-            "{engine:?}: {err:?}"
-        );
-        assert!(
-            after >= Duration::from_secs(5) && after < Duration::from_secs(9),
-            "{engine:?}: the lingering close was cut after {after:?}"
-        );
-        let stats = server.stop();
-        assert_eq!(u(&stats, "totals.requests"), 1, "{engine:?}: {stats}");
-        assert_eq!(u(&stats, "totals.closed"), 1, "{engine:?}: {stats}");
-    }
+        }
+    });
+    let (got, _) = read_to_close(&mut s, started);
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 200 OK\r\n") && text.ends_with("\r\n\r\nHello, World!"),
+        "{engine:?}: {text:?}"
+    );
+    assert_eq!(text.matches("HTTP/1.1").count(), 1, "{engine:?}: {text:?}");
+    let (err, after) = writer.join().unwrap();
+    assert!(
+        matches!(err, ErrorKind::ConnectionReset | ErrorKind::BrokenPipe),
+        "{engine:?}: {err:?}"
+    );
+    assert!(
+        after >= Duration::from_secs(5) && after < Duration::from_secs(9),
+        "{engine:?}: the lingering close was cut after {after:?}"
+    );
+    let stats = server.stop();
+    assert_eq!(u(&stats, "totals.requests"), 1, "{engine:?}: {stats}");
+    assert_eq!(u(&stats, "totals.closed"), 1, "{engine:?}: {stats}");
 }
+
+common::per_engine!(a_closing_answer_survives_a_peer_that_keeps_sending);

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use common::{ENGINES, Server, free_ports, load, u};
+use common::{Engine, Server, free_ports, load, u};
 use serde_json::Value;
 
 /// A one-port server of our own that handles each connection with `handle` in a thread.
@@ -105,44 +105,43 @@ fn a_server_that_never_answers_is_not_a_pass() {
     assert_eq!(u(&r, "errors.unanswered_at_end"), 4, "{r}");
 }
 
-#[test]
-fn open_loop_throughput_matches_the_rate_and_reports_both_latencies() {
-    for engine in ENGINES {
-        let ports = free_ports(2);
-        let server = Server::start(engine, &ports, &[]);
-        let (code, r) = load(
-            &ports,
-            &[
-                "--conns",
-                "200",
-                "--rate",
-                "4000",
-                "--duration",
-                "3",
-                "--warmup",
-                "0.5",
-            ],
-        );
-        assert_eq!(code, 0, "{engine:?}: {r}");
-        assert_eq!(r["mode"], "open");
-        let rps = r["throughput_rps"].as_f64().unwrap();
-        assert!(
-            (rps - 4000.0).abs() < 4000.0 * 0.03,
-            "{engine:?}: {rps} req/s for 4000 asked"
-        );
-        let requests = u(&r, "requests");
-        assert!(
-            (11_640..=12_360).contains(&requests),
-            "{requests} in 3 s at 4000/s"
-        );
-        let corrected = &r["latency_us"];
-        let raw = &r["latency_uncorrected_us"];
-        // Latency from the schedule can only be longer than from the actual send.
-        assert!(corrected["max"].as_u64() >= raw["max"].as_u64(), "{r}");
-        assert!(corrected["p50"].as_u64() >= raw["p50"].as_u64(), "{r}");
-        server.stop();
-    }
+fn open_loop_throughput_matches_the_rate_and_reports_both_latencies(engine: Engine) {
+    let ports = free_ports(2);
+    let server = Server::start(engine, &ports, &[]);
+    let (code, r) = load(
+        &ports,
+        &[
+            "--conns",
+            "200",
+            "--rate",
+            "4000",
+            "--duration",
+            "3",
+            "--warmup",
+            "0.5",
+        ],
+    );
+    assert_eq!(code, 0, "{engine:?}: {r}");
+    assert_eq!(r["mode"], "open");
+    let rps = r["throughput_rps"].as_f64().unwrap();
+    assert!(
+        (rps - 4000.0).abs() < 4000.0 * 0.03,
+        "{engine:?}: {rps} req/s for 4000 asked"
+    );
+    let requests = u(&r, "requests");
+    assert!(
+        (11_640..=12_360).contains(&requests),
+        "{requests} in 3 s at 4000/s"
+    );
+    let corrected = &r["latency_us"];
+    let raw = &r["latency_uncorrected_us"];
+    // Latency from the schedule can only be longer than from the actual send.
+    assert!(corrected["max"].as_u64() >= raw["max"].as_u64(), "{r}");
+    assert!(corrected["p50"].as_u64() >= raw["p50"].as_u64(), "{r}");
+    server.stop();
 }
+
+common::per_engine!(open_loop_throughput_matches_the_rate_and_reports_both_latencies);
 
 fn assert_percentiles(v: &Value, what: &str) {
     for key in ["p50", "p90", "p99", "p999", "p9999", "max"] {
@@ -154,7 +153,7 @@ fn assert_percentiles(v: &Value, what: &str) {
 #[test]
 fn the_json_report_has_the_documented_schema() {
     let ports = free_ports(1);
-    let server = Server::start(ENGINES[0], &ports, &[]);
+    let server = Server::start(Engine::Uring, &ports, &[]);
     let (code, r) = load(
         &ports,
         &["--conns", "10", "--duration", "1", "--depth", "4"],
@@ -189,7 +188,7 @@ fn the_json_report_has_the_documented_schema() {
 #[test]
 fn depth_keeps_several_requests_outstanding_on_each_connection() {
     let ports = free_ports(1);
-    let server = Server::start(ENGINES[0], &ports, &[]);
+    let server = Server::start(Engine::Uring, &ports, &[]);
     let (code, r) = load(
         &ports,
         &[
@@ -263,7 +262,7 @@ fn merge(logs: &[&std::path::Path]) -> Value {
 #[test]
 fn merged_logs_equal_the_runs_they_came_from() {
     let ports = free_ports(2);
-    let server = Server::start(ENGINES[0], &ports, &[]);
+    let server = Server::start(Engine::Uring, &ports, &[]);
     let dir = std::env::temp_dir();
     let a = dir.join(format!("c1m-a-{}.hlog", std::process::id()));
     let b = dir.join(format!("c1m-b-{}.hlog", std::process::id()));
@@ -308,14 +307,7 @@ fn merged_logs_equal_the_runs_they_came_from() {
     let _ = std::fs::remove_file(&b);
 }
 
-#[test]
-fn batched_waits_on_both_sides_answer_every_request() {
-    for engine in [common::Engine::Uring, common::Engine::Epoll] {
-        batched_waits_answer_every_request(engine);
-    }
-}
-
-fn batched_waits_answer_every_request(engine: common::Engine) {
+fn batched_waits_on_both_sides_answer_every_request(engine: Engine) {
     let ports = free_ports(2);
     let server = Server::start(engine, &ports, &["--batch-usec", "500"]);
     let (code, r) = load(
@@ -356,3 +348,5 @@ fn batched_waits_answer_every_request(engine: common::Engine) {
     assert_eq!(u(&stats, "totals.accepted"), 320, "{engine:?}");
     assert_eq!(u(&stats, "totals.bytes_in"), u(&stats, "totals.bytes_out"));
 }
+
+common::per_engine!(batched_waits_on_both_sides_answer_every_request);

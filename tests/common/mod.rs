@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// The servers under test; every echo test runs against each.
+/// The servers under test; every test of both runs as one case per engine (`per_engine!`).
 #[derive(Debug, Clone, Copy)]
 pub enum Engine {
     Uring,
@@ -21,6 +21,31 @@ pub enum Engine {
 }
 
 pub const ENGINES: [Engine; 2] = [Engine::Uring, Engine::Epoll];
+
+/// One `#[test]` per engine for each test body `fn NAME(engine: Engine)` named:
+/// `per_engine!(NAME)` adds `mod NAME { #[test] fn uring() .. #[test] fn epoll() .. }`
+/// beside the body, so a failure names its engine (`NAME::epoll`) and the other engine's
+/// case still runs.
+#[allow(unused_macros)] // as with dead code: not every test binary has such tests
+macro_rules! per_engine {
+    ($($case:ident),+ $(,)?) => {
+        $(
+            mod $case {
+                #[test]
+                fn uring() {
+                    super::$case($crate::common::Engine::Uring)
+                }
+
+                #[test]
+                fn epoll() {
+                    super::$case($crate::common::Engine::Epoll)
+                }
+            }
+        )+
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use per_engine;
 
 impl Engine {
     pub fn binary(self) -> &'static str {
@@ -161,10 +186,10 @@ impl Server {
         None
     }
 
+    /// Sends `sig` by PID: a child this test started and has not reaped, so the PID is its.
     pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on the PID of a child this test started and has not yet reaped.
-        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
-        assert_eq!(rc, 0, "kill({}, {sig})", self.child.id());
+        c1m::sys::kill(self.child.id(), sig)
+            .unwrap_or_else(|e| panic!("kill({}, {sig}): {e}", self.child.id()));
     }
 
     /// Waits up to `limit` for the server to exit; kills it and panics past that.

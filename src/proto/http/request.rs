@@ -1,13 +1,12 @@
-//! HTTP/1.1 (RFC 9112), both ends: the server's request parser and answers (`Session`), and
-//! the load generator's check of responses (`ResponseCheck`). Pure, incremental state
-//! machines: bytes in, bytes out, no I/O, no unsafe, no allocation (answers are appended to
-//! the caller's `Vec`).
+//! The server's side of HTTP/1.1: the request parser and the answers (`Session`), one per
+//! connection.
 //!
-//! Input may be split anywhere and may hold several pipelined requests. The parser keeps no
-//! copy of it, only what must outlive a split: where it is in the grammar, how far the
-//! method, the path and the names and values of the four headers it acts on (Host,
-//! Connection, Content-Length, Transfer-Encoding) match so far, and how much body is left
-//! to discard. That is about 40 bytes per connection, which matters at a million.
+//! The parser keeps no copy of its input, only what must outlive a split: where it is in the
+//! grammar, how far the word being read (the method, the path, a header's name, a token of
+//! its value) matches so far, what the four headers it acts on (Host, Connection,
+//! Content-Length, Transfer-Encoding) said, the answer owed, and how much body is left to
+//! discard. A `Session` is at most 40 bytes (`size_of`, held by a unit test), which matters
+//! at a million connections.
 //!
 //! What the server answers:
 //! - `GET` or `HEAD` of `/plaintext` or `/`: 200, `Hello, World!` as text/plain (the
@@ -24,100 +23,7 @@
 //!   chunked 501; an HTTP major version other than 1 505. Content-Length together with
 //!   Transfer-Encoding, or two different Content-Lengths, is 400 (request smuggling).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-/// The answer to `GET /plaintext`.
-pub const BODY: &[u8] = b"Hello, World!";
-
-/// What a request may be; over these the connection is answered and closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Request line and headers together (and a chunked body's trailer).
-    pub max_header_bytes: u32,
-    /// A request body, declared or (chunked) summed.
-    pub max_body_bytes: u64,
-}
-
-impl Default for Limits {
-    /// nginx's defaults: 8 KiB of headers (large_client_header_buffers), 1 MiB of body
-    /// (client_max_body_size).
-    fn default() -> Self {
-        Limits {
-            max_header_bytes: 8 * 1024,
-            max_body_bytes: 1024 * 1024,
-        }
-    }
-}
-
-/// The `Date` header's value (IMF-fixdate), formatted once per second rather than per
-/// answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Date {
-    secs: u64,
-    text: [u8; 29],
-}
-
-impl Date {
-    /// The date `unix_secs` seconds after the epoch.
-    pub fn at(unix_secs: u64) -> Date {
-        const DAYS: [&[u8; 3]; 7] = [b"Thu", b"Fri", b"Sat", b"Sun", b"Mon", b"Tue", b"Wed"];
-        const MONTHS: [&[u8; 3]; 12] = [
-            b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
-            b"Dec",
-        ];
-        let days = unix_secs / 86_400;
-        let s = unix_secs % 86_400;
-        // Days to civil date: Howard Hinnant's `civil_from_days`, for days since 1970.
-        let z = days + 719_468;
-        let era = z / 146_097;
-        let doe = z % 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = doy - (153 * mp + 2) / 5 + 1;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 };
-        let year = yoe + era * 400 + u64::from(month <= 2);
-        let mut text = *b"Thu, 01 Jan 1970 00:00:00 GMT";
-        text[..3].copy_from_slice(DAYS[(days % 7) as usize]);
-        let two = |t: &mut [u8], v: u64| {
-            t[0] = b'0' + (v / 10 % 10) as u8;
-            t[1] = b'0' + (v % 10) as u8;
-        };
-        two(&mut text[5..7], day);
-        text[8..11].copy_from_slice(MONTHS[(month - 1) as usize]);
-        two(&mut text[12..14], year / 100);
-        two(&mut text[14..16], year);
-        two(&mut text[17..19], s / 3600);
-        two(&mut text[20..22], s / 60 % 60);
-        two(&mut text[23..25], s % 60);
-        Date {
-            secs: unix_secs,
-            text,
-        }
-    }
-
-    pub fn now() -> Date {
-        Date::at(unix_now())
-    }
-
-    /// Re-formats if the second has changed (a vDSO clock read otherwise).
-    pub fn refresh(&mut self) {
-        let now = unix_now();
-        if now != self.secs {
-            *self = Date::at(now);
-        }
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.text
-    }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+use super::{BODY, Date, Limits, Match, is_tchar, is_value_byte};
 
 /// The statuses the server answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,74 +55,40 @@ impl Status {
     }
 }
 
-/// Matches a token against a few candidate words as its bytes arrive, split anywhere.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Match {
-    /// Bytes seen, saturating (no candidate is near 255 bytes long).
-    len: u8,
-    /// Bit i: the bytes so far are a prefix of word i.
-    cand: u16,
-}
-
-impl Match {
-    fn new(words: &[&[u8]]) -> Match {
-        Match {
-            len: 0,
-            cand: (1u16 << words.len()) - 1,
-        }
-    }
-
-    fn push(&mut self, b: u8, words: &[&[u8]]) {
-        let mut c = self.cand;
-        while c != 0 {
-            let i = c.trailing_zeros() as usize;
-            c &= c - 1;
-            if words[i].get(usize::from(self.len)) != Some(&b) {
-                self.cand &= !(1 << i);
-            }
-        }
-        self.len = self.len.saturating_add(1);
-    }
-
-    /// The word the token is, if it is one of them.
-    fn found(&self, words: &[&[u8]]) -> Option<usize> {
-        (0..words.len())
-            .find(|&i| self.cand & (1 << i) != 0 && words[i].len() == usize::from(self.len))
-    }
-}
-
 const METHODS: [&[u8]; 9] = [
     b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH",
 ];
 const GET: usize = 0;
 const HEAD: usize = 1;
 const PATHS: [&[u8]; 2] = [b"/", b"/plaintext"];
-/// Header names, lowercase (names are case-insensitive).
+/// The headers the parser acts on; every other one is skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Header {
+    Host,
+    Connection,
+    ContentLength,
+    TransferEncoding,
+    Other,
+}
+
+/// Header names, lowercase (names are case-insensitive), and the header each is.
 const NAMES: [&[u8]; 4] = [
     b"host",
     b"connection",
     b"content-length",
     b"transfer-encoding",
 ];
-const H_HOST: usize = 0;
-const H_CONNECTION: usize = 1;
-const H_CONTENT_LENGTH: usize = 2;
-const H_TRANSFER_ENCODING: usize = 3;
+const HEADERS: [Header; 4] = [
+    Header::Host,
+    Header::Connection,
+    Header::ContentLength,
+    Header::TransferEncoding,
+];
 /// Connection and Transfer-Encoding tokens, lowercase.
 const TOKENS: [&[u8]; 3] = [b"close", b"keep-alive", b"chunked"];
 const T_CLOSE: usize = 0;
 const T_KEEP_ALIVE: usize = 1;
 const T_CHUNKED: usize = 2;
-
-/// RFC 9110 `tchar`: what methods, header names and tokens are made of.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-/// What a header value may hold: visible characters, obs-text, space and tab.
-fn is_value_byte(b: u8) -> bool {
-    b == b'\t' || (b >= b' ' && b != 0x7F)
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -231,12 +103,12 @@ enum State {
     /// Whitespace before a header's value.
     ValueLead,
     Value,
-    /// Discarding `remaining` bytes of a Content-Length body.
+    /// Discarding the `number` bytes left of a Content-Length body.
     Body,
     ChunkSize,
     /// After a chunk's size: extensions, skipped to the end of the line.
     ChunkExt,
-    /// Discarding `remaining` bytes of chunk data.
+    /// Discarding the `number` bytes left of a chunk's data.
     ChunkData,
     /// The line end after chunk data.
     ChunkEnd,
@@ -256,44 +128,52 @@ pub struct Outcome {
     pub close: bool,
 }
 
-/// One server connection's HTTP state.
+/// One server connection's HTTP state, at most 40 bytes (see the module doc): what is never
+/// needed at once shares a field. `word` is each word of the head in turn, `number` the
+/// number being read and then the body left, `length` the declared length and then the
+/// chunked total.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
     state: State,
     /// A CR was read; the next byte must be LF.
     cr: bool,
-    /// Bytes of the head (or trailer) so far, against `max_header_bytes`.
+    /// Bytes of the head (or of a chunk-size line, or of the trailer) so far, against
+    /// `max_header_bytes`.
     head_bytes: u32,
-    method: Match,
-    path: Match,
+    /// The word being read: the method, then the target's path, then each header's name and
+    /// (Connection, Transfer-Encoding) each token of its value.
+    word: Match,
+    /// The answer the method and path call for (set at the method's end, made 404 at the
+    /// target's); owed once the request has been read whole.
+    status: Status,
+    /// The method is HEAD: the answer has no body.
+    head: bool,
     /// The target's path has ended (a `?` began its query).
     in_query: bool,
-    target_len: u32,
     /// Bytes of the version so far.
     version_len: u8,
     /// Minor version 0: HTTP/1.0.
     http10: bool,
-    name: Match,
-    /// Which of `NAMES` the current header is, if any.
-    header: Option<u8>,
-    token: Match,
+    /// The header whose value is being read.
+    header: Header,
     hosts: u8,
     conn_close: bool,
     conn_keep_alive: bool,
     chunked: bool,
     /// A transfer coding other than chunked, or chunked not last.
     bad_coding: bool,
-    content_length: Option<u64>,
-    /// The Content-Length value being read.
-    digits: Option<u64>,
+    /// A Content-Length was read: its value is `length`.
+    has_length: bool,
+    /// `number` holds at least one digit.
+    digits: bool,
     /// Whitespace followed the digits: only more whitespace may come.
     digits_done: bool,
-    /// Body bytes left to discard (Content-Length, or the current chunk).
-    remaining: u64,
-    /// Chunked body bytes so far, against `max_body_bytes`.
-    body_total: u64,
-    /// The answer owed once the body has been read: status, HEAD, keep-alive.
-    owed: Option<(Status, bool, bool)>,
+    /// The number being read (a Content-Length value, a chunk size); then, in `Body` and
+    /// `ChunkData`, the bytes left to discard.
+    number: u64,
+    /// In the head, the Content-Length (if `has_length`); in a chunked body, the chunk sizes
+    /// so far, against `max_body_bytes`.
+    length: u64,
 }
 
 impl Default for Session {
@@ -308,26 +188,24 @@ impl Session {
             state: State::Start,
             cr: false,
             head_bytes: 0,
-            method: Match::new(&METHODS),
-            path: Match::new(&PATHS),
+            word: Match::new(&METHODS),
+            // Set at the method's end, before anything can be answered.
+            status: Status::Ok,
+            head: false,
             in_query: false,
-            target_len: 0,
             version_len: 0,
             http10: false,
-            name: Match::new(&NAMES),
-            header: None,
-            token: Match::new(&TOKENS),
+            header: Header::Other,
             hosts: 0,
             conn_close: false,
             conn_keep_alive: false,
             chunked: false,
             bad_coding: false,
-            content_length: None,
-            digits: None,
+            has_length: false,
+            digits: false,
             digits_done: false,
-            remaining: 0,
-            body_total: 0,
-            owed: None,
+            number: 0,
+            length: 0,
         }
     }
 
@@ -344,11 +222,11 @@ impl Session {
         while i < input.len() && self.state != State::Dead {
             match self.state {
                 State::Body | State::ChunkData => {
-                    let n = (input.len() - i)
-                        .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+                    let n =
+                        (input.len() - i).min(usize::try_from(self.number).unwrap_or(usize::MAX));
                     i += n;
-                    self.remaining -= n as u64;
-                    if self.remaining == 0 {
+                    self.number -= n as u64;
+                    if self.number == 0 {
                         if self.state == State::Body {
                             self.finish(date, out, &mut outcome);
                         } else {
@@ -357,7 +235,7 @@ impl Session {
                     }
                     continue;
                 }
-                State::Value if self.header.is_none() && !self.cr => {
+                State::Value if self.header == Header::Other && !self.cr => {
                     // An ignored header's value (User-Agent, Accept, ...): skip to its end.
                     let rest = &input[i..];
                     let n = rest
@@ -471,24 +349,24 @@ impl Session {
                 b'\n' => {}
                 _ if is_tchar(b) => {
                     self.state = State::Method;
-                    self.method.push(b, &METHODS);
+                    self.word.push(b, &METHODS);
                 }
                 _ => return Err(Status::BadRequest),
             },
             State::Method => match b {
-                b' ' => self.state = State::Target,
-                _ if is_tchar(b) => self.method.push(b, &METHODS),
+                b' ' => self.end_method(),
+                _ if is_tchar(b) => self.word.push(b, &METHODS),
                 _ => return Err(Status::BadRequest),
             },
             State::Target => match b {
-                b' ' if self.target_len > 0 => self.state = State::Version,
+                // Not empty: a path byte was pushed, or the target began with its query.
+                b' ' if self.word.len > 0 || self.in_query => self.end_target(),
                 0x21..=0x7E => {
                     if b == b'?' {
                         self.in_query = true;
                     } else if !self.in_query {
-                        self.path.push(b, &PATHS);
+                        self.word.push(b, &PATHS);
                     }
-                    self.target_len = self.target_len.saturating_add(1);
                 }
                 _ => return Err(Status::BadRequest),
             },
@@ -501,24 +379,28 @@ impl Session {
                 b'\n' => self.end_head(limits, date, out, outcome)?,
                 _ if is_tchar(b) => {
                     self.state = State::Name;
-                    self.name = Match::new(&NAMES);
-                    self.name.push(b.to_ascii_lowercase(), &NAMES);
+                    self.word = Match::new(&NAMES);
+                    self.word.push(b.to_ascii_lowercase(), &NAMES);
                 }
                 // Whitespace here would be obs-fold, which RFC 9112 5.2 lets a server refuse.
                 _ => return Err(Status::BadRequest),
             },
             State::Name => match b {
                 b':' => {
-                    self.header = self.name.found(&NAMES).map(|h| h as u8);
-                    self.token = Match::new(&TOKENS);
-                    self.digits = None;
+                    self.header = self
+                        .word
+                        .found(&NAMES)
+                        .map_or(Header::Other, |i| HEADERS[i]);
+                    self.word = Match::new(&TOKENS);
+                    self.number = 0;
+                    self.digits = false;
                     self.digits_done = false;
-                    if self.header == Some(H_HOST as u8) {
+                    if self.header == Header::Host {
                         self.hosts = self.hosts.saturating_add(1);
                     }
                     self.state = State::ValueLead;
                 }
-                _ if is_tchar(b) => self.name.push(b.to_ascii_lowercase(), &NAMES),
+                _ if is_tchar(b) => self.word.push(b.to_ascii_lowercase(), &NAMES),
                 _ => return Err(Status::BadRequest),
             },
             State::ValueLead | State::Value => match b {
@@ -535,16 +417,15 @@ impl Session {
             },
             State::ChunkSize => match b {
                 b'\n' => self.end_chunk_size(limits)?,
-                b';' | b' ' | b'\t' if self.digits.is_some() => self.state = State::ChunkExt,
+                b';' | b' ' | b'\t' if self.digits => self.state = State::ChunkExt,
                 _ => {
                     let d = (b as char).to_digit(16).ok_or(Status::BadRequest)?;
-                    let v = self
-                        .digits
-                        .unwrap_or(0)
+                    self.number = self
+                        .number
                         .checked_mul(16)
                         .and_then(|v| v.checked_add(u64::from(d)))
                         .ok_or(Status::ContentTooLarge)?;
-                    self.digits = Some(v);
+                    self.digits = true;
                 }
             },
             State::ChunkExt => match b {
@@ -588,6 +469,26 @@ impl Session {
         Ok(())
     }
 
+    /// The method has ended: what it calls for, unless the path or the head says otherwise.
+    fn end_method(&mut self) {
+        let method = self.word.found(&METHODS);
+        self.status = match method {
+            Some(GET | HEAD) => Status::Ok,
+            Some(_) => Status::MethodNotAllowed,
+            None => Status::NotImplemented,
+        };
+        self.head = method == Some(HEAD);
+        self.word = Match::new(&PATHS);
+        self.state = State::Target;
+    }
+
+    fn end_target(&mut self) {
+        if self.status == Status::Ok && self.word.found(&PATHS).is_none() {
+            self.status = Status::NotFound;
+        }
+        self.state = State::Version;
+    }
+
     fn end_version(&mut self) -> Result<(), Status> {
         if self.version_len != 8 {
             return Err(Status::BadRequest);
@@ -597,36 +498,35 @@ impl Session {
     }
 
     fn value_byte(&mut self, b: u8) -> Result<(), Status> {
-        match self.header.map(usize::from) {
-            Some(H_CONTENT_LENGTH) => match b {
+        match self.header {
+            Header::ContentLength => match b {
                 b'0'..=b'9' if !self.digits_done => {
-                    let v = self
-                        .digits
-                        .unwrap_or(0)
+                    self.number = self
+                        .number
                         .checked_mul(10)
                         .and_then(|v| v.checked_add(u64::from(b - b'0')))
                         .ok_or(Status::ContentTooLarge)?;
-                    self.digits = Some(v);
+                    self.digits = true;
                 }
-                b' ' | b'\t' if self.digits.is_some() => self.digits_done = true,
+                b' ' | b'\t' if self.digits => self.digits_done = true,
                 _ => return Err(Status::BadRequest),
             },
-            Some(H_CONNECTION) | Some(H_TRANSFER_ENCODING) => match b {
+            Header::Connection | Header::TransferEncoding => match b {
                 b',' | b' ' | b'\t' => self.end_token(),
-                _ => self.token.push(b.to_ascii_lowercase(), &TOKENS),
+                _ => self.word.push(b.to_ascii_lowercase(), &TOKENS),
             },
-            _ => {}
+            Header::Host | Header::Other => {}
         }
         Ok(())
     }
 
     fn end_token(&mut self) {
-        if self.token.len == 0 {
+        if self.word.len == 0 {
             return;
         }
-        let t = self.token.found(&TOKENS);
-        self.token = Match::new(&TOKENS);
-        if self.header == Some(H_CONNECTION as u8) {
+        let t = self.word.found(&TOKENS);
+        self.word = Match::new(&TOKENS);
+        if self.header == Header::Connection {
             match t {
                 Some(T_CLOSE) => self.conn_close = true,
                 Some(T_KEEP_ALIVE) => self.conn_keep_alive = true,
@@ -641,16 +541,16 @@ impl Session {
     }
 
     fn end_value(&mut self) -> Result<(), Status> {
-        match self.header.map(usize::from) {
-            Some(H_CONTENT_LENGTH) => {
-                let v = self.digits.ok_or(Status::BadRequest)?;
-                if self.content_length.is_some_and(|c| c != v) {
+        match self.header {
+            Header::ContentLength => {
+                if !self.digits || (self.has_length && self.length != self.number) {
                     return Err(Status::BadRequest);
                 }
-                self.content_length = Some(v);
+                self.length = self.number;
+                self.has_length = true;
             }
-            Some(H_CONNECTION) | Some(H_TRANSFER_ENCODING) => self.end_token(),
-            _ => {}
+            Header::Connection | Header::TransferEncoding => self.end_token(),
+            Header::Host | Header::Other => {}
         }
         Ok(())
     }
@@ -664,7 +564,7 @@ impl Session {
         outcome: &mut Outcome,
     ) -> Result<(), Status> {
         let transfer_coded = self.chunked || self.bad_coding;
-        if transfer_coded && self.content_length.is_some() {
+        if transfer_coded && self.has_length {
             return Err(Status::BadRequest);
         }
         if self.bad_coding {
@@ -674,28 +574,17 @@ impl Session {
         if self.hosts > 1 || (!self.http10 && self.hosts == 0) {
             return Err(Status::BadRequest);
         }
-        if self
-            .content_length
-            .is_some_and(|n| n > limits.max_body_bytes)
-        {
+        if self.has_length && self.length > limits.max_body_bytes {
             return Err(Status::ContentTooLarge);
         }
-        let keep_alive = !self.conn_close && (!self.http10 || self.conn_keep_alive);
-        let method = self.method.found(&METHODS);
-        let status = match method {
-            Some(GET | HEAD) if self.path.found(&PATHS).is_some() => Status::Ok,
-            Some(GET | HEAD) => Status::NotFound,
-            Some(_) => Status::MethodNotAllowed,
-            None => Status::NotImplemented,
-        };
-        self.owed = Some((status, method == Some(HEAD), keep_alive));
         self.head_bytes = 0;
         if self.chunked {
+            // No Content-Length (checked above): `length` is 0, the chunked total so far.
             self.start_chunk();
         } else {
-            self.remaining = self.content_length.unwrap_or(0);
+            self.number = if self.has_length { self.length } else { 0 };
             self.state = State::Body;
-            if self.remaining == 0 {
+            if self.number == 0 {
                 self.finish(date, out, outcome);
             }
         }
@@ -703,17 +592,19 @@ impl Session {
     }
 
     fn end_chunk_size(&mut self, limits: &Limits) -> Result<(), Status> {
-        let size = self.digits.ok_or(Status::BadRequest)?;
-        if size == 0 {
+        if !self.digits {
+            return Err(Status::BadRequest);
+        }
+        if self.number == 0 {
             self.head_bytes = 0;
             self.state = State::TrailerStart;
             return Ok(());
         }
-        self.body_total = self.body_total.saturating_add(size);
-        if self.body_total > limits.max_body_bytes {
+        self.length = self.length.saturating_add(self.number);
+        if self.length > limits.max_body_bytes {
             return Err(Status::ContentTooLarge);
         }
-        self.remaining = size;
+        // `number`, the chunk's size, is now its data left to discard.
         self.state = State::ChunkData;
         Ok(())
     }
@@ -722,17 +613,15 @@ impl Session {
     /// limit: the grammar bounds neither leading zeros nor extensions.
     fn start_chunk(&mut self) {
         self.state = State::ChunkSize;
-        self.digits = None;
+        self.number = 0;
+        self.digits = false;
         self.head_bytes = 0;
     }
 
     /// The request has been read whole: answer it and get ready for the next.
     fn finish(&mut self, date: &Date, out: &mut Vec<u8>, outcome: &mut Outcome) {
-        let (status, head, keep_alive) = self
-            .owed
-            .take()
-            .expect("a request read whole has an answer owed");
-        write_answer(status, head, keep_alive, self.http10, date, out);
+        let keep_alive = !self.conn_close && (!self.http10 || self.conn_keep_alive);
+        write_answer(self.status, self.head, keep_alive, self.http10, date, out);
         outcome.answers += 1;
         if keep_alive {
             *self = Session::new();
@@ -778,260 +667,12 @@ fn write_answer(
     }
 }
 
-/// One answer as the load generator reads it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Answer {
-    pub status: u16,
-    /// The body was exactly the expected bytes.
-    pub body_ok: bool,
-}
-
-/// Answers the load generator cannot frame: not HTTP/1.x, a head over 64 KiB, or a body
-/// without Content-Length (our requests never ask for one that needs another framing).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Malformed;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RState {
-    Version,
-    Status,
-    Reason,
-    LineStart,
-    Name,
-    Value,
-    Body,
-}
-
-/// The most head bytes one answer may have.
-const MAX_ANSWER_HEAD: u32 = 64 * 1024;
-const ANSWER_NAMES: [&[u8]; 2] = [b"content-length", b"transfer-encoding"];
-
-/// The load generator's reader of answers: frames each, reads its status and compares its
-/// body with the expected one, whatever the splits.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResponseCheck {
-    state: RState,
-    cr: bool,
-    head_bytes: u32,
-    at: u8,
-    status: u16,
-    name: Match,
-    header: Option<u8>,
-    digits: Option<u64>,
-    content_length: Option<u64>,
-    transfer_coded: bool,
-    body_pos: u64,
-    body_ok: bool,
-}
-
-impl Default for ResponseCheck {
-    fn default() -> Self {
-        ResponseCheck::new()
-    }
-}
-
-impl ResponseCheck {
-    pub fn new() -> ResponseCheck {
-        ResponseCheck {
-            state: RState::Version,
-            cr: false,
-            head_bytes: 0,
-            at: 0,
-            status: 0,
-            name: Match::new(&ANSWER_NAMES),
-            header: None,
-            digits: None,
-            content_length: None,
-            transfer_coded: false,
-            body_pos: 0,
-            body_ok: true,
-        }
-    }
-
-    /// Reads `input`, calling `done` for every answer it completes (1xx answers are
-    /// skipped: a final one follows).
-    pub fn on_input(
-        &mut self,
-        input: &[u8],
-        expected_body: &[u8],
-        mut done: impl FnMut(Answer),
-    ) -> Result<(), Malformed> {
-        let mut i = 0;
-        while i < input.len() {
-            if self.state == RState::Body {
-                let left = self.content_length.unwrap_or(0) - self.body_pos;
-                let n = (input.len() - i).min(usize::try_from(left).unwrap_or(usize::MAX));
-                let from = usize::try_from(self.body_pos).unwrap_or(usize::MAX);
-                let want = expected_body.get(from..).and_then(|e| e.get(..n));
-                self.body_ok &= want == Some(&input[i..i + n]);
-                self.body_pos += n as u64;
-                i += n;
-                if self.body_pos == self.content_length.unwrap_or(0) {
-                    self.complete(expected_body, &mut done);
-                }
-                continue;
-            }
-            let b = input[i];
-            i += 1;
-            self.head_bytes += 1;
-            if self.head_bytes > MAX_ANSWER_HEAD {
-                return Err(Malformed);
-            }
-            if self.cr {
-                self.cr = false;
-                if b != b'\n' {
-                    return Err(Malformed);
-                }
-            } else if b == b'\r'
-                && matches!(
-                    self.state,
-                    RState::Reason | RState::LineStart | RState::Value
-                )
-            {
-                self.cr = true;
-                continue;
-            }
-            self.step(b, expected_body, &mut done)?;
-        }
-        Ok(())
-    }
-
-    fn step(
-        &mut self,
-        b: u8,
-        expected_body: &[u8],
-        done: &mut impl FnMut(Answer),
-    ) -> Result<(), Malformed> {
-        match self.state {
-            RState::Version => {
-                const FORM: &[u8] = b"HTTP/1.d ";
-                let ok = match FORM.get(usize::from(self.at)) {
-                    Some(b'd') => b.is_ascii_digit(),
-                    Some(&c) => c == b,
-                    None => false,
-                };
-                if !ok {
-                    return Err(Malformed);
-                }
-                self.at += 1;
-                if usize::from(self.at) == FORM.len() {
-                    self.state = RState::Status;
-                    self.at = 0;
-                }
-            }
-            RState::Status => match (self.at, b) {
-                (0..=2, b'0'..=b'9') => {
-                    self.status = self.status * 10 + u16::from(b - b'0');
-                    self.at += 1;
-                }
-                (3, b' ') => self.state = RState::Reason,
-                _ => return Err(Malformed),
-            },
-            RState::Reason => match b {
-                b'\n' => self.state = RState::LineStart,
-                _ if is_value_byte(b) => {}
-                _ => return Err(Malformed),
-            },
-            RState::LineStart => match b {
-                b'\n' => self.end_head(expected_body, done)?,
-                _ if is_tchar(b) => {
-                    self.name = Match::new(&ANSWER_NAMES);
-                    self.name.push(b.to_ascii_lowercase(), &ANSWER_NAMES);
-                    self.state = RState::Name;
-                }
-                _ => return Err(Malformed),
-            },
-            RState::Name => match b {
-                b':' => {
-                    self.header = self.name.found(&ANSWER_NAMES).map(|h| h as u8);
-                    self.digits = None;
-                    self.transfer_coded |= self.header == Some(1);
-                    self.state = RState::Value;
-                }
-                _ if is_tchar(b) => self.name.push(b.to_ascii_lowercase(), &ANSWER_NAMES),
-                _ => return Err(Malformed),
-            },
-            RState::Value => match b {
-                b'\n' => {
-                    if self.header == Some(0) {
-                        let v = self.digits.ok_or(Malformed)?;
-                        if self.content_length.is_some_and(|c| c != v) {
-                            return Err(Malformed);
-                        }
-                        self.content_length = Some(v);
-                    }
-                    self.state = RState::LineStart;
-                }
-                b'0'..=b'9' if self.header == Some(0) => {
-                    let v = self.digits.unwrap_or(0);
-                    let v = v
-                        .checked_mul(10)
-                        .and_then(|v| v.checked_add(u64::from(b - b'0')));
-                    self.digits = Some(v.ok_or(Malformed)?);
-                }
-                b' ' | b'\t' => {}
-                _ if self.header == Some(0) => return Err(Malformed),
-                _ if is_value_byte(b) => {}
-                _ => return Err(Malformed),
-            },
-            RState::Body => unreachable!("handled in on_input"),
-        }
-        Ok(())
-    }
-
-    fn end_head(
-        &mut self,
-        expected_body: &[u8],
-        done: &mut impl FnMut(Answer),
-    ) -> Result<(), Malformed> {
-        let bodiless =
-            (100..200).contains(&self.status) || self.status == 204 || self.status == 304;
-        if self.transfer_coded || (self.content_length.is_none() && !bodiless) {
-            return Err(Malformed);
-        }
-        if bodiless {
-            self.content_length = Some(0);
-        }
-        self.state = RState::Body;
-        if self.content_length == Some(0) {
-            self.complete(expected_body, done);
-        }
-        Ok(())
-    }
-
-    fn complete(&mut self, expected_body: &[u8], done: &mut impl FnMut(Answer)) {
-        let status = self.status;
-        let body_ok = self.body_ok && self.body_pos == expected_body.len() as u64;
-        *self = ResponseCheck::new();
-        if !(100..200).contains(&status) {
-            done(Answer { status, body_ok });
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::http::ResponseCheck;
+    use crate::proto::http::testing::{OK, answer, date, feed};
     use proptest::prelude::*;
-
-    /// RFC 9110's example date.
-    fn date() -> Date {
-        Date::at(784_111_777)
-    }
-
-    fn feed(s: &mut Session, input: &[u8], out: &mut Vec<u8>) -> Outcome {
-        s.on_input(input, &Limits::default(), &date(), out)
-    }
-
-    /// The answers to `input` fed whole, as text, and whether the connection closes.
-    fn answer(input: &[u8]) -> (String, bool) {
-        let mut out = Vec::new();
-        let o = feed(&mut Session::new(), input, &mut out);
-        (String::from_utf8(out).unwrap(), o.close)
-    }
-
-    const OK: &str = "HTTP/1.1 200 OK\r\nServer: c1m\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\
-                      Content-Type: text/plain\r\nContent-Length: 13\r\n\r\nHello, World!";
 
     fn error(line: &str) -> String {
         format!(
@@ -1044,23 +685,6 @@ mod tests {
         text.match_indices("HTTP/1.1 ")
             .map(|(i, _)| &text[i + 9..i + 12])
             .collect()
-    }
-
-    #[test]
-    fn dates_are_imf_fixdate() {
-        assert_eq!(date().as_bytes(), b"Sun, 06 Nov 1994 08:49:37 GMT");
-        assert_eq!(Date::at(0).as_bytes(), b"Thu, 01 Jan 1970 00:00:00 GMT");
-        assert_eq!(
-            Date::at(951_782_400).as_bytes(),
-            b"Tue, 29 Feb 2000 00:00:00 GMT"
-        );
-        assert_eq!(
-            Date::at(4_102_444_799).as_bytes(),
-            b"Thu, 31 Dec 2099 23:59:59 GMT"
-        );
-        let mut d = Date::at(0);
-        d.refresh();
-        assert_ne!(d.as_bytes(), Date::at(0).as_bytes());
     }
 
     #[test]
@@ -1328,77 +952,9 @@ mod tests {
     }
 
     #[test]
-    fn a_session_is_small() {
+    fn a_session_is_the_40_bytes_the_module_doc_says() {
         // One per connection, a million connections.
-        assert!(
-            std::mem::size_of::<Session>() <= 96,
-            "{}",
-            std::mem::size_of::<Session>()
-        );
-    }
-
-    fn answers(input: &[u8], expected: &[u8]) -> Result<Vec<Answer>, Malformed> {
-        let mut got = Vec::new();
-        ResponseCheck::new().on_input(input, expected, |a| got.push(a))?;
-        Ok(got)
-    }
-
-    #[test]
-    fn the_check_reads_status_and_body_whatever_the_split() {
-        let (text, _) = answer(
-            b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /x HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
-        );
-        let stream = [b"HTTP/1.1 100 Continue\r\n\r\n", text.as_bytes()].concat();
-        let whole = answers(&stream, BODY).unwrap();
-        let ok = Answer {
-            status: 200,
-            body_ok: true,
-        };
-        let not_found = Answer {
-            status: 404,
-            body_ok: false,
-        };
-        assert_eq!(whole, [ok, not_found, ok]);
-        for cut in 0..=stream.len() {
-            let mut c = ResponseCheck::new();
-            let mut got = Vec::new();
-            c.on_input(&stream[..cut], BODY, |a| got.push(a)).unwrap();
-            c.on_input(&stream[cut..], BODY, |a| got.push(a)).unwrap();
-            assert_eq!(got, whole, "cut at {cut}");
-        }
-        let wrong = OK.replace("World", "Worle");
-        assert_eq!(
-            answers(wrong.as_bytes(), BODY).unwrap(),
-            [Answer {
-                status: 200,
-                body_ok: false
-            }]
-        );
-        let longer = OK.replace("13", "14") + "!";
-        assert!(!answers(longer.as_bytes(), BODY).unwrap()[0].body_ok);
-    }
-
-    #[test]
-    fn answers_the_check_cannot_frame_are_malformed() {
-        assert_eq!(
-            answers(b"HTTP/1.1 200 OK\r\n\r\nHello", BODY),
-            Err(Malformed)
-        );
-        assert_eq!(
-            answers(
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-                BODY
-            ),
-            Err(Malformed)
-        );
-        assert_eq!(answers(b"SSH-2.0-OpenSSH\r\n", BODY), Err(Malformed));
-        assert_eq!(answers(b"HTTP/1.1 20 OK\r\n", BODY), Err(Malformed));
-        assert_eq!(
-            answers(b"HTTP/1.1 204 No Content\r\n\r\n", BODY)
-                .unwrap()
-                .len(),
-            1
-        );
+        assert!(size_of::<Session>() <= 40, "{} bytes", size_of::<Session>());
     }
 
     /// A valid request: method, path, version, extra headers, body framing.
