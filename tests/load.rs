@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use c1m::uring::probe::Need;
 use common::{Engine, Server, free_ports, load, u};
 use serde_json::Value;
 
@@ -210,6 +211,9 @@ fn depth_keeps_several_requests_outstanding_on_each_connection() {
 
 #[test]
 fn several_source_addresses_are_used() {
+    if !common::kernel_has(Need::Bind, "several_source_addresses_are_used") {
+        return;
+    }
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port().to_string();
     let peers: Arc<Mutex<HashSet<IpAddr>>> = Arc::default();
@@ -308,6 +312,12 @@ fn merged_logs_equal_the_runs_they_came_from() {
 }
 
 fn batched_waits_on_both_sides_answer_every_request(engine: Engine) {
+    if !common::kernel_has(
+        Need::MinTimeout,
+        "batched_waits_on_both_sides_answer_every_request",
+    ) {
+        return;
+    }
     let ports = free_ports(2);
     let server = Server::start(engine, &ports, &["--batch-usec", "500"]);
     let (code, r) = load(

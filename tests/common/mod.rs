@@ -11,7 +11,17 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use c1m::uring::probe::{self, Need};
 use serde_json::Value;
+
+/// Whether this kernel has `need`; where it does not, says that `test` is skipped and why.
+pub fn kernel_has(need: Need, test: &str) -> bool {
+    let has = probe::has(need);
+    if !has {
+        eprintln!("skipped {test}: needs {}", need.describe());
+    }
+    has
+}
 
 /// The servers under test; every test of both runs as one case per engine (`per_engine!`).
 #[derive(Debug, Clone, Copy)]
