@@ -63,6 +63,8 @@ pub const CQ_ENTRIES: u32 = 16384;
 
 /// Completions a batched wait waits for before its minimum wait has passed.
 pub const BATCH_WANT: usize = 64;
+/// How long a batched wait with no deadline of its own sleeps at most (see `submit_and_wait`).
+const IDLE_WAIT: Duration = Duration::from_secs(60);
 
 /// The bytes a `send_vec` in flight owns, with the `user_data` whose completion ends it.
 struct SendVec {
@@ -200,19 +202,21 @@ impl<K: Op> Ring<K> {
     /// Submits what is queued and waits for at least one completion, or until `timeout`.
     pub fn submit_and_wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         self.enters += 1;
-        let want = if self.batch_usec > 0 { BATCH_WANT } else { 1 };
-        let res = match timeout {
-            None if self.batch_usec == 0 => self.uring.submit_and_wait(1),
-            None => {
-                let args = types::SubmitArgs::new().min_wait_usec(self.batch_usec);
-                self.uring.submitter().submit_with_args(want, &args)
-            }
-            Some(t) => {
+        let res = match (timeout, self.batch_usec) {
+            (None, 0) => self.uring.submit_and_wait(1),
+            (Some(t), 0) => {
                 let ts = types::Timespec::from(t);
-                let args = types::SubmitArgs::new()
-                    .timespec(&ts)
-                    .min_wait_usec(self.batch_usec);
-                self.uring.submitter().submit_with_args(want, &args)
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.uring.submitter().submit_with_args(1, &args)
+            }
+            (t, usec) => {
+                // Without a general timeout, the end of the minimum wait wakes the waiter
+                // even when nothing completed (io_cqring_min_timer_wakeup: "no general
+                // timeout ... we are done"), so an idle ring would wake every `usec`; with
+                // one, it goes back to sleep until a completion or the timeout.
+                let ts = types::Timespec::from(t.unwrap_or(IDLE_WAIT));
+                let args = types::SubmitArgs::new().timespec(&ts).min_wait_usec(usec);
+                self.uring.submitter().submit_with_args(BATCH_WANT, &args)
             }
         };
         match res {
