@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::plan::EngineKind;
 use crate::proto::http::Limits;
 use crate::timer::{LINGER, Timeouts};
 
@@ -169,12 +170,13 @@ pub struct ServerArgs {
     #[arg(long, default_value = "30", value_name = "SECONDS")]
     pub header_timeout: f64,
 
-    /// Batch wake-ups: once an event is there, a shard waits up to this many microseconds
-    /// for more (io_uring: up to 64 completions, kernel 6.12+; epoll: one sleep, then the
-    /// events gathered meanwhile). Fewer wake-ups when each shard sees few events at a time
-    /// (1M connections over many shards per core), at up to this much added latency. 0: off.
-    #[arg(long, default_value_t = 0, value_name = "USEC")]
-    pub batch_usec: u32,
+    /// Batch wake-ups: a shard's wait for events may take up to this many microseconds to
+    /// gather more once one is there (io_uring: up to 64 completions, the kernel's minimum
+    /// wait, 6.12+; epoll: one sleep, then the events gathered meanwhile). Fewer wake-ups,
+    /// at up to this much added latency; at saturation no wait is added. 0: off. Default:
+    /// each engine's measured best (uring-server 200, epoll-server 0; bench/results/README.md).
+    #[arg(long, value_name = "USEC")]
+    pub batch_usec: Option<u32>,
 
     /// Print a stats line every second.
     #[arg(long)]
@@ -355,7 +357,21 @@ pub struct LoadArgs {
     pub quiet: bool,
 }
 
+/// `--batch-usec` when it is not given, per engine (see the flag).
+pub const fn default_batch_usec(engine: EngineKind) -> u32 {
+    match engine {
+        EngineKind::Uring => 200,
+        EngineKind::Epoll => 0,
+    }
+}
+
 impl ServerArgs {
+    /// `--batch-usec` for `engine`: as given, else that engine's default.
+    pub fn batch_usec(&self, engine: EngineKind) -> u32 {
+        self.batch_usec
+            .unwrap_or_else(|| default_batch_usec(engine))
+    }
+
     /// The connection timeouts the shards enforce (a header timeout only for HTTP).
     pub fn timeouts(&self) -> Timeouts {
         let on = |s: f64| (s > 0.0).then(|| Duration::from_secs_f64(s));

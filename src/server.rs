@@ -259,7 +259,7 @@ pub fn serve<E: Engine>(
             shutdown_timeout: timeout,
             http: args.http(),
             timeouts: args.timeouts(),
-            batch_usec: args.batch_usec,
+            batch_usec: args.batch_usec(E::KIND),
             gate: gate.clone(),
         });
     }

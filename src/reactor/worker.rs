@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::cli::ServerArgs;
 use crate::error::{Error, Result};
-use crate::plan::Plan;
+use crate::plan::{EngineKind, Plan};
 use crate::server;
 use crate::stats::{self, Counters, Summary};
 use crate::sys;
@@ -68,7 +68,7 @@ fn spawn(
         .args(["--max-body-bytes", &args.max_body_bytes.to_string()])
         .args(["--idle-timeout", &args.idle_timeout.to_string()])
         .args(["--header-timeout", &args.header_timeout.to_string()])
-        .args(["--batch-usec", &args.batch_usec.to_string()])
+        .args(["--batch-usec", &args.batch_usec(EngineKind::Epoll).to_string()])
         .args([
             "--worker-index",
             &index.to_string(),
