@@ -96,6 +96,8 @@ impl Gate {
 pub trait Engine: Sync {
     const NAME: &'static str;
     const KIND: EngineKind;
+    /// `--batch-usec` as this engine resolved it (its shards get it in `ShardCtx`).
+    fn batch_usec(&self) -> u32;
     fn run_shard(&self, ctx: ShardCtx, ready: &mut dyn FnMut()) -> io::Result<Counters>;
 }
 
@@ -259,7 +261,7 @@ pub fn serve<E: Engine>(
             shutdown_timeout: timeout,
             http: args.http(),
             timeouts: args.timeouts(),
-            batch_usec: args.batch_usec(E::KIND),
+            batch_usec: engine.batch_usec(),
             gate: gate.clone(),
         });
     }

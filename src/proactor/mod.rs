@@ -8,12 +8,13 @@ pub mod shard;
 
 use std::io;
 
-use crate::cli::UringArgs;
+use crate::cli::{self, UringArgs};
 use crate::error::{Error, Result};
 use crate::plan::{EngineKind, Plan};
 use crate::server::{self, Engine, Output, ShardCtx};
 use crate::stats::{Counters, Summary};
 use crate::sys;
+use crate::uring::probe::{self, Need};
 use crate::uring::{CQ_ENTRIES, RingConfig, SQ_ENTRIES};
 use shard::Shard;
 
@@ -25,6 +26,7 @@ struct UringConfig {
     buf_size: u32,
     /// Fixed-file slots per ring, from the plan.
     table_slots: u32,
+    batch_usec: u32,
 }
 
 impl UringConfig {
@@ -33,6 +35,23 @@ impl UringConfig {
             bufs: args.bufs,
             buf_size: args.buf_size,
             table_slots: plan.table_slots,
+            batch_usec: batch_usec(args),
+        }
+    }
+}
+
+/// `--batch-usec` as given; when not given, the default where the kernel has the minimum
+/// wait (6.12+), else off: the default must not make an older kernel refuse to start.
+fn batch_usec(args: &UringArgs) -> u32 {
+    match args.server.batch_usec {
+        Some(usec) => usec,
+        None if probe::has(Need::MinTimeout) => cli::default_batch_usec(EngineKind::Uring),
+        None => {
+            eprintln!(
+                "uring-server: batched waits off: they need {}",
+                Need::MinTimeout.describe()
+            );
+            0
         }
     }
 }
@@ -40,6 +59,10 @@ impl UringConfig {
 impl Engine for UringConfig {
     const NAME: &'static str = "uring";
     const KIND: EngineKind = EngineKind::Uring;
+
+    fn batch_usec(&self) -> u32 {
+        self.batch_usec
+    }
 
     fn run_shard(&self, ctx: ShardCtx, ready: &mut dyn FnMut()) -> io::Result<Counters> {
         let ring = RingConfig {

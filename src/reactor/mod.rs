@@ -22,12 +22,14 @@ use shard::Shard;
 struct EpollConfig {
     /// Connections each shard may hold: its share of the process's fds.
     cap: usize,
+    batch_usec: u32,
 }
 
 impl EpollConfig {
-    fn new(plan: &Plan) -> EpollConfig {
+    fn new(args: &ServerArgs, plan: &Plan) -> EpollConfig {
         EpollConfig {
             cap: plan.shard_cap as usize,
+            batch_usec: args.batch_usec(EngineKind::Epoll),
         }
     }
 }
@@ -35,6 +37,10 @@ impl EpollConfig {
 impl Engine for EpollConfig {
     const NAME: &'static str = "epoll";
     const KIND: EngineKind = EngineKind::Epoll;
+
+    fn batch_usec(&self) -> u32 {
+        self.batch_usec
+    }
 
     fn run_shard(&self, ctx: ShardCtx, ready: &mut dyn FnMut()) -> io::Result<Counters> {
         let shard = Shard::new(ctx, self.cap)?;
@@ -59,7 +65,7 @@ pub fn run(args: &EpollArgs) -> Result<Summary> {
     }
     let listeners = server::bind_listeners(&args.server, plan.shards(), true, sys::LISTEN_BACKLOG)?;
     server::serve(
-        &EpollConfig::new(&plan),
+        &EpollConfig::new(&args.server, &plan),
         &args.server,
         &plan,
         &plan.shard_cpus,
@@ -86,7 +92,7 @@ fn run_worker(args: &ServerArgs, cpu: usize, cap: u64, gate_fd: Option<i32>) -> 
     let listeners = server::bind_listeners(args, 1, true, sys::LISTEN_BACKLOG)?;
     let plan = plan::worker(cpu, cap);
     server::serve(
-        &EpollConfig::new(&plan),
+        &EpollConfig::new(args, &plan),
         args,
         &plan,
         &plan.shard_cpus,
