@@ -390,22 +390,7 @@ impl Drop for Churn {
 /// A socket bound to `src` whose port connect(2) picks against the whole 4-tuple.
 fn churn_socket(src: Ipv4Addr) -> Result<Socket, Fail> {
     let s = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(|e| Fail::io("socket", e))?;
-    let one: libc::c_int = 1;
-    // IP_BIND_ADDRESS_NO_PORT has no safe setter in socket2 or in c1m::sys.
-    // SAFETY: setsockopt(2) on a socket `s` owns, with a pointer to a live local c_int and
-    // its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(Fail::io("setsockopt", std::io::Error::last_os_error()));
-    }
+    c1m::sys::set_bind_address_no_port(s.as_raw_fd()).map_err(|e| Fail::io("setsockopt", e))?;
     s.bind(&SockAddr::from(SocketAddrV4::new(src, 0)))
         .map_err(|e| Fail::io("bind", e))?;
     Ok(s)

@@ -312,21 +312,9 @@ const CHURN_THREADS: u8 = 8;
 /// picks the port for the whole 4-tuple, as with no bind at all. A plain bind() to port 0
 /// would need a port free on that address for every connection, TIME_WAIT ones included:
 /// 25,000 per address over the two engines, near the 28,232 of ip_local_port_range
-/// (32768-60999), with other jobs here holding thousands more on 127.0.0.x. Neither socket2
-/// nor `c1m::sys` has a setter for it: raw setsockopt(2).
+/// (32768-60999), with other jobs here holding thousands more on 127.0.0.x.
 fn bind_address_no_port(s: &Socket) {
-    let one: libc::c_int = 1;
-    // SAFETY: setsockopt(2) on the fd `s` owns, reading a live c_int of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            (&raw const one).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    c1m::sys::set_bind_address_no_port(s.as_raw_fd()).expect("IP_BIND_ADDRESS_NO_PORT");
 }
 
 /// `per_thread` connections from each of 127.0.0.1..=8, round robin over `ports`: each

@@ -68,7 +68,10 @@ fn spawn(
         .args(["--max-body-bytes", &args.max_body_bytes.to_string()])
         .args(["--idle-timeout", &args.idle_timeout.to_string()])
         .args(["--header-timeout", &args.header_timeout.to_string()])
-        .args(["--batch-usec", &args.batch_usec(EngineKind::Epoll).to_string()])
+        .args([
+            "--batch-usec",
+            &args.batch_usec(EngineKind::Epoll).to_string(),
+        ])
         .args([
             "--worker-index",
             &index.to_string(),

@@ -43,6 +43,19 @@ fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()
     .map(drop)
 }
 
+/// IP_BIND_ADDRESS_NO_PORT (Linux 4.2+) on socket `fd`: a later bind() sets only the source
+/// address and connect() picks the port for the whole 4-tuple, as with no bind at all.
+pub fn set_bind_address_no_port(fd: RawFd) -> io::Result<()> {
+    setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1)
+}
+
+/// Clock ticks per second, the unit of /proc's CPU times.
+pub fn clock_ticks_per_sec() -> u64 {
+    // SAFETY: sysconf(3) reads a constant of the system and touches no memory of ours.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(hz).unwrap_or(100)
+}
+
 /// A `sockaddr_in` for an IPv4 socket address.
 pub fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
     libc::sockaddr_in {
