@@ -6,7 +6,7 @@ mod common;
 use std::net::TcpListener;
 use std::process::Command;
 
-use common::{ENGINES, first_port, free_ports, load, u};
+use common::{Engine, first_port, free_ports, load, u};
 
 fn run(bin: &str, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(bin).args(args).output().expect("run binary");
@@ -17,62 +17,61 @@ fn run(bin: &str, args: &[&str]) -> (i32, String, String) {
     )
 }
 
-#[test]
-fn port_in_use_is_a_clear_error() {
-    for engine in ENGINES {
-        let ports = free_ports(1);
-        let _holder = TcpListener::bind(("127.0.0.1", first_port(&ports))).unwrap();
-        let (code, _, err) = run(engine.binary(), &["--host", "127.0.0.1", "--ports", &ports]);
-        assert_eq!(code, 1, "{engine:?}: {err}");
-        assert!(
-            err.contains(&format!("127.0.0.1:{ports} is already in use")),
-            "{err}"
-        );
-        assert!(!err.contains("panicked"), "{err}");
-    }
+fn port_in_use_is_a_clear_error(engine: Engine) {
+    let ports = free_ports(1);
+    let _holder = TcpListener::bind(("127.0.0.1", first_port(&ports))).unwrap();
+    let (code, _, err) = run(engine.binary(), &["--host", "127.0.0.1", "--ports", &ports]);
+    assert_eq!(code, 1, "{engine:?}: {err}");
+    assert!(
+        err.contains(&format!("127.0.0.1:{ports} is already in use")),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
 }
 
-#[test]
-fn bad_flags_say_what_is_wrong() {
-    for engine in ENGINES {
-        let bin = engine.binary();
-        let (code, _, err) = run(bin, &["--ports", "0"]);
-        assert_eq!(code, 2);
-        assert!(err.contains("port 0 is not a port"), "{err}");
-        let (code, _, err) = run(bin, &["--ports", "7000-6000"]);
-        assert_eq!(code, 2);
-        assert!(err.contains("runs backwards"), "{err}");
-        let (code, _, err) = run(
-            bin,
-            &[
-                "--host",
-                "127.0.0.1",
-                "--ports",
-                &free_ports(1),
-                "--cores",
-                "0",
-            ],
-        );
-        assert_eq!(code, 2, "{err}");
-        assert!(err.contains("--cores must be at least 1"), "{err}");
-        let (code, _, err) = run(
-            bin,
-            &["--host", "10.255.255.254", "--ports", &free_ports(1)],
-        );
-        assert_eq!(code, 2, "{err}");
+fn bad_flags_say_what_is_wrong(engine: Engine) {
+    let bin = engine.binary();
+    let (code, _, err) = run(bin, &["--ports", "0"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("port 0 is not a port"), "{err}");
+    let (code, _, err) = run(bin, &["--ports", "7000-6000"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("runs backwards"), "{err}");
+    let (code, _, err) = run(
+        bin,
+        &[
+            "--host",
+            "127.0.0.1",
+            "--ports",
+            &free_ports(1),
+            "--cores",
+            "0",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--cores must be at least 1"), "{err}");
+    let (code, _, err) = run(
+        bin,
+        &["--host", "10.255.255.254", "--ports", &free_ports(1)],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("no interface of this machine has that address"),
+        "{err}"
+    );
+    for (flag, v) in [("--idle-timeout", "-1"), ("--header-timeout", "1e12")] {
+        let (code, _, err) = run(bin, &["--ports", &free_ports(1), &format!("{flag}={v}")]);
+        assert_eq!(code, 2, "{flag} {v}: {err}");
         assert!(
-            err.contains("no interface of this machine has that address"),
+            err.contains(&format!("{flag} must be a number of seconds from 0")),
             "{err}"
         );
-        for (flag, v) in [("--idle-timeout", "-1"), ("--header-timeout", "1e12")] {
-            let (code, _, err) = run(bin, &["--ports", &free_ports(1), &format!("{flag}={v}")]);
-            assert_eq!(code, 2, "{flag} {v}: {err}");
-            assert!(
-                err.contains(&format!("{flag} must be a number of seconds from 0")),
-                "{err}"
-            );
-        }
     }
+}
+common::per_engine!(port_in_use_is_a_clear_error, bad_flags_say_what_is_wrong);
+
+#[test]
+fn bad_buffer_flags_say_what_is_wrong() {
     let (code, _, err) = run(env!("CARGO_BIN_EXE_uring-server"), &["--bufs", "3"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--bufs 3 must be a power of two"), "{err}");
