@@ -30,8 +30,6 @@ pub enum Engine {
     Epoll,
 }
 
-pub const ENGINES: [Engine; 2] = [Engine::Uring, Engine::Epoll];
-
 /// One `#[test]` per engine for each test body `fn NAME(engine: Engine)` named:
 /// `per_engine!(NAME)` adds `mod NAME { #[test] fn uring() .. #[test] fn epoll() .. }`
 /// beside the body, so a failure names its engine (`NAME::epoll`) and the other engine's
