@@ -17,7 +17,8 @@ const FD_RESERVE: u64 = 64;
 /// capped by RLIMIT_NOFILE: see `load_shards`).
 const LOAD_CONNS_PER_RING: u64 = 16_000;
 /// Kernel memory one server-side connection costs, measured here: half of 7.8 KB per idle
-/// loopback pair, plus about 870 B for its armed multishot recv (DESIGN.md).
+/// loopback pair, plus about 870 B for its armed multishot recv (ARCHITECTURE.md, measured
+/// facts).
 pub const KERNEL_BYTES_PER_CONN: u64 = 4_800;
 /// Connections per bucket of the kernel's established hash above which the server warns.
 const EHASH_CHAIN_WARN: u64 = 2;

@@ -111,7 +111,8 @@ impl HostLimits {
 
 #[cfg(test)]
 impl HostLimits {
-    /// The limits of this project's machines (DESIGN.md), for tests of the pure planning code.
+    /// The limits of this project's machines (ARCHITECTURE.md, measured facts), for tests of
+    /// the pure planning code.
     pub fn measured_here() -> Self {
         HostLimits {
             nofile_soft: 20_000,
