@@ -37,13 +37,14 @@ for rep in $(seq 1 "$reps"); do
         pid=$!
         for _ in $(seq 1 100); do grep -q listening "$tmp/server.out" && break; sleep 0.1; done
         grep -q listening "$tmp/server.out" || { cat "$tmp/server.out" >&2; kill "$pid"; exit 1; }
+        load_rc=0
         taskset -c 1 "$bin/uring-load" --ports "$port" --conns "$conns" --rate "$rate" \
-            --duration "$dur" --warmup 1 --json "$tmp/load.json" >/dev/null 2>&1
+            --duration "$dur" --warmup 1 --json "$tmp/load.json" >/dev/null 2>&1 || load_rc=$?
         kill -TERM "$pid"
-        wait "$pid"
-        python3 - "$eng" "$usec" "$tmp" <<'PY'
+        wait "$pid" || { echo "$eng-server exited with $?" >&2; exit 1; }
+        python3 - "$eng" "$usec" "$tmp" "$load_rc" <<'PY'
 import json, sys
-eng, usec, tmp = sys.argv[1:4]
+eng, usec, tmp, rc = sys.argv[1:5]
 load = json.load(open(f"{tmp}/load.json"))
 srv = json.load(open(f"{tmp}/server.json"))
 t = srv["totals"]
@@ -52,7 +53,8 @@ reqs = t["bytes_out"] / load["size"]
 lat = load["latency_us"]
 print(f"{eng:5} batch {int(usec):4} us  req/s {load['throughput_rps']:8.0f}  "
       f"cpu {cpu * 1e6 / reqs:6.2f} us/req  p50 {lat['p50']:6} us  p99 {lat['p99']:6} us  "
-      f"syscalls {t['syscalls'] / reqs:.3f}/req")
+      f"syscalls {t['syscalls'] / reqs:.3f}/req"
+      + ("" if rc == "0" else f"  (uring-load exit {rc}: {load['errors']})"))
 PY
     done
 done
