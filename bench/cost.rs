@@ -128,8 +128,10 @@ impl Server {
 /// Other processes' CPU on the server's CPUs (% of a CPU) past which a run is listed as shared.
 const SHARED_PCT: f64 = 10.0;
 
-/// Connections per server port: a port takes ip_local_port_range's ~28,000 from one source.
-const CONNS_PER_PORT: u64 = 20_000;
+/// Connections per server port: the kernel's search for a free ephemeral port to one
+/// destination slows as that destination's share of ip_local_port_range fills (measured
+/// here: 20,000 connections to one port take 5 s to connect, over 8 ports 0.5 s).
+const CONNS_PER_PORT: u64 = 2_500;
 
 fn main() {
     // Runs of 3 s after 1 s of warm-up, once each: the default run fits in 5 minutes.
@@ -175,14 +177,28 @@ fn bench(o: &Opts) -> Result<(), String> {
         return Err("nginx not found (apt-get install -y nginx-light)".into());
     }
     let started = Instant::now();
-    let servers = Server::all(o.proto);
-    let total = o.conns.len() * servers.len() * (1 + o.loads.len()) * o.runs.reps;
+    let nofile = c1m::sys::limits::HostLimits::read()
+        .map_err(|e| format!("reading the host's limits: {e}"))?
+        .nofile_hard;
+    let mut skipped = Vec::new();
+    let servers_at = |conns: u64| -> Vec<Server> {
+        Server::all(o.proto)
+            .into_iter()
+            .filter(|s| cannot_hold(*s, conns, nofile).is_none())
+            .collect()
+    };
+    let total: usize = o
+        .conns
+        .iter()
+        .map(|c| servers_at(*c).len() * (1 + o.loads.len()) * o.runs.reps)
+        .sum();
     let mut runs: Vec<Run> = Vec::new();
     let mut axes = Vec::new();
     let mut group = 0;
     let mut each = |runs: &mut Vec<Run>, conns: u64, load: Option<(u32, f64)>| {
+        let servers = servers_at(conns);
         for rep in 0..o.runs.reps {
-            let mut order = servers;
+            let mut order = servers.clone();
             order.rotate_left(group % servers.len());
             group += 1;
             for kind in order {
@@ -209,8 +225,14 @@ fn bench(o: &Opts) -> Result<(), String> {
         Ok::<_, String>(())
     };
     for &conns in &o.conns {
+        for s in Server::all(o.proto) {
+            if let Some(why) = cannot_hold(s, conns, nofile) {
+                eprintln!("cost: {conns} conns: {} not run: {why}", s.name());
+                skipped.push(json!({ "conns": conns, "server": s.name(), "why": why }));
+            }
+        }
         each(&mut runs, conns, None)?;
-        let (axis, of) = servers
+        let (axis, of) = servers_at(conns)
             .iter()
             .map(|s| (median_of(&runs, conns, *s, None, |r| r.rps), *s))
             .min_by(|a, b| a.0.total_cmp(&b.0))
@@ -220,7 +242,21 @@ fn bench(o: &Opts) -> Result<(), String> {
             each(&mut runs, conns, Some((pct, axis * f64::from(pct) / 100.0)))?;
         }
     }
-    write_results(o, &runs, &axes, started.elapsed().as_secs_f64())
+    write_results(o, &runs, &axes, &skipped, started.elapsed().as_secs_f64())
+}
+
+/// Why `kind` cannot hold `conns` connections on this host, if it cannot: the tokio peer is
+/// one process with a descriptor per connection, under RLIMIT_NOFILE's hard limit `nofile`
+/// (ours plan rings or workers past it, nginx adds workers).
+fn cannot_hold(kind: Server, conns: u64, nofile: u64) -> Option<String> {
+    // Listeners, the runtime's own descriptors, stdio.
+    const SPARE: u64 = 1024;
+    (kind == Server::Tokio && conns + SPARE > nofile).then(|| {
+        format!(
+            "one process with a descriptor per connection, and RLIMIT_NOFILE's hard limit here is \
+             {nofile} (raising it needs CAP_SYS_RESOURCE)"
+        )
+    })
 }
 
 /// What one run measured.
@@ -402,18 +438,11 @@ impl Serving {
                 (Process::Spawned(p), Some(stats))
             }
             Server::Tokio => {
-                // A descriptor per connection, past RLIMIT_NOFILE's 20000 here at --full.
-                let nofile = (conns + 1024).max(20_000);
                 let me = std::env::current_exe().map_err(|e| format!("this bench's path: {e}"))?;
                 let p = common::Proc::try_server_on(
                     cpus,
-                    "prlimit",
-                    &[
-                        &format!("--nofile={nofile}:{nofile}"),
-                        me.to_str().unwrap(),
-                        "--serve-tokio",
-                        ports,
-                    ],
+                    me.to_str().unwrap(),
+                    &["--serve-tokio", ports],
                 )?;
                 (Process::Spawned(p), None)
             }
@@ -618,6 +647,8 @@ fn serve_tokio(ports: &PortList) -> ! {
         eprintln!("tokio peer: {e}");
         std::process::exit(1)
     };
+    // A descriptor per connection: up to the hard limit, as any server raises it.
+    c1m::sys::limits::raise_nofile().unwrap_or_else(|e| fail(format!("RLIMIT_NOFILE: {e}")));
     let cpus = c1m::sys::allowed_cpus().unwrap_or_else(|e| fail(format!("sched_getaffinity: {e}")));
     let (ready, up) = std::sync::mpsc::channel();
     let threads: Vec<_> = cpus
@@ -819,7 +850,13 @@ fn locked(name: &str) -> String {
     String::new()
 }
 
-fn write_results(o: &Opts, runs: &[Run], axes: &[Value], secs: f64) -> Result<(), String> {
+fn write_results(
+    o: &Opts,
+    runs: &[Run],
+    axes: &[Value],
+    skipped: &[Value],
+    secs: f64,
+) -> Result<(), String> {
     let cmd = if o.argv.is_empty() {
         "cargo bench --bench cost".to_string()
     } else {
@@ -845,9 +882,9 @@ fn write_results(o: &Opts, runs: &[Run], axes: &[Value], secs: f64) -> Result<()
         Proto::Http => (
             "HTTP/1.1 `GET /plaintext`",
             format!(
-                "{} (`worker_processes {}`, `return 200`, no access log)",
+                "{} (a worker per server CPU, more where the connections need them: each holds at \
+                 most RLIMIT_NOFILE's; `return 200`, no access log)",
                 version("nginx", "-v"),
-                o.cpus.server_cpus.count()
             ),
         ),
     };
@@ -921,17 +958,31 @@ fn write_results(o: &Opts, runs: &[Run], axes: &[Value], secs: f64) -> Result<()
                 .iter()
                 .map(|s| point(runs, conns, *s, load))
                 .collect();
+            // A server not run at this count has no figures (NaN): n/a.
             let three = |f: &dyn Fn(&Point) -> f64, prec: usize| {
                 ps.iter()
-                    .map(|p| format!("{:.prec$}", f(p)))
+                    .map(|p| {
+                        let v = f(p);
+                        if v.is_finite() {
+                            format!("{v:.prec$}")
+                        } else {
+                            "n/a".into()
+                        }
+                    })
                     .collect::<Vec<_>>()
                     .join(" / ")
             };
-            let (best, peer) = ps[1..]
+            let ratio = ps[1..]
                 .iter()
-                .map(|p| (p.cpu_us_per_req, p.server))
-                .min_by(|a, b| a.0.total_cmp(&b.0))
-                .unwrap();
+                .filter(|p| p.cpu_us_per_req.is_finite())
+                .min_by(|a, b| a.cpu_us_per_req.total_cmp(&b.cpu_us_per_req))
+                .map_or("n/a".into(), |best| {
+                    format!(
+                        "{:.2} ({})",
+                        ps[0].cpu_us_per_req / best.cpu_us_per_req.max(1e-9),
+                        best.server
+                    )
+                });
             let (label, asked) = match load {
                 Some(p) => (
                     format!("{p} %"),
@@ -944,10 +995,9 @@ fn write_results(o: &Opts, runs: &[Run], axes: &[Value], secs: f64) -> Result<()
             };
             let _ = writeln!(
                 md,
-                "| {label} | {asked} | {} | {} | {:.2} ({peer}) | {} | {} | {} | {} |",
+                "| {label} | {asked} | {} | {} | {ratio} | {} | {} | {} | {} |",
                 three(&|p| p.rps, 0),
                 three(&|p| p.cpu_us_per_req, 2),
-                ps[0].cpu_us_per_req / best.max(1e-9),
                 three(&|p| p.p50_us, 0),
                 three(&|p| p.p99_us, 0),
                 ps[..2]
@@ -983,6 +1033,15 @@ fn write_results(o: &Opts, runs: &[Run], axes: &[Value], secs: f64) -> Result<()
             points.extend(ps);
         }
         let _ = writeln!(md);
+    }
+    for s in skipped {
+        let _ = writeln!(
+            md,
+            "Not run at {} connections: {}: {}.\n",
+            s["conns"],
+            s["server"].as_str().unwrap_or(""),
+            s["why"].as_str().unwrap_or("")
+        );
     }
     if troubles.is_empty() {
         let _ = writeln!(
@@ -1033,7 +1092,7 @@ fn write_results(o: &Opts, runs: &[Run], axes: &[Value], secs: f64) -> Result<()
         "command": cmd, "proto": proto, "peer": peer, "servers": names,
         "server_cpus": o.cpus.server_cpus.as_str(), "load_cpus": o.cpus.load_cpus.as_str(),
         "reps": o.runs.reps, "duration_s": o.runs.duration, "warmup_s": o.runs.warmup,
-        "loads_pct": o.loads, "rate_axes": axes, "irq_time_accounting": irq_time_accounting(), "seconds": secs, "points": points, "runs": runs,
+        "loads_pct": o.loads, "rate_axes": axes, "not_run": skipped, "irq_time_accounting": irq_time_accounting(), "seconds": secs, "points": points, "runs": runs,
     });
     write(
         "json",
