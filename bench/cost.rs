@@ -5,8 +5,9 @@
 //! 90 % of the lowest of those saturations: one rate axis per connection count, so every server
 //! carries every point and the points compare like for like. The servers: `uring-server` and
 //! `epoll-server` at their default flags (only ports, cores, max-conns and stats-json given),
-//! and a peer: for echo a tokio echo server (this bench re-executed with `--serve-tokio`), for
-//! `--proto http` nginx (one worker per server CPU, `return 200`). One server at a time runs
+//! and a peer: for echo a tokio echo server (this bench re-executed with `--serve-tokio`; not
+//! run where one process cannot hold the connections), for `--proto http` nginx (a worker per
+//! server CPU, more past RLIMIT_NOFILE; `return 200`). One server at a time runs
 //! pinned to the server CPUs, driven by `uring-load` pinned to the load CPUs; every run starts
 //! a fresh server and the servers take turns, the order rotating every group of runs.
 //!
@@ -20,6 +21,9 @@
 //!   coordinated omission; closed loop: from when it was issued).
 //! - syscalls per request: our servers' own count (`--stats-json` totals.syscalls) over their
 //!   whole run per request they served; the peers have no such count.
+//! - busy: the server CPUs' time not idle (/proc/stat, exact under NO_HZ) over the same span;
+//!   what of it the server was not charged for is listed per run past 10 % of a CPU, since
+//!   this machine is shared and other work there is noise in every figure.
 //!
 //! Writes bench/results/cost-<date>-<kernel>.md, .json (every run as measured) and .svg (CPU
 //! per request and p99 against load), `cost-http-...` with `--proto http`. Flags: `-- --help`.
