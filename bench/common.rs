@@ -5,8 +5,11 @@
 #![allow(dead_code)] // each bench uses its own part
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
+use std::sync::mpsc::RecvTimeoutError;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -130,36 +133,78 @@ impl CpuList {
 
 pub struct Proc {
     pub child: Child,
+    /// What the process wrote on stderr (its first `STDERR_KEPT` bytes).
+    stderr: Arc<Mutex<String>>,
 }
+
+/// How much of a server's stderr is kept to show when it fails.
+const STDERR_KEPT: usize = 64 * 1024;
 
 impl Proc {
     /// Starts `bin args` pinned to the CPUs `cpus` (a taskset list) and waits for its
     /// "listening on" line.
     pub fn server_on(cpus: &str, bin: &str, args: &[&str]) -> Proc {
+        Proc::try_server_on(cpus, bin, args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `server_on` that returns an error, with what the server wrote on stderr, when it
+    /// exits before its "listening on" line or is not ready within 20 s (then it is killed).
+    pub fn try_server_on(cpus: &str, bin: &str, args: &[&str]) -> Result<Proc, String> {
         let mut child = Command::new("taskset")
             .args(["-c", cpus, bin])
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
-            .expect("start server (taskset from util-linux)");
+            .map_err(|e| format!("start {bin} (taskset from util-linux): {e}"))?;
         let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        {
+            let stderr = stderr.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    let mut s = stderr.lock().unwrap();
+                    if s.len() < STDERR_KEPT {
+                        s.push_str(&line);
+                        s.push('\n');
+                    }
+                }
+            });
+        }
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
                 let _ = tx.send(line);
             }
         });
+        let mut p = Proc { child, stderr };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(l) if l.starts_with("listening on") => break,
                 Ok(_) => {}
-                Err(_) => panic!("{bin} not ready"),
+                Err(e) => {
+                    let why = match e {
+                        RecvTimeoutError::Timeout => "not ready within 20 s".to_string(),
+                        RecvTimeoutError::Disconnected => "exited before listening".to_string(),
+                    };
+                    // By PID: a child not reaped yet.
+                    let _ = p.child.kill();
+                    let st = p.child.wait().map(|s| s.to_string()).unwrap_or_default();
+                    // The stderr reader ends with the process; give it a moment to catch up.
+                    std::thread::sleep(Duration::from_millis(50));
+                    return Err(format!("{bin} {why} ({st}); its stderr:\n{}", p.stderr()));
+                }
             }
         }
         std::thread::spawn(move || for _ in rx {});
-        Proc { child }
+        Ok(p)
+    }
+
+    /// What the process has written on stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
     }
 
     /// CPU seconds (user, sys) used so far by the process and its threads.
@@ -216,9 +261,32 @@ pub fn cpu_of(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(") ").map(|x| x.1).unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
-    let hz = c1m::sys::clock_ticks_per_sec() as f64;
+    let hz = clock_ticks();
     let get = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / hz;
     (get(11), get(12)) // utime, stime (fields 14 and 15 of stat)
+}
+
+/// The unit of /proc's CPU times: ticks per second (USER_HZ).
+fn clock_ticks() -> f64 {
+    c1m::sys::clock_ticks_per_sec() as f64
+}
+
+/// Seconds the CPUs `cpus` were idle (idle and iowait time in /proc/stat, summed): unlike its
+/// busy times, which are sampled at each tick, the kernel measures these exactly when the
+/// tick stops in idle (NO_HZ).
+pub fn cpus_idle(cpus: &[usize]) -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: f64 = stat
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let cpu: usize = f.next()?.strip_prefix("cpu")?.parse().ok()?;
+            let v: Vec<f64> = f.filter_map(|v| v.parse().ok()).collect();
+            // user nice system idle iowait ...
+            (cpus.contains(&cpu) && v.len() >= 5).then(|| v[3] + v[4])
+        })
+        .sum();
+    ticks / clock_ticks()
 }
 
 pub fn kernel() -> String {
@@ -310,4 +378,114 @@ pub fn status_sum(pids: &[u32], field: &str, per_thread: bool) -> u64 {
             }
         })
         .sum()
+}
+
+/// (user, sys) CPU seconds of the processes `pids`, summed.
+pub fn cpu_of_all(pids: &[u32]) -> (f64, f64) {
+    pids.iter()
+        .map(|&p| cpu_of(p))
+        .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1))
+}
+
+/// `count` consecutive ports on 127.0.0.1 that are free now, as a range `A-B` for `--ports`;
+/// the base is picked at random, so runs one after the other rarely meet the previous run's
+/// sockets in TIME_WAIT.
+pub fn free_ports(count: usize) -> String {
+    loop {
+        let base = 30_000 + (std::process::id() as usize * 7 + rand_ish()) % 20_000;
+        let ok = (base..base + count)
+            .all(|p| std::net::TcpListener::bind(("127.0.0.1", p as u16)).is_ok());
+        if ok {
+            return format!("{}-{}", base, base + count - 1);
+        }
+    }
+}
+
+fn rand_ish() -> usize {
+    Instant::now().elapsed().subsec_nanos() as usize
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos() as usize
+}
+
+/// nginx's request counter (stub_status), on a location of its own off the measured path.
+pub const NGINX_STATUS_PATH: &str = "/c1m-stub-status";
+
+/// The connections an nginx worker holds at most once reuseport has spread them: each worker
+/// is bound by RLIMIT_NOFILE (20000 here, and without CAP_SYS_RESOURCE nginx cannot raise
+/// it), and the spread is uneven, hence the slack.
+const NGINX_CONNS_PER_WORKER: u64 = 16_000;
+
+/// nginx's configuration: `workers` worker processes, no access log, keep-alive for the whole
+/// run, `return 200 "Hello, World!"` on every path but the status one, and 20000 connections
+/// per worker, which RLIMIT_NOFILE's 20000 here allows.
+fn nginx_conf(dir: &Path, ports: &[u16], workers: usize) -> String {
+    let d = dir.display();
+    let listen: String = ports
+        .iter()
+        .map(|p| format!("    listen 127.0.0.1:{p} reuseport backlog=65535;\n"))
+        .collect();
+    format!(
+        "worker_processes {workers};\ndaemon off;\nmaster_process on;\npid {d}/nginx.pid;\n\
+         error_log {d}/error.log;\nevents {{ worker_connections 20000; }}\nhttp {{\n  access_log off;\n  \
+         keepalive_requests 1000000;\n  keepalive_timeout 75s;\n  client_body_temp_path {d}/body;\n  \
+         proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  \
+         scgi_temp_path {d}/scgi;\n  server {{\n{listen}    \
+         location / {{ default_type text/plain; return 200 \"Hello, World!\"; }}\n    \
+         location = {NGINX_STATUS_PATH} {{ stub_status; }}\n  }}\n}}\n"
+    )
+}
+
+/// Starts nginx pinned to `cpus` (a taskset list) with one worker per CPU there (more where
+/// `conns` need them, nginx's own way past RLIMIT_NOFILE), its configuration, pid file and
+/// logs in `dir`, serving `ports`; returns once every worker is up and the first port
+/// accepts: the master and the workers' PIDs (the processes whose CPU counts). On failure
+/// nothing is left running and the error carries nginx's error log.
+pub fn start_nginx(
+    cpus: &CpuList,
+    dir: &Path,
+    ports: &[u16],
+    conns: u64,
+) -> Result<(Child, Vec<u32>), String> {
+    let port = ports[0];
+    let workers = cpus
+        .count()
+        .max(conns.div_ceil(NGINX_CONNS_PER_WORKER) as usize);
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let conf = dir.join("nginx.conf");
+    std::fs::write(&conf, nginx_conf(dir, ports, workers))
+        .map_err(|e| format!("{}: {e}", conf.display()))?;
+    let mut child = Command::new("taskset")
+        .args(["-c", cpus.as_str(), "nginx", "-c"])
+        .arg(&conf)
+        .arg("-p")
+        .arg(dir)
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("start nginx (apt install nginx): {e}"))?;
+    // Ready once every worker is up and the port accepts.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let fam = family(child.id());
+        if fam.len() > workers && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok((child, fam[1..].to_vec()));
+        }
+        let exited = child.try_wait().ok().flatten();
+        if exited.is_some() || Instant::now() >= deadline {
+            if exited.is_none() {
+                // By PID: the master, not reaped yet, and the workers it started.
+                for pid in fam.iter().rev() {
+                    let _ = c1m::sys::kill(*pid, libc::SIGKILL);
+                }
+                let _ = child.wait();
+            }
+            let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
+            return Err(format!("nginx did not come up on port {port}: {log}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

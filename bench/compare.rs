@@ -119,27 +119,8 @@ struct Run {
 
 const PORTS: usize = 4;
 
-fn free_ports() -> String {
-    loop {
-        let base = 30_000 + (std::process::id() as usize * 7 + rand_ish()) % 20_000;
-        let ok = (base..base + PORTS)
-            .all(|p| std::net::TcpListener::bind(("127.0.0.1", p as u16)).is_ok());
-        if ok {
-            return format!("{}-{}", base, base + PORTS - 1);
-        }
-    }
-}
-
-fn rand_ish() -> usize {
-    Instant::now().elapsed().subsec_nanos() as usize
-        ^ std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos() as usize
-}
-
 fn run(o: &Opts, engine: Engine, conns: u64, size: usize, rate: Option<f64>) -> Run {
-    let ports = free_ports();
+    let ports = common::free_ports(PORTS);
     let stats = std::env::temp_dir().join(format!("c1m-compare-{}.json", std::process::id()));
     let load_json =
         std::env::temp_dir().join(format!("c1m-compare-load-{}.json", std::process::id()));

@@ -45,8 +45,7 @@ use clap::Parser;
 use serde_json::{Value, json};
 
 const PATH: &str = "/plaintext";
-/// nginx's request counter, kept off the measured path.
-const STATUS_PATH: &str = "/c1m-stub-status";
+const STATUS_PATH: &str = common::NGINX_STATUS_PATH;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -154,21 +153,6 @@ fn nginx_dir() -> PathBuf {
     std::env::temp_dir().join(format!("c1m-http-nginx-{}", std::process::id()))
 }
 
-/// nginx's configuration: one worker per server CPU, no access log, keep-alive for the whole
-/// run, and 20000 connections per worker, which RLIMIT_NOFILE's 20000 here allows.
-fn nginx_conf(dir: &Path, port: u16, workers: usize) -> String {
-    let d = dir.display();
-    format!(
-        "worker_processes {workers};\ndaemon off;\nmaster_process on;\npid {d}/nginx.pid;\n\
-         error_log {d}/error.log;\nevents {{ worker_connections 20000; }}\nhttp {{\n  access_log off;\n  \
-         keepalive_requests 1000000;\n  keepalive_timeout 75s;\n  client_body_temp_path {d}/body;\n  \
-         proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  \
-         scgi_temp_path {d}/scgi;\n  server {{\n    listen 127.0.0.1:{port} reuseport backlog=65535;\n    \
-         location / {{ default_type text/plain; return 200 \"Hello, World!\"; }}\n    \
-         location = {STATUS_PATH} {{ stub_status; }}\n  }}\n}}\n"
-    )
-}
-
 impl Running {
     fn start(o: &Opts, kind: Server, conns: u64) -> Result<Running, String> {
         let port = free_port();
@@ -206,42 +190,7 @@ impl Running {
                 (p.child, workers)
             }
             Server::Nginx => {
-                let dir = nginx_dir();
-                std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-                let conf = dir.join("nginx.conf");
-                std::fs::write(&conf, nginx_conf(&dir, port, cores))
-                    .map_err(|e| format!("{}: {e}", conf.display()))?;
-                let mut child = Command::new("taskset")
-                    .args(["-c", o.cpus.server_cpus.as_str(), "nginx", "-c"])
-                    .arg(&conf)
-                    .arg("-p")
-                    .arg(&dir)
-                    .arg("-e")
-                    .arg(dir.join("error.log"))
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .map_err(|e| format!("start nginx (apt install nginx): {e}"))?;
-                // Ready once every worker is up and the port accepts.
-                let deadline = Instant::now() + Duration::from_secs(10);
-                let workers = loop {
-                    let fam = common::family(child.id());
-                    if fam.len() > cores && TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                        break fam[1..].to_vec();
-                    }
-                    let exited = child.try_wait().ok().flatten();
-                    if exited.is_some() || Instant::now() >= deadline {
-                        if exited.is_none() {
-                            signal(child.id(), libc::SIGKILL);
-                            let _ = child.wait();
-                        }
-                        let log =
-                            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
-                        return Err(format!("nginx did not come up on port {port}: {log}"));
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                };
-                (child, workers)
+                common::start_nginx(&o.cpus.server_cpus, &nginx_dir(), &[port], conns)?
             }
         };
         Ok(Running {
