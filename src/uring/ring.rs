@@ -49,9 +49,9 @@ pub struct RingConfig {
     /// Provided buffers: (count, size); None for no buffer ring.
     pub bufs: Option<(u16, u32)>,
     /// Batch completions: wait for up to `BATCH_WANT` of them, or this many microseconds
-    /// once at least one is there (0: return at the first). Fewer wake-ups per completion
-    /// when each thread sees few at a time (1M connections over many rings), at the cost of
-    /// up to this much latency. Kernel 6.12+ (IORING_FEAT_MIN_TIMEOUT).
+    /// once at least one is there (0: return at the first). Fewer wake-ups and less CPU per
+    /// completion, for about this much latency more (a request that arrives during the
+    /// turn's submit waits for it too). Kernel 6.12+ (IORING_FEAT_MIN_TIMEOUT).
     pub batch_usec: u32,
 }
 
