@@ -208,6 +208,12 @@ pub struct UringArgs {
     /// Size of each provided buffer in bytes.
     #[arg(long, default_value_t = 4096, value_name = "BYTES")]
     pub buf_size: u32,
+
+    /// Rings one thread drives where a core needs several (each ring's fixed-file table is
+    /// capped at RLIMIT_NOFILE): 0 puts all of a core's rings on one thread, 1 gives each
+    /// ring a thread of its own.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub rings_per_thread: usize,
 }
 
 /// An edge-triggered epoll TCP echo server, the baseline the Proactor is measured against:

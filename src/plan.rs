@@ -43,6 +43,8 @@ pub struct Request {
     pub max_conns: Option<u64>,
     pub cores: Option<usize>,
     pub ports: usize,
+    /// Uring: the rings one thread drives where a core needs several (0: all of them).
+    pub rings_per_thread: usize,
 }
 
 /// How a server will run.
@@ -62,6 +64,8 @@ pub struct Plan {
     pub shard_cap: u64,
     /// Connections each shard is planned to hold.
     pub per_shard: u64,
+    /// Shards (rings) one thread drives: 1, or up to all of a core's (Uring).
+    pub rings_per_thread: usize,
     /// Things the user should know that do not stop the server.
     pub warnings: Vec<String>,
 }
@@ -76,6 +80,42 @@ impl Plan {
         compact_list(&self.cpus)
     }
 
+    /// The threads to run, in order: each one's CPU and the shards it drives.
+    pub fn threads(&self) -> Vec<(usize, Vec<usize>)> {
+        let mut threads = Vec::new();
+        for &cpu in &self.cpus {
+            let mine: Vec<usize> = (0..self.shards())
+                .filter(|&i| self.shard_cpus[i] == cpu)
+                .collect();
+            for group in mine.chunks(self.rings_per_thread.max(1)) {
+                threads.push((cpu, group.to_vec()));
+            }
+        }
+        threads
+    }
+
+    /// How the rings meet the threads, and why (a clause of `describe`).
+    fn threading(&self, per_core: usize) -> String {
+        if per_core == 1 {
+            return "one ring and one thread per core".into();
+        }
+        let why = format!(
+            "a ring's table is capped at RLIMIT_NOFILE ({} here)",
+            self.table_slots
+        );
+        if self.rings_per_thread >= per_core {
+            format!("one thread per core drives its {per_core} rings: {why}")
+        } else if self.rings_per_thread == 1 {
+            format!("a thread per ring, {per_core} per core (--rings-per-thread 1): {why}")
+        } else {
+            format!(
+                "{} threads per core of up to {} rings (--rings-per-thread): {why}",
+                per_core.div_ceil(self.rings_per_thread),
+                self.rings_per_thread
+            )
+        }
+    }
+
     /// One line on how the server planned, printed at start.
     pub fn describe(&self) -> String {
         let per_core = self.shards() / self.cpus.len().max(1);
@@ -87,12 +127,14 @@ impl Plan {
             )
         } else if self.table_slots > 0 {
             format!(
-                "plan: {} connections -> {} shards ({} per core) x {} fixed-file slots, {} per shard planned",
+                "plan: {} connections -> {} shards ({} per core) x {} fixed-file slots, {} per shard \
+                 planned; {}",
                 self.max_conns,
                 self.shards(),
                 per_core,
                 self.table_slots,
-                self.per_shard
+                self.per_shard,
+                self.threading(per_core)
             )
         } else {
             format!(
@@ -142,6 +184,7 @@ pub fn worker(cpu: usize, cap: u64) -> Plan {
         workers: 1,
         per_shard: cap,
         shard_cap: cap,
+        rings_per_thread: 1,
         warnings: Vec::new(),
     }
 }
@@ -240,6 +283,12 @@ pub fn plan(req: &Request, allowed_cpus: &[usize], limits: &HostLimits) -> Resul
         return Err(Error::BadFlag("--max-conns must be at least 1".into()));
     }
     let per_shard = max_conns.div_ceil(shards as u64);
+    let per_core = shards / cores;
+    let rings_per_thread = match (req.engine, req.rings_per_thread) {
+        (EngineKind::Epoll, _) => 1,
+        (EngineKind::Uring, 0) => per_core,
+        (EngineKind::Uring, n) => n.min(per_core),
+    };
 
     let kernel_bytes = max_conns * KERNEL_BYTES_PER_CONN;
     if limits.mem_total > 0 && kernel_bytes > limits.mem_total / 10 * 8 {
@@ -313,6 +362,7 @@ pub fn plan(req: &Request, allowed_cpus: &[usize], limits: &HostLimits) -> Resul
         workers,
         shard_cap,
         per_shard,
+        rings_per_thread,
         warnings,
     })
 }
@@ -341,6 +391,7 @@ mod tests {
             max_conns,
             cores,
             ports,
+            rings_per_thread: 0,
         }
     }
 
@@ -366,6 +417,48 @@ mod tests {
             "{}",
             p.describe()
         );
+    }
+
+    #[test]
+    fn a_core_s_rings_share_one_thread_unless_asked_otherwise() {
+        let p = plan(&req(Some(100_000), None, 50), &[0, 1], &host()).unwrap();
+        assert_eq!(
+            p.threads(),
+            vec![(0, vec![0, 2, 4, 6]), (1, vec![1, 3, 5, 7])]
+        );
+        assert!(
+            p.describe()
+                .contains("one thread per core drives its 4 rings: a ring's table is capped"),
+            "{}",
+            p.describe()
+        );
+        let split = |n| {
+            let r = Request {
+                rings_per_thread: n,
+                ..req(Some(100_000), None, 50)
+            };
+            plan(&r, &[0, 1], &host()).unwrap()
+        };
+        let p = split(1);
+        assert_eq!(p.threads().len(), 8);
+        assert_eq!(p.threads()[1], (0, vec![2]));
+        assert!(p.describe().contains("a thread per ring, 4 per core"));
+        let p = split(3);
+        assert_eq!(
+            p.threads(),
+            vec![
+                (0, vec![0, 2, 4]),
+                (0, vec![6]),
+                (1, vec![1, 3, 5]),
+                (1, vec![7])
+            ]
+        );
+        assert!(p.describe().contains("2 threads per core of up to 3 rings"));
+        // Asking for more than a core has is all of them.
+        assert_eq!(split(9).threads().len(), 2);
+        let one = plan(&req(None, None, 1), &[0, 1], &host()).unwrap();
+        assert_eq!(one.threads(), vec![(0, vec![0]), (1, vec![1])]);
+        assert!(one.describe().contains("one ring and one thread per core"));
     }
 
     #[test]

@@ -91,14 +91,17 @@ impl Gate {
     }
 }
 
-/// An engine: builds a shard on the calling (pinned) thread, calls `ready` once it can take
-/// connections, then runs it until its wake fd fires and every connection has closed.
+/// An engine: builds a thread's shards on the calling (pinned) thread, calls `ready` once
+/// they can take connections, then runs them until their wake fds fire and every connection
+/// has closed. A thread has one shard unless the plan puts several rings on it (Uring).
 pub trait Engine: Sync {
     const NAME: &'static str;
     const KIND: EngineKind;
     /// `--batch-usec` as this engine resolved it (its shards get it in `ShardCtx`).
     fn batch_usec(&self) -> u32;
-    fn run_shard(&self, ctx: ShardCtx, ready: &mut dyn FnMut()) -> io::Result<Counters>;
+    /// The counters of each shard of `ctxs`, in order.
+    fn run_thread(&self, ctxs: Vec<ShardCtx>, ready: &mut dyn FnMut())
+    -> io::Result<Vec<Counters>>;
 }
 
 /// Where a server's lines go.
@@ -123,8 +126,9 @@ fn bind_error(addr: SocketAddrV4, e: io::Error) -> Error {
     }
 }
 
-/// Reads the host limits and plans the shards (or workers) for `kind`.
-pub fn make_plan(args: &ServerArgs, kind: EngineKind) -> Result<Plan> {
+/// Reads the host limits and plans the shards (or workers) for `kind`, `rings_per_thread` of
+/// them on a thread (Uring; 0: all of a core's).
+pub fn make_plan(args: &ServerArgs, kind: EngineKind, rings_per_thread: usize) -> Result<Plan> {
     let limits = HostLimits::read().map_err(|e| Error::io("reading host limits", e))?;
     let cpus = sys::allowed_cpus().map_err(|e| Error::io("sched_getaffinity", e))?;
     let request = plan::Request {
@@ -132,6 +136,7 @@ pub fn make_plan(args: &ServerArgs, kind: EngineKind) -> Result<Plan> {
         max_conns: args.max_conns,
         cores: args.cores,
         ports: args.ports.len(),
+        rings_per_thread,
     };
     plan::plan(&request, &cpus, &limits)
 }
@@ -227,22 +232,24 @@ pub fn local_gate(args: &ServerArgs) -> Option<Arc<Gate>> {
     args.max_conns.map(|max| Arc::new(Gate::new(max)))
 }
 
-/// Runs `shard_cpus.len()` shards of `engine` as threads of this process until SIGINT or
-/// SIGTERM (blocked beforehand by the caller), with `listeners[i]` for shard i, under `gate`.
+/// Runs `threads` (each a CPU and the shards it drives) of `engine` as threads of this
+/// process until SIGINT or SIGTERM (blocked beforehand by the caller), with `listeners[i]`
+/// for shard i, under `gate`.
 pub fn serve<E: Engine>(
     engine: &E,
     args: &ServerArgs,
     plan: &Plan,
-    shard_cpus: &[usize],
+    threads: &[(usize, Vec<usize>)],
     listeners: Vec<Vec<OwnedFd>>,
     output: Output,
     gate: Option<Arc<Gate>>,
 ) -> Result<Summary> {
     let started = Instant::now();
     let timeout = Duration::from_secs_f64(args.shutdown_timeout);
-    let mut wakes = Vec::with_capacity(listeners.len());
-    let mut shared = Vec::with_capacity(listeners.len());
-    let mut ctxs = Vec::with_capacity(listeners.len());
+    let shards = listeners.len();
+    let mut wakes = Vec::with_capacity(shards);
+    let mut shared = Vec::with_capacity(shards);
+    let mut ctxs = Vec::with_capacity(shards);
     for (index, mine) in listeners.into_iter().enumerate() {
         let wake = sys::eventfd().map_err(|e| Error::io("eventfd", e))?;
         // Our own handle on the eventfd: the shard closes its copy when it ends, and a write
@@ -253,7 +260,7 @@ pub fn serve<E: Engine>(
         );
         let counters = Arc::new(SharedCounters::default());
         shared.push(counters.clone());
-        ctxs.push(ShardCtx {
+        ctxs.push(Some(ShardCtx {
             index,
             listeners: mine,
             wake,
@@ -263,28 +270,30 @@ pub fn serve<E: Engine>(
             timeouts: args.timeouts(),
             batch_usec: engine.batch_usec(),
             gate: gate.clone(),
-        });
+        }));
     }
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, io::Result<()>)>();
     let (per_shard, failure) = thread::scope(|scope| {
-        let mut handles = Vec::with_capacity(ctxs.len());
-        for ctx in ctxs {
-            let (index, cpu) = (ctx.index, shard_cpus[ctx.index]);
+        let mut handles = Vec::with_capacity(threads.len());
+        for (cpu, mine) in threads {
+            let cpu = *cpu;
+            let first = mine[0];
             let tx = ready_tx.clone();
+            let mine: Vec<ShardCtx> = mine.iter().filter_map(|&i| ctxs[i].take()).collect();
             let h = thread::Builder::new()
-                .name(format!("shard-{index}"))
-                .spawn_scoped(scope, move || -> io::Result<Counters> {
+                .name(format!("shard-{first}"))
+                .spawn_scoped(scope, move || -> io::Result<Vec<Counters>> {
                     let mut said = false;
                     let r = sys::pin_current_thread(cpu).and_then(|()| {
-                        engine.run_shard(ctx, &mut || {
+                        engine.run_thread(mine, &mut || {
                             said = true;
-                            let _ = tx.send((index, Ok(())));
+                            let _ = tx.send((first, Ok(())));
                         })
                     });
                     if let Err(e) = &r
                         && !said
                     {
-                        let _ = tx.send((index, Err(io::Error::new(e.kind(), e.to_string()))));
+                        let _ = tx.send((first, Err(io::Error::new(e.kind(), e.to_string()))));
                     }
                     r
                 });
@@ -293,7 +302,7 @@ pub fn serve<E: Engine>(
                 Err(e) => {
                     wake_all(&wakes);
                     let failure = Some(Error::io("spawning a shard thread", e));
-                    return (join_all(handles, &shared).0, failure);
+                    return (join_all(handles, threads, &shared).0, failure);
                 }
             }
         }
@@ -318,10 +327,10 @@ pub fn serve<E: Engine>(
                 Output::Worker => println!("ready"),
             }
             let _ = io::stdout().flush();
-            failure = supervise(args, &handles, &shared, started, output);
+            failure = supervise(args, &handles, threads, &shared, started, output);
         }
         wake_all(&wakes);
-        let (per_shard, join_failure) = join_all(handles, &shared);
+        let (per_shard, join_failure) = join_all(handles, threads, &shared);
         (per_shard, failure.or(join_failure))
     });
     let summary = Summary::new(
@@ -352,32 +361,35 @@ fn wake_all(wakes: &[OwnedFd]) {
     }
 }
 
-type Handle<'s> = thread::ScopedJoinHandle<'s, io::Result<Counters>>;
+type Handle<'s> = thread::ScopedJoinHandle<'s, io::Result<Vec<Counters>>>;
 
+/// Joins the threads spawned so far (the first `handles.len()` of `threads`): each shard's
+/// counters in shard order, the last ones published for a thread that failed.
 fn join_all(
     handles: Vec<Handle<'_>>,
+    threads: &[(usize, Vec<usize>)],
     shared: &[Arc<SharedCounters>],
 ) -> (Vec<Counters>, Option<Error>) {
     let mut failure = None;
-    let mut per_shard = Vec::with_capacity(handles.len());
-    for (shard, h) in handles.into_iter().enumerate() {
-        match h.join() {
-            Ok(Ok(c)) => per_shard.push(c),
-            Ok(Err(e)) => {
-                per_shard.push(shared[shard].snapshot());
-                failure.get_or_insert(Error::Shard {
-                    shard,
-                    reason: e.to_string(),
-                });
+    let mut per_shard: Vec<Counters> = shared.iter().map(|c| c.snapshot()).collect();
+    for (h, (_, mine)) in handles.into_iter().zip(threads) {
+        let reason = match h.join() {
+            Ok(Ok(counters)) => {
+                for (&i, c) in mine.iter().zip(counters) {
+                    per_shard[i] = c;
+                }
+                continue;
             }
-            Err(_) => {
-                per_shard.push(shared[shard].snapshot());
-                failure.get_or_insert(Error::Shard {
-                    shard,
-                    reason: "panicked".into(),
-                });
-            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "panicked".into(),
+        };
+        for &i in mine {
+            per_shard[i] = shared[i].snapshot();
         }
+        failure.get_or_insert(Error::Shard {
+            shard: mine[0],
+            reason,
+        });
     }
     (per_shard, failure)
 }
@@ -386,6 +398,7 @@ fn join_all(
 fn supervise(
     args: &ServerArgs,
     handles: &[Handle<'_>],
+    threads: &[(usize, Vec<usize>)],
     shared: &[Arc<SharedCounters>],
     started: Instant,
     output: Output,
@@ -400,9 +413,9 @@ fn supervise(
             Ok(None) => {}
             Err(e) => return Some(Error::io("sigtimedwait", e)),
         }
-        if let Some(shard) = handles.iter().position(|h| h.is_finished()) {
+        if let Some(t) = handles.iter().position(|h| h.is_finished()) {
             return Some(Error::Shard {
-                shard,
+                shard: threads[t].1[0],
                 reason: "stopped on its own".into(),
             });
         }

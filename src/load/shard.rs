@@ -193,6 +193,7 @@ impl LoadShard {
             fixed_files: plan.conns.max(1),
             bufs: Some((plan.bufs, plan.buf_size)),
             batch_usec: plan.batch_usec,
+            notify: None,
         })?;
         if !plan.sources.is_empty() {
             ring.require(Need::Bind, "--sources")?;

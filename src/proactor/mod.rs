@@ -4,9 +4,11 @@
 pub mod conn;
 #[cfg(any(test, fuzzing))]
 pub mod conn_check;
+pub mod group;
 pub mod shard;
 
 use std::io;
+use std::time::Duration;
 
 use crate::cli::{self, UringArgs};
 use crate::error::{Error, Result};
@@ -64,17 +66,37 @@ impl Engine for UringConfig {
         self.batch_usec
     }
 
-    fn run_shard(&self, ctx: ShardCtx, ready: &mut dyn FnMut()) -> io::Result<Counters> {
-        let ring = RingConfig {
+    fn run_thread(
+        &self,
+        ctxs: Vec<ShardCtx>,
+        ready: &mut dyn FnMut(),
+    ) -> io::Result<Vec<Counters>> {
+        let shared = ctxs.len() > 1;
+        let ring = |batch_usec| RingConfig {
             sq_entries: SQ_ENTRIES,
             cq_entries: CQ_ENTRIES,
             fixed_files: self.table_slots,
             bufs: Some((self.bufs, self.buf_size)),
-            batch_usec: ctx.batch_usec,
+            // A thread of several rings waits in epoll, not in a ring (`group`).
+            batch_usec: if shared { 0 } else { batch_usec },
+            notify: None,
         };
-        let shard = Shard::new(ctx, ring)?;
+        let shards = ctxs
+            .into_iter()
+            .map(|ctx| {
+                let cfg = ring(ctx.batch_usec);
+                Shard::new(ctx, cfg, shared)
+            })
+            .collect::<io::Result<Vec<_>>>()?;
         ready();
-        shard.run()
+        if shared {
+            let batch =
+                (self.batch_usec > 0).then(|| Duration::from_micros(self.batch_usec.into()));
+            group::run(shards, batch)
+        } else {
+            let [shard] = <[Shard; 1]>::try_from(shards).unwrap_or_else(|_| unreachable!());
+            Ok(vec![shard.run()?])
+        }
     }
 }
 
@@ -91,7 +113,7 @@ pub fn run(args: &UringArgs) -> Result<Summary> {
     }
     server::validate(&args.server)?;
     sys::block_stop_signals().map_err(|e| Error::io("blocking signals", e))?;
-    let plan = server::make_plan(&args.server, EngineKind::Uring)?;
+    let plan = server::make_plan(&args.server, EngineKind::Uring, args.rings_per_thread)?;
     server::check_ports(&args.server)?;
     let backlog = shard::listen_backlog(plan.table_slots, args.server.ports.len());
     let listeners = server::bind_listeners(&args.server, plan.shards(), false, backlog)?;
@@ -100,7 +122,7 @@ pub fn run(args: &UringArgs) -> Result<Summary> {
         &UringConfig::new(args, &plan),
         &args.server,
         &plan,
-        &plan.shard_cpus,
+        &plan.threads(),
         listeners,
         Output::Human,
         server::local_gate(&args.server),

@@ -16,8 +16,8 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::time::Instant;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
 
 use slab::Slab;
 
@@ -25,6 +25,7 @@ use super::conn::{Conn, Effect, Received};
 use crate::server::ShardCtx;
 use crate::server::core::{HttpEnv, ShardCore};
 use crate::stats::Counters;
+use crate::sys;
 use crate::timer::Expired;
 use crate::uring::{self, GEN_MASK, RingConfig};
 
@@ -55,6 +56,15 @@ uring::op_kinds! {
 type Ring = uring::Ring<Kind>;
 type Completion = uring::Completion<Kind>;
 type UserData = uring::UserData<Kind>;
+
+/// Where a thread's shards copy their completions out of the CQ, one shard at a time.
+pub struct Cqes(Vec<Completion>);
+
+impl Default for Cqes {
+    fn default() -> Cqes {
+        Cqes(Vec::with_capacity(4096))
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Accept {
@@ -90,6 +100,10 @@ pub struct Shard {
     listeners: Vec<OwnedFd>,
     accept: Vec<Accept>,
     wake: OwnedFd,
+    /// The eventfd the ring signals when it has work, for a shard that shares its thread.
+    notify: Option<OwnedFd>,
+    /// Waits (epoll_wait) of the thread this shard shares, counted in its syscalls.
+    waits: u64,
     /// Direct descriptors in the table: accepted and not yet closed.
     in_table: u32,
     slots: u32,
@@ -107,8 +121,12 @@ pub struct Shard {
 }
 
 impl Shard {
-    /// Builds the ring on the calling thread (it becomes the ring's single issuer).
-    pub fn new(ctx: ShardCtx, ring_cfg: RingConfig) -> io::Result<Self> {
+    /// Builds the ring on the calling thread (it becomes the ring's single issuer). A shard
+    /// that shares its thread with others (`group`) gets an eventfd the kernel signals when
+    /// its ring has work (`notify_fd`).
+    pub fn new(ctx: ShardCtx, mut ring_cfg: RingConfig, shared: bool) -> io::Result<Self> {
+        let notify = shared.then(sys::eventfd).transpose()?;
+        ring_cfg.notify = notify.as_ref().map(|fd| fd.as_raw_fd());
         let ring = Ring::new(&ring_cfg)?;
         let slots = ring_cfg.fixed_files;
         let core = ShardCore::new(&ctx);
@@ -120,6 +138,8 @@ impl Shard {
             listeners: ctx.listeners,
             accept: vec![Accept::Off; n],
             wake: ctx.wake,
+            notify,
+            waits: 0,
             in_table: 0,
             slots,
             // Pause with room to spare for the accepts that complete before the cancel lands.
@@ -132,32 +152,84 @@ impl Shard {
         })
     }
 
-    /// Runs until a wake-up asks it to stop and every connection has closed.
+    /// Runs until a wake-up asks it to stop and every connection has closed: a ring on a
+    /// thread of its own, which waits in the ring (batched by `--batch-usec`).
     pub fn run(mut self) -> io::Result<Counters> {
-        for l in 0..self.listeners.len() {
-            self.arm_accept(l)?;
-        }
-        let wake_ud = UserData::new(Kind::Wake, 0, 0);
-        self.ring.read_eventfd(self.wake.as_raw_fd(), wake_ud)?;
-        let mut cqes = Vec::with_capacity(4096);
+        self.start()?;
+        let mut cqes = Cqes::default();
         loop {
             let timeout = self.core.wait_timeout(Instant::now());
             self.ring.submit_and_wait(timeout)?;
-            self.ring.drain(&mut cqes);
-            self.core.turn(Instant::now());
-            for c in cqes.drain(..) {
-                self.complete(c)?;
-            }
-            self.after_turn()?;
-            if self.core.stopping() && self.conns.is_empty() && self.ring.in_flight() == 0 {
-                self.publish();
-                return Ok(self.core.counters);
+            self.turn(&mut cqes)?;
+            if self.finished() {
+                return Ok(self.finish());
             }
         }
     }
 
+    /// Arms the listeners' accepts and the read of the stop wake-up (submitted by the first
+    /// enter).
+    pub fn start(&mut self) -> io::Result<()> {
+        for l in 0..self.listeners.len() {
+            self.arm_accept(l)?;
+        }
+        let wake_ud = UserData::new(Kind::Wake, 0, 0);
+        self.ring.read_eventfd(self.wake.as_raw_fd(), wake_ud)
+    }
+
+    /// Acts on every completion in the CQ, then on the timers, accepts and buffer waiters.
+    fn turn(&mut self, cqes: &mut Cqes) -> io::Result<()> {
+        self.ring.drain(&mut cqes.0);
+        self.core.turn(Instant::now());
+        for c in cqes.0.drain(..) {
+            self.complete(c)?;
+        }
+        self.after_turn()
+    }
+
+    /// One go of a shard that shares its thread: one enter if its ring has work (it submits
+    /// what the last go queued and runs the deferred completions), then a turn on what came
+    /// back (also with none, for the timers). One enter per go keeps the thread's rings
+    /// fair: a busy ring always has more, and looping on it would starve the others. True
+    /// if the ring has work again (queued SQEs, completions that came during the go, which
+    /// the muted eventfd did not report): go again before waiting.
+    pub fn step(&mut self, cqes: &mut Cqes) -> io::Result<bool> {
+        self.ring.mute();
+        if self.ring.has_work() {
+            self.ring.submit()?;
+        }
+        self.turn(cqes)?;
+        Ok(self.ring.unmute())
+    }
+
+    /// The eventfd a shared shard's ring signals (see `new`).
+    pub fn notify_fd(&self) -> Option<RawFd> {
+        self.notify.as_ref().map(|fd| fd.as_raw_fd())
+    }
+
+    /// How long the shard may go without a turn (its timers, or the stop deadline).
+    pub fn wait_timeout(&self, now: Instant) -> Option<Duration> {
+        self.core.wait_timeout(now)
+    }
+
+    /// Counts `n` waits of the thread this shard shares, in its syscalls.
+    pub fn count_waits(&mut self, n: u64) {
+        self.waits += n;
+    }
+
+    /// Stopping, with every connection closed and nothing in flight.
+    pub fn finished(&self) -> bool {
+        self.core.stopping() && self.conns.is_empty() && self.ring.in_flight() == 0
+    }
+
+    /// The final counters, published.
+    pub fn finish(&mut self) -> Counters {
+        self.publish();
+        self.core.counters
+    }
+
     fn publish(&mut self) {
-        self.core.counters.syscalls = self.ring.enters;
+        self.core.counters.syscalls = self.ring.enters + self.waits;
         self.core.counters.cq_overflow = self.ring.cq_overflow();
         self.core.publish();
     }

@@ -42,10 +42,16 @@ impl Engine for EpollConfig {
         self.batch_usec
     }
 
-    fn run_shard(&self, ctx: ShardCtx, ready: &mut dyn FnMut()) -> io::Result<Counters> {
+    fn run_thread(
+        &self,
+        ctxs: Vec<ShardCtx>,
+        ready: &mut dyn FnMut(),
+    ) -> io::Result<Vec<Counters>> {
+        let [ctx] = <[ShardCtx; 1]>::try_from(ctxs)
+            .unwrap_or_else(|c| panic!("a Reactor thread runs one shard, not {}", c.len()));
         let shard = Shard::new(ctx, self.cap)?;
         ready();
-        shard.run()
+        Ok(vec![shard.run()?])
     }
 }
 
@@ -57,7 +63,7 @@ pub fn run(args: &EpollArgs) -> Result<Summary> {
     if let (Some(_), Some(cpu), Some(cap)) = (args.worker_index, args.worker_cpu, args.worker_cap) {
         return run_worker(&args.server, cpu, cap, args.worker_gate_fd);
     }
-    let plan = server::make_plan(&args.server, EngineKind::Epoll)?;
+    let plan = server::make_plan(&args.server, EngineKind::Epoll, 1)?;
     server::check_ports(&args.server)?;
     server::print_plan("epoll-server", &plan);
     if plan.workers > 1 {
@@ -68,7 +74,7 @@ pub fn run(args: &EpollArgs) -> Result<Summary> {
         &EpollConfig::new(&args.server, &plan),
         &args.server,
         &plan,
-        &plan.shard_cpus,
+        &plan.threads(),
         listeners,
         Output::Human,
         server::local_gate(&args.server),
@@ -95,7 +101,7 @@ fn run_worker(args: &ServerArgs, cpu: usize, cap: u64, gate_fd: Option<i32>) -> 
         &EpollConfig::new(args, &plan),
         args,
         &plan,
-        &plan.shard_cpus,
+        &plan.threads(),
         listeners,
         Output::Worker,
         gate,

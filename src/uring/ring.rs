@@ -53,6 +53,9 @@ pub struct RingConfig {
     /// completion, for about this much latency more (a request that arrives during the
     /// turn's submit waits for it too). Kernel 6.12+ (IORING_FEAT_MIN_TIMEOUT).
     pub batch_usec: u32,
+    /// An eventfd the kernel signals when the ring has work for its thread (see `notify`):
+    /// for a thread that drives several rings and waits on all of their eventfds at once.
+    pub notify: Option<RawFd>,
 }
 
 /// SQ entries: a loop turn pushes at most a few SQEs per completion, and a full SQ is
@@ -100,18 +103,25 @@ pub struct Ring<K> {
 impl<K: Op> Ring<K> {
     /// Must be called on the thread that will submit (IORING_SETUP_SINGLE_ISSUER).
     pub fn new(cfg: &RingConfig) -> io::Result<Self> {
-        let uring = IoUring::builder()
+        let mut builder = IoUring::builder();
+        builder
             .setup_single_issuer()
             .setup_defer_taskrun()
             .setup_submit_all()
-            .setup_cqsize(cfg.cq_entries)
-            .build(cfg.sq_entries)
-            .map_err(probe::setup_error)?;
+            .setup_cqsize(cfg.cq_entries);
+        if cfg.notify.is_some() {
+            // IORING_SQ_TASKRUN then says when deferred completions wait (`has_work`).
+            builder.setup_taskrun_flag();
+        }
+        let uring = builder.build(cfg.sq_entries).map_err(probe::setup_error)?;
         if cfg.batch_usec > 0 {
             probe::require(&uring, Need::MinTimeout, "--batch-usec")?;
         }
         let submitter = uring.submitter();
         submitter.register_files_sparse(cfg.fixed_files)?;
+        if let Some(fd) = cfg.notify {
+            submitter.register_eventfd(fd)?;
+        }
         let bufs = match cfg.bufs {
             Some((count, size)) => Some(BufRing::new(&submitter, 0, count, size)?),
             None => None,
@@ -224,6 +234,32 @@ impl<K: Op> Ring<K> {
             Err(e) if retryable(&e) || e.raw_os_error() == Some(libc::ETIME) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether an enter has anything to do: SQEs queued, deferred completions to post
+    /// (IORING_SQ_TASKRUN: rings built with `notify` only), or overflowed ones to flush.
+    pub fn has_work(&mut self) -> bool {
+        let sq = self.uring.submission();
+        !sq.is_empty() || sq.taskrun() || sq.cq_overflow()
+    }
+
+    /// Stops the `notify` eventfd, while the ring's own thread runs it: under DEFER_TASKRUN
+    /// the completions it posts in its own enter would signal it too (io_eventfd_grab
+    /// checks IORING_CQ_EVENTFD_DISABLED on every path).
+    pub fn mute(&mut self) {
+        self.uring.completion().disable_eventfd();
+    }
+
+    /// Restarts the `notify` eventfd; true if work came while it was muted, which signalled
+    /// nothing (the kernel signals only when its deferred list goes from empty to not).
+    pub fn unmute(&mut self) -> bool {
+        self.uring.completion().enable_eventfd();
+        // Pairs with the kernel's barrier between queueing deferred work (and setting
+        // IORING_SQ_TASKRUN) and reading the CQ flags: either it saw the eventfd enabled
+        // and signals, or we see the flag.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        let posted = !self.uring.completion().is_empty();
+        posted || self.has_work()
     }
 
     /// Moves every completion now in the CQ into `out`.
@@ -497,4 +533,85 @@ fn retryable(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{AsRawFd, OwnedFd};
+
+    use super::*;
+    use crate::sys;
+
+    crate::uring::op_kinds! {
+        enum Test {
+            Read,
+        }
+    }
+
+    /// An edge-triggered epoll set watching `fd` for input, as the group's.
+    fn watch(fd: RawFd) -> OwnedFd {
+        let ep = sys::epoll_create().unwrap();
+        let events = (libc::EPOLLIN | libc::EPOLLET) as u32;
+        sys::epoll_add(ep.as_raw_fd(), fd, events, 0).unwrap();
+        ep
+    }
+
+    fn ready(ep: &OwnedFd, ms: i32) -> bool {
+        let mut ev = [libc::epoll_event { events: 0, u64: 0 }];
+        sys::epoll_wait(ep.as_raw_fd(), &mut ev, ms).unwrap() == 1
+    }
+
+    /// What a thread of several rings relies on (proactor/group.rs): deferred work signals
+    /// the ring's eventfd before the ring's thread has entered; a muted eventfd stays quiet,
+    /// also for what the ring's own enter posts, and unmuting says that work came meanwhile.
+    #[test]
+    fn deferred_work_signals_the_eventfd_and_muting_holds_it() {
+        let notify = sys::eventfd().unwrap();
+        let wake = sys::eventfd().unwrap();
+        let mut ring = Ring::<Test>::new(&RingConfig {
+            sq_entries: 8,
+            cq_entries: 16,
+            fixed_files: 1,
+            bufs: None,
+            batch_usec: 0,
+            notify: Some(notify.as_raw_fd()),
+        })
+        .unwrap();
+        let on_notify = watch(notify.as_raw_fd());
+        let ud = UserData::new(Test::Read, 0, 0);
+        let mut out = Vec::new();
+
+        ring.read_eventfd(wake.as_raw_fd(), ud).unwrap();
+        ring.submit().unwrap();
+        assert!(!ready(&on_notify, 0), "nothing has happened yet");
+        sys::eventfd_wake(wake.as_raw_fd()).unwrap();
+        assert!(
+            ready(&on_notify, 1000),
+            "the read's completion is deferred work"
+        );
+        out.clear();
+        ring.drain(&mut out);
+        assert!(out.is_empty(), "posted only when the ring's thread enters");
+        assert!(ring.has_work(), "IORING_SQ_TASKRUN says so");
+        ring.mute();
+        ring.submit().unwrap();
+        ring.drain(&mut out);
+        assert_eq!((out.len(), out[0].res), (1, 8));
+        assert!(
+            !ready(&on_notify, 0),
+            "what the ring's own enter posts, muted, is quiet"
+        );
+        assert!(!ring.unmute());
+
+        ring.read_eventfd(wake.as_raw_fd(), ud).unwrap();
+        ring.submit().unwrap();
+        ring.mute();
+        sys::eventfd_wake(wake.as_raw_fd()).unwrap();
+        assert!(!ready(&on_notify, 200), "muted: no signal");
+        assert!(ring.unmute(), "so unmuting reports the work");
+        ring.submit().unwrap();
+        out.clear();
+        ring.drain(&mut out);
+        assert_eq!(out.len(), 1);
+    }
 }
