@@ -43,6 +43,7 @@ pub fn run(mut shards: Vec<Shard>, batch: Option<Duration>) -> io::Result<Vec<Co
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; n];
     let mut cqes = Cqes::default();
     loop {
+        let round = Instant::now();
         for i in 0..n {
             if done[i].is_some() {
                 continue;
@@ -79,13 +80,14 @@ pub fn run(mut shards: Vec<Shard>, batch: Option<Duration>) -> io::Result<Vec<Co
         let fd = epoll.as_raw_fd();
         let mut got = sys::epoll_wait(fd, &mut events, timeout)?;
         let mut waits = 1;
-        if let Some(batch) = batch
-            && got > 0
-            && got < n
-        {
+        // A round lasts at least the batch: its gos, then a sleep for the rest.
+        let rest = batch.map_or(Duration::ZERO, |b| {
+            (round + b).saturating_duration_since(Instant::now())
+        });
+        if got > 0 && got < n && !rest.is_zero() {
             // Edge-triggered: what signalled during the sleep is reported by the next wait,
             // which does not block.
-            std::thread::sleep(batch);
+            std::thread::sleep(rest);
             got += sys::epoll_wait(fd, &mut events[got..], 0)?;
             waits += 2;
         }

@@ -187,18 +187,22 @@ impl Shard {
         self.after_turn()
     }
 
-    /// One go of a shard that shares its thread: one enter if its ring has work (it submits
-    /// what the last go queued and runs the deferred completions), then a turn on what came
-    /// back (also with none, for the timers). One enter per go keeps the thread's rings
-    /// fair: a busy ring always has more, and looping on it would starve the others. True
-    /// if the ring has work again (queued SQEs, completions that came during the go, which
-    /// the muted eventfd did not report): go again before waiting.
+    /// One go of a shard that shares its thread: if its ring has work, one enter that runs
+    /// the deferred completions, and a turn on what came back (also with none, for the
+    /// timers); then the submission of what the turn queued, so that no answer waits for
+    /// the thread's next round. At most two enters per go keeps the thread's rings fair: a
+    /// busy ring always has more, and looping on it would starve the others. True if the
+    /// ring has work again (completions that came during the go, which the muted eventfd did
+    /// not report): go again before waiting.
     pub fn step(&mut self, cqes: &mut Cqes) -> io::Result<bool> {
         self.ring.mute();
         if self.ring.has_work() {
             self.ring.submit()?;
         }
         self.turn(cqes)?;
+        if self.ring.has_work() {
+            self.ring.submit()?;
+        }
         Ok(self.ring.unmute())
     }
 
