@@ -187,6 +187,11 @@ pub struct ServerArgs {
     #[arg(long, value_name = "FILE")]
     pub stats_json: Option<PathBuf>,
 
+    /// Write the server's PID to this file once it listens; removed at exit. A file naming a
+    /// live process is an error at start.
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<PathBuf>,
+
     /// On SIGINT/SIGTERM, how long owed output may take before connections are cut.
     #[arg(long, default_value = "5", value_name = "SECONDS")]
     pub shutdown_timeout: f64,

@@ -16,6 +16,8 @@ pub enum Error {
     Io { context: String, source: io::Error },
     /// A shard thread stopped with an error or panicked.
     Shard { shard: usize, reason: String },
+    /// Another process holds what this one needs (a live `--pid-file`).
+    Running(String),
 }
 
 /// Exit status of a usage error: a flag whose value cannot be used (clap exits so too on a
@@ -29,9 +31,11 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::BadFlag(_) => EXIT_USAGE,
-            Error::PortInUse(_) | Error::Limit { .. } | Error::Io { .. } | Error::Shard { .. } => {
-                EXIT_FAILURE
-            }
+            Error::PortInUse(_)
+            | Error::Limit { .. }
+            | Error::Io { .. }
+            | Error::Shard { .. }
+            | Error::Running(_) => EXIT_FAILURE,
         }
     }
 
@@ -56,6 +60,7 @@ impl fmt::Display for Error {
             Error::Limit { what, fix } => write!(f, "{what}; {fix}"),
             Error::Io { context, source } => write!(f, "{context}: {source}"),
             Error::Shard { shard, reason } => write!(f, "shard {shard} failed: {reason}"),
+            Error::Running(msg) => write!(f, "{msg}"),
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod core;
 use std::io::{self, Write};
 use std::net::SocketAddrV4;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -217,6 +218,70 @@ pub fn validate(args: &ServerArgs) -> Result<()> {
     Ok(())
 }
 
+/// `--pid-file`: claimed at start (a file naming a live process is an error), written once
+/// the server listens, removed when it exits (if it still names this process).
+pub struct PidFile {
+    path: PathBuf,
+    written: bool,
+}
+
+impl PidFile {
+    /// None without `--pid-file`.
+    pub fn claim(args: &ServerArgs) -> Result<Option<PidFile>> {
+        let Some(path) = &args.pid_file else {
+            return Ok(None);
+        };
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                if let Ok(pid) = text.trim().parse::<u32>()
+                    && pid != std::process::id()
+                    && sys::process_exists(pid)
+                {
+                    return Err(Error::Running(format!(
+                        "--pid-file {} names process {pid}, which is running: is this server \
+                         already started? Stop it, or give another --pid-file",
+                        path.display()
+                    )));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Error::io(
+                    format!("reading --pid-file {}", path.display()),
+                    e,
+                ));
+            }
+        }
+        Ok(Some(PidFile {
+            path: path.clone(),
+            written: false,
+        }))
+    }
+
+    /// Writes this process's PID (to a temporary file renamed over the path, so that a
+    /// reader never sees half of it).
+    pub fn write(&mut self) -> Result<()> {
+        let mut tmp = self.path.clone().into_os_string();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        std::fs::write(&tmp, format!("{}\n", std::process::id()))
+            .and_then(|()| std::fs::rename(&tmp, &self.path))
+            .map_err(|e| Error::io(format!("writing --pid-file {}", self.path.display()), e))?;
+        self.written = true;
+        Ok(())
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let ours = std::fs::read_to_string(&self.path)
+            .is_ok_and(|t| t.trim() == std::process::id().to_string());
+        if self.written && ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
 /// Writes the summary JSON to `--stats-json`, if asked.
 pub fn write_stats_json(args: &ServerArgs, summary: &Summary) -> Result<()> {
     if let Some(path) = &args.stats_json {
@@ -234,7 +299,8 @@ pub fn local_gate(args: &ServerArgs) -> Option<Arc<Gate>> {
 
 /// Runs `threads` (each a CPU and the shards it drives) of `engine` as threads of this
 /// process until SIGINT or SIGTERM (blocked beforehand by the caller), with `listeners[i]`
-/// for shard i, under `gate`.
+/// for shard i, under `gate`; writes `pid_file` once they listen.
+#[allow(clippy::too_many_arguments)]
 pub fn serve<E: Engine>(
     engine: &E,
     args: &ServerArgs,
@@ -243,6 +309,7 @@ pub fn serve<E: Engine>(
     listeners: Vec<Vec<OwnedFd>>,
     output: Output,
     gate: Option<Arc<Gate>>,
+    mut pid_file: Option<PidFile>,
 ) -> Result<Summary> {
     let started = Instant::now();
     let timeout = Duration::from_secs_f64(args.shutdown_timeout);
@@ -320,6 +387,11 @@ pub fn serve<E: Engine>(
                 }
                 Err(_) => break,
             }
+        }
+        if failure.is_none()
+            && let Some(p) = &mut pid_file
+        {
+            failure = p.write().err();
         }
         if failure.is_none() {
             match output {

@@ -6,7 +6,7 @@ mod common;
 use std::net::TcpListener;
 use std::process::Command;
 
-use common::{Engine, first_port, free_ports, load, u};
+use common::{Engine, Server, first_port, free_ports, load, u};
 
 fn run(bin: &str, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(bin).args(args).output().expect("run binary");
@@ -68,7 +68,74 @@ fn bad_flags_say_what_is_wrong(engine: Engine) {
         );
     }
 }
-common::per_engine!(port_in_use_is_a_clear_error, bad_flags_say_what_is_wrong);
+/// `--pid-file`: written once the server listens, removed at exit; a stale file (its
+/// process gone) is replaced; a file naming a live process stops the start, exit 1. With
+/// `workers`, an epoll-server whose fd limit makes it a master of worker processes: the
+/// master's PID is written, not a worker's.
+fn the_pid_file_names_the_server_while_it_runs(engine: Engine, workers: bool) {
+    let dir = std::env::temp_dir();
+    let path = dir.join(format!(
+        "c1m-pid-{}-{engine:?}-{workers}",
+        std::process::id()
+    ));
+    let path_s = path.to_str().unwrap().to_string();
+    // A stale file: a process that has exited.
+    let mut gone = Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    std::fs::write(&path, format!("{}\n", gone.id())).unwrap();
+    let ports = free_ports(2);
+    let mut flags = vec!["--pid-file", path_s.as_str()];
+    let server = if workers {
+        flags.extend(["--max-conns", "300"]);
+        Server::start_with_nofile(engine, &ports, &flags, 400)
+    } else {
+        Server::start(engine, &ports, &flags)
+    };
+    assert_eq!(server.children().len(), if workers { 2 } else { 0 });
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(text, format!("{}\n", server.pid()), "{engine:?}");
+
+    // A second server with the same file refuses to start, naming the live process.
+    let (code, _, err) = run(
+        engine.binary(),
+        &[
+            "--host",
+            "127.0.0.1",
+            "--ports",
+            &free_ports(1),
+            "--pid-file",
+            &path_s,
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("names process {}, which is running", server.pid())),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        text,
+        "left as it was"
+    );
+
+    server.stop();
+    assert!(!path.exists(), "{engine:?}: removed at exit");
+}
+
+fn the_pid_file_of_a_server(engine: Engine) {
+    the_pid_file_names_the_server_while_it_runs(engine, false);
+}
+
+#[test]
+fn the_pid_file_of_an_epoll_master() {
+    the_pid_file_names_the_server_while_it_runs(Engine::Epoll, true);
+}
+
+common::per_engine!(
+    port_in_use_is_a_clear_error,
+    bad_flags_say_what_is_wrong,
+    the_pid_file_of_a_server
+);
 
 #[test]
 fn bad_buffer_flags_say_what_is_wrong() {

@@ -112,6 +112,7 @@ pub fn run(args: &UringArgs) -> Result<Summary> {
         return Err(Error::BadFlag("--buf-size must be at least 1".into()));
     }
     server::validate(&args.server)?;
+    let pid_file = server::PidFile::claim(&args.server)?;
     sys::block_stop_signals().map_err(|e| Error::io("blocking signals", e))?;
     let plan = server::make_plan(&args.server, EngineKind::Uring, args.rings_per_thread)?;
     server::check_ports(&args.server)?;
@@ -126,5 +127,6 @@ pub fn run(args: &UringArgs) -> Result<Summary> {
         listeners,
         Output::Human,
         server::local_gate(&args.server),
+        pid_file,
     )
 }

@@ -63,11 +63,12 @@ pub fn run(args: &EpollArgs) -> Result<Summary> {
     if let (Some(_), Some(cpu), Some(cap)) = (args.worker_index, args.worker_cpu, args.worker_cap) {
         return run_worker(&args.server, cpu, cap, args.worker_gate_fd);
     }
+    let pid_file = server::PidFile::claim(&args.server)?;
     let plan = server::make_plan(&args.server, EngineKind::Epoll, 1)?;
     server::check_ports(&args.server)?;
     server::print_plan("epoll-server", &plan);
     if plan.workers > 1 {
-        return worker::run_master(&args.server, &plan);
+        return worker::run_master(&args.server, &plan, pid_file);
     }
     let listeners = server::bind_listeners(&args.server, plan.shards(), true, sys::LISTEN_BACKLOG)?;
     server::serve(
@@ -78,6 +79,7 @@ pub fn run(args: &EpollArgs) -> Result<Summary> {
         listeners,
         Output::Human,
         server::local_gate(&args.server),
+        pid_file,
     )
 }
 
@@ -105,5 +107,6 @@ fn run_worker(args: &ServerArgs, cpu: usize, cap: u64, gate_fd: Option<i32>) -> 
         listeners,
         Output::Worker,
         gate,
+        None,
     )
 }

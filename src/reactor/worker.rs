@@ -122,7 +122,11 @@ fn take_line(w: &mut Worker, line: &str) {
 
 /// Runs `plan.workers` worker processes of one shard each, every one holding at most
 /// `plan.shard_cap` connections, until SIGINT/SIGTERM; returns the summary of them all.
-pub fn run_master(args: &ServerArgs, plan: &Plan) -> Result<Summary> {
+pub fn run_master(
+    args: &ServerArgs,
+    plan: &Plan,
+    mut pid_file: Option<server::PidFile>,
+) -> Result<Summary> {
     let started = Instant::now();
     let (tx, rx) = mpsc::channel();
     // `--max-conns` holds across the workers: they share one count of open connections.
@@ -172,6 +176,11 @@ pub fn run_master(args: &ServerArgs, plan: &Plan) -> Result<Summary> {
         }
     }
     let mut died = Vec::new();
+    if failure.is_none()
+        && let Some(p) = &mut pid_file
+    {
+        failure = p.write().err();
+    }
     if failure.is_none() {
         println!("{}", server::ready_line(args, plan));
         let _ = std::io::stdout().flush();

@@ -408,6 +408,14 @@ fn zeroed_stat() -> libc::stat {
     unsafe { mem::zeroed() }
 }
 
+/// Whether process `pid` exists (kill(2) with signal 0: EPERM means it does, not ours).
+pub fn process_exists(pid: u32) -> bool {
+    match kill(pid, 0) {
+        Ok(()) => true,
+        Err(e) => e.raw_os_error() == Some(libc::EPERM),
+    }
+}
+
 /// Sends `sig` to process `pid` (a child this process started).
 pub fn kill(pid: u32, sig: i32) -> io::Result<()> {
     let pid = i32::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
