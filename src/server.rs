@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::plan::{self, EngineKind, Plan};
 use crate::proto::http;
 use crate::stats::{self, Counters, SharedCounters, Summary};
-use crate::sys::{self, limits::HostLimits};
+use crate::sys::{self, limits::HostLimits, notify::Notify};
 use crate::timer::Timeouts;
 
 /// What a shard is handed.
@@ -194,6 +194,15 @@ pub fn ready_line(args: &ServerArgs, plan: &Plan) -> String {
     )
 }
 
+/// What systemd is told once the server listens (`Type=notify`).
+pub fn ready_message(args: &ServerArgs, plan: &Plan) -> String {
+    format!(
+        "READY=1\nMAINPID={}\nSTATUS={}",
+        std::process::id(),
+        ready_line(args, plan)
+    )
+}
+
 /// The longest any timeout flag may be: a year.
 const MAX_TIMEOUT_S: f64 = 365.0 * 86_400.0;
 
@@ -314,6 +323,11 @@ pub fn serve<E: Engine>(
     let started = Instant::now();
     let timeout = Duration::from_secs_f64(args.shutdown_timeout);
     let shards = listeners.len();
+    let notify = match output {
+        Output::Human => Notify::from_env(&format!("{}-server", E::NAME)),
+        // A worker's master speaks for it.
+        Output::Worker => None,
+    };
     let mut wakes = Vec::with_capacity(shards);
     let mut shared = Vec::with_capacity(shards);
     let mut ctxs = Vec::with_capacity(shards);
@@ -399,7 +413,21 @@ pub fn serve<E: Engine>(
                 Output::Worker => println!("ready"),
             }
             let _ = io::stdout().flush();
-            failure = supervise(args, &handles, threads, &shared, started, output);
+            if let Some(n) = &notify {
+                n.send(&ready_message(args, plan));
+            }
+            failure = supervise(
+                args,
+                &handles,
+                threads,
+                &shared,
+                started,
+                output,
+                notify.as_ref(),
+            );
+            if let Some(n) = &notify {
+                n.send("STOPPING=1");
+            }
         }
         wake_all(&wakes);
         let (per_shard, join_failure) = join_all(handles, threads, &shared);
@@ -467,6 +495,7 @@ fn join_all(
 }
 
 /// Prints stats each second until a stop signal or a shard that ended on its own.
+/// With `notify` (systemd), the stats line is also the unit's status each second.
 fn supervise(
     args: &ServerArgs,
     handles: &[Handle<'_>],
@@ -474,6 +503,7 @@ fn supervise(
     shared: &[Arc<SharedCounters>],
     started: Instant,
     output: Output,
+    notify: Option<&Notify>,
 ) -> Option<Error> {
     let mut prev = Counters::default();
     let mut prev_t = Instant::now();
@@ -498,13 +528,12 @@ fn supervise(
         next_tick += Duration::from_secs(1);
         let snaps: Vec<Counters> = shared.iter().map(|c| c.snapshot()).collect();
         let now = Counters::sum(&snaps);
+        let line = || stats::stats_line(started.elapsed(), &now, &prev, now_t - prev_t);
+        if let Some(n) = notify {
+            n.send(&format!("STATUS={}", line()));
+        }
         match output {
-            Output::Human if args.stats => {
-                println!(
-                    "{}",
-                    stats::stats_line(started.elapsed(), &now, &prev, now_t - prev_t)
-                );
-            }
+            Output::Human if args.stats => println!("{}", line()),
             Output::Human => {}
             Output::Worker => println!(
                 "{}",

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::plan::{EngineKind, Plan};
 use crate::server;
 use crate::stats::{self, Counters, Summary};
-use crate::sys;
+use crate::sys::{self, notify::Notify};
 
 enum Msg {
     Line(usize, String),
@@ -44,6 +44,8 @@ fn spawn(
 ) -> Result<Child> {
     let exe = std::env::current_exe().map_err(|e| Error::io("finding this program", e))?;
     let mut cmd = Command::new(exe);
+    // The master speaks to systemd for its workers (NotifyAccess=main would drop theirs).
+    cmd.env_remove("NOTIFY_SOCKET");
     if let (Some(max), Some(gate)) = (args.max_conns, gate) {
         // Every worker counts its connections in the one shared counter, against the cap.
         cmd.args(["--max-conns", &max.to_string()])
@@ -184,7 +186,14 @@ pub fn run_master(
     if failure.is_none() {
         println!("{}", server::ready_line(args, plan));
         let _ = std::io::stdout().flush();
-        failure = supervise(args, &mut workers, &rx, &mut died, started);
+        let notify = Notify::from_env("epoll-server");
+        if let Some(n) = &notify {
+            n.send(&server::ready_message(args, plan));
+        }
+        failure = supervise(args, &mut workers, &rx, &mut died, started, notify.as_ref());
+        if let Some(n) = &notify {
+            n.send("STOPPING=1");
+        }
     }
 
     // Stop every worker and wait for all, cutting off any that outlive the shutdown timeout.
@@ -251,6 +260,7 @@ fn supervise(
     rx: &mpsc::Receiver<Msg>,
     died: &mut Vec<usize>,
     started: Instant,
+    notify: Option<&Notify>,
 ) -> Option<Error> {
     let mut prev = Counters::default();
     let mut prev_t = Instant::now();
@@ -286,13 +296,16 @@ fn supervise(
         let now_t = Instant::now();
         if now_t >= next_tick {
             next_tick += Duration::from_secs(1);
-            if args.stats {
+            if args.stats || notify.is_some() {
                 let now = Counters::sum(workers.iter().map(|w| &w.latest));
-                println!(
-                    "{}",
-                    stats::stats_line(started.elapsed(), &now, &prev, now_t - prev_t)
-                );
-                let _ = std::io::stdout().flush();
+                let line = stats::stats_line(started.elapsed(), &now, &prev, now_t - prev_t);
+                if let Some(n) = notify {
+                    n.send(&format!("STATUS={line}"));
+                }
+                if args.stats {
+                    println!("{line}");
+                    let _ = std::io::stdout().flush();
+                }
                 prev = now;
                 prev_t = now_t;
             }

@@ -2,6 +2,7 @@
 //! eventfd, signals. Nearly all of the crate's `unsafe` outside the io_uring modules is here.
 
 pub mod limits;
+pub mod notify;
 
 use std::io;
 use std::mem;

@@ -114,6 +114,30 @@ impl Server {
         Server::spawn(cmd, ports, extra)
     }
 
+    /// As `start` (or `start_with_nofile` with `nofile`), with `env` added to its environment.
+    pub fn start_with_env(
+        engine: Engine,
+        ports: &str,
+        extra: &[&str],
+        nofile: Option<u32>,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Server {
+        let mut cmd = match nofile {
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.args([
+                    "-c",
+                    &format!("ulimit -n {n} && exec \"$0\" \"$@\""),
+                    engine.binary(),
+                ]);
+                c
+            }
+            None => Command::new(engine.binary()),
+        };
+        cmd.envs(env.iter().copied());
+        Server::spawn(cmd, ports, extra)
+    }
+
     fn spawn(mut cmd: Command, ports: &str, extra: &[&str]) -> Server {
         let stats_path = std::env::temp_dir().join(format!(
             "c1m-test-{}-{}.json",
