@@ -187,6 +187,11 @@ pub struct ServerArgs {
     #[arg(long, value_name = "FILE")]
     pub stats_json: Option<PathBuf>,
 
+    /// Serve GET /metrics (Prometheus text format: every counter per shard, connections held)
+    /// on this address, e.g. 127.0.0.1:9100.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
+
     /// Write the server's PID to this file once it listens; removed at exit. A file naming a
     /// live process is an error at start.
     #[arg(long, value_name = "PATH")]

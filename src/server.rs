@@ -3,6 +3,7 @@
 //! the summary and `--stats-json`. An engine only builds and runs a shard.
 
 pub mod core;
+pub mod metrics;
 
 use std::io::{self, Write};
 use std::net::SocketAddrV4;
@@ -352,6 +353,11 @@ pub fn serve<E: Engine>(
             batch_usec: engine.batch_usec(),
             gate: gate.clone(),
         }));
+    }
+    if let (Some(addr), Output::Human) = (args.metrics, output) {
+        let shared = shared.clone();
+        let source = Arc::new(move || shared.iter().map(|c| c.snapshot()).collect());
+        metrics::serve(addr, E::NAME, source)?;
     }
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, io::Result<()>)>();
     let (per_shard, failure) = thread::scope(|scope| {

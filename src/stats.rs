@@ -31,6 +31,13 @@ macro_rules! counters {
             }
         }
 
+        impl Counters {
+            /// Every counter as (name, its doc, value), in declaration order.
+            pub fn fields(&self) -> [(&'static str, &'static str, u64); [$(stringify!($name),)*].len()] {
+                [$((stringify!($name), $doc, self.$name),)*]
+            }
+        }
+
         impl std::ops::AddAssign for Counters {
             fn add_assign(&mut self, o: Self) {
                 $(self.$name += o.$name;)*

@@ -176,3 +176,143 @@ fn the_unit_files_verify() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Scrapes `url` and parses it with the Prometheus client's own text parser (Python's
+/// prometheus_client); returns the families as JSON: name -> {type, help, samples}.
+fn scrape(url: &str) -> serde_json::Value {
+    const PARSE: &str = r#"
+import json, sys, urllib.request
+from prometheus_client.parser import text_string_to_metric_families
+text = urllib.request.urlopen(sys.argv[1], timeout=5).read().decode()
+print(json.dumps({f.name: {"type": f.type, "help": f.documentation,
+                           "samples": [[s.name, s.labels, s.value] for s in f.samples]}
+                  for f in text_string_to_metric_families(text)}))
+"#;
+    // The distribution's python3, where apt installs python3-prometheus-client.
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", PARSE, url])
+        .output()
+        .expect("run /usr/bin/python3");
+    assert!(
+        out.status.success(),
+        "scraping {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Whether the Prometheus client's parser is there; outside CI its absence skips the test.
+fn have_prometheus_parser() -> bool {
+    let found = Command::new("/usr/bin/python3")
+        .args(["-c", "import prometheus_client"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "prometheus_client is not installed: .ci/run installs it (apt-get install python3-prometheus-client)"
+        );
+        eprintln!("SKIPPED: apt-get install python3-prometheus-client");
+    }
+    found
+}
+
+/// The sum over shards of counter family `name`'s samples.
+fn total(families: &serde_json::Value, name: &str) -> f64 {
+    families[name]["samples"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no family {name}: {families}"))
+        .iter()
+        .map(|s| s[2].as_f64().unwrap())
+        .sum()
+}
+
+/// `--metrics`: every counter, per shard, with HELP and TYPE, as the real parser reads it;
+/// the connections gauge follows opens and closes. With `workers`, the epoll master serves
+/// the sum of its worker processes (their counters reach it once a second).
+fn metrics_count_what_happened(engine: Engine, workers: bool) {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    if !have_prometheus_parser() {
+        return;
+    }
+    let ports = free_ports(2);
+    let mport = free_ports(1);
+    let maddr = format!("127.0.0.1:{mport}");
+    let (mut extra, nofile) = if workers {
+        (vec!["--max-conns", "300"], Some(400))
+    } else {
+        (vec![], None)
+    };
+    extra.extend(["--metrics", maddr.as_str()]);
+    let server = Server::start_with_env(engine, &ports, &extra, nofile, &[]);
+    let port: u16 = ports.split(',').next().unwrap().parse().unwrap();
+    let mut open: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    for s in &mut open {
+        s.write_all(b"ping").unwrap();
+        let mut back = [0u8; 4];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"ping");
+    }
+    drop(open.pop());
+    let url = format!("http://{maddr}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let families = loop {
+        let f = scrape(&url);
+        let settled = total(&f, "c1m_accepted") == 3.0
+            && total(&f, "c1m_closed") == 1.0
+            && total(&f, "c1m_connections") == 2.0;
+        if settled || Instant::now() > deadline {
+            break f;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(total(&families, "c1m_accepted"), 3.0, "{families}");
+    assert_eq!(total(&families, "c1m_closed"), 1.0);
+    assert_eq!(total(&families, "c1m_connections"), 2.0);
+    assert_eq!(total(&families, "c1m_bytes_in"), 12.0);
+    assert_eq!(total(&families, "c1m_bytes_out"), 12.0);
+    let accepted = &families["c1m_accepted"];
+    assert_eq!(accepted["type"], "counter");
+    assert_eq!(accepted["help"], "Connections accepted.");
+    assert_eq!(families["c1m_connections"]["type"], "gauge");
+    let samples = accepted["samples"].as_array().unwrap();
+    assert_eq!(samples[0][0], "c1m_accepted_total");
+    let name = match engine {
+        Engine::Uring => "uring",
+        Engine::Epoll => "epoll",
+    };
+    assert!(
+        samples.iter().all(|s| s[1]["engine"] == name),
+        "{samples:?}"
+    );
+    let shards = if workers {
+        2
+    } else {
+        2.min(c1m::sys::allowed_cpus().unwrap().len())
+    };
+    assert_eq!(samples.len(), shards, "one sample per shard: {samples:?}");
+
+    // Anything but GET /metrics is refused.
+    let mut s = TcpStream::connect(&maddr).unwrap();
+    s.write_all(b"GET /other HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 404 Not Found\r\n"), "{reply}");
+    drop(open);
+    server.stop();
+}
+
+fn metrics(engine: Engine) {
+    metrics_count_what_happened(engine, false);
+}
+
+common::per_engine!(metrics);
+
+#[test]
+fn an_epoll_master_serves_its_workers_metrics() {
+    metrics_count_what_happened(Engine::Epoll, true);
+}

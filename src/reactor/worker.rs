@@ -8,7 +8,7 @@
 use clap::ValueEnum;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -139,6 +139,13 @@ pub fn run_master(
         ),
         None => None,
     };
+    // What `--metrics` serves: each worker's latest counters, copied in by `supervise`.
+    let latest = Arc::new(Mutex::new(vec![Counters::default(); plan.workers]));
+    if let Some(addr) = args.metrics {
+        let latest = latest.clone();
+        let source = Arc::new(move || latest.lock().map(|l| l.clone()).unwrap_or_default());
+        server::metrics::serve(addr, "epoll", source)?;
+    }
     let mut workers = Vec::with_capacity(plan.workers);
     for (index, cpu) in plan.shard_cpus.iter().enumerate() {
         match spawn(args, index, *cpu, plan.shard_cap, gate.as_ref(), tx.clone()) {
@@ -190,7 +197,15 @@ pub fn run_master(
         if let Some(n) = &notify {
             n.send(&server::ready_message(args, plan));
         }
-        failure = supervise(args, &mut workers, &rx, &mut died, started, notify.as_ref());
+        failure = supervise(
+            args,
+            &mut workers,
+            &rx,
+            &mut died,
+            started,
+            notify.as_ref(),
+            &latest,
+        );
         if let Some(n) = &notify {
             n.send("STOPPING=1");
         }
@@ -261,6 +276,7 @@ fn supervise(
     died: &mut Vec<usize>,
     started: Instant,
     notify: Option<&Notify>,
+    latest: &Mutex<Vec<Counters>>,
 ) -> Option<Error> {
     let mut prev = Counters::default();
     let mut prev_t = Instant::now();
@@ -277,6 +293,11 @@ fn supervise(
         for msg in rx.try_iter() {
             if let Msg::Line(i, line) = msg {
                 take_line(&mut workers[i], &line);
+            }
+        }
+        if let Ok(mut l) = latest.lock() {
+            for (to, w) in l.iter_mut().zip(workers.iter()) {
+                *to = w.latest;
             }
         }
         for (i, w) in workers.iter_mut().enumerate() {
