@@ -131,6 +131,16 @@ pub enum Proto {
 /// The flags both servers take.
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
+    /// Read settings from this TOML file first: every flag is a key of the same name
+    /// (`max-conns = 100000`, `ports = "6000-6049"`, `stats = true`); flags given here override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Check the settings (the --config file and the flags), print them as TOML and exit 0,
+    /// or name what is wrong and exit 2. Starts nothing.
+    #[arg(long)]
+    pub check_config: bool,
+
     /// Shard threads are pinned to this many cores (default: every core this process may use).
     #[arg(long, value_name = "N")]
     pub cores: Option<usize>,

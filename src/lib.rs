@@ -3,6 +3,7 @@
 //! Linux host. README.md is the user guide; ARCHITECTURE.md the layers and invariants.
 
 pub mod cli;
+pub mod config;
 pub mod error;
 pub mod load;
 pub mod plan;

@@ -131,10 +131,89 @@ fn the_pid_file_of_an_epoll_master() {
     the_pid_file_names_the_server_while_it_runs(Engine::Epoll, true);
 }
 
+/// `--config`: the file's keys are the flags; the command line overrides them;
+/// `--check-config` prints the effective settings and the plan (exit 0), or names the key
+/// and line of a bad setting (exit 2), and starts nothing; a server started with the file
+/// serves where it says.
+fn a_config_file_sets_the_flags(engine: Engine) {
+    use std::io::{Read, Write};
+    let dir = std::env::temp_dir();
+    let path = dir.join(format!("c1m-config-{}-{engine:?}.toml", std::process::id()));
+    let p = path.to_str().unwrap().to_string();
+    let ports = free_ports(2);
+    std::fs::write(
+        &path,
+        format!(
+            "# test\nhost = \"127.0.0.1\"\nports = \"{ports}\"\nmax-conns = 100000\nstats = true\n"
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = run(engine.binary(), &["--config", &p, "--check-config"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("ports = \"{ports}\"  # given\n")),
+        "{out}"
+    );
+    assert!(out.contains("max-conns = 100000  # given\n"), "{out}");
+    assert!(out.contains("stats = true  # given\n"), "{out}");
+    assert!(out.contains("idle-timeout = 120  # default\n"), "{out}");
+    assert!(out.contains("# plan: 100000 connections -> 8 "), "{out}");
+    // The command line wins.
+    let (code, out, _) = run(
+        engine.binary(),
+        &["--config", &p, "--max-conns", "500", "--check-config"],
+    );
+    assert_eq!(code, 0);
+    assert!(out.contains("max-conns = 500  # given\n"), "{out}");
+
+    // A bad value is named by its key and line; so is one the program refuses later.
+    std::fs::write(&path, "stats = true\n\nidle-timeout = -1\n").unwrap();
+    let (code, out, err) = run(engine.binary(), &["--config", &p, "--check-config"]);
+    assert_eq!((code, out.as_str()), (2, ""), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{p}:3: --idle-timeout must be a number of seconds"
+        )),
+        "{err}"
+    );
+    std::fs::write(&path, "stats = true\nmax-conn = 5\n").unwrap();
+    let (code, _, err) = run(engine.binary(), &["--config", &p]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!("{p}:2: max-conn: no such setting")),
+        "{err}"
+    );
+
+    // Started with the file: it serves the file's protocol (the harness gives the ports).
+    std::fs::write(&path, "proto = \"http\"\n").unwrap();
+    let server = Server::start(engine, &ports, &["--config", &p]);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", first_port(&ports))).unwrap();
+    s.write_all(b"GET /plaintext HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+    assert!(reply.ends_with("Hello, World!"), "{reply}");
+    let stats = server.stop();
+    assert_eq!(u(&stats, "totals.requests"), 1);
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn the_example_config_checks_for_both_servers() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/server.toml");
+    for engine in [Engine::Uring, Engine::Epoll] {
+        let (code, out, err) = run(engine.binary(), &["--config", example, "--check-config"]);
+        assert_eq!(code, 0, "{engine:?}: {err}");
+        assert!(out.contains("ports = \"6000-6049\"  # given"), "{out}");
+    }
+}
+
 common::per_engine!(
     port_in_use_is_a_clear_error,
     bad_flags_say_what_is_wrong,
-    the_pid_file_of_a_server
+    the_pid_file_of_a_server,
+    a_config_file_sets_the_flags
 );
 
 #[test]

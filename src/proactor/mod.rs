@@ -100,8 +100,8 @@ impl Engine for UringConfig {
     }
 }
 
-/// Runs the server until SIGINT/SIGTERM; returns the summary it printed.
-pub fn run(args: &UringArgs) -> Result<Summary> {
+/// Checks the flags and plans, starting nothing (`--check-config`, and the start of `run`).
+pub fn check(args: &UringArgs) -> Result<Plan> {
     if !args.bufs.is_power_of_two() || args.bufs > 32768 {
         return Err(Error::BadFlag(format!(
             "--bufs {} must be a power of two from 1 to 32768",
@@ -112,9 +112,14 @@ pub fn run(args: &UringArgs) -> Result<Summary> {
         return Err(Error::BadFlag("--buf-size must be at least 1".into()));
     }
     server::validate(&args.server)?;
+    server::make_plan(&args.server, EngineKind::Uring, args.rings_per_thread)
+}
+
+/// Runs the server until SIGINT/SIGTERM; returns the summary it printed.
+pub fn run(args: &UringArgs) -> Result<Summary> {
+    let plan = check(args)?;
     let pid_file = server::PidFile::claim(&args.server)?;
     sys::block_stop_signals().map_err(|e| Error::io("blocking signals", e))?;
-    let plan = server::make_plan(&args.server, EngineKind::Uring, args.rings_per_thread)?;
     server::check_ports(&args.server)?;
     let backlog = shard::listen_backlog(plan.table_slots, args.server.ports.len());
     let listeners = server::bind_listeners(&args.server, plan.shards(), false, backlog)?;

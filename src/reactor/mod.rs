@@ -55,6 +55,12 @@ impl Engine for EpollConfig {
     }
 }
 
+/// Checks the flags and plans, starting nothing (`--check-config`).
+pub fn check(args: &EpollArgs) -> Result<Plan> {
+    server::validate(&args.server)?;
+    server::make_plan(&args.server, EngineKind::Epoll, 1)
+}
+
 /// Runs the server (or, with the hidden `--worker-*` flags, one worker of it) until
 /// SIGINT/SIGTERM.
 pub fn run(args: &EpollArgs) -> Result<Summary> {
