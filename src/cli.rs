@@ -202,6 +202,11 @@ pub struct ServerArgs {
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<std::net::SocketAddr>,
 
+    /// Once the listeners (and the PID file) are set up as root, run as this user, and its
+    /// group or GROUP (NAME or NAME:GROUP).
+    #[arg(long, value_name = "NAME[:GROUP]")]
+    pub user: Option<String>,
+
     /// Write the server's PID to this file once it listens; removed at exit. A file naming a
     /// live process is an error at start.
     #[arg(long, value_name = "PATH")]

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::plan::{self, EngineKind, Plan};
 use crate::proto::http;
 use crate::stats::{self, Counters, SharedCounters, Summary};
-use crate::sys::{self, limits::HostLimits, notify::Notify};
+use crate::sys::{self, limits::HostLimits, notify::Notify, user};
 use crate::timer::Timeouts;
 
 /// What a shard is handed.
@@ -219,6 +219,7 @@ pub fn validate(args: &ServerArgs) -> Result<()> {
             )));
         }
     }
+    resolve_user(args)?;
     // The shortest HTTP/1.1 request with its Host header is 27 bytes.
     if args.max_header_bytes < 64 {
         return Err(Error::BadFlag(
@@ -286,10 +287,69 @@ impl Drop for PidFile {
     fn drop(&mut self) {
         let ours = std::fs::read_to_string(&self.path)
             .is_ok_and(|t| t.trim() == std::process::id().to_string());
-        if self.written && ours {
-            let _ = std::fs::remove_file(&self.path);
+        if self.written
+            && ours
+            && let Err(e) = std::fs::remove_file(&self.path)
+        {
+            eprintln!(
+                "warning: could not remove --pid-file {}: {e} (with --user, its directory must \
+                 be writable by that user)",
+                self.path.display()
+            );
         }
     }
+}
+
+/// `--user NAME[:GROUP]`: whom the server becomes once its listeners and PID file are set
+/// up; None without it, or when the process already runs as that user. Errors name what is
+/// wrong: no such user or group, root itself, or no root to drop from.
+pub fn resolve_user(args: &ServerArgs) -> Result<Option<user::Ids>> {
+    let Some(spec) = &args.user else {
+        return Ok(None);
+    };
+    let (name, group) = match spec.split_once(':') {
+        Some((n, g)) => (n, Some(g)),
+        None => (spec.as_str(), None),
+    };
+    let lookup = |e| Error::io(format!("looking up --user {spec}"), e);
+    let mut ids = user::user(name)
+        .map_err(lookup)?
+        .ok_or_else(|| Error::BadFlag(format!("--user {spec}: there is no user {name:?}")))?;
+    if let Some(g) = group {
+        ids.gid = user::group(g)
+            .map_err(lookup)?
+            .ok_or_else(|| Error::BadFlag(format!("--user {spec}: there is no group {g:?}")))?;
+    }
+    if ids.uid == 0 {
+        return Err(Error::BadFlag(format!(
+            "--user {spec} would keep the server running as root: name an unprivileged user"
+        )));
+    }
+    match user::euid() {
+        0 => Ok(Some(ids)),
+        me if me == ids.uid => Ok(None),
+        me => Err(Error::Limit {
+            what: format!("--user {spec}: changing users needs root, and this runs as uid {me}"),
+            fix: "start it as root, or without --user".into(),
+        }),
+    }
+}
+
+/// Becomes the `--user`, if one is asked, for good (every thread): the PID file is given to
+/// it first, so that it can remove the file at exit.
+pub fn drop_privileges(args: &ServerArgs, pid_file: Option<&PidFile>) -> Result<()> {
+    let Some(ids) = resolve_user(args)? else {
+        return Ok(());
+    };
+    if let Some(p) = pid_file {
+        user::chown(&p.path, ids).map_err(|e| {
+            Error::io(
+                format!("giving --pid-file {} to --user", p.path.display()),
+                e,
+            )
+        })?;
+    }
+    user::become_ids(ids).map_err(|e| Error::io(format!("becoming --user {:?}", args.user), e))
 }
 
 /// Writes the summary JSON to `--stats-json`, if asked.
@@ -359,6 +419,11 @@ pub fn serve<E: Engine>(
         let source = Arc::new(move || shared.iter().map(|c| c.snapshot()).collect());
         metrics::serve(addr, E::NAME, source)?;
     }
+    // The listeners are up: the PID file, then `--user` (the shards start as that user).
+    if let Some(p) = &mut pid_file {
+        p.write()?;
+    }
+    drop_privileges(args, pid_file.as_ref())?;
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, io::Result<()>)>();
     let (per_shard, failure) = thread::scope(|scope| {
         let mut handles = Vec::with_capacity(threads.len());
@@ -407,11 +472,6 @@ pub fn serve<E: Engine>(
                 }
                 Err(_) => break,
             }
-        }
-        if failure.is_none()
-            && let Some(p) = &mut pid_file
-        {
-            failure = p.write().err();
         }
         if failure.is_none() {
             match output {

@@ -316,3 +316,100 @@ common::per_engine!(metrics);
 fn an_epoll_master_serves_its_workers_metrics() {
     metrics_count_what_happened(Engine::Epoll, true);
 }
+
+/// The real, effective, saved and filesystem uids of process `pid`.
+fn uids(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    line["Uid:".len()..]
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `--user nobody`: set up as root (listeners, PID file), then every thread of the server,
+/// and of an epoll master's workers, runs as nobody; it serves, and removes its PID file.
+fn the_server_drops_root_for_its_user(engine: Engine, workers: bool) {
+    use std::io::{Read, Write};
+    if c1m::sys::user::euid() != 0 {
+        eprintln!("SKIPPED: --user needs the tests to run as root");
+        return;
+    }
+    let nobody = c1m::sys::user::user("nobody")
+        .unwrap()
+        .expect("a user nobody");
+    let pid_path = std::env::temp_dir().join(format!(
+        "c1m-user-{}-{engine:?}-{workers}.pid",
+        std::process::id()
+    ));
+    let pid_s = pid_path.to_str().unwrap();
+    let ports = free_ports(2);
+    let mut extra = vec!["--user", "nobody", "--pid-file", pid_s];
+    let nofile = workers.then_some(400);
+    if workers {
+        extra.extend(["--max-conns", "300"]);
+    }
+    let server = Server::start_with_env(engine, &ports, &extra, nofile, &[]);
+    let want = [nobody.uid; 4].map(|u| u.to_string()).join(" ");
+    let mut pids = vec![server.pid()];
+    pids.extend(server.children());
+    assert_eq!(pids.len(), if workers { 3 } else { 1 });
+    for pid in &pids {
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+            let tid: u32 = task.unwrap().file_name().to_str().unwrap().parse().unwrap();
+            assert_eq!(uids(tid), want, "{engine:?}: thread {tid} of {pid}");
+        }
+    }
+    let port: u16 = ports.split(',').next().unwrap().parse().unwrap();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"hello").unwrap();
+    let mut back = [0u8; 5];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"hello");
+    drop(s);
+    server.stop();
+    assert!(
+        !pid_path.exists(),
+        "the PID file is removed by the user it was given to"
+    );
+}
+
+fn drops_root(engine: Engine) {
+    the_server_drops_root_for_its_user(engine, false);
+}
+
+common::per_engine!(drops_root);
+
+#[test]
+fn an_epoll_master_and_its_workers_drop_root() {
+    the_server_drops_root_for_its_user(Engine::Epoll, true);
+}
+
+#[test]
+fn a_user_that_cannot_be_is_a_usage_error() {
+    for engine in [Engine::Uring, Engine::Epoll] {
+        for (user, says) in [
+            ("c1m-no-such-user", "there is no user \"c1m-no-such-user\""),
+            (
+                "nobody:c1m-no-such-group",
+                "there is no group \"c1m-no-such-group\"",
+            ),
+            ("root", "would keep the server running as root"),
+        ] {
+            let out = Command::new(engine.binary())
+                .args([
+                    "--host",
+                    "127.0.0.1",
+                    "--ports",
+                    &free_ports(1),
+                    "--user",
+                    user,
+                ])
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{engine:?} {user}: {err}");
+            assert!(err.contains(says), "{engine:?} {user}: {err}");
+        }
+    }
+}

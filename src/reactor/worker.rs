@@ -44,6 +44,9 @@ fn spawn(
 ) -> Result<Child> {
     let exe = std::env::current_exe().map_err(|e| Error::io("finding this program", e))?;
     let mut cmd = Command::new(exe);
+    if let Some(user) = &args.user {
+        cmd.args(["--user", user]);
+    }
     // The master speaks to systemd for its workers (NotifyAccess=main would drop theirs).
     cmd.env_remove("NOTIFY_SOCKET");
     if let (Some(max), Some(gate)) = (args.max_conns, gate) {
@@ -189,6 +192,10 @@ pub fn run_master(
         && let Some(p) = &mut pid_file
     {
         failure = p.write().err();
+    }
+    // The workers have dropped `--user` themselves, once their listeners were up.
+    if failure.is_none() {
+        failure = server::drop_privileges(args, pid_file.as_ref()).err();
     }
     if failure.is_none() {
         println!("{}", server::ready_line(args, plan));

@@ -3,6 +3,7 @@
 
 pub mod limits;
 pub mod notify;
+pub mod user;
 
 use std::io;
 use std::mem;
