@@ -262,6 +262,9 @@ pub struct EpollArgs {
     /// Internal: the fd of the master's shared connection count (with `--max-conns`).
     #[arg(long, hide = true)]
     pub worker_gate_fd: Option<i32>,
+    /// Internal: the slot of that count holding this worker's own share.
+    #[arg(long, hide = true, requires = "worker_gate_fd")]
+    pub worker_share_slot: Option<usize>,
 }
 
 /// An io_uring load generator: every connection a direct descriptor (no fd each, so one process

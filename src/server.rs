@@ -47,6 +47,9 @@ pub struct ShardCtx {
 pub struct Gate {
     open: Counter,
     max: u64,
+    /// The slot of the shared count that holds this worker's own share of it, which its
+    /// master gives back if it dies.
+    mine: Option<usize>,
 }
 
 enum Counter {
@@ -59,14 +62,24 @@ impl Gate {
         Gate {
             open: Counter::Local(AtomicU64::new(0)),
             max,
+            mine: None,
         }
     }
 
-    /// A cap counted in `shared`, with the other processes that map it.
-    pub fn shared(shared: sys::SharedCounter, max: u64) -> Gate {
+    /// A cap counted in slot 0 of `shared`, with the other processes that map it; this
+    /// process's share is also counted in slot `mine`, for its master.
+    pub fn shared(shared: sys::SharedCounter, mine: Option<usize>, max: u64) -> Gate {
         Gate {
             open: Counter::Shared(shared),
             max,
+            mine,
+        }
+    }
+
+    fn share(&self) -> Option<&AtomicU64> {
+        match (&self.open, self.mine) {
+            (Counter::Shared(c), Some(i)) => Some(c.slot(i)),
+            _ => None,
         }
     }
 
@@ -80,6 +93,9 @@ impl Gate {
     /// Takes a place for a new connection; false (and nothing taken) at the cap.
     pub fn enter(&self) -> bool {
         if self.count().fetch_add(1, Ordering::Relaxed) < self.max {
+            if let Some(m) = self.share() {
+                m.fetch_add(1, Ordering::Relaxed);
+            }
             true
         } else {
             self.count().fetch_sub(1, Ordering::Relaxed);
@@ -89,6 +105,9 @@ impl Gate {
 
     /// A connection that `enter` let in has closed.
     pub fn leave(&self) {
+        if let Some(m) = self.share() {
+            m.fetch_sub(1, Ordering::Relaxed);
+        }
         self.count().fetch_sub(1, Ordering::Relaxed);
     }
 }

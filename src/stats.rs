@@ -120,6 +120,8 @@ pub struct Summary {
     pub per_shard: Vec<Counters>,
     /// Worker processes that died before they were asked to stop (the Reactor's master).
     pub died: Vec<usize>,
+    /// Worker slots restarted after a death, once per restart.
+    pub restarted: Vec<usize>,
 }
 
 impl Summary {
@@ -140,6 +142,7 @@ impl Summary {
             totals: Counters::sum(&per_shard),
             per_shard,
             died,
+            restarted: Vec::new(),
         }
     }
 
@@ -148,7 +151,10 @@ impl Summary {
         let died = if self.died.is_empty() {
             String::new()
         } else {
-            format!(", workers died: {:?}", self.died)
+            format!(
+                ", workers died: {:?}, restarted: {:?}",
+                self.died, self.restarted
+            )
         };
         format!(
             "{} summary: {:.1}s, {} shards, accepted {}, closed {}, refused {}, over cap {}, \

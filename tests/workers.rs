@@ -1,5 +1,6 @@
 //! The Reactor's worker processes: planned when one process's fd limit cannot hold the
-//! target; the master reports a worker that dies and stops all on SIGTERM.
+//! target; the master reports a worker that dies, restarts it, gives its share of the
+//! connection cap back, and stops all on SIGTERM.
 
 mod common;
 
@@ -51,7 +52,7 @@ fn sigterm_stops_every_worker_and_sums_their_stats() {
 }
 
 #[test]
-fn a_killed_worker_is_reported_and_the_others_go_on() {
+fn a_killed_worker_is_reported_and_restarted_and_the_others_go_on() {
     let ports = free_ports(2);
     let mut server = Server::start(Engine::Epoll, &ports, &["--max-conns", WORKER_TARGET]);
     let workers = server.children();
@@ -64,7 +65,20 @@ fn a_killed_worker_is_reported_and_the_others_go_on() {
         .expect("the master reports the dead worker");
     assert!(line.contains(&format!("pid {victim}")), "{line}");
     assert!(line.contains("signal: 9"), "{line}");
-    // Its listeners closed with it: new connections go to the other workers.
+    let line = server
+        .stderr_line("restarted", Duration::from_secs(5))
+        .expect("the master restarts it");
+    assert!(line.contains("worker 1 restarted (pid "), "{line}");
+    let now = server.children();
+    assert_eq!(now.len(), 4, "{now:?}");
+    let kept = workers.iter().filter(|p| **p != victim);
+    assert!(!now.contains(&victim), "{now:?}");
+    assert!(
+        kept.clone().all(|p| now.contains(p)),
+        "{workers:?} -> {now:?}"
+    );
+    // New connections go to every worker, the restarted one too (once it listens).
+    std::thread::sleep(Duration::from_millis(300));
     let (code, r) = load(&ports, &["--conns", "300", "--requests", "3"]);
     assert_eq!(code, 0, "{r}");
     server.signal(libc::SIGTERM);
@@ -77,10 +91,68 @@ fn a_killed_worker_is_reported_and_the_others_go_on() {
     let stats: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&server.stats_path).unwrap()).unwrap();
     assert_eq!(stats["died"], serde_json::json!([1]));
+    assert_eq!(stats["restarted"], serde_json::json!([1]));
     assert_eq!(u(&stats, "totals.accepted"), 300);
-    for pid in workers {
-        assert!(!alive(pid), "worker {pid} outlived the master");
+    let restarted_served = stats["per_shard"][1]["accepted"].as_u64().unwrap();
+    assert!(restarted_served > 0, "the restarted worker served: {stats}");
+    for pid in workers.iter().chain(&now) {
+        assert!(!alive(*pid), "worker {pid} outlived the master");
     }
+}
+
+/// A worker that dies takes its connections with it, and the master gives its share of
+/// `--max-conns` back: as many new connections as died are let in, and not one more.
+#[test]
+fn a_dead_worker_s_share_of_the_cap_is_given_back() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let ports = free_ports(2);
+    let mut server = Server::start_with_nofile(Engine::Epoll, &ports, &["--max-conns", "300"], 400);
+    let workers = server.children();
+    assert_eq!(workers.len(), 2);
+    let port = |i: usize| -> u16 { ports.split(',').nth(i % 2).unwrap().parse().unwrap() };
+    let open = |i: usize| {
+        let mut s = TcpStream::connect(("127.0.0.1", port(i))).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"hi").unwrap();
+        s
+    };
+    let served = |s: &mut TcpStream| {
+        let mut b = [0u8; 2];
+        s.read_exact(&mut b).is_ok() && &b == b"hi"
+    };
+    let mut held: Vec<TcpStream> = (0..300).map(open).collect();
+    assert!(
+        held.iter_mut().all(served),
+        "connections under the cap were refused"
+    );
+    c1m::sys::kill(workers[0], libc::SIGKILL).expect("kill the worker");
+    server
+        .stderr_line("restarted", Duration::from_secs(5))
+        .expect("the master restarts it");
+    std::thread::sleep(Duration::from_millis(300));
+    // The dead worker's connections are gone: a write and a read find them closed.
+    let lost = held
+        .iter_mut()
+        .map(|s| s.write_all(b"hi").is_err() || !served(s))
+        .filter(|&gone| gone)
+        .count();
+    assert!(lost > 0 && lost < 300, "{lost} of 300 lost");
+    let mut again: Vec<TcpStream> = (0..lost).map(open).collect();
+    assert!(
+        again.iter_mut().all(served),
+        "the dead worker's share was not given back"
+    );
+    let mut over = open(lost);
+    assert!(!served(&mut over), "a connection over the cap was served");
+    drop((held, again, over));
+    server.signal(libc::SIGTERM);
+    let st = server.wait(Duration::from_secs(10));
+    assert_eq!(
+        st.code(),
+        Some(1),
+        "a worker died: the run did not end cleanly"
+    );
 }
 
 /// `--max-conns` holds across worker processes (they count in one shared counter), however
@@ -122,4 +194,45 @@ fn the_connection_cap_holds_across_workers() {
     assert_eq!(u(&stats, "totals.over_cap"), 1, "{stats}");
     assert_eq!(u(&stats, "totals.accepted"), 310, "{stats}");
     assert_eq!(u(&stats, "totals.closed"), 310, "{stats}");
+}
+
+/// A worker that keeps dying is restarted with a growing delay, and given up on after 5
+/// deaths within 10 s, nginx style; the others go on serving.
+#[test]
+fn a_worker_that_keeps_dying_is_given_up_on() {
+    let ports = free_ports(2);
+    let mut server = Server::start_with_nofile(Engine::Epoll, &ports, &["--max-conns", "300"], 400);
+    let mut pids = server.children();
+    assert_eq!(pids.len(), 2);
+    let other = pids[1];
+    let mut victim = pids[0];
+    for round in 1..=5 {
+        c1m::sys::kill(victim, libc::SIGKILL).expect("kill the worker");
+        if round == 5 {
+            break;
+        }
+        server
+            .stderr_line("restarted", Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("restart {round}"));
+        let now = server.children();
+        victim = *now
+            .iter()
+            .find(|p| !pids.contains(p))
+            .expect("a new worker");
+        pids = now;
+    }
+    let line = server
+        .stderr_line("not restarted again", Duration::from_secs(5))
+        .expect("the master gives up");
+    assert!(line.contains("died 5 times within 10s"), "{line}");
+    std::thread::sleep(Duration::from_millis(2000));
+    assert_eq!(server.children(), vec![other], "no sixth start");
+    let (code, r) = load(&ports, &["--conns", "50", "--requests", "2"]);
+    assert_eq!(code, 0, "the other worker serves: {r}");
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait(Duration::from_secs(10)).code(), Some(1));
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&server.stats_path).unwrap()).unwrap();
+    assert_eq!(stats["died"], serde_json::json!([0, 0, 0, 0, 0]));
+    assert_eq!(stats["restarted"], serde_json::json!([0, 0, 0, 0]));
 }

@@ -67,7 +67,13 @@ pub fn run(args: &EpollArgs) -> Result<Summary> {
     server::validate(&args.server)?;
     sys::block_stop_signals().map_err(|e| Error::io("blocking signals", e))?;
     if let (Some(_), Some(cpu), Some(cap)) = (args.worker_index, args.worker_cpu, args.worker_cap) {
-        return run_worker(&args.server, cpu, cap, args.worker_gate_fd);
+        return run_worker(
+            &args.server,
+            cpu,
+            cap,
+            args.worker_gate_fd,
+            args.worker_share_slot,
+        );
     }
     let pid_file = server::PidFile::claim(&args.server)?;
     let plan = server::make_plan(&args.server, EngineKind::Epoll, 1)?;
@@ -91,15 +97,26 @@ pub fn run(args: &EpollArgs) -> Result<Summary> {
 
 /// Runs one worker process's single shard on `cpu`, holding at most `cap` connections, for
 /// the master that started it (and, with `--max-conns`, counting them in the master's
-/// shared counter at `gate_fd`).
-fn run_worker(args: &ServerArgs, cpu: usize, cap: u64, gate_fd: Option<i32>) -> Result<Summary> {
+/// shared counter at `gate_fd`, its own share of it in slot `share`).
+fn run_worker(
+    args: &ServerArgs,
+    cpu: usize,
+    cap: u64,
+    gate_fd: Option<i32>,
+    share: Option<usize>,
+) -> Result<Summary> {
     let gate = match (gate_fd, args.max_conns) {
         (Some(fd), Some(max)) => {
-            // SAFETY: the master passes the fd of the counter it created (`spawn` in
+            // SAFETY: the master passes the fd of the counters it created (`spawn` in
             // worker.rs), inherited across exec; it is taken only here, once.
             let shared = unsafe { sys::SharedCounter::inherit(fd) }
                 .map_err(|e| Error::io("mapping the master's connection count", e))?;
-            Some(Arc::new(server::Gate::shared(shared, max)))
+            if share.is_some_and(|s| s >= shared.slots()) {
+                return Err(Error::BadFlag(
+                    "--worker-share-slot beyond the shared count".into(),
+                ));
+            }
+            Some(Arc::new(server::Gate::shared(shared, share, max)))
         }
         _ => None,
     };

@@ -19,24 +19,90 @@ use crate::server;
 use crate::stats::{self, Counters, Summary};
 use crate::sys::{self, notify::Notify};
 
+/// A line of worker `slot`'s stdout, or its end; the generation says which of the slot's
+/// processes (one more each restart) it came from.
 enum Msg {
-    Line(usize, String),
-    Eof(usize),
+    Line(usize, u32, String),
+    Eof(usize, u32),
 }
 
 /// How long a worker may take to bind and report ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A dead worker is restarted after this, doubled for each death of its slot within
+/// `RESPAWN_WINDOW`...
+const RESPAWN_BACKOFF: Duration = Duration::from_millis(100);
+const RESPAWN_WINDOW: Duration = Duration::from_secs(10);
+/// ...and no more once it died this many times within the window: it cannot live (nginx
+/// gives up on a worker that dies at once, too).
+const RESPAWN_BURST: usize = 5;
+
 struct Worker {
     child: Child,
+    /// Which process of this slot the child is: 0, then one more each restart.
+    generation: u32,
     latest: Counters,
     summary: Option<Counters>,
+    /// What the slot's earlier processes had counted when they died.
+    carried: Counters,
     exited: bool,
+    /// The current child's stdout has ended.
+    eof: bool,
+    /// When the slot's processes died lately (for the give-up rule).
+    deaths: Vec<Instant>,
+    /// When to start the slot's next process, after a death.
+    respawn_at: Option<Instant>,
+}
+
+impl Worker {
+    fn new(child: Child) -> Worker {
+        Worker {
+            child,
+            generation: 0,
+            latest: Counters::default(),
+            summary: None,
+            carried: Counters::default(),
+            exited: false,
+            eof: false,
+            deaths: Vec::new(),
+            respawn_at: None,
+        }
+    }
+
+    /// Everything this slot counted, over its processes.
+    fn counters(&self) -> Counters {
+        let mut c = self.carried;
+        c += self.summary.unwrap_or(self.latest);
+        c
+    }
+}
+
+/// What starting a worker takes, again for each restart.
+struct Spawner<'a> {
+    args: &'a ServerArgs,
+    plan: &'a Plan,
+    gate: Option<&'a sys::SharedCounter>,
+    tx: mpsc::Sender<Msg>,
+}
+
+impl Spawner<'_> {
+    fn spawn(&self, index: usize, generation: u32) -> Result<Child> {
+        spawn(
+            self.args,
+            index,
+            generation,
+            self.plan.shard_cpus[index],
+            self.plan.shard_cap,
+            self.gate,
+            self.tx.clone(),
+        )
+    }
 }
 
 fn spawn(
     args: &ServerArgs,
     index: usize,
+    generation: u32,
     cpu: usize,
     cap: u64,
     gate: Option<&sys::SharedCounter>,
@@ -51,8 +117,10 @@ fn spawn(
     cmd.env_remove("NOTIFY_SOCKET");
     if let (Some(max), Some(gate)) = (args.max_conns, gate) {
         // Every worker counts its connections in the one shared counter, against the cap.
+        // ...and its own share in slot 1 + index, which the master gives back if it dies.
         cmd.args(["--max-conns", &max.to_string()])
-            .args(["--worker-gate-fd", &gate.fd().to_string()]);
+            .args(["--worker-gate-fd", &gate.fd().to_string()])
+            .args(["--worker-share-slot", &(1 + index).to_string()]);
     }
     let mut child = cmd
         .args([
@@ -95,11 +163,11 @@ fn spawn(
             .lines()
             .map_while(std::result::Result::ok)
         {
-            if tx.send(Msg::Line(index, line)).is_err() {
+            if tx.send(Msg::Line(index, generation, line)).is_err() {
                 return;
             }
         }
-        let _ = tx.send(Msg::Eof(index));
+        let _ = tx.send(Msg::Eof(index, generation));
     });
     Ok(child)
 }
@@ -108,6 +176,29 @@ fn stop_all(workers: &mut [Worker], sig: i32) {
     for w in workers.iter_mut().filter(|w| !w.exited) {
         // The worker may have exited since we last looked; that is fine.
         let _ = sys::kill(w.child.id(), sig);
+    }
+}
+
+/// Worker slot `i`'s process has gone (`w.exited`), at `now`: its connections went with it,
+/// so its share of the `--max-conns` count is given back; then a restart is planned, unless
+/// the slot has died `RESPAWN_BURST` times within `RESPAWN_WINDOW`.
+fn died(gate: Option<&sys::SharedCounter>, i: usize, w: &mut Worker, now: Instant) {
+    if let Some(g) = gate {
+        // The worker counted each connection in slot 0 and then in its own slot (and took it
+        // out of its slot first), so a worker killed in between leaves one place wrong.
+        let share = g.slot(1 + i).swap(0, std::sync::atomic::Ordering::Relaxed);
+        g.get()
+            .fetch_sub(share, std::sync::atomic::Ordering::Relaxed);
+    }
+    w.deaths.retain(|t| now.duration_since(*t) < RESPAWN_WINDOW);
+    w.deaths.push(now);
+    if w.deaths.len() >= RESPAWN_BURST {
+        eprintln!(
+            "epoll-server: worker {i} died {RESPAWN_BURST} times within {RESPAWN_WINDOW:?}: not \
+             restarted again"
+        );
+    } else {
+        w.respawn_at = Some(now + RESPAWN_BACKOFF * (1 << (w.deaths.len() - 1)));
     }
 }
 
@@ -136,8 +227,9 @@ pub fn run_master(
     let (tx, rx) = mpsc::channel();
     // `--max-conns` holds across the workers: they share one count of open connections.
     let gate = match args.max_conns {
+        // Slot 0 the count, then each worker's share of it.
         Some(_) => Some(
-            sys::SharedCounter::create()
+            sys::SharedCounter::create(1 + plan.workers)
                 .map_err(|e| Error::io("creating the shared connection count", e))?,
         ),
         None => None,
@@ -149,31 +241,32 @@ pub fn run_master(
         let source = Arc::new(move || latest.lock().map(|l| l.clone()).unwrap_or_default());
         server::metrics::serve(addr, "epoll", source)?;
     }
+    let spawner = Spawner {
+        args,
+        plan,
+        gate: gate.as_ref(),
+        tx,
+    };
     let mut workers = Vec::with_capacity(plan.workers);
-    for (index, cpu) in plan.shard_cpus.iter().enumerate() {
-        match spawn(args, index, *cpu, plan.shard_cap, gate.as_ref(), tx.clone()) {
-            Ok(child) => workers.push(Worker {
-                child,
-                latest: Counters::default(),
-                summary: None,
-                exited: false,
-            }),
+    for index in 0..plan.workers {
+        match spawner.spawn(index, 0) {
+            Ok(child) => workers.push(Worker::new(child)),
             Err(e) => {
                 stop_all(&mut workers, libc::SIGKILL);
                 return Err(e);
             }
         }
     }
-    drop(tx);
 
     let mut ready = vec![false; workers.len()];
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut failure = None;
     while failure.is_none() && !ready.iter().all(|r| *r) {
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(Msg::Line(i, line)) if line == "ready" => ready[i] = true,
+            Ok(Msg::Line(i, _, line)) if line == "ready" => ready[i] = true,
             Ok(Msg::Line(..)) => {}
-            Ok(Msg::Eof(i)) => {
+            Ok(Msg::Eof(i, _)) => {
+                workers[i].eof = true;
                 failure = Some(Error::Shard {
                     shard: i,
                     reason: "worker process exited before it was ready (its error is above)".into(),
@@ -188,6 +281,7 @@ pub fn run_master(
         }
     }
     let mut died = Vec::new();
+    let mut restarted = Vec::new();
     if failure.is_none()
         && let Some(p) = &mut pid_file
     {
@@ -204,11 +298,15 @@ pub fn run_master(
         if let Some(n) = &notify {
             n.send(&server::ready_message(args, plan));
         }
+        let mut fate = Fate {
+            died: &mut died,
+            restarted: &mut restarted,
+        };
         failure = supervise(
-            args,
+            &spawner,
             &mut workers,
             &rx,
-            &mut died,
+            &mut fate,
             started,
             notify.as_ref(),
             &latest,
@@ -222,11 +320,13 @@ pub fn run_master(
     stop_all(&mut workers, libc::SIGTERM);
     let limit =
         Instant::now() + Duration::from_secs_f64(args.shutdown_timeout) + Duration::from_secs(5);
-    let mut eofs = 0;
-    while eofs < workers.len() {
+    while workers.iter().any(|w| !w.eof) {
         match rx.recv_timeout(limit.saturating_duration_since(Instant::now())) {
-            Ok(Msg::Line(i, line)) => take_line(&mut workers[i], &line),
-            Ok(Msg::Eof(_)) => eofs += 1,
+            Ok(Msg::Line(i, g, line)) if g == workers[i].generation => {
+                take_line(&mut workers[i], &line)
+            }
+            Ok(Msg::Eof(i, g)) if g == workers[i].generation => workers[i].eof = true,
+            Ok(_) => {}
             Err(_) => {
                 stop_all(&mut workers, libc::SIGKILL);
                 failure.get_or_insert(Error::Shard {
@@ -249,10 +349,7 @@ pub fn run_master(
             _ => {}
         }
     }
-    let per_shard: Vec<Counters> = workers
-        .iter()
-        .map(|w| w.summary.unwrap_or(w.latest))
-        .collect();
+    let per_shard: Vec<Counters> = workers.iter().map(Worker::counters).collect();
     died.sort_unstable();
     let summary = Summary::new(
         "epoll",
@@ -261,6 +358,10 @@ pub fn run_master(
         sys::cpu_times(true),
         died.clone(),
     );
+    let summary = Summary {
+        restarted,
+        ..summary
+    };
     println!("{}", summary.human());
     server::write_stats_json(args, &summary)?;
     if let Some(e) = failure {
@@ -269,63 +370,99 @@ pub fn run_master(
     if let Some(&shard) = died.first() {
         return Err(Error::Shard {
             shard,
-            reason: format!("worker processes died while serving: {died:?}"),
+            reason: format!(
+                "worker processes died while serving: {died:?} (restarted: {:?})",
+                summary.restarted
+            ),
         });
     }
     Ok(summary)
 }
 
-/// Sums and prints stats each second, reports workers that die, until a stop signal.
+/// What became of the workers: the slots that died, and the slots restarted (one entry
+/// each time).
+struct Fate<'a> {
+    died: &'a mut Vec<usize>,
+    restarted: &'a mut Vec<usize>,
+}
+
+/// Sums and prints stats each second, and restarts workers that die, until a stop signal.
 fn supervise(
-    args: &ServerArgs,
+    spawner: &Spawner<'_>,
     workers: &mut [Worker],
     rx: &mpsc::Receiver<Msg>,
-    died: &mut Vec<usize>,
+    fate: &mut Fate<'_>,
     started: Instant,
     notify: Option<&Notify>,
     latest: &Mutex<Vec<Counters>>,
 ) -> Option<Error> {
+    let args = spawner.args;
     let mut prev = Counters::default();
     let mut prev_t = Instant::now();
     let mut next_tick = prev_t + Duration::from_secs(1);
     loop {
         let wait = next_tick
             .saturating_duration_since(Instant::now())
-            .min(Duration::from_millis(200));
+            .min(Duration::from_millis(50));
         match sys::wait_stop_signal(wait) {
             Ok(Some(_)) => return None,
             Ok(None) => {}
             Err(e) => return Some(Error::io("sigtimedwait", e)),
         }
         for msg in rx.try_iter() {
-            if let Msg::Line(i, line) = msg {
-                take_line(&mut workers[i], &line);
+            match msg {
+                Msg::Line(i, g, line) if g == workers[i].generation => {
+                    take_line(&mut workers[i], &line)
+                }
+                Msg::Eof(i, g) if g == workers[i].generation => workers[i].eof = true,
+                _ => {}
             }
         }
         if let Ok(mut l) = latest.lock() {
             for (to, w) in l.iter_mut().zip(workers.iter()) {
-                *to = w.latest;
+                *to = w.counters();
             }
         }
+        let now = Instant::now();
         for (i, w) in workers.iter_mut().enumerate() {
-            if w.exited {
-                continue;
-            }
-            if let Ok(Some(st)) = w.child.try_wait() {
+            if !w.exited
+                && let Ok(Some(st)) = w.child.try_wait()
+            {
                 w.exited = true;
-                died.push(i);
+                fate.died.push(i);
                 eprintln!(
                     "epoll-server: worker {i} (pid {}) died: {st}; its connections are lost, the \
                      other workers go on",
                     w.child.id()
                 );
+                died(spawner.gate, i, w, now);
+            }
+            if w.respawn_at.is_some_and(|t| t <= now) {
+                w.respawn_at = None;
+                match spawner.spawn(i, w.generation + 1) {
+                    Ok(child) => {
+                        w.carried = w.counters();
+                        w.latest = Counters::default();
+                        w.summary = None;
+                        w.child = child;
+                        w.generation += 1;
+                        w.exited = false;
+                        w.eof = false;
+                        fate.restarted.push(i);
+                        eprintln!("epoll-server: worker {i} restarted (pid {})", w.child.id());
+                    }
+                    Err(e) => {
+                        eprintln!("epoll-server: restarting worker {i}: {e}");
+                        died(spawner.gate, i, w, now);
+                    }
+                }
             }
         }
         let now_t = Instant::now();
         if now_t >= next_tick {
             next_tick += Duration::from_secs(1);
             if args.stats || notify.is_some() {
-                let now = Counters::sum(workers.iter().map(|w| &w.latest));
+                let now = Counters::sum(&workers.iter().map(Worker::counters).collect::<Vec<_>>());
                 let line = stats::stats_line(started.elapsed(), &now, &prev, now_t - prev_t);
                 if let Some(n) = notify {
                     n.send(&format!("STATUS={line}"));

@@ -316,38 +316,41 @@ pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
     unsafe { syscall!(shutdown(fd, libc::SHUT_WR)) }.map(drop)
 }
 
-/// A u64 counter in memory shared with the worker processes this one starts: a memfd
-/// (inherited across exec: no CLOEXEC) mapped MAP_SHARED by each of them.
+/// u64 counters in memory shared with the worker processes this one starts: a memfd
+/// (inherited across exec: no CLOEXEC) mapped MAP_SHARED by each of them. Slot 0 is `get`;
+/// the others are `slot(i)`.
 pub struct SharedCounter {
     ptr: std::ptr::NonNull<std::sync::atomic::AtomicU64>,
+    slots: usize,
     fd: OwnedFd,
 }
 
-// SAFETY: the mapping is only ever accessed through the AtomicU64, which is Sync; the pointer
-// stays valid until Drop unmaps it.
+// SAFETY: the mapping is only ever accessed through the AtomicU64s, which are Sync; the
+// pointer stays valid until Drop unmaps it.
 unsafe impl Send for SharedCounter {}
 // SAFETY: as above: all access is atomic.
 unsafe impl Sync for SharedCounter {}
 
 impl SharedCounter {
-    /// A new counter at 0, whose fd children inherit.
-    pub fn create() -> io::Result<SharedCounter> {
+    /// `slots` new counters at 0 (at least one), whose fd children inherit.
+    pub fn create(slots: usize) -> io::Result<SharedCounter> {
+        let slots = slots.max(1);
         // SAFETY: the name is a NUL-terminated 'static literal, which memfd_create(2) only
         // reads. No flags: no CLOEXEC, so the fd survives exec into the workers.
         let raw = unsafe { syscall!(memfd_create(c"c1m-conns".as_ptr(), 0)) }?;
         // SAFETY: memfd_create just returned this fd, owned by no one else.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         // SAFETY: ftruncate(2) takes no pointers: an fd and a length.
-        unsafe { syscall!(ftruncate(fd.as_raw_fd(), 8)) }?;
-        SharedCounter::map(fd)
+        unsafe { syscall!(ftruncate(fd.as_raw_fd(), (slots * 8) as libc::off_t)) }?;
+        SharedCounter::map(fd, slots)
     }
 
-    /// The counter behind `fd`, inherited from the process that created it. An fd that is
-    /// not 8 bytes long is refused (and left open).
+    /// The counters behind `fd`, inherited from the process that created them. An fd whose
+    /// length is not a whole number of counters is refused (and left open).
     ///
     /// # Safety
     ///
-    /// `fd` must be the fd of a counter made by `create` in an ancestor of this process (the
+    /// `fd` must be the fd of counters made by `create` in an ancestor of this process (the
     /// master passes its number to each worker), open, and owned by nothing else in this
     /// process: the counter takes it over and closes it on drop, and maps it as memory that
     /// only these processes touch, and only atomically.
@@ -356,23 +359,23 @@ impl SharedCounter {
         // SAFETY: the pointer is to a live local stat, which fstat(2) fills; a bad fd is an
         // error return.
         unsafe { syscall!(fstat(fd, &mut st)) }?;
-        if st.st_size != 8 {
+        if st.st_size <= 0 || st.st_size % 8 != 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("fd {fd} is not a shared counter"),
             ));
         }
         // SAFETY: the caller guarantees `fd` is open and owned by nothing else here.
-        SharedCounter::map(unsafe { OwnedFd::from_raw_fd(fd) })
+        SharedCounter::map(unsafe { OwnedFd::from_raw_fd(fd) }, st.st_size as usize / 8)
     }
 
-    fn map(fd: OwnedFd) -> io::Result<SharedCounter> {
-        // SAFETY: a fresh shared mapping of the fd's 8 bytes at an address the kernel picks;
-        // the result is checked for MAP_FAILED below.
+    fn map(fd: OwnedFd, slots: usize) -> io::Result<SharedCounter> {
+        // SAFETY: a fresh shared mapping of the fd's `slots` u64s at an address the kernel
+        // picks; the result is checked for MAP_FAILED below.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                8,
+                slots * 8,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 fd.as_raw_fd(),
@@ -383,7 +386,7 @@ impl SharedCounter {
             return Err(io::Error::last_os_error());
         }
         let ptr = std::ptr::NonNull::new(p.cast()).expect("mmap never returns null on success");
-        Ok(SharedCounter { ptr, fd })
+        Ok(SharedCounter { ptr, slots, fd })
     }
 
     /// The fd to pass to a child.
@@ -391,17 +394,30 @@ impl SharedCounter {
         self.fd.as_raw_fd()
     }
 
+    /// Slot 0.
     pub fn get(&self) -> &std::sync::atomic::AtomicU64 {
-        // SAFETY: the mapping is page-aligned (so aligned for a u64), 8 bytes, alive until
-        // Drop, and only ever accessed atomically, here and in the other processes.
-        unsafe { self.ptr.as_ref() }
+        self.slot(0)
+    }
+
+    /// Slot `i`; panics past the last.
+    pub fn slot(&self, i: usize) -> &std::sync::atomic::AtomicU64 {
+        assert!(i < self.slots, "slot {i} of {} shared counters", self.slots);
+        // SAFETY: the mapping is page-aligned (so every u64 in it is aligned), `slots` u64s
+        // long (i is below that), alive until Drop, and only ever accessed atomically, here
+        // and in the other processes.
+        unsafe { self.ptr.add(i).as_ref() }
+    }
+
+    pub fn slots(&self) -> usize {
+        self.slots
     }
 }
 
 impl Drop for SharedCounter {
     fn drop(&mut self) {
-        // SAFETY: unmaps the 8 bytes `map` mapped; no reference from `get` outlives `self`.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), 8) };
+        // SAFETY: unmaps the `slots` u64s `map` mapped; no reference from `slot` outlives
+        // `self`.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.slots * 8) };
     }
 }
 
