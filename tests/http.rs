@@ -288,23 +288,13 @@ fn uring_load_http_against_an_echo_server_reports_malformed_answers() {
     server.stop();
 }
 
-/// Whether `tool` can be run; outside CI a missing one skips its test with a message, in CI
-/// (which installs them) it fails.
+/// Whether `tool` can be run (see `common::installed`).
 fn have(tool: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{tool} is not installed: .ci/run installs it (apt-get install wrk nghttp2-client apache2-utils curl)"
-        );
-        eprintln!(
-            "SKIPPED: {tool} is not installed (apt-get install wrk nghttp2-client apache2-utils curl)"
-        );
-    }
-    found
+    common::installed(
+        &format!("command -v {tool}"),
+        tool,
+        "wrk nghttp2-client apache2-utils curl",
+    )
 }
 
 fn run(cmd: &str, args: &[&str]) -> String {

@@ -135,16 +135,7 @@ fn an_abstract_notify_socket() {
 /// binaries): no error and not one warning.
 #[test]
 fn the_unit_files_verify() {
-    let found = Command::new("sh")
-        .args(["-c", "command -v systemd-analyze"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "systemd-analyze is not installed: .ci/run installs it (apt-get install systemd)"
-        );
-        eprintln!("SKIPPED: systemd-analyze is not installed (apt-get install systemd)");
+    if !common::installed("command -v systemd-analyze", "systemd-analyze", "systemd") {
         return;
     }
     let dir = std::env::temp_dir().join(format!("c1m-units-{}", std::process::id()));
@@ -201,20 +192,13 @@ print(json.dumps({f.name: {"type": f.type, "help": f.documentation,
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// Whether the Prometheus client's parser is there; outside CI its absence skips the test.
+/// Whether the Prometheus client's parser is there (see `common::installed`).
 fn have_prometheus_parser() -> bool {
-    let found = Command::new("/usr/bin/python3")
-        .args(["-c", "import prometheus_client"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "prometheus_client is not installed: .ci/run installs it (apt-get install python3-prometheus-client)"
-        );
-        eprintln!("SKIPPED: apt-get install python3-prometheus-client");
-    }
-    found
+    common::installed(
+        "/usr/bin/python3 -c 'import prometheus_client'",
+        "prometheus_client",
+        "python3-prometheus-client",
+    )
 }
 
 /// The sum over shards of counter family `name`'s samples.

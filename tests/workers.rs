@@ -11,6 +11,36 @@ use common::{Engine, Server, free_ports, load, u};
 /// 40,000 connections need more fds than one process may hold here: 4 workers on 2 cores.
 const WORKER_TARGET: &str = "40000";
 
+/// Connection `i` of a test, to one of `ports` in turn, with "hi" sent on it.
+fn open(ports: &str, i: usize) -> std::net::TcpStream {
+    use std::io::Write;
+    let n = ports.split(',').count();
+    let port: u16 = ports.split(',').nth(i % n).unwrap().parse().unwrap();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"hi").unwrap();
+    s
+}
+
+/// Whether the "hi" came back (false: the connection was closed, or cut, first).
+fn served(s: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    let mut b = [0u8; 2];
+    s.read_exact(&mut b).is_ok() && &b == b"hi"
+}
+
+/// Stops a server one of whose workers died: it exits 1 (connections were lost); its stats.
+fn stop_after_a_death(server: &mut Server) -> serde_json::Value {
+    server.signal(libc::SIGTERM);
+    let st = server.wait(Duration::from_secs(10));
+    assert_eq!(
+        st.code(),
+        Some(1),
+        "a worker died: the run did not end cleanly"
+    );
+    serde_json::from_str(&std::fs::read_to_string(&server.stats_path).unwrap()).unwrap()
+}
+
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }
@@ -81,15 +111,7 @@ fn a_killed_worker_is_reported_and_restarted_and_the_others_go_on() {
     std::thread::sleep(Duration::from_millis(300));
     let (code, r) = load(&ports, &["--conns", "300", "--requests", "3"]);
     assert_eq!(code, 0, "{r}");
-    server.signal(libc::SIGTERM);
-    let st = server.wait(Duration::from_secs(10));
-    assert_eq!(
-        st.code(),
-        Some(1),
-        "a worker died: the run did not end cleanly"
-    );
-    let stats: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&server.stats_path).unwrap()).unwrap();
+    let stats = stop_after_a_death(&mut server);
     assert_eq!(stats["died"], serde_json::json!([1]));
     assert_eq!(stats["restarted"], serde_json::json!([1]));
     assert_eq!(u(&stats, "totals.accepted"), 300);
@@ -104,23 +126,13 @@ fn a_killed_worker_is_reported_and_restarted_and_the_others_go_on() {
 /// `--max-conns` back: as many new connections as died are let in, and not one more.
 #[test]
 fn a_dead_worker_s_share_of_the_cap_is_given_back() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::net::TcpStream;
     let ports = free_ports(2);
     let mut server = Server::start_with_nofile(Engine::Epoll, &ports, &["--max-conns", "300"], 400);
     let workers = server.children();
     assert_eq!(workers.len(), 2);
-    let port = |i: usize| -> u16 { ports.split(',').nth(i % 2).unwrap().parse().unwrap() };
-    let open = |i: usize| {
-        let mut s = TcpStream::connect(("127.0.0.1", port(i))).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(b"hi").unwrap();
-        s
-    };
-    let served = |s: &mut TcpStream| {
-        let mut b = [0u8; 2];
-        s.read_exact(&mut b).is_ok() && &b == b"hi"
-    };
+    let open = |i: usize| open(&ports, i);
     let mut held: Vec<TcpStream> = (0..300).map(open).collect();
     assert!(
         held.iter_mut().all(served),
@@ -146,37 +158,20 @@ fn a_dead_worker_s_share_of_the_cap_is_given_back() {
     let mut over = open(lost);
     assert!(!served(&mut over), "a connection over the cap was served");
     drop((held, again, over));
-    server.signal(libc::SIGTERM);
-    let st = server.wait(Duration::from_secs(10));
-    assert_eq!(
-        st.code(),
-        Some(1),
-        "a worker died: the run did not end cleanly"
-    );
+    stop_after_a_death(&mut server);
 }
 
 /// `--max-conns` holds across worker processes (they count in one shared counter), however
 /// SO_REUSEPORT spreads the connections: exactly the cap is held, the next is closed at once.
 #[test]
 fn the_connection_cap_holds_across_workers() {
-    use std::io::{Read, Write};
     use std::net::TcpStream;
     let ports = free_ports(2);
     // RLIMIT_NOFILE 400: one process holds about 260 connections, so 300 need 2 workers,
     // each with fd room for about 265: far more than an even share (150) of the cap.
     let server = Server::start_with_nofile(Engine::Epoll, &ports, &["--max-conns", "300"], 400);
     assert_eq!(server.children().len(), 2, "{:?}", server.children());
-    let port = |i: usize| -> u16 { ports.split(',').nth(i % 2).unwrap().parse().unwrap() };
-    let open = |i: usize| {
-        let mut s = TcpStream::connect(("127.0.0.1", port(i))).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(b"hi").unwrap();
-        s
-    };
-    let served = |s: &mut TcpStream| {
-        let mut b = [0u8; 2];
-        s.read_exact(&mut b).is_ok() && &b == b"hi"
-    };
+    let open = |i: usize| open(&ports, i);
     let mut held: Vec<TcpStream> = (0..300).map(open).collect();
     let refused = held.iter_mut().map(|s| !served(s)).filter(|r| *r).count();
     assert_eq!(refused, 0, "connections under the cap were refused");
@@ -229,10 +224,7 @@ fn a_worker_that_keeps_dying_is_given_up_on() {
     assert_eq!(server.children(), vec![other], "no sixth start");
     let (code, r) = load(&ports, &["--conns", "50", "--requests", "2"]);
     assert_eq!(code, 0, "the other worker serves: {r}");
-    server.signal(libc::SIGTERM);
-    assert_eq!(server.wait(Duration::from_secs(10)).code(), Some(1));
-    let stats: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&server.stats_path).unwrap()).unwrap();
+    let stats = stop_after_a_death(&mut server);
     assert_eq!(stats["died"], serde_json::json!([0, 0, 0, 0, 0]));
     assert_eq!(stats["restarted"], serde_json::json!([0, 0, 0, 0]));
 }

@@ -14,6 +14,24 @@ use std::time::{Duration, Instant};
 use c1m::uring::probe::{self, Need};
 use serde_json::Value;
 
+/// Whether `what` is installed (the shell command `check` succeeds); outside CI its absence
+/// skips the test that asks, with a message; in CI (which installs it with `apt-get install
+/// PACKAGES`) it fails.
+pub fn installed(check: &str, what: &str, packages: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", check])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{what} is not installed: .ci/run installs it (apt-get install {packages})"
+        );
+        eprintln!("SKIPPED: {what} is not installed (apt-get install {packages})");
+    }
+    found
+}
+
 /// Whether this kernel has `need`; where it does not, says that `test` is skipped and why.
 pub fn kernel_has(need: Need, test: &str) -> bool {
     let has = probe::has(need);
