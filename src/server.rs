@@ -249,7 +249,7 @@ pub fn validate(args: &ServerArgs) -> Result<()> {
 }
 
 /// `--pid-file`: claimed at start (a file naming a live process is an error), written once
-/// the server listens, removed when it exits (if it still names this process).
+/// the listeners are bound, removed when the server exits (if it still names this process).
 pub struct PidFile {
     path: PathBuf,
     written: bool,
@@ -368,7 +368,8 @@ pub fn drop_privileges(args: &ServerArgs, pid_file: Option<&PidFile>) -> Result<
             )
         })?;
     }
-    user::become_ids(ids).map_err(|e| Error::io(format!("becoming --user {:?}", args.user), e))
+    let spec = args.user.as_deref().unwrap_or_default();
+    user::become_ids(ids).map_err(|e| Error::io(format!("becoming --user {spec}"), e))
 }
 
 /// Writes the summary JSON to `--stats-json`, if asked.

@@ -9,9 +9,9 @@
 //! (IORING_CQ_EVENTFD_DISABLED) while it runs the ring, whose own completions would signal
 //! it too (see `Shard::step`). So each ring gets an eventfd, the thread waits on all of them
 //! in one edge-triggered epoll set (an eventfd that is never read reports each signal as a
-//! new edge), and a go of a ready ring is one enter that submits what its last go queued and
-//! runs its deferred work, then the acts on what that posted. The thread goes round its
-//! ready rings one go each, so that a busy one cannot starve the others, and waits only
+//! new edge), and a go of a ready ring is an enter that runs its deferred work, a turn on
+//! what that posted, and an enter that submits what the turn queued. The thread goes round
+//! its ready rings one go each, so that a busy one cannot starve the others, and waits only
 //! when none has work.
 
 use std::io;
@@ -22,9 +22,11 @@ use super::shard::{Cqes, Shard};
 use crate::stats::Counters;
 use crate::sys;
 
-/// Runs `shards` until each has been asked to stop and has closed every connection, waiting
-/// `batch` (if any) once a wait has found some but not all of them ready, to let more work
-/// gather (the Reactor's sleep-then-poll). The counters of each, in order.
+/// Runs `shards` until each has been asked to stop and has closed every connection. With a
+/// `batch`, a round (the gos and the wait) lasts at least that long: once a wait has found
+/// some but not all of the rings ready, the thread sleeps out the rest of the round and then
+/// takes what came meanwhile, so more work gathers for each go; at saturation the gos fill
+/// the round and it sleeps not at all. The counters of each, in order.
 pub fn run(mut shards: Vec<Shard>, batch: Option<Duration>) -> io::Result<Vec<Counters>> {
     let epoll = sys::epoll_create()?;
     for (i, shard) in shards.iter_mut().enumerate() {
