@@ -149,9 +149,9 @@ pub struct ServerArgs {
     #[arg(long, default_value = "6000", value_name = "PORTS")]
     pub ports: PortList,
 
-    /// IPv4 address to listen on.
+    /// Address to listen on: IPv4, or IPv6 (`::` takes IPv4 too, as IPv4-mapped addresses).
     #[arg(long, default_value = "0.0.0.0", value_name = "ADDR")]
-    pub host: Ipv4Addr,
+    pub host: std::net::IpAddr,
 
     /// The protocol served.
     #[arg(long, value_enum, default_value_t = Proto::Echo)]

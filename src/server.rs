@@ -6,7 +6,7 @@ pub mod core;
 pub mod metrics;
 
 use std::io::{self, Write};
-use std::net::SocketAddrV4;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -136,9 +136,9 @@ pub enum Output {
 }
 
 /// The user-facing error for a failed bind or listen on `addr`.
-fn bind_error(addr: SocketAddrV4, e: io::Error) -> Error {
+fn bind_error(addr: SocketAddr, e: io::Error) -> Error {
     match e.raw_os_error() {
-        Some(libc::EADDRINUSE) => Error::PortInUse(addr.into()),
+        Some(libc::EADDRINUSE) => Error::PortInUse(addr),
         Some(libc::EADDRNOTAVAIL) => Error::BadFlag(format!(
             "--host {}: no interface of this machine has that address",
             addr.ip()
@@ -165,9 +165,9 @@ pub fn make_plan(args: &ServerArgs, kind: EngineKind, rings_per_thread: usize) -
 /// Fails with a clear error if any port is taken (see `sys::port_in_use`).
 pub fn check_ports(args: &ServerArgs) -> Result<()> {
     for port in args.ports.ports() {
-        let addr = SocketAddrV4::new(args.host, *port);
+        let addr = SocketAddr::new(args.host, *port);
         if sys::port_in_use(addr).map_err(|e| bind_error(addr, e))? {
-            return Err(Error::PortInUse(addr.into()));
+            return Err(Error::PortInUse(addr));
         }
     }
     Ok(())
@@ -186,7 +186,7 @@ pub fn bind_listeners(
                 .ports()
                 .iter()
                 .map(|port| {
-                    let addr = SocketAddrV4::new(args.host, *port);
+                    let addr = SocketAddr::new(args.host, *port);
                     sys::reuseport_listener(addr, nonblocking, backlog)
                         .map_err(|e| bind_error(addr, e))
                 })
@@ -204,9 +204,12 @@ pub fn print_plan(name: &str, plan: &Plan) {
 
 /// The line every server prints once all its listeners are ready.
 pub fn ready_line(args: &ServerArgs, plan: &Plan) -> String {
+    let host = match args.host {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("[{a}]"),
+    };
     format!(
-        "listening on {}:{} ({} ports), {} shards on cores {}",
-        args.host,
+        "listening on {host}:{} ({} ports), {} shards on cores {}",
         args.ports,
         args.ports.len(),
         plan.shards(),

@@ -363,3 +363,42 @@ fn a_burst_near_a_full_fixed_file_table_loses_no_connection() {
     assert_eq!(u(&stats, "totals.accepted"), 260);
     assert!(u(&stats, "totals.accept_pauses") >= 1, "{stats}");
 }
+
+/// IPv6: `--host ::1` serves echo (exact bytes, 1 B to 1 MiB) and HTTP over IPv6 loopback;
+/// `--host ::` is dual-stack, taking IPv4 clients too.
+fn serves_over_ipv6_and_dual_stack(engine: Engine) {
+    let ports = free_ports(1);
+    let port = first_port(&ports);
+    let server = Server::start(engine, &ports, &["--host", "::1"]);
+    for n in [1usize, 70_000, 1 << 20] {
+        let data = random_bytes(n, 11);
+        let s = TcpStream::connect(("::1", port)).unwrap();
+        assert_eq!(echo_stream(s, data.clone()), data, "{engine:?} {n} bytes");
+    }
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "::1 takes no IPv4"
+    );
+    let stats = server.stop();
+    assert_eq!(u(&stats, "totals.accepted"), 3);
+
+    let ports = free_ports(1);
+    let port = first_port(&ports);
+    let server = Server::start(engine, &ports, &["--host", "::", "--proto", "http"]);
+    for host in ["::1", "127.0.0.1"] {
+        let mut s = TcpStream::connect((host, port)).unwrap();
+        s.write_all(b"GET /plaintext HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        assert!(
+            reply.starts_with("HTTP/1.1 200 OK\r\n"),
+            "{engine:?} {host}: {reply}"
+        );
+        assert!(reply.ends_with("Hello, World!"), "{reply}");
+    }
+    let stats = server.stop();
+    assert_eq!(u(&stats, "totals.requests"), 2);
+}
+
+common::per_engine!(serves_over_ipv6_and_dual_stack);

@@ -7,7 +7,7 @@ pub mod user;
 
 use std::io;
 use std::mem;
-use std::net::SocketAddrV4;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
@@ -70,29 +70,62 @@ pub fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
     }
 }
 
-fn tcp_socket(flags: i32) -> io::Result<OwnedFd> {
+/// A TCP socket of `addr`'s family. An IPv6 one takes IPv4 too (IPV6_V6ONLY off, so that
+/// `::` is dual-stack whatever net.ipv6.bindv6only says; its IPv4 peers are IPv4-mapped).
+fn tcp_socket(addr: &SocketAddr, flags: i32) -> io::Result<OwnedFd> {
+    let family = match addr {
+        SocketAddr::V4(_) => libc::AF_INET,
+        SocketAddr::V6(_) => libc::AF_INET6,
+    };
     // SAFETY: socket(2) takes no pointers: integers in, a new fd or -1 out.
     let fd = unsafe {
         syscall!(socket(
-            libc::AF_INET,
+            family,
             libc::SOCK_STREAM | libc::SOCK_CLOEXEC | flags,
             0
         ))
     }?;
     // SAFETY: socket(2) just returned this fd and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    if family == libc::AF_INET6 {
+        setsockopt_int(sock.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)?;
+    }
+    Ok(sock)
 }
 
-fn bind(fd: RawFd, addr: SocketAddrV4) -> io::Result<()> {
-    let sa = sockaddr_in(addr);
-    // SAFETY: the address pointer is to a live local sockaddr_in and the length is its size;
-    // bind(2) only reads it.
-    unsafe {
-        syscall!(bind(
-            fd,
-            (&sa as *const libc::sockaddr_in).cast(),
-            mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
-        ))
+fn bind(fd: RawFd, addr: &SocketAddr) -> io::Result<()> {
+    match addr {
+        SocketAddr::V4(a) => {
+            let sa = sockaddr_in(*a);
+            // SAFETY: the address pointer is to a live local sockaddr_in and the length is
+            // its size; bind(2) only reads it.
+            unsafe {
+                syscall!(bind(
+                    fd,
+                    (&sa as *const libc::sockaddr_in).cast(),
+                    mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
+                ))
+            }
+        }
+        SocketAddr::V6(a) => {
+            let sa = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: as above, for a live local sockaddr_in6.
+            unsafe {
+                syscall!(bind(
+                    fd,
+                    (&sa as *const libc::sockaddr_in6).cast(),
+                    mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
+                ))
+            }
+        }
     }
     .map(drop)
 }
@@ -102,16 +135,16 @@ fn bind(fd: RawFd, addr: SocketAddrV4) -> io::Result<()> {
 /// connections over them), TCP_NODELAY (inherited by accepted sockets), and `backlog`.
 /// `nonblocking` for epoll; io_uring listeners stay blocking (io_uring arms its own poll).
 pub fn reuseport_listener(
-    addr: SocketAddrV4,
+    addr: SocketAddr,
     nonblocking: bool,
     backlog: u32,
 ) -> io::Result<OwnedFd> {
-    let sock = tcp_socket(if nonblocking { libc::SOCK_NONBLOCK } else { 0 })?;
+    let sock = tcp_socket(&addr, if nonblocking { libc::SOCK_NONBLOCK } else { 0 })?;
     let fd = sock.as_raw_fd();
     setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
     setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
     setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)?;
-    bind(fd, addr)?;
+    bind(fd, &addr)?;
     // SAFETY: listen(2) takes no pointers: an fd and a backlog.
     unsafe { syscall!(listen(fd, backlog.min(LISTEN_BACKLOG) as i32)) }?;
     Ok(sock)
@@ -120,10 +153,10 @@ pub fn reuseport_listener(
 /// Whether another socket already listens on `addr`. SO_REUSEPORT would let a second server
 /// of the same user bind silently and share the port, so every port is probed first with a
 /// socket that does not set it: only a free port binds.
-pub fn port_in_use(addr: SocketAddrV4) -> io::Result<bool> {
-    let sock = tcp_socket(0)?;
+pub fn port_in_use(addr: SocketAddr) -> io::Result<bool> {
+    let sock = tcp_socket(&addr, 0)?;
     setsockopt_int(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-    match bind(sock.as_raw_fd(), addr) {
+    match bind(sock.as_raw_fd(), &addr) {
         Ok(()) => Ok(false),
         Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => Ok(true),
         Err(e) => Err(e),
