@@ -52,15 +52,78 @@ impl Config {
 /// says which process it was (a Reactor worker names itself).
 pub struct Server<T> {
     pub name: &'static str,
+    /// Its server flags (what SIGHUP may apply).
     pub server: fn(&T) -> &ServerArgs,
     pub check: fn(&T) -> crate::error::Result<Plan>,
     pub run: fn(&T) -> crate::error::Result<Summary>,
     pub who: fn(&T) -> String,
 }
 
-impl<T: CommandFactory + FromArgMatches> Server<T> {
+/// A setting that differs between two reads of the settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub key: String,
+    pub old: String,
+    pub new: String,
+}
+
+type Reread = Box<dyn Fn() -> Result<(ServerArgs, Vec<Change>), String> + Send + Sync>;
+
+/// How to read the settings again (set by `Server::main` when there is a `--config`).
+static REREAD: std::sync::OnceLock<Reread> = std::sync::OnceLock::new();
+
+/// Reads the `--config` file and the command line again (SIGHUP): the new server settings
+/// and what differs from the last read. None without a `--config`.
+pub fn reread() -> Option<Result<(ServerArgs, Vec<Change>), String>> {
+    REREAD.get().map(|f| f())
+}
+
+/// Each key's value in `effective`'s text ("(not set)" for a key without one).
+fn values(effective: &str) -> BTreeMap<String, String> {
+    effective
+        .lines()
+        .filter_map(|l| match l.strip_prefix("# ") {
+            Some(rest) => rest
+                .strip_suffix(" is not set")
+                .map(|k| (k.to_string(), "(not set)".to_string())),
+            None => {
+                let (k, v) = l.split_once(" = ")?;
+                let v = v.rsplit_once("  # ").map_or(v, |(v, _)| v);
+                Some((k.to_string(), v.to_string()))
+            }
+        })
+        .collect()
+}
+
+fn changes(old: &str, new: &str) -> Vec<Change> {
+    let (old, new) = (values(old), values(new));
+    new.iter()
+        .filter(|(k, v)| old.get(*k) != Some(v))
+        .map(|(k, v)| Change {
+            key: k.clone(),
+            old: old.get(k).cloned().unwrap_or_default(),
+            new: v.clone(),
+        })
+        .collect()
+}
+
+impl<T: CommandFactory + FromArgMatches + 'static> Server<T> {
     pub fn main(self) {
         let (args, matches, config) = parse::<T>(self.name);
+        if config.is_some() {
+            let (name, server) = (self.name, self.server);
+            let argv: Vec<OsString> = std::env::args_os().collect();
+            let last = std::sync::Mutex::new(effective::<T>(&matches));
+            let reread: Reread = Box::new(move || {
+                let (args, matches, _) = parse_from::<T>(name, argv.clone())?;
+                let now = effective::<T>(&matches);
+                let mut last = last.lock().map_err(|_| "a reload panicked".to_string())?;
+                let changed = changes(&last, &now);
+                *last = now;
+                Ok((server(&args).clone(), changed))
+            });
+            let _ = REREAD.set(reread);
+        }
         let explain = |e: &crate::error::Error| {
             let at = config.as_ref().and_then(|c| c.locate(&e.to_string()));
             let at = at.map(|a| format!("{a}: ")).unwrap_or_default();

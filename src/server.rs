@@ -39,6 +39,8 @@ pub struct ShardCtx {
     pub batch_usec: u32,
     /// The `--max-conns` cap the shards of this process share, when one is set.
     pub gate: Option<Arc<Gate>>,
+    /// What SIGHUP changes while the shard runs.
+    pub live: Arc<core::Live>,
 }
 
 /// The `--max-conns` cap: a connection accepted beyond it is closed at once. One atomic add
@@ -46,7 +48,8 @@ pub struct ShardCtx {
 /// Reactor's worker processes, in memory shared by all of them.
 pub struct Gate {
     open: Counter,
-    max: u64,
+    /// The cap; SIGHUP may change it.
+    max: AtomicU64,
     /// The slot of the shared count that holds this worker's own share of it, which its
     /// master gives back if it dies.
     mine: Option<usize>,
@@ -61,7 +64,7 @@ impl Gate {
     pub fn new(max: u64) -> Gate {
         Gate {
             open: Counter::Local(AtomicU64::new(0)),
-            max,
+            max: AtomicU64::new(max),
             mine: None,
         }
     }
@@ -71,7 +74,7 @@ impl Gate {
     pub fn shared(shared: sys::SharedCounter, mine: Option<usize>, max: u64) -> Gate {
         Gate {
             open: Counter::Shared(shared),
-            max,
+            max: AtomicU64::new(max),
             mine,
         }
     }
@@ -92,7 +95,7 @@ impl Gate {
 
     /// Takes a place for a new connection; false (and nothing taken) at the cap.
     pub fn enter(&self) -> bool {
-        if self.count().fetch_add(1, Ordering::Relaxed) < self.max {
+        if self.count().fetch_add(1, Ordering::Relaxed) < self.max.load(Ordering::Relaxed) {
             if let Some(m) = self.share() {
                 m.fetch_add(1, Ordering::Relaxed);
             }
@@ -101,6 +104,11 @@ impl Gate {
             self.count().fetch_sub(1, Ordering::Relaxed);
             false
         }
+    }
+
+    /// A new cap: connections above it stay open, new ones wait for room below it.
+    pub fn set_max(&self, max: u64) {
+        self.max.store(max, Ordering::Relaxed);
     }
 
     /// A connection that `enter` let in has closed.
@@ -215,6 +223,62 @@ pub fn ready_line(args: &ServerArgs, plan: &Plan) -> String {
         plan.shards(),
         plan.cpus_label()
     )
+}
+
+/// SIGHUP: reads the `--config` file again and applies what can change while the server
+/// runs (the idle, header and shutdown timeouts, and the `--max-conns` cap when one was
+/// set), saying on stderr what it applied and what needs a restart. A file that does not
+/// check changes nothing.
+fn reload(name: &str, running: &ServerArgs, live: &core::Live, gate: Option<&Gate>) {
+    let say = |what: String| eprintln!("{name}: SIGHUP: {what}");
+    let Some(reread) = crate::config::reread() else {
+        say("no --config file to read again: nothing changed".into());
+        return;
+    };
+    let checked = reread.and_then(|(new, changes)| {
+        validate(&new).map_err(|e| e.to_string())?;
+        Ok((new, changes))
+    });
+    let (new, changes) = match checked {
+        Ok(read) => read,
+        Err(e) => return say(format!("{e}: nothing changed")),
+    };
+    if changes.is_empty() {
+        return say("the settings are as they were".into());
+    }
+    let (mut applied, mut restart) = (Vec::new(), Vec::new());
+    for c in &changes {
+        let now = match c.key.as_str() {
+            "idle-timeout" | "header-timeout" | "shutdown-timeout" => true,
+            "max-conns" => gate.is_some() && new.max_conns.is_some(),
+            _ => false,
+        };
+        if now {
+            applied.push(format!("{} = {} (was {})", c.key, c.new, c.old));
+        } else {
+            restart.push(c.key.as_str());
+        }
+    }
+    if !applied.is_empty() {
+        // The running protocol decides which timeouts apply, whatever the file now says.
+        let timeouts = ServerArgs {
+            idle_timeout: new.idle_timeout,
+            header_timeout: new.header_timeout,
+            ..running.clone()
+        }
+        .timeouts();
+        live.set(timeouts, Duration::from_secs_f64(new.shutdown_timeout));
+        if let (Some(g), Some(max)) = (gate, new.max_conns) {
+            g.set_max(max);
+        }
+        say(format!("applied {}", applied.join(", ")));
+    }
+    if !restart.is_empty() {
+        say(format!(
+            "{} changed too, which needs a restart: kept as started",
+            restart.join(", ")
+        ));
+    }
 }
 
 /// What systemd is told once the server listens (`Type=notify`).
@@ -407,6 +471,7 @@ pub fn serve<E: Engine>(
     let started = Instant::now();
     let timeout = Duration::from_secs_f64(args.shutdown_timeout);
     let shards = listeners.len();
+    let live = Arc::new(core::Live::default());
     let notify = match output {
         Output::Human => Notify::from_env(&format!("{}-server", E::NAME)),
         // A worker's master speaks for it.
@@ -435,6 +500,7 @@ pub fn serve<E: Engine>(
             timeouts: args.timeouts(),
             batch_usec: engine.batch_usec(),
             gate: gate.clone(),
+            live: live.clone(),
         }));
     }
     if let (Some(addr), Output::Human) = (args.metrics, output) {
@@ -505,6 +571,8 @@ pub fn serve<E: Engine>(
             if let Some(n) = &notify {
                 n.send(&ready_message(args, plan));
             }
+            let name = format!("{}-server", E::NAME);
+            let reload = || reload(&name, args, &live, gate.as_deref());
             failure = supervise(
                 args,
                 &handles,
@@ -513,6 +581,7 @@ pub fn serve<E: Engine>(
                 started,
                 output,
                 notify.as_ref(),
+                &reload,
             );
             if let Some(n) = &notify {
                 n.send("STOPPING=1");
@@ -584,7 +653,9 @@ fn join_all(
 }
 
 /// Prints stats each second until a stop signal or a shard that ended on its own.
-/// With `notify` (systemd), the stats line is also the unit's status each second.
+/// With `notify` (systemd), the stats line is also the unit's status each second. SIGHUP
+/// calls `reload` (a worker process ignores it: its master speaks for it).
+#[allow(clippy::too_many_arguments)]
 fn supervise(
     args: &ServerArgs,
     handles: &[Handle<'_>],
@@ -593,6 +664,7 @@ fn supervise(
     started: Instant,
     output: Output,
     notify: Option<&Notify>,
+    reload: &dyn Fn(),
 ) -> Option<Error> {
     let mut prev = Counters::default();
     let mut prev_t = Instant::now();
@@ -600,6 +672,8 @@ fn supervise(
     loop {
         let wait = next_tick.saturating_duration_since(Instant::now());
         match sys::wait_stop_signal(wait) {
+            Ok(Some(libc::SIGHUP)) if output == Output::Human => reload(),
+            Ok(Some(libc::SIGHUP)) => {}
             Ok(Some(_)) => return None,
             Ok(None) => {}
             Err(e) => return Some(Error::io("sigtimedwait", e)),

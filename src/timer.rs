@@ -127,6 +127,19 @@ impl Wheel {
         !self.heads.is_empty()
     }
 
+    /// New timeouts (SIGHUP), for the deadlines set from now on: a connection's idle
+    /// deadline takes the new length at its next progress (a shorter one fires no earlier
+    /// than the old one was due), a header deadline at its next head. Connections started
+    /// while every timeout was off have no timers and get none.
+    pub fn set_timeouts(&mut self, timeouts: Timeouts) {
+        self.idle = ticks(timeouts.idle);
+        self.header = ticks(timeouts.header);
+        self.linger = ticks(timeouts.linger);
+        if !self.on() && (self.idle | self.header | self.linger) != 0 {
+            self.heads = vec![NIL; SLOTS as usize];
+        }
+    }
+
     fn later(&self, ticks: u32) -> u32 {
         if ticks == 0 {
             NEVER
@@ -356,6 +369,31 @@ mod tests {
         w.expire(&mut out);
         out.sort_unstable_by_key(|e| e.0);
         out
+    }
+
+    #[test]
+    fn new_timeouts_apply_to_new_deadlines_and_fire_no_earlier_than_the_old() {
+        let idle = |s| Timeouts {
+            idle: secs(s),
+            header: None,
+            linger: None,
+        };
+        let mut w = Wheel::new(idle(10.0), Instant::now());
+        w.start(1);
+        w.set_timeouts(idle(1.0));
+        w.start(2);
+        assert_eq!(expire(&mut w, 1.2), vec![(2, Expired::Idle)]);
+        // Progress on the old connection takes the shorter timeout, but not before its
+        // old deadline's bucket comes round.
+        w.progress(1);
+        assert!(expire(&mut w, 2.5).is_empty());
+        assert_eq!(expire(&mut w, 10.2), vec![(1, Expired::Idle)]);
+        // A wheel that started with every timeout off starts timing new connections.
+        let mut off = Wheel::new(Timeouts::default(), Instant::now());
+        off.start(5);
+        off.set_timeouts(idle(1.0));
+        off.start(6);
+        assert_eq!(expire(&mut off, 1.2), vec![(6, Expired::Idle)]);
     }
 
     #[test]

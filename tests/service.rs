@@ -397,3 +397,82 @@ fn a_user_that_cannot_be_is_a_usage_error() {
         }
     }
 }
+
+/// SIGHUP reads the `--config` file again: the timeouts (and the cap) apply at once, a key
+/// that needs a restart is said and kept, a file that does not check changes nothing.
+fn sighup_applies_what_can_change_and_says_the_rest(engine: Engine) {
+    use std::io::Read;
+    let path = std::env::temp_dir().join(format!("c1m-hup-{}-{engine:?}.toml", std::process::id()));
+    let p = path.to_str().unwrap().to_string();
+    std::fs::write(&path, "idle-timeout = 100\nmax-conns = 1000\n").unwrap();
+    let ports = free_ports(1);
+    let port: u16 = ports.parse().unwrap();
+    let server = Server::start(engine, &ports, &["--config", &p]);
+    std::fs::write(
+        &path,
+        "idle-timeout = 1\nmax-conns = 900\nproto = \"http\"\n",
+    )
+    .unwrap();
+    server.signal(libc::SIGHUP);
+    let applied = server
+        .stderr_line("SIGHUP: applied", Duration::from_secs(5))
+        .expect("the reload says what it applied");
+    assert!(
+        applied.contains("idle-timeout = 1 (was 100), max-conns = 900 (was 1000)"),
+        "{applied}"
+    );
+    let kept = server
+        .stderr_line("needs a restart", Duration::from_secs(5))
+        .expect("and what it kept");
+    assert!(kept.contains("SIGHUP: proto changed too"), "{kept}");
+    // A connection opened now is cut after the new idle timeout, not 100 s.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let t = Instant::now();
+    let mut buf = [0u8; 8];
+    assert_eq!(s.read(&mut buf).unwrap(), 0, "closed by the server");
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    std::fs::write(&path, "idle-timeout = -5\n").unwrap();
+    server.signal(libc::SIGHUP);
+    let line = server
+        .stderr_line("nothing changed", Duration::from_secs(5))
+        .expect("a bad file changes nothing");
+    assert!(
+        line.contains("--idle-timeout must be a number of seconds"),
+        "{line}"
+    );
+    let stats = server.stop();
+    assert_eq!(common::u(&stats, "totals.idle_timeouts"), 1, "{stats}");
+    let _ = std::fs::remove_file(&path);
+}
+
+fn sighup(engine: Engine) {
+    sighup_applies_what_can_change_and_says_the_rest(engine);
+}
+
+common::per_engine!(sighup);
+
+#[test]
+fn an_epoll_master_says_sighup_is_not_for_it() {
+    let ports = free_ports(2);
+    let server = Server::start_with_env(
+        Engine::Epoll,
+        &ports,
+        &["--max-conns", "300"],
+        Some(400),
+        &[],
+    );
+    server.signal(libc::SIGHUP);
+    let line = server
+        .stderr_line("SIGHUP", Duration::from_secs(5))
+        .expect("the master answers SIGHUP");
+    assert!(
+        line.contains("with worker processes nothing is read again"),
+        "{line}"
+    );
+    server.stop();
+}

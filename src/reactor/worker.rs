@@ -405,6 +405,10 @@ fn supervise(
             .saturating_duration_since(Instant::now())
             .min(Duration::from_millis(50));
         match sys::wait_stop_signal(wait) {
+            Ok(Some(libc::SIGHUP)) => eprintln!(
+                "epoll-server: SIGHUP: with worker processes nothing is read again; restart it \
+                 to change settings"
+            ),
             Ok(Some(_)) => return None,
             Ok(None) => {}
             Err(e) => return Some(Error::io("sigtimedwait", e)),

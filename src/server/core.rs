@@ -3,13 +3,32 @@
 //! runs on, HTTP's limits and the Date of the current second, the `--max-conns` gate, and the
 //! stop deadline, with one rule for how long a loop turn may wait.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{Gate, ShardCtx};
 use crate::proto::http;
 use crate::stats::{Counters, SharedCounters};
-use crate::timer::{Expired, Wheel};
+use crate::timer::{Expired, Timeouts, Wheel};
+
+/// The settings a running server takes on SIGHUP (`server::reload`): the timeouts and the
+/// shutdown timeout. Each shard looks at the version once per loop turn (one relaxed load)
+/// and reads the settings only when it changed.
+#[derive(Debug, Default)]
+pub struct Live {
+    version: AtomicU64,
+    settings: Mutex<Option<(Timeouts, Duration)>>,
+}
+
+impl Live {
+    pub fn set(&self, timeouts: Timeouts, shutdown_timeout: Duration) {
+        if let Ok(mut s) = self.settings.lock() {
+            *s = Some((timeouts, shutdown_timeout));
+        }
+        self.version.fetch_add(1, Ordering::Release);
+    }
+}
 
 /// What an HTTP connection reads from its shard: the limits, and the Date of this second.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +62,9 @@ pub struct ShardCore {
     shutdown_timeout: Duration,
     /// Set by `begin_stop`: owed output must be sent by then.
     deadline: Option<Instant>,
+    live: Arc<Live>,
+    /// The version of `live` applied.
+    seen: u64,
 }
 
 impl ShardCore {
@@ -60,6 +82,8 @@ impl ShardCore {
             gate: ctx.gate.clone(),
             shutdown_timeout: ctx.shutdown_timeout,
             deadline: None,
+            live: ctx.live.clone(),
+            seen: 0,
         }
     }
 
@@ -79,6 +103,15 @@ impl ShardCore {
     /// The start of a loop turn, after the wait: deadlines count from `now`, answers carry
     /// this second's Date.
     pub fn turn(&mut self, now: Instant) {
+        let version = self.live.version.load(Ordering::Acquire);
+        if version != self.seen {
+            self.seen = version;
+            let settings = self.live.settings.lock().ok().and_then(|s| *s);
+            if let Some((timeouts, shutdown)) = settings {
+                self.wheel.set_timeouts(timeouts);
+                self.shutdown_timeout = shutdown;
+            }
+        }
         self.wheel.set_clock(now);
         if let Some(env) = &mut self.http {
             env.date.refresh();

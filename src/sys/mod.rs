@@ -222,16 +222,17 @@ pub fn eventfd_wake(fd: RawFd) -> io::Result<()> {
 fn stop_signals() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
     let mut set: libc::sigset_t = unsafe { mem::zeroed() };
-    // SAFETY: `set` is a live sigset_t; SIGINT and SIGTERM are valid signal numbers.
+    // SAFETY: `set` is a live sigset_t; SIGINT, SIGTERM and SIGHUP are valid signal numbers.
     unsafe {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
     }
     set
 }
 
-/// Blocks SIGINT and SIGTERM in the calling thread (and in every thread it spawns after),
+/// Blocks SIGINT, SIGTERM and SIGHUP (the reload) in the calling thread (and in every thread it spawns after),
 /// so that they are taken only by `wait_stop_signal`; ignores SIGPIPE, since a peer that
 /// resets must show up as an error result, not end the process.
 pub fn block_stop_signals() -> io::Result<()> {
@@ -246,8 +247,8 @@ pub fn block_stop_signals() -> io::Result<()> {
     Ok(())
 }
 
-/// Waits up to `timeout` for SIGINT or SIGTERM (blocked beforehand by `block_stop_signals`);
-/// returns the signal number, or None on timeout.
+/// Waits up to `timeout` for SIGINT, SIGTERM or SIGHUP (blocked beforehand by
+/// `block_stop_signals`); returns the signal number, or None on timeout.
 pub fn wait_stop_signal(timeout: Duration) -> io::Result<Option<i32>> {
     let set = stop_signals();
     let ts = libc::timespec {
