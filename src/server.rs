@@ -143,6 +143,17 @@ pub enum Output {
     Worker,
 }
 
+/// Writes `line` to stdout, where a reader that went away (EPIPE) must not end the server:
+/// `println!` would panic.
+pub fn out(line: impl std::fmt::Display) {
+    let _ = writeln!(io::stdout(), "{line}");
+}
+
+/// Writes `line` to stderr, ignoring a closed stderr as `out` does stdout.
+pub fn say(line: impl std::fmt::Display) {
+    let _ = writeln!(io::stderr(), "{line}");
+}
+
 /// The user-facing error for a failed bind or listen on `addr`.
 fn bind_error(addr: SocketAddr, e: io::Error) -> Error {
     match e.raw_os_error() {
@@ -230,7 +241,7 @@ pub fn ready_line(args: &ServerArgs, plan: &Plan) -> String {
 /// set), saying on stderr what it applied and what needs a restart. A file that does not
 /// check changes nothing.
 fn reload(name: &str, running: &ServerArgs, live: &core::Live, gate: Option<&Gate>) {
-    let say = |what: String| eprintln!("{name}: SIGHUP: {what}");
+    let say = |what: String| say(format!("{name}: SIGHUP: {what}"));
     let Some(reread) = crate::config::reread() else {
         say("no --config file to read again: nothing changed".into());
         return;
@@ -564,8 +575,8 @@ pub fn serve<E: Engine>(
         }
         if failure.is_none() {
             match output {
-                Output::Human => println!("{}", ready_line(args, plan)),
-                Output::Worker => println!("ready"),
+                Output::Human => out(ready_line(args, plan)),
+                Output::Worker => out("ready"),
             }
             let _ = io::stdout().flush();
             if let Some(n) = &notify {
@@ -599,11 +610,10 @@ pub fn serve<E: Engine>(
         Vec::new(),
     );
     match output {
-        Output::Human => println!("{}", summary.human()),
-        Output::Worker => println!(
-            "{}",
-            serde_json::to_string(&summary).expect("a summary always serializes")
-        ),
+        Output::Human => out(summary.human()),
+        Output::Worker => {
+            out(serde_json::to_string(&summary).expect("a summary always serializes"))
+        }
     }
     write_stats_json(args, &summary)?;
     match failure {
@@ -696,12 +706,9 @@ fn supervise(
             n.send(&format!("STATUS={}", line()));
         }
         match output {
-            Output::Human if args.stats => println!("{}", line()),
+            Output::Human if args.stats => out(line()),
             Output::Human => {}
-            Output::Worker => println!(
-                "{}",
-                serde_json::to_string(&now).expect("counters always serialize")
-            ),
+            Output::Worker => out(serde_json::to_string(&now).expect("counters always serialize")),
         }
         let _ = io::stdout().flush();
         prev = now;

@@ -209,7 +209,33 @@ fn the_example_config_checks_for_both_servers() {
     }
 }
 
+/// A server whose stdout reader goes away (`uring-server --stats | head -1`) goes on
+/// serving: a stats line that cannot be written is dropped, not a panic.
+fn a_gone_stdout_reader_does_not_stop_the_server(engine: Engine) {
+    use std::io::{BufRead, BufReader};
+    let ports = free_ports(1);
+    let mut child = Command::new(engine.binary())
+        .args(["--host", "127.0.0.1", "--ports", &ports, "--stats"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("listening on"), "{line}");
+    // The reader is gone; two stats lines come and fail.
+    std::thread::sleep(std::time::Duration::from_millis(2300));
+    assert!(child.try_wait().unwrap().is_none(), "{engine:?} ended");
+    let (code, r) = load(&ports, &["--conns", "5", "--requests", "2"]);
+    assert_eq!(code, 0, "{r}");
+    c1m::sys::kill(child.id(), libc::SIGTERM).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0), "{engine:?}");
+}
+
 common::per_engine!(
+    a_gone_stdout_reader_does_not_stop_the_server,
     port_in_use_is_a_clear_error,
     bad_flags_say_what_is_wrong,
     the_pid_file_of_a_server,

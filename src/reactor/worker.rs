@@ -193,10 +193,10 @@ fn died(gate: Option<&sys::SharedCounter>, i: usize, w: &mut Worker, now: Instan
     w.deaths.retain(|t| now.duration_since(*t) < RESPAWN_WINDOW);
     w.deaths.push(now);
     if w.deaths.len() >= RESPAWN_BURST {
-        eprintln!(
+        server::say(format!(
             "epoll-server: worker {i} died {RESPAWN_BURST} times within {RESPAWN_WINDOW:?}: not \
              restarted again"
-        );
+        ));
     } else {
         w.respawn_at = Some(now + RESPAWN_BACKOFF * (1 << (w.deaths.len() - 1)));
     }
@@ -292,7 +292,7 @@ pub fn run_master(
         failure = server::drop_privileges(args, pid_file.as_ref()).err();
     }
     if failure.is_none() {
-        println!("{}", server::ready_line(args, plan));
+        server::out(server::ready_line(args, plan));
         let _ = std::io::stdout().flush();
         let notify = Notify::from_env("epoll-server");
         if let Some(n) = &notify {
@@ -341,10 +341,10 @@ pub fn run_master(
         match w.child.wait() {
             Ok(st) if !st.success() && !died.contains(&i) => {
                 died.push(i);
-                eprintln!(
+                server::say(format!(
                     "epoll-server: worker {i} (pid {}) exited with {st}",
                     w.child.id()
-                );
+                ));
             }
             _ => {}
         }
@@ -362,7 +362,7 @@ pub fn run_master(
         restarted,
         ..summary
     };
-    println!("{}", summary.human());
+    server::out(summary.human());
     server::write_stats_json(args, &summary)?;
     if let Some(e) = failure {
         return Err(e);
@@ -405,9 +405,9 @@ fn supervise(
             .saturating_duration_since(Instant::now())
             .min(Duration::from_millis(50));
         match sys::wait_stop_signal(wait) {
-            Ok(Some(libc::SIGHUP)) => eprintln!(
+            Ok(Some(libc::SIGHUP)) => server::say(
                 "epoll-server: SIGHUP: with worker processes nothing is read again; restart it \
-                 to change settings"
+                 to change settings",
             ),
             Ok(Some(_)) => return None,
             Ok(None) => {}
@@ -434,11 +434,11 @@ fn supervise(
             {
                 w.exited = true;
                 fate.died.push(i);
-                eprintln!(
+                server::say(format!(
                     "epoll-server: worker {i} (pid {}) died: {st}; its connections are lost, the \
                      other workers go on",
                     w.child.id()
-                );
+                ));
                 died(spawner.gate, i, w, now);
             }
             if w.respawn_at.is_some_and(|t| t <= now) {
@@ -453,10 +453,13 @@ fn supervise(
                         w.exited = false;
                         w.eof = false;
                         fate.restarted.push(i);
-                        eprintln!("epoll-server: worker {i} restarted (pid {})", w.child.id());
+                        server::say(format!(
+                            "epoll-server: worker {i} restarted (pid {})",
+                            w.child.id()
+                        ));
                     }
                     Err(e) => {
-                        eprintln!("epoll-server: restarting worker {i}: {e}");
+                        server::say(format!("epoll-server: restarting worker {i}: {e}"));
                         died(spawner.gate, i, w, now);
                     }
                 }
@@ -472,7 +475,7 @@ fn supervise(
                     n.send(&format!("STATUS={line}"));
                 }
                 if args.stats {
-                    println!("{line}");
+                    server::out(&line);
                     let _ = std::io::stdout().flush();
                 }
                 prev = now;
