@@ -13,7 +13,7 @@ use crate::stats::{Counters, SharedCounters};
 use crate::timer::{Expired, Timeouts, Wheel};
 
 /// The settings a running server takes on SIGHUP (`server::reload`): the timeouts and the
-/// shutdown timeout. Each shard looks at the version once per loop turn (one relaxed load)
+/// shutdown timeout. Each shard looks at the version once per loop turn (one atomic load)
 /// and reads the settings only when it changed.
 #[derive(Debug, Default)]
 pub struct Live {
