@@ -1,10 +1,10 @@
 //! What the connection timers cost at a million connections: `cargo bench --bench timer`
 //!
 //! One shard's timer wheel (`c1m::timer::Wheel`, with the servers' HTTP defaults: idle 120 s,
-//! header 30 s, linger 5 s) holding `--conns` connections (1,000,000) under the C1000K
-//! heartbeat (`--rate` 50,000 requests/s, each on a random connection), on a simulated clock:
-//! per request the calls a shard makes (progress on the recv, the head state after parsing,
-//! progress on the send), and per 100 ms tick one `expire`; a connection that times out is
+//! header 30 s, body 60 s, send 60 s, linger 5 s) holding `--conns` connections (1,000,000)
+//! under the C1000K heartbeat (`--rate` 50,000 requests/s, each on a random connection), on
+//! a simulated clock: per request the calls a shard makes (bytes received, the request part
+//! after parsing, output owed, bytes sent, nothing owed), and per 100 ms tick one `expire`; a connection that times out is
 //! replaced by a new one, so the count stays put. Measured: CPU time of the timer calls per
 //! simulated second (as a share of one core), per request, and the resident memory the wheel
 //! adds. Writes bench/results/timer-<date>-<kernel>.md and .json.
@@ -14,6 +14,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use c1m::proto::http::Reading;
 use c1m::timer::{LINGER, TICK, Timeouts, Wheel};
 use clap::Parser;
 
@@ -52,6 +53,8 @@ fn main() {
     let timeouts = Timeouts {
         idle: Some(Duration::from_secs(120)),
         header: Some(Duration::from_secs(30)),
+        body: Some(Duration::from_secs(60)),
+        send: Some(Duration::from_secs(60)),
         linger: Some(LINGER),
     };
     let epoch = Instant::now();
@@ -80,9 +83,11 @@ fn main() {
         let t = Instant::now();
         wheel.set_clock(epoch + TICK * tick as u32);
         for &k in &keys {
-            wheel.progress(k);
-            wheel.head(k, false);
-            wheel.progress(k);
+            wheel.received(k);
+            wheel.reading(k, Reading::Between);
+            wheel.owed(k, true);
+            wheel.sent(k);
+            wheel.owed(k, false);
         }
         wheel.expire(&mut expired);
         for (k, _) in expired.drain(..) {
@@ -114,7 +119,7 @@ fn main() {
     let json = serde_json::json!({
         "date": date, "kernel": kernel, "commit": commit, "machine": machine, "command": cmd,
         "conns": conns, "rate": rate, "simulated_s": seconds,
-        "timeouts_s": {"idle": 120, "header": 30, "linger": LINGER.as_secs()},
+        "timeouts_s": {"idle": 120, "header": 30, "body": 60, "send": 60, "linger": LINGER.as_secs()},
         "timer_cpu_s": busy.as_secs_f64(), "cpu_pct_of_one_core": cpu_pct,
         "ns_per_request": per_request_ns, "ns_per_start": start_ns,
         "timed_out_and_replaced": timed_out, "rss_added_kib": rss_kib,
@@ -122,8 +127,9 @@ fn main() {
     let md = format!(
         "# Timer wheel at {conns} connections\n\n`{cmd}` on {date}, kernel {kernel}, commit \
          {commit}, {machine}.\n\nOne shard's wheel with the HTTP defaults (idle 120 s, header \
-         30 s, linger 5 s), {conns} connections, {rate} requests/s on random connections \
-         (progress on recv, head state, progress on send), one expire per 100 ms tick, \
+         30 s, body 60 s, send 60 s, linger 5 s), {conns} connections, {rate} requests/s on \
+         random connections (received, request part, owed, sent, nothing owed), one expire \
+         per 100 ms tick, \
          {seconds} s simulated.\n\n| figure | value |\n|---|---|\n| CPU in timer calls | \
          {:.3} s over {seconds} s simulated = {cpu_pct:.3} % of one core |\n| per request | \
          {per_request_ns:.0} ns |\n| per new connection (`start`) | {start_ns:.0} ns |\n| \

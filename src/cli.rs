@@ -180,6 +180,17 @@ pub struct ServerArgs {
     #[arg(long, default_value = "30", value_name = "SECONDS")]
     pub header_timeout: f64,
 
+    /// HTTP: a request body stalled this many seconds without a byte (between two reads,
+    /// not over the whole body: nginx's client_body_timeout) is answered 408 and closed
+    /// (0: never).
+    #[arg(long, default_value = "60", value_name = "SECONDS")]
+    pub body_timeout: f64,
+
+    /// Close a connection whose peer takes no byte of the output owed to it for this many
+    /// seconds (between two writes, not over the whole answer: nginx's send_timeout; 0: never).
+    #[arg(long, default_value = "60", value_name = "SECONDS")]
+    pub send_timeout: f64,
+
     /// Batch wake-ups: a shard's wait for events may take up to this many microseconds to
     /// gather more once one is there (io_uring: until 64 completions, the kernel's minimum
     /// wait, 6.12+; epoll: one sleep, then the events gathered meanwhile). Fewer wake-ups and
@@ -414,6 +425,8 @@ impl ServerArgs {
         Timeouts {
             idle: on(self.idle_timeout),
             header: on(self.header_timeout).filter(|_| http),
+            body: on(self.body_timeout).filter(|_| http),
+            send: on(self.send_timeout),
             linger: http.then_some(LINGER),
         }
     }

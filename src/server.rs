@@ -237,7 +237,7 @@ pub fn ready_line(args: &ServerArgs, plan: &Plan) -> String {
 }
 
 /// SIGHUP: reads the `--config` file again and applies what can change while the server
-/// runs (the idle, header and shutdown timeouts, and the `--max-conns` cap when one was
+/// runs (the idle, header, body, send and shutdown timeouts, and the `--max-conns` cap when one was
 /// set), saying on stderr what it applied and what needs a restart. A file that does not
 /// check changes nothing.
 fn reload(name: &str, running: &ServerArgs, live: &core::Live, gate: Option<&Gate>) {
@@ -260,7 +260,8 @@ fn reload(name: &str, running: &ServerArgs, live: &core::Live, gate: Option<&Gat
     let (mut applied, mut restart) = (Vec::new(), Vec::new());
     for c in &changes {
         let now = match c.key.as_str() {
-            "idle-timeout" | "header-timeout" | "shutdown-timeout" => true,
+            "idle-timeout" | "header-timeout" | "body-timeout" | "send-timeout"
+            | "shutdown-timeout" => true,
             "max-conns" => gate.is_some() && new.max_conns.is_some(),
             _ => false,
         };
@@ -275,6 +276,8 @@ fn reload(name: &str, running: &ServerArgs, live: &core::Live, gate: Option<&Gat
         let timeouts = ServerArgs {
             idle_timeout: new.idle_timeout,
             header_timeout: new.header_timeout,
+            body_timeout: new.body_timeout,
+            send_timeout: new.send_timeout,
             ..running.clone()
         }
         .timeouts();
@@ -309,6 +312,8 @@ pub fn validate(args: &ServerArgs) -> Result<()> {
         ("--shutdown-timeout", args.shutdown_timeout),
         ("--idle-timeout", args.idle_timeout),
         ("--header-timeout", args.header_timeout),
+        ("--body-timeout", args.body_timeout),
+        ("--send-timeout", args.send_timeout),
     ] {
         if !(v.is_finite() && (0.0..=MAX_TIMEOUT_S).contains(&v)) {
             return Err(Error::BadFlag(format!(

@@ -53,6 +53,8 @@ counters! {
     over_cap: "Connections closed at once because --max-conns were already open.",
     idle_timeouts: "Connections closed after --idle-timeout without progress.",
     header_timeouts: "HTTP connections answered 408 and closed after --header-timeout.",
+    body_timeouts: "HTTP connections answered 408 and closed after --body-timeout.",
+    send_timeouts: "Connections closed after --send-timeout with output owed and none taken.",
     conn_errors: "Connections ended by an error: reset, broken pipe.",
     requests: "HTTP requests answered (errors included).",
     bytes_in: "Bytes received.",
@@ -104,7 +106,7 @@ pub fn stats_line(elapsed: Duration, now: &Counters, prev: &Counters, dt: Durati
         now.accept_pauses,
         now.conn_errors,
         now.over_cap,
-        now.idle_timeouts + now.header_timeouts,
+        now.idle_timeouts + now.header_timeouts + now.body_timeouts + now.send_timeouts,
     )
 }
 
@@ -158,7 +160,7 @@ impl Summary {
         };
         format!(
             "{} summary: {:.1}s, {} shards, accepted {}, closed {}, refused {}, over cap {}, \
-             errors {}, idle timeouts {}, header timeouts {}, requests {}, in {} B, out {} B, sends {} ({} short), enobufs {}, re-arms {}, accept pauses {}, \
+             errors {}, idle timeouts {}, header timeouts {}, body timeouts {}, send timeouts {}, requests {}, in {} B, out {} B, sends {} ({} short), enobufs {}, re-arms {}, accept pauses {}, \
              syscalls {}, cq overflow {}, cpu user {:.2}s sys {:.2}s{died}",
             self.engine,
             self.duration_s,
@@ -170,6 +172,8 @@ impl Summary {
             t.conn_errors,
             t.idle_timeouts,
             t.header_timeouts,
+            t.body_timeouts,
+            t.send_timeouts,
             t.requests,
             t.bytes_in,
             t.bytes_out,

@@ -1,18 +1,23 @@
 //! Per-shard connection deadlines: a hashed timing wheel keyed by connection slot.
 //!
 //! Each connection has at most one node in the wheel, linked into the bucket of the tick at
-//! which it must next be looked at, and two deadlines: idle (pushed back by every byte of
-//! progress) and header (set when an HTTP request head begins, cleared when it ends). Progress
-//! only writes the new idle deadline into the node (no relinking); when the bucket comes
-//! round, a node whose deadline has moved on is relinked for it, so a busy connection costs
-//! one relink per timeout period, not one per request. A deadline set earlier than the
-//! node's bucket (a header deadline) relinks at once. Every operation is O(1); a clock tick
+//! which it must next be looked at, and four deadlines: idle (pushed back by every byte
+//! either way), header (set when an HTTP request head begins, cleared when it ends), body
+//! (set when a request body begins, pushed back by every byte received, cleared when it
+//! ends: nginx's client_body_timeout) and send (set when output is owed, pushed back by
+//! every byte sent, cleared when none is owed: nginx's send_timeout). Progress only writes
+//! the new deadlines into the node (no relinking); when the bucket comes round, a node whose
+//! deadlines have moved on is relinked for the earliest, so a busy connection costs one
+//! relink per timeout period, not one per request. A deadline set earlier than the node's
+//! bucket (a header deadline, say) relinks at once. Every operation is O(1); a clock tick
 //! visits one bucket; nothing ever scans all connections.
 //!
 //! Deadlines are rounded up to whole ticks and never fire early: a timeout of T fires
 //! between T and T + `TICK` after the event that set it (plus however late the shard wakes).
 
 use std::time::{Duration, Instant};
+
+use crate::proto::http::Reading;
 
 /// HTTP: the longest a lingering close lasts (the server has sent its last answer, shut its
 /// write side, and reads and discards until the peer's EOF).
@@ -33,6 +38,10 @@ pub enum Expired {
     Idle,
     /// A request head was begun and not finished within the header timeout.
     Header,
+    /// A request body stalled: no byte of it for the body timeout.
+    Body,
+    /// Output was owed and the peer took none of it for the send timeout.
+    Send,
     /// A lingering close (or the wait for a 408 to be taken) ran out.
     Linger,
 }
@@ -42,6 +51,8 @@ pub enum Expired {
 pub struct Timeouts {
     pub idle: Option<Duration>,
     pub header: Option<Duration>,
+    pub body: Option<Duration>,
+    pub send: Option<Duration>,
     /// The longest a lingering close may last, whatever the peer sends.
     pub linger: Option<Duration>,
 }
@@ -54,6 +65,8 @@ struct Node {
     at: u32,
     idle_due: u32,
     head_due: u32,
+    body_due: u32,
+    send_due: u32,
     /// Started and neither expired nor stopped.
     live: bool,
     /// In `linger`: progress no longer pushes the deadline back.
@@ -66,13 +79,18 @@ const UNLINKED: Node = Node {
     at: NEVER,
     idle_due: NEVER,
     head_due: NEVER,
+    body_due: NEVER,
+    send_due: NEVER,
     live: false,
     lingering: false,
 };
 
 impl Node {
     fn due(&self) -> u32 {
-        self.idle_due.min(self.head_due)
+        self.idle_due
+            .min(self.head_due)
+            .min(self.body_due)
+            .min(self.send_due)
     }
 }
 
@@ -86,6 +104,8 @@ pub struct Wheel {
     /// Timeouts in ticks, rounded up, plus one so that they never fire early; 0 is off.
     idle: u32,
     header: u32,
+    body: u32,
+    send: u32,
     linger: u32,
     heads: Vec<u32>,
     /// Indexed by connection slot.
@@ -105,22 +125,21 @@ fn ticks(d: Option<Duration>) -> u32 {
 
 impl Wheel {
     pub fn new(timeouts: Timeouts, now: Instant) -> Wheel {
-        let on = timeouts.idle.is_some() || timeouts.header.is_some() || timeouts.linger.is_some();
-        Wheel {
+        let mut w = Wheel {
             epoch: now,
             clock: 0,
             now: 0,
-            idle: ticks(timeouts.idle),
-            header: ticks(timeouts.header),
-            linger: ticks(timeouts.linger),
-            heads: if on {
-                vec![NIL; SLOTS as usize]
-            } else {
-                Vec::new()
-            },
+            idle: 0,
+            header: 0,
+            body: 0,
+            send: 0,
+            linger: 0,
+            heads: Vec::new(),
             nodes: Vec::new(),
             linked: 0,
-        }
+        };
+        w.set_timeouts(timeouts);
+        w
     }
 
     fn on(&self) -> bool {
@@ -128,14 +147,16 @@ impl Wheel {
     }
 
     /// New timeouts (SIGHUP), for the deadlines set from now on: a connection's idle
-    /// deadline takes the new length at its next progress (a shorter one fires no earlier
-    /// than the old one was due), a header deadline at its next head. Connections started
-    /// while every timeout was off have no timers and get none.
+    /// deadline takes the new length at its next progress, a header deadline at its next
+    /// head, and so on. Connections started while every timeout was off have no timers and
+    /// get none.
     pub fn set_timeouts(&mut self, timeouts: Timeouts) {
         self.idle = ticks(timeouts.idle);
         self.header = ticks(timeouts.header);
+        self.body = ticks(timeouts.body);
+        self.send = ticks(timeouts.send);
         self.linger = ticks(timeouts.linger);
-        if !self.on() && (self.idle | self.header | self.linger) != 0 {
+        if !self.on() && (self.idle | self.header | self.body | self.send | self.linger) != 0 {
             self.heads = vec![NIL; SLOTS as usize];
         }
     }
@@ -169,41 +190,85 @@ impl Wheel {
         }
     }
 
-    /// Bytes moved on `key`'s connection: its idle deadline starts again.
-    pub fn progress(&mut self, key: u32) {
-        if self.idle == 0 {
+    /// Bytes arrived on `key`'s connection: its idle deadline starts again, and its body
+    /// deadline if a body is being read.
+    pub fn received(&mut self, key: u32) {
+        if self.idle | self.body == 0 {
             return;
         }
-        let due = self.later(self.idle);
-        if let Some(n) = self.nodes.get_mut(key as usize)
-            && n.live
-            && !n.lingering
-        {
-            // Only ever later than before: the node's bucket comes first and relinks it.
-            n.idle_due = due;
-        }
+        let (idle, body) = (self.later(self.idle), self.later(self.body));
+        self.update(key, |n| {
+            n.idle_due = idle;
+            if n.body_due != NEVER {
+                n.body_due = body;
+            }
+        });
     }
 
-    /// Whether `key`'s connection is inside a request head: the header deadline is set when
-    /// one begins and cleared when it ends.
-    pub fn head(&mut self, key: u32, open: bool) {
-        if self.header == 0 {
+    /// The peer took bytes of `key`'s output: its idle deadline starts again, and its send
+    /// deadline if more is owed.
+    pub fn sent(&mut self, key: u32) {
+        if self.idle | self.send == 0 {
             return;
         }
-        let due = self.later(self.header);
-        let Some(n) = self.nodes.get_mut(key as usize).filter(|n| n.live) else {
+        let (idle, send) = (self.later(self.idle), self.later(self.send));
+        self.update(key, |n| {
+            n.idle_due = idle;
+            if n.send_due != NEVER {
+                n.send_due = send;
+            }
+        });
+    }
+
+    /// Which part of an HTTP request `key`'s connection is reading: the header deadline is
+    /// set when a head begins and cleared when it ends; the body deadline likewise for a body.
+    pub fn reading(&mut self, key: u32, part: Reading) {
+        if self.header | self.body == 0 {
+            return;
+        }
+        let (head, body) = (self.later(self.header), self.later(self.body));
+        self.update(key, |n| {
+            let (keep_head, keep_body) = (n.head_due, n.body_due);
+            (n.head_due, n.body_due) = match part {
+                Reading::Between => (NEVER, NEVER),
+                Reading::Head if keep_head == NEVER => (head, NEVER),
+                Reading::Head => (keep_head, NEVER),
+                Reading::Body if keep_body == NEVER => (NEVER, body),
+                Reading::Body => (NEVER, keep_body),
+            };
+        });
+    }
+
+    /// Whether `key`'s connection owes output not yet taken: the send deadline is set when
+    /// it begins to and cleared when it no longer does.
+    pub fn owed(&mut self, key: u32, owed: bool) {
+        if self.send == 0 {
+            return;
+        }
+        let due = self.later(self.send);
+        self.update(key, |n| match (owed, n.send_due == NEVER) {
+            (true, true) => n.send_due = due,
+            (false, false) => n.send_due = NEVER,
+            _ => {}
+        });
+    }
+
+    /// Changes `key`'s deadlines with `f` (a live node not lingering: a linger is cut on
+    /// time whatever moves), relinking the node at once only if it is now due before the
+    /// bucket it sits in (or sits in none).
+    fn update(&mut self, key: u32, f: impl FnOnce(&mut Node)) {
+        let Some(n) = self
+            .nodes
+            .get_mut(key as usize)
+            .filter(|n| n.live && !n.lingering)
+        else {
             return;
         };
-        match (open, n.head_due == NEVER) {
-            (true, true) => {
-                n.head_due = due;
-                if n.at == NEVER || due < n.at {
-                    self.unlink(key);
-                    self.link(key, due);
-                }
-            }
-            (false, false) => n.head_due = NEVER,
-            _ => {}
+        f(n);
+        let due = n.due();
+        if due < n.at {
+            self.unlink(key);
+            self.link(key, due);
         }
     }
 
@@ -296,12 +361,17 @@ impl Wheel {
                 self.linked -= 1;
                 let expired = if n.head_due <= target {
                     Expired::Header
+                } else if n.body_due <= target {
+                    Expired::Body
+                } else if n.send_due <= target {
+                    Expired::Send
                 } else if n.idle_due <= target && n.lingering {
                     Expired::Linger
                 } else if n.idle_due <= target {
                     Expired::Idle
                 } else {
-                    // Not due yet (or nothing set any more: it stays unlinked until a head).
+                    // Not due yet (or nothing set any more: it stays unlinked until a
+                    // deadline is set again).
                     if n.due() != NEVER {
                         self.link(key, n.due());
                     }
@@ -376,6 +446,8 @@ mod tests {
         let idle = |s| Timeouts {
             idle: secs(s),
             header: None,
+            body: None,
+            send: None,
             linger: None,
         };
         let mut w = Wheel::new(idle(10.0), Instant::now());
@@ -383,11 +455,10 @@ mod tests {
         w.set_timeouts(idle(1.0));
         w.start(2);
         assert_eq!(expire(&mut w, 1.2), vec![(2, Expired::Idle)]);
-        // Progress on the old connection takes the shorter timeout, but not before its
-        // old deadline's bucket comes round.
-        w.progress(1);
-        assert!(expire(&mut w, 2.5).is_empty());
-        assert_eq!(expire(&mut w, 10.2), vec![(1, Expired::Idle)]);
+        // Progress on the old connection gives it the shorter timeout from then on.
+        w.received(1);
+        assert!(expire(&mut w, 2.25).is_empty());
+        assert_eq!(expire(&mut w, 2.35), vec![(1, Expired::Idle)]);
         // A wheel that started with every timeout off starts timing new connections.
         let mut off = Wheel::new(Timeouts::default(), Instant::now());
         off.start(5);
@@ -402,6 +473,8 @@ mod tests {
             Timeouts {
                 idle: secs(1.0),
                 header: None,
+                body: None,
+                send: None,
                 linger: None,
             },
             Instant::now(),
@@ -428,6 +501,8 @@ mod tests {
             Timeouts {
                 idle: secs(1.0),
                 header: None,
+                body: None,
+                send: None,
                 linger: None,
             },
             Instant::now(),
@@ -442,7 +517,7 @@ mod tests {
             } else if !out.is_empty() {
                 assert_eq!(out, vec![(1, Expired::Idle)], "{t}");
             }
-            w.progress(0);
+            w.received(0);
         }
         assert_eq!(w.len(), 1, "connection 0 kept busy, connection 1 timed out");
         assert_eq!(expire(&mut w, 4.2), vec![(0, Expired::Idle)]);
@@ -454,27 +529,95 @@ mod tests {
             Timeouts {
                 idle: secs(10.0),
                 header: secs(1.0),
+                body: None,
+                send: None,
                 linger: None,
             },
             Instant::now(),
         );
         w.start(2);
         expire(&mut w, 0.5);
-        w.head(2, true);
+        w.reading(2, Reading::Head);
         for step in 6..=14 {
             let out = expire(&mut w, f64::from(step) * 0.1);
             assert!(out.is_empty(), "{step}: {out:?}");
-            w.progress(2);
-            w.head(2, true);
+            w.received(2);
+            w.reading(2, Reading::Head);
         }
         assert_eq!(expire(&mut w, 1.7), vec![(2, Expired::Header)]);
         // A head that ends in time clears it: only idle remains.
         w.start(2);
-        w.head(2, true);
+        w.reading(2, Reading::Head);
         expire(&mut w, 2.0);
-        w.head(2, false);
+        w.reading(2, Reading::Between);
         assert!(expire(&mut w, 5.0).is_empty());
         assert_eq!(expire(&mut w, 12.0), vec![(2, Expired::Idle)]);
+    }
+
+    #[test]
+    fn a_body_times_out_between_its_bytes_not_over_its_whole() {
+        let mut w = Wheel::new(
+            Timeouts {
+                idle: secs(10.0),
+                header: secs(2.0),
+                body: secs(1.0),
+                send: None,
+                linger: None,
+            },
+            Instant::now(),
+        );
+        w.start(1);
+        w.reading(1, Reading::Head);
+        expire(&mut w, 0.2);
+        w.reading(1, Reading::Body);
+        // A byte every half second for 4 s: longer than the body and header timeouts.
+        for step in 1..=8 {
+            assert!(expire(&mut w, 0.2 + f64::from(step) * 0.5).is_empty());
+            w.received(1);
+            w.reading(1, Reading::Body);
+        }
+        // The last byte came at 4.2 s: the body deadline is 1 s (and a tick) later.
+        assert!(expire(&mut w, 5.25).is_empty());
+        assert_eq!(expire(&mut w, 5.35), vec![(1, Expired::Body)]);
+        // A body that ends in time clears it: only idle remains.
+        w.start(1);
+        w.reading(1, Reading::Body);
+        expire(&mut w, 5.8);
+        w.reading(1, Reading::Between);
+        assert!(expire(&mut w, 14.0).is_empty());
+        assert_eq!(expire(&mut w, 15.5), vec![(1, Expired::Idle)]);
+    }
+
+    #[test]
+    fn a_send_times_out_when_owed_output_is_not_taken() {
+        let mut w = Wheel::new(
+            Timeouts {
+                idle: secs(10.0),
+                header: None,
+                body: None,
+                send: secs(1.0),
+                linger: None,
+            },
+            Instant::now(),
+        );
+        // Owed for 3 s while the peer takes some every half second: no timeout.
+        w.start(1);
+        w.owed(1, true);
+        for step in 1..=6 {
+            assert!(expire(&mut w, f64::from(step) * 0.5).is_empty());
+            w.sent(1);
+            w.owed(1, true);
+        }
+        // Then it takes nothing: cut 1 s (and a tick) after the last bytes it took.
+        assert!(expire(&mut w, 4.05).is_empty());
+        assert_eq!(expire(&mut w, 4.15), vec![(1, Expired::Send)]);
+        // Nothing owed, nothing to take: only idle applies.
+        w.start(2);
+        w.owed(2, true);
+        expire(&mut w, 4.5);
+        w.owed(2, false);
+        assert!(expire(&mut w, 13.0).is_empty());
+        assert_eq!(expire(&mut w, 14.3), vec![(2, Expired::Idle)]);
     }
 
     #[test]
@@ -483,6 +626,8 @@ mod tests {
             Timeouts {
                 idle: None,
                 header: secs(2.0),
+                body: None,
+                send: None,
                 linger: None,
             },
             Instant::now(),
@@ -492,13 +637,13 @@ mod tests {
             w.is_empty(),
             "no idle timeout: nothing to wait for until a head begins"
         );
-        w.head(4, true);
+        w.reading(4, Reading::Head);
         assert_eq!(expire(&mut w, 2.3), vec![(4, Expired::Header)]);
         w.linger(4);
         assert_eq!(w.len(), 1);
         assert_eq!(expire(&mut w, 4.5), vec![(4, Expired::Linger)]);
         w.start(5);
-        w.head(5, true);
+        w.reading(5, Reading::Head);
         w.stop(5);
         assert!(w.is_empty());
         assert!(expire(&mut w, 100.0).is_empty());
@@ -510,6 +655,8 @@ mod tests {
             Timeouts {
                 idle: secs(10.0),
                 header: secs(5.0),
+                body: None,
+                send: None,
                 linger: secs(1.0),
             },
             Instant::now(),
@@ -518,8 +665,8 @@ mod tests {
         w.linger(1);
         for step in 1..=10 {
             assert!(expire(&mut w, f64::from(step) * 0.1).is_empty());
-            w.progress(1);
-            w.head(1, true);
+            w.received(1);
+            w.reading(1, Reading::Head);
             w.linger(1);
         }
         assert_eq!(expire(&mut w, 1.2), vec![(1, Expired::Linger)]);
@@ -531,6 +678,8 @@ mod tests {
             Timeouts {
                 idle: secs(300.0),
                 header: None,
+                body: None,
+                send: None,
                 linger: None,
             },
             Instant::now(),
@@ -548,7 +697,7 @@ mod tests {
     fn off_costs_nothing() {
         let mut w = Wheel::new(Timeouts::default(), Instant::now());
         w.start(1_000_000);
-        w.head(1_000_000, true);
+        w.reading(1_000_000, Reading::Head);
         assert!(w.nodes.is_empty() && w.is_empty());
         assert!(expire(&mut w, 1e6).is_empty());
     }
@@ -556,17 +705,26 @@ mod tests {
     #[derive(Debug, Clone)]
     enum Op {
         Start(u8),
-        Progress(u8),
-        Head(u8, bool),
+        Received(u8),
+        Sent(u8),
+        Reading(u8, Reading),
+        Owed(u8, bool),
         Stop(u8),
         Advance(u16),
     }
 
     fn op() -> impl Strategy<Value = Op> {
+        let part = prop_oneof![
+            Just(Reading::Between),
+            Just(Reading::Head),
+            Just(Reading::Body)
+        ];
         prop_oneof![
             (0u8..32).prop_map(Op::Start),
-            (0u8..32).prop_map(Op::Progress),
-            (0u8..32, any::<bool>()).prop_map(|(k, o)| Op::Head(k, o)),
+            (0u8..32).prop_map(Op::Received),
+            (0u8..32).prop_map(Op::Sent),
+            (0u8..32, part).prop_map(|(k, p)| Op::Reading(k, p)),
+            (0u8..32, any::<bool>()).prop_map(|(k, o)| Op::Owed(k, o)),
             (0u8..32).prop_map(Op::Stop),
             (0u16..3000).prop_map(Op::Advance),
         ]
@@ -578,37 +736,63 @@ mod tests {
         live: bool,
         idle_due: u32,
         head_due: Option<u32>,
+        body_due: Option<u32>,
+        send_due: Option<u32>,
     }
 
     proptest! {
         /// The wheel fires exactly what a scan of every connection would, at the same tick.
         #[test]
         fn the_wheel_agrees_with_a_full_scan(ops in proptest::collection::vec(op(), 1..300)) {
-            let (idle, header) = (2.0, 0.7);
-            let mut w = Wheel::new(Timeouts { idle: secs(idle), header: secs(header), linger: None }, Instant::now());
+            let timeouts = Timeouts {
+                idle: secs(2.0),
+                header: secs(0.7),
+                body: secs(1.1),
+                send: secs(0.4),
+                linger: None,
+            };
+            let mut w = Wheel::new(timeouts, Instant::now());
             let mut m = [Model::default(); 32];
             let mut clock = 0u32; // in ticks
             for op in ops {
                 match op {
                     Op::Start(k) => {
                         w.start(k.into());
-                        m[k as usize] = Model { live: true, idle_due: clock + w.idle, head_due: None };
+                        m[k as usize] = Model { live: true, idle_due: clock + w.idle, ..Model::default() };
                     }
-                    Op::Progress(k) => {
-                        w.progress(k.into());
-                        if m[k as usize].live {
-                            m[k as usize].idle_due = clock + w.idle;
-                        }
-                    }
-                    Op::Head(k, open) => {
-                        w.head(k.into(), open);
+                    Op::Received(k) => {
+                        w.received(k.into());
                         let s = &mut m[k as usize];
                         if s.live {
-                            match (open, s.head_due) {
-                                (true, None) => s.head_due = Some(clock + w.header),
-                                (false, Some(_)) => s.head_due = None,
-                                _ => {}
-                            }
+                            s.idle_due = clock + w.idle;
+                            s.body_due = s.body_due.map(|_| clock + w.body);
+                        }
+                    }
+                    Op::Sent(k) => {
+                        w.sent(k.into());
+                        let s = &mut m[k as usize];
+                        if s.live {
+                            s.idle_due = clock + w.idle;
+                            s.send_due = s.send_due.map(|_| clock + w.send);
+                        }
+                    }
+                    Op::Reading(k, part) => {
+                        w.reading(k.into(), part);
+                        let s = &mut m[k as usize];
+                        if s.live {
+                            let (head, body) = (clock + w.header, clock + w.body);
+                            (s.head_due, s.body_due) = match part {
+                                Reading::Between => (None, None),
+                                Reading::Head => (s.head_due.or(Some(head)), None),
+                                Reading::Body => (None, s.body_due.or(Some(body))),
+                            };
+                        }
+                    }
+                    Op::Owed(k, owed) => {
+                        w.owed(k.into(), owed);
+                        let s = &mut m[k as usize];
+                        if s.live {
+                            s.send_due = if owed { s.send_due.or(Some(clock + w.send)) } else { None };
                         }
                     }
                     Op::Stop(k) => {
@@ -622,17 +806,24 @@ mod tests {
                         w.expire(&mut got);
                         got.sort_unstable_by_key(|e| e.0);
                         let mut want = Vec::new();
+                        let passed = |d: Option<u32>| d.is_some_and(|d| d <= clock);
                         for (k, s) in m.iter_mut().enumerate() {
                             if !s.live {
                                 continue;
                             }
-                            if s.head_due.is_some_and(|d| d <= clock) {
-                                want.push((k as u32, Expired::Header));
-                                s.live = false;
+                            let why = if passed(s.head_due) {
+                                Expired::Header
+                            } else if passed(s.body_due) {
+                                Expired::Body
+                            } else if passed(s.send_due) {
+                                Expired::Send
                             } else if s.idle_due <= clock {
-                                want.push((k as u32, Expired::Idle));
-                                s.live = false;
-                            }
+                                Expired::Idle
+                            } else {
+                                continue;
+                            };
+                            want.push((k as u32, why));
+                            s.live = false;
                         }
                         prop_assert_eq!(got, want);
                     }

@@ -1,5 +1,5 @@
-//! The per-connection limits against both engines: idle and header timeouts (slowloris) and
-//! the `--max-conns` cap, reached and recovered. Real sockets on loopback, exact bytes; each
+//! The per-connection limits against both engines: idle, header (slowloris), body and send
+//! timeouts and the `--max-conns` cap, reached and recovered. Real sockets on loopback, exact bytes; each
 //! test body is one case per engine (`common::per_engine!`).
 
 mod common;
@@ -174,6 +174,165 @@ fn a_head_that_trickles_in_is_answered_408_at_the_header_timeout(engine: Engine)
 }
 
 common::per_engine!(a_head_that_trickles_in_is_answered_408_at_the_header_timeout);
+
+/// nginx's client_body_timeout: a body that stalls (a Content-Length one, a chunked one) is
+/// answered 408 and closed after the body timeout, while a body whose bytes keep coming is
+/// read whole, however long it takes.
+fn a_body_that_stalls_is_answered_408_at_the_body_timeout(engine: Engine) {
+    let ports = free_ports(1);
+    let server = Server::start(
+        engine,
+        &ports,
+        &[
+            "--proto",
+            "http",
+            "--body-timeout",
+            "1",
+            "--header-timeout",
+            "5",
+            "--idle-timeout",
+            "10",
+        ],
+    );
+    let started = Instant::now();
+    let mut stalled = connect(&ports);
+    stalled
+        .write_all(b"GET /plaintext HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        .unwrap();
+    let mut chunked = connect(&ports);
+    chunked
+        .write_all(
+            b"GET /plaintext HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
+        )
+        .unwrap();
+    // A byte every 300 ms: 2.4 s of body, over twice the body timeout.
+    let mut trickle = connect(&ports);
+    trickle
+        .write_all(b"GET /plaintext HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\n")
+        .unwrap();
+    for b in b"1234567" {
+        thread::sleep(Duration::from_millis(300));
+        trickle.write_all(&[*b]).unwrap();
+    }
+    thread::sleep(Duration::from_millis(300));
+    // The body's last byte and the next request: two answers, 200 each.
+    trickle.write_all(b"8").unwrap();
+    exchange(&mut trickle);
+    let mut second = [0u8; 128];
+    trickle.read_exact(&mut second).unwrap();
+    assert!(second.starts_with(b"HTTP/1.1 200 OK\r\n"), "{engine:?}");
+    for (name, s) in [("content-length", &mut stalled), ("chunked", &mut chunked)] {
+        let (got, after) = read_to_close(s, started);
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.starts_with("HTTP/1.1 408 Request Timeout\r\n")
+                && text.contains("Connection: close\r\n"),
+            "{engine:?} {name}: {text:?}"
+        );
+        assert!(
+            after >= Duration::from_secs(1),
+            "{engine:?} {name}: closed after {after:?}"
+        );
+    }
+    drop(trickle);
+    thread::sleep(Duration::from_millis(100));
+    let stats = server.stop();
+    assert_eq!(u(&stats, "totals.body_timeouts"), 2, "{engine:?}: {stats}");
+    assert_eq!(
+        u(&stats, "totals.header_timeouts"),
+        0,
+        "{engine:?}: {stats}"
+    );
+    assert_eq!(u(&stats, "totals.idle_timeouts"), 0, "{engine:?}: {stats}");
+    // The trickled request and the one after it; a 408 answers no request.
+    assert_eq!(u(&stats, "totals.requests"), 2, "{engine:?}: {stats}");
+}
+
+common::per_engine!(a_body_that_stalls_is_answered_408_at_the_body_timeout);
+
+/// A socket with a small receive buffer (the kernel doubles it), connected to the server.
+fn connect_small_window(ports: &str, rcvbuf: usize) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(rcvbuf).unwrap();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], first_port(ports)).into();
+    s.connect(&addr.into()).unwrap();
+    let s = TcpStream::from(s);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// nginx's send_timeout: a peer that sends but takes none of the echo owed to it is cut
+/// after the send timeout, while one that takes 16 KiB every 600 ms (less than the timeout
+/// apart, for three times as long) is sent everything, exactly. (What the server's socket
+/// buffer holds counts as taken, as in nginx: the kernel only reports the socket writable
+/// again once much of that buffer is free, so a peer that takes too little at a time from a
+/// deep buffer can be cut even though it reads. The timer's unit tests cover the deadline
+/// moving with each write.)
+fn a_peer_that_takes_none_of_its_output_is_cut_at_the_send_timeout(engine: Engine) {
+    let ports = free_ports(1);
+    let server = Server::start(
+        engine,
+        &ports,
+        &["--send-timeout", "1", "--idle-timeout", "30"],
+    );
+    let data = common::random_bytes(512 * 1024, 7);
+    let started = Instant::now();
+    let deaf = connect_small_window(&ports, 4096);
+    let mut w = deaf.try_clone().unwrap();
+    let deaf_writer = thread::spawn(move || {
+        // Until the server cuts it: a write fails (reset, broken pipe), or times out if it
+        // never does.
+        let chunk = [7u8; 64 * 1024];
+        loop {
+            if let Err(e) = w.write_all(&chunk) {
+                return (e.kind(), started.elapsed());
+            }
+        }
+    });
+    let mut slow = connect_small_window(&ports, 16 * 1024);
+    let mut w = slow.try_clone().unwrap();
+    let sent = data.clone();
+    let slow_writer = thread::spawn(move || w.write_all(&sent));
+    let mut back = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    while started.elapsed() < Duration::from_secs(3) {
+        thread::sleep(Duration::from_millis(600));
+        let n = slow.read(&mut buf).unwrap();
+        assert!(n > 0, "{engine:?}: the slow reader was cut");
+        back.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        back.len() < data.len() / 2,
+        "{engine:?}: the output was not owed for long ({} bytes taken by 3 s)",
+        back.len()
+    );
+    while back.len() < data.len() {
+        let n = slow.read(&mut buf).unwrap();
+        assert!(n > 0, "{engine:?}: EOF after {} bytes", back.len());
+        back.extend_from_slice(&buf[..n]);
+    }
+    assert!(back == data, "{engine:?}: the echo differs");
+    slow_writer.join().unwrap().unwrap();
+    let (kind, cut_at) = deaf_writer.join().unwrap();
+    assert!(
+        matches!(kind, ErrorKind::ConnectionReset | ErrorKind::BrokenPipe),
+        "{engine:?}: the deaf peer's write ended with {kind:?} after {cut_at:?}"
+    );
+    assert!(
+        cut_at >= Duration::from_secs(1) && cut_at < Duration::from_secs(6),
+        "{engine:?}: cut after {cut_at:?}"
+    );
+    drop((slow, deaf));
+    thread::sleep(Duration::from_millis(100));
+    let stats = server.stop();
+    assert_eq!(u(&stats, "totals.send_timeouts"), 1, "{engine:?}: {stats}");
+    assert_eq!(u(&stats, "totals.idle_timeouts"), 0, "{engine:?}: {stats}");
+    assert_eq!(u(&stats, "totals.closed"), 2, "{engine:?}: {stats}");
+}
+
+common::per_engine!(a_peer_that_takes_none_of_its_output_is_cut_at_the_send_timeout);
 
 /// Load that touches every connection far more often than the idle timeout (about every
 /// 100 ms, against 3 s) loses none to it.

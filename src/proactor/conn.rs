@@ -17,6 +17,7 @@
 //! not read), the multishot recv is cancelled, and it is re-armed when the queue has drained,
 //! so such a peer can neither grow the server's memory nor hold the shard's buffers.
 
+use crate::proto::http::Reading;
 use crate::server::core::{HttpEnv, KEEP_QUEUE_CAPACITY};
 
 /// What the connection asks of its shard.
@@ -53,8 +54,8 @@ pub enum Effect {
     Answered(u32),
     /// The connection ends on an error (once per connection).
     Failed,
-    /// HTTP: a request head is open (the header timeout runs) or not.
-    Head(bool),
+    /// HTTP: which part of a request is being read (the header or body timeout runs).
+    Reading(Reading),
     /// The connection closes after a final answer, or aborts after a timeout: the timer
     /// wheel bounds what is left of it.
     Linger,
@@ -147,9 +148,9 @@ impl Conn {
         self.recv == Recv::WaitingBuffers
     }
 
-    /// HTTP: a request head has begun and not ended (the header timeout runs).
-    fn reading_head(&self) -> bool {
-        self.http.as_ref().is_some_and(|s| s.reading_head())
+    /// HTTP: which part of a request is being read.
+    fn reading(&self) -> Reading {
+        self.http.as_ref().map_or(Reading::Between, |s| s.reading())
     }
 
     /// In a lingering close (see `Phase::Lingering`).
@@ -157,7 +158,7 @@ impl Conn {
         matches!(self.phase, Phase::Lingering { .. })
     }
 
-    /// The header timeout passed: answer 408 and close (lingering). An echo connection, or
+    /// The header or body timeout passed: answer 408 and close (lingering). An echo connection, or
     /// one already ending, is aborted. Either way the linger timer bounds what is left.
     pub fn time_out(&mut self, http: Option<&HttpEnv>, out: &mut Vec<Effect>) {
         match (&mut self.http, http) {
@@ -253,7 +254,7 @@ impl Conn {
         }
         self.maybe_close(out);
         if self.http.is_some() {
-            out.push(Effect::Head(self.reading_head()));
+            out.push(Effect::Reading(self.reading()));
         }
         if self.lingering() {
             out.push(Effect::Linger);
@@ -520,7 +521,7 @@ mod tests {
         /// The shard's HTTP environment, for HTTP tests.
         http: Option<HttpEnv>,
         /// The timer effects seen, apart from the acts.
-        heads: Vec<bool>,
+        parts: Vec<Reading>,
         lingers: usize,
         effects: Vec<Effect>,
     }
@@ -553,8 +554,8 @@ mod tests {
                         self.answered += n;
                         continue;
                     }
-                    Effect::Head(open) => {
-                        self.heads.push(open);
+                    Effect::Reading(part) => {
+                        self.parts.push(part);
                         continue;
                     }
                     Effect::Linger => {
@@ -687,12 +688,12 @@ mod tests {
     fn a_header_timeout_answers_408_then_lingers_and_an_echo_one_aborts() {
         let (mut c, mut io) = open_http();
         http_data(&mut c, &mut io, b"GET / HTTP/1.1\r\nHost", true);
-        assert!(c.reading_head());
+        assert_eq!(c.reading(), Reading::Head);
         io.take();
         c.time_out(&mut io);
         assert_eq!(io.take(), vec![Act::SendVec(io.sent.len(), 0)]);
         assert!(io.sent.starts_with(b"HTTP/1.1 408 Request Timeout\r\n"));
-        assert!(!c.reading_head() && c.lingering());
+        assert!(c.reading() == Reading::Between && c.lingering());
         let sent = std::mem::take(&mut io.sent);
         c.on_sent_vec(sent.len() as i32, sent, 0, &mut io);
         assert_eq!(io.take(), vec![Act::Shut]);
@@ -700,7 +701,7 @@ mod tests {
         assert_eq!(io.take(), vec![Act::Close]);
 
         let (mut c, mut io) = open();
-        assert!(!c.reading_head());
+        assert_eq!(c.reading(), Reading::Between);
         c.time_out(&mut io);
         assert_eq!(io.take(), vec![Act::CancelRecv]);
         c.on_recv_end(-libc::ECANCELED, &mut io);
@@ -708,16 +709,29 @@ mod tests {
     }
 
     #[test]
-    fn the_timers_hear_of_an_open_head_and_of_the_linger_and_echo_says_nothing() {
+    fn the_timers_hear_of_a_head_a_body_and_the_linger_and_echo_says_nothing() {
+        use Reading::{Between, Body, Head};
         let (mut c, mut io) = open_http();
         http_data(&mut c, &mut io, b"GET / HTTP/1.1\r\nHost", true);
-        assert_eq!((&io.heads[..], io.lingers), (&[true][..], 0));
-        http_data(&mut c, &mut io, b": a\r\nConnection: close\r\n\r\n", true);
-        assert_eq!((&io.heads[..], io.lingers), (&[true, false][..], 1));
+        assert_eq!((&io.parts[..], io.lingers), (&[Head][..], 0));
+        http_data(&mut c, &mut io, b": a\r\nContent-Length: 3\r\n\r\nab", true);
+        assert_eq!((&io.parts[..], io.lingers), (&[Head, Body][..], 0));
+        http_data(&mut c, &mut io, b"c", true);
+        assert_eq!((&io.parts[..], io.lingers), (&[Head, Body, Between][..], 0));
+        http_data(
+            &mut c,
+            &mut io,
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            true,
+        );
+        assert_eq!(
+            (&io.parts[..], io.lingers),
+            (&[Head, Body, Between, Between][..], 1)
+        );
         let (mut c, mut io) = open();
         c.on_data(1, 10, true, &mut io);
         c.time_out(&mut io);
-        assert_eq!((&io.heads[..], io.lingers), (&[][..], 1));
+        assert_eq!((&io.parts[..], io.lingers), (&[][..], 1));
     }
 
     /// The lingering close: the answer goes out whole, then the write side is shut, then

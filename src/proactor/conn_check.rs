@@ -124,7 +124,7 @@ impl Kernel {
                     assert!(!self.failed, "an error counted twice for one connection");
                     self.failed = true;
                 }
-                Effect::ShortSend | Effect::Answered(_) | Effect::Head(_) | Effect::Linger => {}
+                Effect::ShortSend | Effect::Answered(_) | Effect::Reading(_) | Effect::Linger => {}
             }
         }
     }

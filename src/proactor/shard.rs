@@ -326,16 +326,20 @@ impl Shard {
     fn apply(&mut self, slot: u32, generation: u32, fixed: u32) -> io::Result<()> {
         let mut effects = std::mem::take(&mut self.effects);
         let ud = |kind| UserData::new(kind, slot, generation);
-        let counters = &mut self.core.counters;
+        let ShardCore {
+            counters, wheel, ..
+        } = &mut self.core;
         for e in effects.drain(..) {
             match e {
                 Effect::SendBuf { bid, off, len } => {
                     counters.sends += 1;
+                    wheel.owed(slot, true);
                     self.ring
                         .send_buf(fixed, bid, off, len, ud(Kind::SendBuf))?;
                 }
                 Effect::SendVec { data, start } => {
                     counters.sends += 1;
+                    wheel.owed(slot, true);
                     self.ring.send_vec(fixed, data, start, ud(Kind::SendVec))?;
                 }
                 Effect::Recycle(bid) => self.ring.bufs_mut().recycle(bid),
@@ -351,8 +355,8 @@ impl Shard {
                 Effect::ShortSend => counters.short_sends += 1,
                 Effect::Answered(n) => counters.requests += u64::from(n),
                 Effect::Failed => counters.conn_errors += 1,
-                Effect::Head(open) => self.core.wheel.head(slot, open),
-                Effect::Linger => self.core.wheel.linger(slot),
+                Effect::Reading(part) => wheel.reading(slot, part),
+                Effect::Linger => wheel.linger(slot),
             }
         }
         self.effects = effects;
@@ -372,8 +376,11 @@ impl Shard {
                 debug_assert_eq!(kind == Kind::SendVec, c.vec.is_some());
                 if c.res > 0 {
                     self.core.counters.bytes_out += c.res as u64;
-                    self.core.wheel.progress(slot);
+                    self.core.wheel.sent(slot);
                 }
+                // At most one send is in flight: none is now, until the connection asks
+                // for the next, which sets the send deadline again.
+                self.core.wheel.owed(slot, false);
                 self.drive(slot, generation, |conn, _, out| {
                     conn.on_sent(c.res, c.vec, out)
                 })?;
@@ -498,7 +505,7 @@ impl Shard {
         };
         conn.on_recv(r, self.core.http.as_ref(), &mut self.effects);
         if len > 0 {
-            self.core.wheel.progress(slot);
+            self.core.wheel.received(slot);
         }
         self.apply(slot, generation, fixed)
     }
@@ -525,8 +532,9 @@ impl Shard {
         Ok(())
     }
 
-    /// Acts on the deadlines that passed: idle connections are cut; an HTTP head that took
-    /// too long is answered 408 and closed (lingering); a lingering close that ran out is cut.
+    /// Acts on the deadlines that passed: idle connections, and those whose peer took none of
+    /// what it is owed, are cut; an HTTP head that took too long, or a body that stalled, is
+    /// answered 408 and closed (lingering); a lingering close that ran out is cut.
     fn expire(&mut self) -> io::Result<()> {
         let expired = self.core.take_expired();
         for &(slot, why) in &expired {
@@ -535,10 +543,10 @@ impl Shard {
                 continue;
             };
             match why {
-                Expired::Idle | Expired::Linger => {
+                Expired::Idle | Expired::Send | Expired::Linger => {
                     self.drive(slot, generation, |conn, _, out| conn.abort(out))?;
                 }
-                Expired::Header => {
+                Expired::Header | Expired::Body => {
                     self.drive(slot, generation, |conn, http, out| conn.time_out(http, out))?;
                 }
             }

@@ -14,7 +14,7 @@
 //! request is read; once its last byte is sent the write side is shut, and what the peer
 //! still sends is read and discarded until its EOF (`Phase::Lingering`).
 
-use crate::proto::http;
+use crate::proto::http::{self, Reading};
 use crate::server::core::{HttpEnv, KEEP_QUEUE_CAPACITY};
 
 /// The shard's buffers, as they are when the connection is asked or told something.
@@ -47,10 +47,16 @@ pub enum Op<'a> {
 /// Counters and timer changes an event asks for; the shard applies them.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Effects {
-    /// Bytes moved: the idle deadline starts again.
-    pub progress: bool,
-    /// HTTP, after input was parsed: whether a request head is open (its deadline runs).
-    pub head: Option<bool>,
+    /// Bytes arrived: the idle deadline (and a body's) starts again.
+    pub received: bool,
+    /// The peer took bytes: the idle deadline (and the send deadline) starts again.
+    pub sent: bool,
+    /// Output is owed and waits for the socket to take it (the send deadline runs), or no
+    /// longer is.
+    pub owed: Option<bool>,
+    /// HTTP, after input was parsed: which part of a request is being read (its deadline
+    /// runs).
+    pub reading: Option<Reading>,
     /// A final answer is owed or has been sent: the linger deadline starts.
     pub linger: bool,
     /// HTTP requests answered.
@@ -185,7 +191,7 @@ impl Conn {
             self.read = Read::Blocked;
         }
         let mut fx = Effects {
-            progress: true,
+            received: true,
             ..Effects::default()
         };
         if !matches!(self.phase, Phase::Open) {
@@ -197,7 +203,7 @@ impl Conn {
                 answers.clear();
                 let o = session.on_input(input, &env.limits, &env.date, answers);
                 fx.answered = o.answers;
-                fx.head = Some(session.reading_head());
+                fx.reading = Some(session.reading());
                 if o.close {
                     self.phase = Phase::Lingering { shut: false };
                 }
@@ -241,7 +247,7 @@ impl Conn {
         };
         self.sent += n;
         let mut fx = Effects {
-            progress: true,
+            sent: true,
             ..Effects::default()
         };
         if self.sent < len {
@@ -249,6 +255,7 @@ impl Conn {
             return fx;
         }
         if let Owed::Queued { .. } = self.owed {
+            fx.owed = Some(false);
             if self.queue.capacity() > KEEP_QUEUE_CAPACITY {
                 self.queue = Vec::new();
             } else {
@@ -264,9 +271,9 @@ impl Conn {
     }
 
     /// A write found the socket full (EAGAIN): the rest is queued and waits for EPOLLOUT.
-    pub fn on_write_blocked(&mut self, bufs: Bufs) {
+    pub fn on_write_blocked(&mut self, bufs: Bufs) -> Effects {
         let rest = match self.owed {
-            Owed::Nothing => return,
+            Owed::Nothing => return Effects::default(),
             Owed::Input => &bufs.input[self.sent..],
             Owed::Answers => &bufs.answers[self.sent..],
             Owed::Queued { .. } => &[],
@@ -280,6 +287,10 @@ impl Conn {
             self.sent = 0;
         }
         self.owed = Owed::Queued { writable: false };
+        Effects {
+            owed: Some(true),
+            ..Effects::default()
+        }
     }
 
     /// A write failed (reset, broken pipe).
@@ -299,7 +310,8 @@ impl Conn {
         }
     }
 
-    /// The header deadline passed: answer 408, after what is queued, and close (lingering).
+    /// The header or body deadline passed: answer 408, after what is queued, and close
+    /// (lingering).
     /// An echo connection is closed.
     pub fn time_out(&mut self, http: Option<&HttpEnv>, answers: &mut Vec<u8>) -> Effects {
         let (Some(session), Some(HttpEnv { date, .. })) = (&mut self.http, http) else {
@@ -413,7 +425,7 @@ mod tests {
         /// The connection asks to write, and the write returns EAGAIN.
         fn blocked(&mut self, c: &mut Conn) {
             assert!(matches!(c.next(self.bufs()), Op::Write(_)));
-            c.on_write_blocked(self.bufs());
+            assert_eq!(c.on_write_blocked(self.bufs()).owed, Some(true));
         }
 
         /// The connection asks to write; returns what it offers.
@@ -429,9 +441,16 @@ mod tests {
         }
     }
 
-    fn progress() -> Effects {
+    fn got() -> Effects {
         Effects {
-            progress: true,
+            received: true,
+            ..Effects::default()
+        }
+    }
+
+    fn wrote() -> Effects {
+        Effects {
+            sent: true,
             ..Effects::default()
         }
     }
@@ -439,7 +458,15 @@ mod tests {
     fn short() -> Effects {
         Effects {
             short_send: true,
-            ..progress()
+            ..wrote()
+        }
+    }
+
+    /// The last of what was queued is written: nothing is owed any more.
+    fn wrote_queue() -> Effects {
+        Effects {
+            owed: Some(false),
+            ..wrote()
         }
     }
 
@@ -459,8 +486,8 @@ mod tests {
         let (mut c, mut s) = (Conn::accepted(false), Shard::default());
         assert_eq!(s.next(&c), Op::Wait, "no read before the first edge");
         c.on_ready(IN | OUT);
-        assert_eq!(s.recv(&mut c, b"hello", true), progress());
-        assert_eq!(s.sent(&mut c, 5), (b"hello".to_vec(), progress()));
+        assert_eq!(s.recv(&mut c, b"hello", true), got());
+        assert_eq!(s.sent(&mut c, 5), (b"hello".to_vec(), wrote()));
         assert_eq!(s.next(&c), Op::Wait);
         // EPOLLOUT with nothing queued changes nothing.
         c.on_ready(OUT);
@@ -504,7 +531,7 @@ mod tests {
         assert_eq!(s.offered(&c), data[30..]);
         assert_eq!(s.sent(&mut c, 50), (data[30..80].to_vec(), short()));
         assert_eq!(s.offered(&c), data[80..]);
-        assert_eq!(s.sent(&mut c, 20), (data[80..].to_vec(), progress()));
+        assert_eq!(s.sent(&mut c, 20), (data[80..].to_vec(), wrote()));
         assert_eq!(s.next(&c), Op::Wait);
 
         // The same from the queue: a short write, EAGAIN, then two short writes.
@@ -516,7 +543,7 @@ mod tests {
         assert_eq!(s.offered(&c), data[10..]);
         assert_eq!(s.sent(&mut c, 40), (data[10..50].to_vec(), short()));
         assert_eq!(s.sent(&mut c, 25), (data[50..75].to_vec(), short()));
-        assert_eq!(s.sent(&mut c, 25), (data[75..].to_vec(), progress()));
+        assert_eq!(s.sent(&mut c, 25), (data[75..].to_vec(), wrote_queue()));
     }
 
     #[test]
@@ -525,7 +552,7 @@ mod tests {
         c.on_ready(IN);
         let two = [GET, GET].concat();
         let fx = s.recv(&mut c, &two, true);
-        assert_eq!((fx.answered, fx.head), (2, Some(false)));
+        assert_eq!((fx.answered, fx.reading), (2, Some(Reading::Between)));
         let answers = s.answers.clone();
         assert_eq!(statuses(&answers), 2);
         s.sent(&mut c, 10);
@@ -567,7 +594,7 @@ mod tests {
         s.blocked(&mut c);
         assert_eq!(s.next(&c), Op::Wait);
         c.on_ready(OUT);
-        assert_eq!(s.sent(&mut c, 20), (data[30..].to_vec(), progress()));
+        assert_eq!(s.sent(&mut c, 20), (data[30..].to_vec(), wrote_queue()));
         assert_eq!(s.next(&c), Op::Read);
         c.on_eof();
         assert_eq!(s.next(&c), Op::Close);
@@ -598,7 +625,7 @@ mod tests {
         );
         // What the peer still sends is read and discarded; the write side is not shut again.
         let fx = s.recv(&mut c, GET, false);
-        assert_eq!(fx, progress());
+        assert_eq!(fx, got());
         assert_eq!(s.next(&c), Op::Read);
         s.recv(&mut c, GET, true);
         assert_eq!(s.next(&c), Op::Wait);
@@ -631,7 +658,7 @@ mod tests {
         let (mut c, mut s) = (Conn::accepted(true), Shard::http());
         c.on_ready(IN);
         let fx = s.recv(&mut c, b"GET / HTTP/1.1\r\nHost", true);
-        assert_eq!((fx.answered, fx.head), (0, Some(true)));
+        assert_eq!((fx.answered, fx.reading), (0, Some(Reading::Head)));
         assert_eq!(s.next(&c), Op::Wait, "nothing owed for half a request");
         let fx = c.time_out(s.http.as_ref(), &mut s.answers);
         assert!(fx.linger);
@@ -689,7 +716,7 @@ mod tests {
         c.on_ready(IN);
         assert_eq!(s.next(&c), Op::Wait);
         c.on_ready(OUT);
-        assert_eq!(s.sent(&mut c, 25), (data[15..].to_vec(), progress()));
+        assert_eq!(s.sent(&mut c, 25), (data[15..].to_vec(), wrote_queue()));
         assert_eq!(s.next(&c), Op::Close);
     }
 

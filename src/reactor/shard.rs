@@ -122,11 +122,17 @@ fn is_intr(e: &io::Error) -> bool {
 /// Applies connection `slot`'s counters and timer changes.
 fn apply(slot: usize, fx: Effects, counters: &mut Counters, wheel: &mut Wheel) {
     let key = slot as u32;
-    if fx.progress {
-        wheel.progress(key);
+    if fx.received {
+        wheel.received(key);
     }
-    if let Some(open) = fx.head {
-        wheel.head(key, open);
+    if fx.sent {
+        wheel.sent(key);
+    }
+    if let Some(owed) = fx.owed {
+        wheel.owed(key, owed);
+    }
+    if let Some(part) = fx.reading {
+        wheel.reading(key, part);
     }
     if fx.linger {
         wheel.linger(key);
@@ -349,10 +355,7 @@ impl Shard {
                             counters.bytes_out += w as u64;
                             conn.on_sent(w, bufs)
                         }
-                        Err(e) if is_again(&e) => {
-                            conn.on_write_blocked(bufs);
-                            continue;
-                        }
+                        Err(e) if is_again(&e) => conn.on_write_blocked(bufs),
                         Err(e) if is_intr(&e) => continue,
                         Err(_) => conn.on_write_error(),
                     }
@@ -369,8 +372,9 @@ impl Shard {
         self.close(slot);
     }
 
-    /// Deadlines that passed: idle connections are closed; an HTTP head that took too long
-    /// is answered 408 and closed (lingering); a lingering close that ran out is cut.
+    /// Deadlines that passed: idle connections, and those whose peer took none of what it
+    /// is owed, are closed; an HTTP head that took too long, or a body that stalled, is
+    /// answered 408 and closed (lingering); a lingering close that ran out is cut.
     fn expire(&mut self) {
         let expired = self.core.take_expired();
         for &(slot, why) in &expired {
@@ -383,8 +387,8 @@ impl Shard {
                 continue;
             };
             match why {
-                Expired::Idle | Expired::Linger => conn.abort(),
-                Expired::Header => {
+                Expired::Idle | Expired::Send | Expired::Linger => conn.abort(),
+                Expired::Header | Expired::Body => {
                     let core = &mut self.core;
                     let fx = conn.time_out(core.http.as_ref(), &mut self.answers);
                     apply(slot, fx, &mut core.counters, &mut core.wheel);

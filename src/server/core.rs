@@ -53,7 +53,7 @@ const STOP_WAIT_MAX: Duration = Duration::from_millis(100);
 pub struct ShardCore {
     pub counters: Counters,
     shared: Arc<SharedCounters>,
-    /// Idle, header and linger deadlines, keyed by connection slot.
+    /// Each connection's deadlines (`Timeouts`), keyed by its slot.
     pub wheel: Wheel,
     expired: Vec<(u32, Expired)>,
     /// HTTP's limits and Date, when HTTP is served; echo when None.
@@ -118,7 +118,7 @@ impl ShardCore {
         }
     }
 
-    /// The deadlines that passed, counted (idle and header timeouts); hand the Vec back
+    /// The deadlines that passed, counted (all but lingers); hand the Vec back
     /// with `expired_done` to keep its allocation.
     pub fn take_expired(&mut self) -> Vec<(u32, Expired)> {
         self.wheel.expire(&mut self.expired);
@@ -126,6 +126,8 @@ impl ShardCore {
             match why {
                 Expired::Idle => self.counters.idle_timeouts += 1,
                 Expired::Header => self.counters.header_timeouts += 1,
+                Expired::Body => self.counters.body_timeouts += 1,
+                Expired::Send => self.counters.send_timeouts += 1,
                 Expired::Linger => {}
             }
         }

@@ -119,6 +119,15 @@ enum State {
     Dead,
 }
 
+/// Which part of a request a connection is in (`Session::reading`): what its deadlines are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reading {
+    /// Before a request's first byte (or after an answer that closes).
+    Between,
+    Head,
+    Body,
+}
+
 /// What one call to `Session::on_input` did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Outcome {
@@ -275,21 +284,29 @@ impl Session {
         outcome
     }
 
-    /// Whether a request head has begun and not yet ended (the header timeout runs).
-    pub fn reading_head(&self) -> bool {
-        matches!(
-            self.state,
+    /// Which part of a request is being read: the head from its first byte to its end (the
+    /// header timeout runs), then the body to its last byte (the body timeout runs).
+    pub fn reading(&self) -> Reading {
+        match self.state {
             State::Method
-                | State::Target
-                | State::Version
-                | State::LineStart
-                | State::Name
-                | State::ValueLead
-                | State::Value
-        )
+            | State::Target
+            | State::Version
+            | State::LineStart
+            | State::Name
+            | State::ValueLead
+            | State::Value => Reading::Head,
+            State::Body
+            | State::ChunkSize
+            | State::ChunkExt
+            | State::ChunkData
+            | State::ChunkEnd
+            | State::TrailerStart
+            | State::Trailer => Reading::Body,
+            State::Start | State::Dead => Reading::Between,
+        }
     }
 
-    /// The header timeout passed: answers 408 and closes (nothing if an answer already
+    /// The header or body timeout passed: answers 408 and closes (nothing if an answer already
     /// closes the connection).
     pub fn time_out(&mut self, date: &Date, out: &mut Vec<u8>) -> Outcome {
         let mut outcome = Outcome::default();
@@ -691,25 +708,27 @@ mod tests {
     fn the_head_clock_runs_from_a_heads_first_byte_to_its_end() {
         let mut s = Session::new();
         let mut out = Vec::new();
-        assert!(
-            !s.reading_head(),
+        assert_eq!(
+            s.reading(),
+            Reading::Between,
             "nothing yet: only the idle timeout applies"
         );
         feed(&mut s, b"\r\n", &mut out);
-        assert!(
-            !s.reading_head(),
+        assert_eq!(
+            s.reading(),
+            Reading::Between,
             "empty lines between requests are not a head"
         );
         for part in [&b"G"[..], b"ET / HTTP/1.1\r", b"\nHost: a", b"\r\n"] {
             feed(&mut s, part, &mut out);
-            assert!(s.reading_head());
+            assert_eq!(s.reading(), Reading::Head);
         }
         feed(
             &mut s,
             b"\r\nGET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n",
             &mut out,
         );
-        assert!(!s.reading_head(), "a body is not a head");
+        assert_eq!(s.reading(), Reading::Body, "a body is not a head");
         assert_eq!(statuses(&String::from_utf8_lossy(&out)), ["200"]);
         // Timed out mid-head: 408 and close, then nothing more.
         feed(&mut s, b"abcdeGET / HT", &mut out);
@@ -726,7 +745,7 @@ mod tests {
             String::from_utf8(out.clone()).unwrap(),
             error("408 Request Timeout")
         );
-        assert!(!s.reading_head());
+        assert_eq!(s.reading(), Reading::Between);
         out.clear();
         assert_eq!(s.time_out(&date(), &mut out), Outcome::default());
         assert_eq!(
@@ -734,6 +753,32 @@ mod tests {
             Outcome::default()
         );
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_chunked_body_is_read_as_body_to_the_end_of_its_trailer() {
+        let mut s = Session::new();
+        let mut out = Vec::new();
+        feed(
+            &mut s,
+            b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+            &mut out,
+        );
+        for part in [
+            &b"5"[..],
+            b";x=1\r\n",
+            b"ab",
+            b"cde\r\n",
+            b"0\r\n",
+            b"T: v\r\n",
+        ] {
+            feed(&mut s, part, &mut out);
+            assert_eq!(s.reading(), Reading::Body, "after {part:?}");
+        }
+        assert!(out.is_empty(), "answered before the body ended");
+        feed(&mut s, b"\r\n", &mut out);
+        assert_eq!(s.reading(), Reading::Between);
+        assert_eq!(statuses(&String::from_utf8_lossy(&out)), ["200"]);
     }
 
     #[test]
