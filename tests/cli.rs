@@ -294,13 +294,30 @@ fn a_target_beyond_the_fd_limit_for_listeners_names_the_limit_and_the_fix() {
 
 #[test]
 fn help_and_version() {
-    for bin in [
-        env!("CARGO_BIN_EXE_uring-server"),
-        env!("CARGO_BIN_EXE_epoll-server"),
-        env!("CARGO_BIN_EXE_uring-load"),
+    for (name, bin, about) in [
+        (
+            "uring-server",
+            env!("CARGO_BIN_EXE_uring-server"),
+            "The Proactor: an io_uring TCP server",
+        ),
+        (
+            "epoll-server",
+            env!("CARGO_BIN_EXE_epoll-server"),
+            "The Reactor: an edge-triggered epoll TCP server",
+        ),
+        (
+            "uring-load",
+            env!("CARGO_BIN_EXE_uring-load"),
+            "An io_uring load generator",
+        ),
     ] {
+        let (code, out, _) = run(bin, &["-h"]);
+        assert_eq!(code, 0);
+        assert!(out.starts_with(about), "{name}: {out}");
         let (code, out, _) = run(bin, &["--help"]);
         assert_eq!(code, 0);
+        assert!(out.starts_with(about), "{name}: {out}");
+        assert!(out.contains(&format!("Try: `{name} --ports 6000")), "{out}");
         assert!(out.contains("--ports"), "{out}");
         let (code, out, _) = run(bin, &["--version"]);
         assert_eq!(code, 0);
