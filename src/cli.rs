@@ -1,13 +1,16 @@
 //! The flags of every binary: what both servers share, what each engine adds, the load
-//! generator's, and the parsing of port and address lists.
+//! generator's, the parsing of port and address lists, and the shell completions and man
+//! pages made from them.
 
 use std::fmt;
+use std::io::{self, Write};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use clap_complete::Shell;
 
 use crate::plan::EngineKind;
 use crate::proto::http::Limits;
@@ -128,6 +131,90 @@ pub enum Proto {
     Http,
 }
 
+/// The flags every binary takes for installing it: each prints something made from the
+/// binary's flags and exits, so it must be given alone. Shown by --help, not by -h.
+#[derive(Debug, Clone, Args)]
+pub struct Install {
+    /// Print the completion script for SHELL on stdout.
+    ///
+    /// For bash save it as ~/.local/share/bash-completion/completions/BINARY, for zsh as
+    /// _BINARY in a directory of $fpath, for fish as ~/.config/fish/completions/BINARY.fish.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "SHELL",
+        exclusive = true,
+        hide_short_help = true,
+        help_heading = "Installation"
+    )]
+    pub completions: Option<Shell>,
+
+    /// Print the man page (roff) on stdout.
+    ///
+    /// Read it with `BINARY --man | man -l -`, or save it as man1/BINARY.1 in a directory
+    /// that `manpath` lists.
+    #[arg(
+        long,
+        exclusive = true,
+        hide_short_help = true,
+        help_heading = "Installation"
+    )]
+    pub man: bool,
+}
+
+impl Install {
+    /// Prints what was asked for of `T`'s flags on stdout: whether anything was asked.
+    pub fn print<T: CommandFactory>(&self) -> io::Result<bool> {
+        if let Some(shell) = self.completions {
+            let mut cmd = without_hidden(&T::command());
+            let name = cmd.get_name().to_string();
+            // Into memory first: the generators panic on a failed write.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, name, &mut script);
+            write_out(&script)?;
+        } else if self.man {
+            print_man(T::command())?;
+        } else {
+            return Ok(false);
+        }
+        Ok(true)
+    }
+}
+
+/// `cmd` with only the flags and subcommands --help shows: the completion generators offer
+/// hidden ones too (clap-rs/clap#1335), and epoll-server's worker flags are for its master.
+fn without_hidden(cmd: &clap::Command) -> clap::Command {
+    let mut out = clap::Command::new(cmd.get_name().to_string())
+        .args(cmd.get_arguments().filter(|a| !a.is_hide_set()).cloned())
+        .subcommands(
+            cmd.get_subcommands()
+                .filter(|c| !c.is_hide_set())
+                .map(without_hidden),
+        );
+    if let Some(v) = cmd.get_version() {
+        out = out.version(v.to_string());
+    }
+    // zsh and fish show it beside a subcommand.
+    if let Some(about) = cmd.get_about() {
+        out = out.about(about.clone());
+    }
+    out
+}
+
+/// Prints `cmd`'s man page (roff) on stdout.
+pub fn print_man(cmd: clap::Command) -> io::Result<()> {
+    let mut page = Vec::new();
+    // `help` is no page of its own: --help is.
+    clap_mangen::Man::new(cmd.disable_help_subcommand(true)).render(&mut page)?;
+    write_out(&page)
+}
+
+fn write_out(bytes: &[u8]) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    out.write_all(bytes)?;
+    out.flush()
+}
+
 /// The flags both servers take.
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
@@ -215,6 +302,9 @@ pub struct ServerArgs {
     /// On SIGINT/SIGTERM, how long owed output may take before connections are cut.
     #[arg(long, default_value = "5", value_name = "SECONDS")]
     pub shutdown_timeout: f64,
+
+    #[command(flatten)]
+    pub install: Install,
 }
 
 /// The Proactor: an io_uring TCP server (echo or HTTP/1.1) for up to a million connections.
@@ -295,6 +385,9 @@ pub struct LoadCli {
 
     #[command(flatten)]
     pub run: LoadArgs,
+
+    #[command(flatten)]
+    pub install: Install,
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -307,7 +400,29 @@ pub enum LoadCommand {
         /// Write the merged report as JSON to this file.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
+        /// Print this subcommand's man page (roff) on stdout.
+        ///
+        /// Save it as man1/uring-load-merge.1, beside uring-load.1 (`uring-load --man`).
+        #[arg(
+            long,
+            exclusive = true,
+            hide_short_help = true,
+            help_heading = "Installation"
+        )]
+        man: bool,
     },
+}
+
+impl LoadCli {
+    /// The `merge` subcommand's own command, named as its man page is (`uring-load-merge`).
+    pub fn merge_command() -> clap::Command {
+        let mut cmd = Self::command();
+        // Building names the subcommands after their parent.
+        cmd.build();
+        cmd.find_subcommand("merge")
+            .expect("LoadCommand has a merge")
+            .clone()
+    }
 }
 
 /// The flags of a load run.
@@ -501,6 +616,25 @@ mod tests {
         UringArgs::command().debug_assert();
         EpollArgs::command().debug_assert();
         LoadCli::command().debug_assert();
+    }
+
+    #[test]
+    fn completions_offer_no_hidden_flag() {
+        use clap::CommandFactory;
+        for cmd in [
+            UringArgs::command(),
+            EpollArgs::command(),
+            LoadCli::command(),
+        ] {
+            for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+                let mut script = Vec::new();
+                let mut c = without_hidden(&cmd);
+                clap_complete::generate(shell, &mut c, cmd.get_name().to_string(), &mut script);
+                let script = String::from_utf8(script).unwrap();
+                assert!(script.contains("ports"), "{shell}: {script}");
+                assert!(!script.contains("worker-"), "{shell}: {script}");
+            }
+        }
     }
 
     #[test]

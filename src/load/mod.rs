@@ -20,7 +20,7 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
-use crate::cli::{LoadArgs, LoadCli, LoadCommand, PortList, Proto};
+use crate::cli::{self, LoadArgs, LoadCli, LoadCommand, PortList, Proto};
 use crate::error::{Error, Result};
 use crate::plan;
 use crate::sys::{self, limits::HostLimits};
@@ -125,7 +125,19 @@ const EXIT_PARTIAL: i32 = 3;
 /// What `uring-load` does with its command line: merges interval logs, or runs the load and
 /// prints (and with `--json` writes) its report. Returns the status to exit with.
 pub fn run_cli(cli: &LoadCli) -> Result<i32> {
-    if let Some(LoadCommand::Merge { logs, json }) = &cli.command {
+    if cli
+        .install
+        .print::<LoadCli>()
+        .map_err(|e| Error::io("writing to stdout", e))?
+    {
+        return Ok(0);
+    }
+    if let Some(LoadCommand::Merge { logs, json, man }) = &cli.command {
+        if *man {
+            cli::print_man(LoadCli::merge_command())
+                .map_err(|e| Error::io("writing to stdout", e))?;
+            return Ok(0);
+        }
         let r = merge_report(logs)?;
         println!("{}", r.human());
         if let Some(path) = json {
