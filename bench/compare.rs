@@ -21,6 +21,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use plotters::coord::Shift;
+use plotters::coord::ranged1d::SegmentValue;
+use plotters::prelude::*;
 use serde_json::{Value, json};
 
 #[derive(Parser, Debug)]
@@ -91,6 +94,22 @@ impl Engine {
         match self {
             Engine::Epoll => "epoll",
             Engine::Uring => "uring",
+        }
+    }
+
+    /// Its binary's name, as the legend names it.
+    fn bin_name(self) -> &'static str {
+        match self {
+            Engine::Epoll => "epoll-server",
+            Engine::Uring => "uring-server",
+        }
+    }
+
+    /// Its colour in the plots (as in the cost bench's).
+    fn color(self) -> RGBColor {
+        match self {
+            Engine::Epoll => RGBColor(214, 39, 40),
+            Engine::Uring => RGBColor(31, 119, 180),
         }
     }
 
@@ -419,7 +438,7 @@ fn write_results(o: &Opts, points: &[Value], secs: f64) {
     println!("{md}");
     std::fs::create_dir_all(&o.out).unwrap();
     std::fs::write(format!("{base}.md"), &md).unwrap();
-    std::fs::write(format!("{base}.svg"), svg(points)).unwrap();
+    std::fs::write(format!("{base}.svg"), svg(points).unwrap()).unwrap();
     let doc = json!({
         "bench": "compare", "date": date, "kernel": kernel, "commit": commit, "machine": common::machine(),
         "command": cmd, "server_cpus": o.cpus.server_cpus.as_str(),
@@ -436,98 +455,122 @@ fn write_results(o: &Opts, points: &[Value], secs: f64) {
 
 /// Latency percentile spectra, Reactor vs Proactor, one panel per connection count: the
 /// highest open-loop rate at the first size (closed loop where no rate was run).
-fn svg(points: &[Value]) -> String {
+fn svg(points: &[Value]) -> Result<String, String> {
     let size0 = points[0]["size"].clone();
     let mut conns: Vec<u64> = points
         .iter()
         .map(|p| p["conns"].as_u64().unwrap())
         .collect();
     conns.dedup();
-    let (pw, ph, pad) = (300.0, 220.0, 50.0);
-    let width = pad + conns.len() as f64 * (pw + pad);
-    let mut out = format!(
-        "<svg xmlns='http://www.w3.org/2000/svg' width='{width:.0}' height='{:.0}' font-family='sans-serif' font-size='11'>\n\
-         <rect width='100%' height='100%' fill='white'/>\n\
-         <text x='{pad}' y='18' font-size='13'>Latency percentile spectrum (us, log scale): epoll (red) vs io_uring (blue)</text>\n",
-        ph + 2.0 * pad + 10.0
-    );
-    let keys = [
-        ("p50_us", "p50"),
-        ("p99_us", "p99"),
-        ("p999_us", "p99.9"),
-        ("max_us", "max"),
-    ];
-    for (i, c) in conns.iter().enumerate() {
-        let p = points
-            .iter()
-            .rfind(|p| p["conns"].as_u64() == Some(*c) && p["size"] == size0)
-            .unwrap();
-        let x0 = pad + i as f64 * (pw + pad);
-        let y0 = pad;
-        let vals: Vec<f64> = ["epoll", "uring"]
-            .iter()
-            .flat_map(|e| {
-                keys.iter()
-                    .map(move |(k, _)| p[*e][*k].as_f64().unwrap().max(1.0))
-            })
-            .collect();
-        let lo = vals
-            .iter()
-            .cloned()
-            .fold(f64::MAX, f64::min)
-            .log10()
-            .floor();
-        let hi = vals
-            .iter()
-            .cloned()
-            .fold(0.0, f64::max)
-            .log10()
-            .ceil()
-            .max(lo + 1.0);
-        let y = |v: f64| y0 + ph - (v.max(1.0).log10() - lo) / (hi - lo) * ph;
-        let x = |j: usize| x0 + 20.0 + j as f64 * (pw - 40.0) / (keys.len() - 1) as f64;
-        let _ = writeln!(
-            out,
-            "<rect x='{x0}' y='{y0}' width='{pw}' height='{ph}' fill='none' stroke='#999'/>\n\
-             <text x='{x0}' y='{:.0}'>{c} conns, {} B, {}</text>",
-            y0 - 6.0,
-            p["size"],
-            p["mode"].as_str().unwrap()
-        );
-        let mut d = lo;
-        while d <= hi {
-            let _ = writeln!(
-                out,
-                "<text x='{:.0}' y='{:.0}' text-anchor='end'>{}</text><line x1='{x0}' x2='{:.0}' y1='{:.1}' y2='{:.1}' stroke='#eee'/>",
-                x0 - 4.0,
-                y(10f64.powf(d)) + 4.0,
-                10f64.powf(d),
-                x0 + pw,
-                y(10f64.powf(d)),
-                y(10f64.powf(d))
-            );
-            d += 1.0;
-        }
-        for (j, (_, label)) in keys.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "<text x='{:.0}' y='{:.0}' text-anchor='middle'>{label}</text>",
-                x(j),
-                y0 + ph + 14.0
-            );
-        }
-        for (engine, color) in [("epoll", "#d62728"), ("uring", "#1f77b4")] {
-            let pts: Vec<String> = keys
+    let mut svg = String::new();
+    {
+        // At least as wide as the title.
+        let width = (40 + 380 * conns.len() as u32).max(600);
+        let root = SVGBackend::with_string(&mut svg, (width, 380)).into_drawing_area();
+        let err = |e: DrawingAreaErrorKind<_>| e.to_string();
+        root.fill(&WHITE).map_err(err)?;
+        let root = root
+            .titled(
+                "Latency percentile spectrum: epoll-server vs uring-server",
+                ("sans-serif", 20),
+            )
+            .map_err(err)?;
+        for (area, c) in root.split_evenly((1, conns.len())).iter().zip(&conns) {
+            let p = points
                 .iter()
-                .enumerate()
-                .map(|(j, (k, _))| format!("{:.1},{:.1}", x(j), y(p[engine][*k].as_f64().unwrap())))
-                .collect();
-            let _ = writeln!(
-                out,
-                "<polyline points='{}' fill='none' stroke='{color}' stroke-width='2'/>",
-                pts.join(" ")
-            );
+                .rfind(|p| p["conns"].as_u64() == Some(*c) && p["size"] == size0)
+                .unwrap();
+            spectrum(area, p)?;
         }
+        root.present().map_err(err)?;
     }
-    out + "</svg>\n"
+    Ok(svg)
+}
+
+/// The percentiles a spectrum shows, as the points' keys and as labelled.
+const SPECTRUM: [(&str, &str); 4] = [
+    ("p50_us", "p50"),
+    ("p99_us", "p99"),
+    ("p999_us", "p99.9"),
+    ("max_us", "max"),
+];
+
+/// One point's spectrum: a line per engine over the percentiles, latency on a log axis.
+fn spectrum(area: &DrawingArea<SVGBackend, Shift>, p: &Value) -> Result<(), String> {
+    let err = |e: DrawingAreaErrorKind<_>| e.to_string();
+    // A log axis cannot show 0; a latency under 1 us is drawn at 1.
+    let us = |e: Engine, k: &str| p[e.name()][k].as_f64().unwrap().max(1.0);
+    let all: Vec<f64> = [Engine::Epoll, Engine::Uring]
+        .iter()
+        .flat_map(|&e| SPECTRUM.iter().map(move |(k, _)| us(e, k)))
+        .collect();
+    // Whole decades: the log axis labels them cleanly.
+    let lo = all.iter().cloned().fold(f64::MAX, f64::min).log10().floor();
+    let hi = all
+        .iter()
+        .cloned()
+        .fold(1.0, f64::max)
+        .log10()
+        .ceil()
+        .max(lo + 1.0);
+    let caption = format!(
+        "{} connections, {} B, {}",
+        p["conns"],
+        p["size"],
+        p["mode"].as_str().unwrap()
+    );
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 15))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(64)
+        .build_cartesian_2d(
+            (0..SPECTRUM.len() as i32 - 1).into_segmented(),
+            (10f64.powf(lo)..10f64.powf(hi)).log_scale(),
+        )
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("percentile")
+        .x_label_formatter(&|v| match v {
+            SegmentValue::Exact(j) | SegmentValue::CenterOf(j) => SPECTRUM
+                .get(*j as usize)
+                .map_or_else(String::new, |s| s.1.to_string()),
+            SegmentValue::Last => String::new(),
+        })
+        .y_desc("latency us (log)")
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .label_style(("sans-serif", 12))
+        .axis_desc_style(("sans-serif", 13))
+        .light_line_style(WHITE.mix(0.0))
+        .draw()
+        .map_err(err)?;
+    for e in [Engine::Epoll, Engine::Uring] {
+        let color = e.color();
+        let xy: Vec<(SegmentValue<i32>, f64)> = SPECTRUM
+            .iter()
+            .enumerate()
+            .map(|(j, (k, _))| (SegmentValue::CenterOf(j as i32), us(e, k)))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(xy.clone(), color.stroke_width(2)))
+            .map_err(err)?
+            .label(e.bin_name())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(xy.into_iter().map(|xy| Circle::new(xy, 3, color.filled())))
+            .map_err(err)?;
+    }
+    // A spectrum rises to the right: the upper left is free.
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .label_font(("sans-serif", 13))
+        .draw()
+        .map_err(err)?;
+    Ok(())
 }

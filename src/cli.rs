@@ -1,13 +1,16 @@
 //! The flags of every binary: what both servers share, what each engine adds, the load
-//! generator's, and the parsing of port and address lists.
+//! generator's, the parsing of port and address lists, and the shell completions and man
+//! pages made from them.
 
 use std::fmt;
+use std::io::{self, Write};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use clap_complete::Shell;
 
 use crate::plan::EngineKind;
 use crate::proto::http::Limits;
@@ -128,6 +131,90 @@ pub enum Proto {
     Http,
 }
 
+/// The flags every binary takes for installing it: each prints something made from the
+/// binary's flags and exits, so it must be given alone. Shown by --help, not by -h.
+#[derive(Debug, Clone, Args)]
+pub struct Install {
+    /// Print the completion script for SHELL on stdout.
+    ///
+    /// For bash save it as ~/.local/share/bash-completion/completions/BINARY, for zsh as
+    /// _BINARY in a directory of $fpath, for fish as ~/.config/fish/completions/BINARY.fish.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "SHELL",
+        exclusive = true,
+        hide_short_help = true,
+        help_heading = "Installation"
+    )]
+    pub completions: Option<Shell>,
+
+    /// Print the man page (roff) on stdout.
+    ///
+    /// Read it with `BINARY --man | man -l -`, or save it as man1/BINARY.1 in a directory
+    /// that `manpath` lists.
+    #[arg(
+        long,
+        exclusive = true,
+        hide_short_help = true,
+        help_heading = "Installation"
+    )]
+    pub man: bool,
+}
+
+impl Install {
+    /// Prints what was asked for of `T`'s flags on stdout: whether anything was asked.
+    pub fn print<T: CommandFactory>(&self) -> io::Result<bool> {
+        if let Some(shell) = self.completions {
+            let mut cmd = without_hidden(&T::command());
+            let name = cmd.get_name().to_string();
+            // Into memory first: the generators panic on a failed write.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, name, &mut script);
+            write_out(&script)?;
+        } else if self.man {
+            print_man(T::command())?;
+        } else {
+            return Ok(false);
+        }
+        Ok(true)
+    }
+}
+
+/// `cmd` with only the flags and subcommands --help shows: the completion generators offer
+/// hidden ones too (clap-rs/clap#1335), and epoll-server's worker flags are for its master.
+fn without_hidden(cmd: &clap::Command) -> clap::Command {
+    let mut out = clap::Command::new(cmd.get_name().to_string())
+        .args(cmd.get_arguments().filter(|a| !a.is_hide_set()).cloned())
+        .subcommands(
+            cmd.get_subcommands()
+                .filter(|c| !c.is_hide_set())
+                .map(without_hidden),
+        );
+    if let Some(v) = cmd.get_version() {
+        out = out.version(v.to_string());
+    }
+    // zsh and fish show it beside a subcommand.
+    if let Some(about) = cmd.get_about() {
+        out = out.about(about.clone());
+    }
+    out
+}
+
+/// Prints `cmd`'s man page (roff) on stdout.
+pub fn print_man(cmd: clap::Command) -> io::Result<()> {
+    let mut page = Vec::new();
+    // `help` is no page of its own: --help is.
+    clap_mangen::Man::new(cmd.disable_help_subcommand(true)).render(&mut page)?;
+    write_out(&page)
+}
+
+fn write_out(bytes: &[u8]) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    out.write_all(bytes)?;
+    out.flush()
+}
+
 /// The flags both servers take.
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
@@ -226,13 +313,21 @@ pub struct ServerArgs {
     /// On SIGINT/SIGTERM, how long owed output may take before connections are cut.
     #[arg(long, default_value = "5", value_name = "SECONDS")]
     pub shutdown_timeout: f64,
+
+    #[command(flatten)]
+    pub install: Install,
 }
 
-/// A completion-based (io_uring) TCP echo server: per-core shards, each owning its ring, with
-/// multishot accept into direct descriptors and multishot recv into a provided-buffer ring.
-/// Holds more connections than RLIMIT_NOFILE by planning several rings where needed.
+/// The Proactor: an io_uring TCP server (echo or HTTP/1.1) for up to a million connections.
+///
+/// A completion-based server: per-core shards, each owning its ring, with multishot accept
+/// into direct descriptors, multishot recv into a provided-buffer ring, and sends straight
+/// from the received buffer. It holds more connections than RLIMIT_NOFILE (a connection
+/// costs no fd), planning several rings per core where that limit needs it. Linux 6.1+.
+///
+/// Try: `uring-server --ports 6000 --stats`, and from another shell `uring-load --ports 6000`.
 #[derive(Parser, Debug, Clone)]
-#[command(version, about)]
+#[command(name = "uring-server", version)]
 pub struct UringArgs {
     #[command(flatten)]
     pub server: ServerArgs,
@@ -252,11 +347,16 @@ pub struct UringArgs {
     pub rings_per_thread: usize,
 }
 
-/// An edge-triggered epoll TCP echo server, the baseline the Proactor is measured against:
-/// one loop per shard, non-blocking sockets, no locks. Above what one process's fd limit
-/// holds, the shards are worker processes under a master (nginx style).
+/// The Reactor: an edge-triggered epoll TCP server (echo or HTTP/1.1), uring-server's baseline.
+///
+/// Built the way the best epoll servers are: edge-triggered, non-blocking, one loop per
+/// shard, no locks, writes straight from the shard's read buffer. Above what one process's
+/// fd limit holds, its shards are worker processes under a master (nginx style). The same
+/// flags, output lines and protocol code as uring-server, so the two compare on equal terms.
+///
+/// Try: `epoll-server --ports 6000 --stats`, and from another shell `uring-load --ports 6000`.
 #[derive(Parser, Debug, Clone)]
-#[command(version, about)]
+#[command(name = "epoll-server", version)]
 pub struct EpollArgs {
     #[command(flatten)]
     pub server: ServerArgs,
@@ -278,19 +378,27 @@ pub struct EpollArgs {
     pub worker_share_slot: Option<usize>,
 }
 
-/// An io_uring load generator: every connection a direct descriptor (no fd each, so one process
-/// holds far more than RLIMIT_NOFILE), echo requests with every byte verified or HTTP GETs with
-/// every answer's status and body checked, closed loop or open loop (latency corrected for
-/// coordinated omission), and an honest count of every connection. Exits 3 when fewer connections were established than asked, or on any error
-/// (a byte that did not verify, a request left unanswered), unless --allow-partial.
+/// An io_uring load generator: holds many connections, checks every answer, reports latency.
+///
+/// Every connection is a direct descriptor (no fd each, so one process holds far more than
+/// RLIMIT_NOFILE). Echo requests with every byte verified, or HTTP GETs with every answer's
+/// status and body checked; closed loop, or open loop with latency corrected for coordinated
+/// omission; and a count of every connection and every error. Exits 3 when fewer connections
+/// were established than asked, or on any error (a byte that did not verify, a request left
+/// unanswered), unless --allow-partial.
+///
+/// Try: `uring-load --ports 6000 --conns 1000 --duration 5`, against `uring-server --ports 6000`.
 #[derive(Parser, Debug, Clone)]
-#[command(version, about, args_conflicts_with_subcommands = true)]
+#[command(name = "uring-load", version, args_conflicts_with_subcommands = true)]
 pub struct LoadCli {
     #[command(subcommand)]
     pub command: Option<LoadCommand>,
 
     #[command(flatten)]
     pub run: LoadArgs,
+
+    #[command(flatten)]
+    pub install: Install,
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -303,7 +411,29 @@ pub enum LoadCommand {
         /// Write the merged report as JSON to this file.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
+        /// Print this subcommand's man page (roff) on stdout.
+        ///
+        /// Save it as man1/uring-load-merge.1, beside uring-load.1 (`uring-load --man`).
+        #[arg(
+            long,
+            exclusive = true,
+            hide_short_help = true,
+            help_heading = "Installation"
+        )]
+        man: bool,
     },
+}
+
+impl LoadCli {
+    /// The `merge` subcommand's own command, named as its man page is (`uring-load-merge`).
+    pub fn merge_command() -> clap::Command {
+        let mut cmd = Self::command();
+        // Building names the subcommands after their parent.
+        cmd.build();
+        cmd.find_subcommand("merge")
+            .expect("LoadCommand has a merge")
+            .clone()
+    }
 }
 
 /// The flags of a load run.
@@ -499,6 +629,25 @@ mod tests {
         UringArgs::command().debug_assert();
         EpollArgs::command().debug_assert();
         LoadCli::command().debug_assert();
+    }
+
+    #[test]
+    fn completions_offer_no_hidden_flag() {
+        use clap::CommandFactory;
+        for cmd in [
+            UringArgs::command(),
+            EpollArgs::command(),
+            LoadCli::command(),
+        ] {
+            for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+                let mut script = Vec::new();
+                let mut c = without_hidden(&cmd);
+                clap_complete::generate(shell, &mut c, cmd.get_name().to_string(), &mut script);
+                let script = String::from_utf8(script).unwrap();
+                assert!(script.contains("ports"), "{shell}: {script}");
+                assert!(!script.contains("worker-"), "{shell}: {script}");
+            }
+        }
     }
 
     #[test]

@@ -20,8 +20,8 @@ use crate::cli::ServerArgs;
 use crate::plan::Plan;
 use crate::stats::Summary;
 
-/// Keys that cannot be in a file: they are about the file.
-const NOT_IN_FILE: [&str; 2] = ["config", "check-config"];
+/// Keys that cannot be in a file: they are about the file, or print something and exit.
+const NOT_IN_FILE: [&str; 4] = ["config", "check-config", "completions", "man"];
 
 /// Where the settings came from, to point at the line of a setting found wrong later.
 pub struct Config {
@@ -129,6 +129,14 @@ impl<T: CommandFactory + FromArgMatches + 'static> Server<T> {
             let at = at.map(|a| format!("{a}: ")).unwrap_or_default();
             eprintln!("{}: error: {at}{e}", (self.who)(&args));
         };
+        match (self.server)(&args).install.print::<T>() {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => {
+                eprintln!("{}: error: writing to stdout: {e}", self.name);
+                std::process::exit(1);
+            }
+        }
         if (self.server)(&args).check_config {
             match (self.check)(&args) {
                 Ok(plan) => {
@@ -372,6 +380,10 @@ mod tests {
         assert!(text.contains("ports = \"7000-7009\"  # given\n"), "{text}");
         assert!(text.contains("buf-size = 4096  # default\n"), "{text}");
         assert!(text.contains("# metrics is not set\n"), "{text}");
+        assert!(
+            !text.contains("completions") && !text.contains("\nman "),
+            "{text}"
+        );
         // What it prints is itself a config file that gives the same settings.
         let again = file(&text.replace("# metrics is not set", ""));
         let (same, _, _) = parse(&["uring-server", "--config", again.to_str().unwrap()]).unwrap();
@@ -399,6 +411,7 @@ mod tests {
                 1,
                 "not allowed in a config file",
             ),
+            ("man = true\n", 1, "not allowed in a config file"),
             ("worker-index = 1\n", 1, "no such setting"),
             ("stats = true\nports = = 3\n", 2, ""),
         ] {

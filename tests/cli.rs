@@ -294,13 +294,30 @@ fn a_target_beyond_the_fd_limit_for_listeners_names_the_limit_and_the_fix() {
 
 #[test]
 fn help_and_version() {
-    for bin in [
-        env!("CARGO_BIN_EXE_uring-server"),
-        env!("CARGO_BIN_EXE_epoll-server"),
-        env!("CARGO_BIN_EXE_uring-load"),
+    for (name, bin, about) in [
+        (
+            "uring-server",
+            env!("CARGO_BIN_EXE_uring-server"),
+            "The Proactor: an io_uring TCP server",
+        ),
+        (
+            "epoll-server",
+            env!("CARGO_BIN_EXE_epoll-server"),
+            "The Reactor: an edge-triggered epoll TCP server",
+        ),
+        (
+            "uring-load",
+            env!("CARGO_BIN_EXE_uring-load"),
+            "An io_uring load generator",
+        ),
     ] {
+        let (code, out, _) = run(bin, &["-h"]);
+        assert_eq!(code, 0);
+        assert!(out.starts_with(about), "{name}: {out}");
         let (code, out, _) = run(bin, &["--help"]);
         assert_eq!(code, 0);
+        assert!(out.starts_with(about), "{name}: {out}");
+        assert!(out.contains(&format!("Try: `{name} --ports 6000")), "{out}");
         assert!(out.contains("--ports"), "{out}");
         let (code, out, _) = run(bin, &["--version"]);
         assert_eq!(code, 0);
@@ -333,4 +350,134 @@ fn load_beyond_the_ephemeral_ports_is_refused_with_the_fix() {
     assert_eq!(code, 1);
     assert!(err.contains("ephemeral ports"), "{err}");
     assert!(err.contains("use at least"), "{err}");
+}
+
+const BINARIES: [(&str, &str); 3] = [
+    ("uring-server", env!("CARGO_BIN_EXE_uring-server")),
+    ("epoll-server", env!("CARGO_BIN_EXE_epoll-server")),
+    ("uring-load", env!("CARGO_BIN_EXE_uring-load")),
+];
+
+/// What bash offers for `words` (the last one being completed), with `bin`'s script loaded.
+fn bash_completes(name: &str, bin: &str, words: &[&str]) -> String {
+    let script = format!(
+        "source <({bin} --completions bash) || exit 1
+         f=$(complete -p {name} | sed 's/.* -F \\([^ ]*\\) .*/\\1/')
+         COMP_WORDS=({name} {words}); COMP_CWORD={cword}
+         $f {name} \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"
+         echo \"${{COMPREPLY[@]}}\"",
+        words = words.join(" "),
+        cword = words.len(),
+    );
+    let (code, out, err) = run("bash", &["-c", &script]);
+    assert_eq!(code, 0, "{name}: {err}");
+    out
+}
+
+#[test]
+fn bash_completes_each_binarys_flags() {
+    for (name, bin, flags, partial, expect) in [
+        (
+            BINARIES[0].0,
+            BINARIES[0].1,
+            &["--max-conns", "--ports", "--bufs", "--man"][..],
+            "--max-c",
+            "--max-conns",
+        ),
+        (
+            BINARIES[1].0,
+            BINARIES[1].1,
+            &["--max-conns", "--ports", "--completions"][..],
+            "--max-c",
+            "--max-conns",
+        ),
+        (
+            BINARIES[2].0,
+            BINARIES[2].1,
+            &["--conns", "--connect-inflight", "merge"][..],
+            "--connect-i",
+            "--connect-inflight",
+        ),
+    ] {
+        let (code, script, err) = run(bin, &["--completions", "bash"]);
+        assert_eq!(code, 0, "{name}: {err}");
+        for flag in flags {
+            assert!(script.contains(flag), "{name}: no {flag} in\n{script}");
+        }
+        // epoll-server's worker flags are its master's, not a user's.
+        assert!(!script.contains("--worker-"), "{name}: {script}");
+        assert_eq!(bash_completes(name, bin, &[partial]).trim(), expect);
+    }
+    let load = BINARIES[2];
+    assert_eq!(bash_completes(load.0, load.1, &["mer"]).trim(), "merge");
+    assert_eq!(
+        bash_completes(load.0, load.1, &["--proto", "\"\""]).trim(),
+        "echo http"
+    );
+}
+
+#[test]
+fn install_flags_stand_alone() {
+    for (name, bin) in BINARIES {
+        let (code, _, err) = run(bin, &["--man", "--ports", "6000"]);
+        assert_eq!(code, 2, "{name}: {err}");
+        assert!(err.contains("cannot be used with"), "{name}: {err}");
+        let (code, _, err) = run(bin, &["--completions", "tcsh"]);
+        assert_eq!(code, 2, "{name}: {err}");
+        assert!(err.contains("possible values"), "{name}: {err}");
+    }
+}
+
+#[test]
+fn man_pages_are_roff_and_render() {
+    let groff = common::installed("command -v groff", "groff", "groff");
+    let (load, load_bin) = BINARIES[2];
+    let pages = BINARIES
+        .iter()
+        .map(|&(name, bin)| (name.to_string(), bin, vec!["--man"]))
+        .chain([(format!("{load}-merge"), load_bin, vec!["merge", "--man"])]);
+    for (name, bin, args) in pages {
+        let (code, page, err) = run(bin, &args);
+        assert_eq!(code, 0, "{name}: {err}");
+        let title = page.lines().find(|l| l.starts_with(".TH"));
+        assert!(
+            title.is_some_and(|t| t.starts_with(&format!(".TH {name} 1"))),
+            "{name}: {page}"
+        );
+        assert!(page.contains("\n.SH NAME\n"), "{name}: {page}");
+        assert!(page.contains("\n.SH SYNOPSIS\n"), "{name}: {page}");
+        assert!(page.contains(&name.replace('-', "\\-")), "{name}: {page}");
+        if !groff {
+            continue;
+        }
+        let mut child = Command::new("groff")
+            .args(["-man", "-Tutf8", "-ww"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), page.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let (text, warnings) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(out.status.success(), "{name}: {warnings}");
+        assert!(warnings.is_empty(), "{name}: groff warns: {warnings}");
+        // grotty emboldens by overstriking: "S\bS".
+        let text = text.chars().fold(String::new(), |mut t, c| {
+            if c == '\u{8}' {
+                t.pop();
+            } else {
+                t.push(c);
+            }
+            t
+        });
+        assert!(text.contains("SYNOPSIS"), "{name}: {text}");
+        assert!(text.contains(&format!("{name}(1)")), "{name}: {text}");
+    }
+    let (_, page, _) = run(load_bin, &["--man"]);
+    // The main page names the subcommand's.
+    assert!(page.contains("uring\\-load\\-merge(1)"), "{page}");
 }

@@ -7,7 +7,7 @@ pub mod hlog;
 pub mod shard;
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,9 +17,10 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
-use crate::cli::{LoadArgs, LoadCli, LoadCommand, PortList, Proto};
+use crate::cli::{self, LoadArgs, LoadCli, LoadCommand, PortList, Proto};
 use crate::error::{Error, Result};
 use crate::plan;
 use crate::sys::{self, limits::HostLimits};
@@ -124,7 +125,19 @@ const EXIT_PARTIAL: i32 = 3;
 /// What `uring-load` does with its command line: merges interval logs, or runs the load and
 /// prints (and with `--json` writes) its report. Returns the status to exit with.
 pub fn run_cli(cli: &LoadCli) -> Result<i32> {
-    if let Some(LoadCommand::Merge { logs, json }) = &cli.command {
+    if cli
+        .install
+        .print::<LoadCli>()
+        .map_err(|e| Error::io("writing to stdout", e))?
+    {
+        return Ok(0);
+    }
+    if let Some(LoadCommand::Merge { logs, json, man }) = &cli.command {
+        if *man {
+            cli::print_man(LoadCli::merge_command())
+                .map_err(|e| Error::io("writing to stdout", e))?;
+            return Ok(0);
+        }
         let r = merge_report(logs)?;
         println!("{}", r.human());
         if let Some(path) = json {
@@ -292,27 +305,50 @@ fn merge_into(intervals: &mut BTreeMap<u64, Histogram<u64>>, second: u64, h: &Hi
         .expect("same bounds");
 }
 
-/// One progress report on stderr: a redrawn bar on a terminal, a line per second otherwise.
-fn progress(cfg: &LoadConfig, shared: &Shared, started: Instant, rps: f64, tty: bool) {
-    let established = shared.established.load(Relaxed);
-    let failed = shared.failed.load(Relaxed);
-    let line = format!(
-        "t={:.0}s connected {established}/{} failed {failed} requests {} ({rps:.0}/s)",
-        started.elapsed().as_secs_f64(),
-        cfg.conns,
-        shared.requests.load(Relaxed)
-    );
-    if tty {
-        let done = ((established + failed) * 30 / cfg.conns.max(1)) as usize;
-        eprint!(
-            "\r[{}{}] {line}   ",
-            "#".repeat(done),
-            ".".repeat(30 - done.min(30))
-        );
-    } else {
-        eprintln!("uring-load: {line}");
+/// Progress on stderr, once a second: on a terminal a live bar of the connections up (or
+/// failed) with the run's figures beside it; otherwise the figures as a line, which logs and
+/// tests read.
+enum Progress {
+    Bar(ProgressBar),
+    Lines,
+}
+
+impl Progress {
+    fn new(conns: u64) -> Progress {
+        if !std::io::stderr().is_terminal() {
+            return Progress::Lines;
+        }
+        let style = ProgressStyle::with_template("[{bar:30}] {msg}")
+            .expect("the template is valid")
+            .progress_chars("#.");
+        let bar = ProgressBar::with_draw_target(Some(conns), ProgressDrawTarget::stderr());
+        Progress::Bar(bar.with_style(style))
     }
-    let _ = std::io::stderr().flush();
+
+    fn report(&self, cfg: &LoadConfig, shared: &Shared, started: Instant, rps: f64) {
+        let established = shared.established.load(Relaxed);
+        let failed = shared.failed.load(Relaxed);
+        let line = format!(
+            "t={:.0}s connected {established}/{} failed {failed} requests {} ({rps:.0}/s)",
+            started.elapsed().as_secs_f64(),
+            cfg.conns,
+            shared.requests.load(Relaxed)
+        );
+        match self {
+            Progress::Bar(bar) => {
+                bar.set_position(established + failed);
+                bar.set_message(line);
+            }
+            Progress::Lines => eprintln!("uring-load: {line}"),
+        }
+    }
+
+    /// Leaves the bar's last state on the terminal, the report below it.
+    fn finish(&self) {
+        if let Progress::Bar(bar) = self {
+            bar.finish();
+        }
+    }
 }
 
 /// Reads several `--hlog` files (from several hosts, say) and reports them as one run.
@@ -532,7 +568,7 @@ pub fn run(cfg: &LoadConfig) -> Result<Report> {
     drop(intervals_tx);
     let measure_start = SystemTime::now() + cfg.warmup;
     let mut intervals: BTreeMap<u64, Histogram<u64>> = BTreeMap::new();
-    let tty = std::io::stderr().is_terminal();
+    let progress = cfg.progress.then(|| Progress::new(cfg.conns));
     let mut last = Instant::now();
     let mut last_requests = 0;
     let mut ramp_s = None;
@@ -544,22 +580,19 @@ pub fn run(cfg: &LoadConfig) -> Result<Report> {
         for (second, h) in intervals_rx.try_iter() {
             merge_into(&mut intervals, second, &h);
         }
-        if cfg.progress && last.elapsed() >= Duration::from_secs(1) {
-            let dt = last.elapsed().as_secs_f64();
-            last = Instant::now();
-            let requests = shared.requests.load(Relaxed);
-            progress(
-                cfg,
-                &shared,
-                started,
-                (requests - last_requests) as f64 / dt,
-                tty,
-            );
-            last_requests = requests;
+        if let Some(progress) = &progress {
+            if last.elapsed() >= Duration::from_secs(1) {
+                let dt = last.elapsed().as_secs_f64();
+                last = Instant::now();
+                let requests = shared.requests.load(Relaxed);
+                let rps = (requests - last_requests) as f64 / dt;
+                progress.report(cfg, &shared, started, rps);
+                last_requests = requests;
+            }
         }
     }
-    if cfg.progress && tty {
-        eprintln!();
+    if let Some(progress) = &progress {
+        progress.finish();
     }
     for (second, h) in intervals_rx.try_iter() {
         merge_into(&mut intervals, second, &h);
