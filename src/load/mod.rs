@@ -439,21 +439,38 @@ fn check(cfg: &LoadConfig, limits: &HostLimits) -> Result<()> {
             "--connect-inflight must be at least 1".into(),
         ));
     }
+    // Each (source address, server port) pair has the ephemeral range's worth of connections:
+    // the kernel picks a source port unique per 4-tuple. IPv6 takes its ports from the same
+    // net.ipv4.ip_local_port_range; what differs per family is where more sources come from.
     let range = u64::from(limits.port_range.1.saturating_sub(limits.port_range.0)) + 1;
-    let reach = range * cfg.ports.len() as u64;
+    let sources = cfg.sources.len().max(1) as u64;
+    let reach = range * cfg.ports.len() as u64 * sources;
     if cfg.conns > reach {
+        let from = match cfg.sources.len() {
+            0 | 1 => format!("one {} source address", family(cfg.host)),
+            n => format!("{n} {} source addresses", family(cfg.host)),
+        };
+        let more_sources = match cfg.host {
+            IpAddr::V4(_) => {
+                "more --sources (addresses of this host; on loopback, any of 127.0.0.0/8)"
+            }
+            IpAddr::V6(_) => {
+                "more --sources (addresses of this host; IPv6 loopback is ::1 alone, so add some \
+                 first: `ip -6 addr add fd00::1/128 dev lo`)"
+            }
+        };
         return Err(Error::Limit {
             what: format!(
-                "{} connections from one source address to {} ports need more than the {range} \
-                 ephemeral ports per destination (net.ipv4.ip_local_port_range {}-{}): at most {reach}",
+                "{} connections from {from} to {} ports need more than the {range} ephemeral ports \
+                 per source and destination (net.ipv4.ip_local_port_range {}-{}, IPv6 too): at most {reach}",
                 cfg.conns,
                 cfg.ports.len(),
                 limits.port_range.0,
                 limits.port_range.1
             ),
             fix: format!(
-                "use at least {} --ports (the server must listen on them too)",
-                cfg.conns.div_ceil(range)
+                "use at least {} --ports (the server must listen on them too), or {more_sources}",
+                cfg.conns.div_ceil(range * sources)
             ),
         });
     }
@@ -707,9 +724,41 @@ mod tests {
         let msg = check(&cfg(1_000_000, "6000-6009"), &host())
             .unwrap_err()
             .to_string();
+        assert!(msg.contains("from one IPv4 source address"), "{msg}");
         assert!(msg.contains("at most 645120"), "{msg}");
         assert!(msg.contains("use at least 16 --ports"), "{msg}");
+        assert!(msg.contains("any of 127.0.0.0/8"), "{msg}");
         assert!(check(&cfg(1_000_000, "6000-6049"), &host()).is_ok());
+    }
+
+    #[test]
+    fn each_source_address_adds_the_ephemeral_range_per_port() {
+        let mut c = cfg(1_000_000, "6000-6009");
+        c.sources = (1..=2).map(|i| IpAddr::from([127, 0, 0, i])).collect();
+        assert!(check(&c, &host()).is_ok(), "2 x 10 x 64512");
+        c.conns = 1_300_000;
+        let msg = check(&c, &host()).unwrap_err().to_string();
+        assert!(msg.contains("from 2 IPv4 source addresses"), "{msg}");
+        assert!(msg.contains("at most 1290240"), "{msg}");
+        assert!(msg.contains("use at least 11 --ports"), "{msg}");
+    }
+
+    #[test]
+    fn ipv6_has_the_same_ports_per_source_and_names_its_family() {
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut c = cfg(1_000_000, "6000-6009");
+        c.host = v6("::1");
+        let msg = check(&c, &host()).unwrap_err().to_string();
+        assert!(msg.contains("from one IPv6 source address"), "{msg}");
+        assert!(msg.contains("at most 645120"), "{msg}");
+        assert!(msg.contains("use at least 16 --ports"), "{msg}");
+        assert!(msg.contains("IPv6 loopback is ::1 alone"), "{msg}");
+        c.sources = vec![v6("fd00::1"), v6("fd00::2")];
+        assert!(check(&c, &host()).is_ok(), "2 x 10 x 64512");
+        c.conns = 1_300_000;
+        let msg = check(&c, &host()).unwrap_err().to_string();
+        assert!(msg.contains("from 2 IPv6 source addresses"), "{msg}");
+        assert!(msg.contains("at most 1290240"), "{msg}");
     }
 
     #[test]
