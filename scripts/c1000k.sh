@@ -4,7 +4,7 @@
 # under 60 % and memory under 80 %.
 #
 #   scripts/c1000k.sh [uring|epoll|both] [--conns N] [--rate R] [--duration S] [--batch-usec U]
-#                     [--host-netns]
+#                     [--host-netns] [--ipv6]
 #
 # Builds the release binaries, tunes the host (scripts/tune-host.sh; put back at the end,
 # whatever happens), starts the server on ports 6000-6049 planned for the connections, and
@@ -23,10 +23,15 @@
 # request wakes a sleeping thread on each side. Measured here with io_uring at 25,000 req/s
 # (interleaved, bench/results/c1000k-ab-2026-11-23.md): server CPU 39.5/38.6 % ->
 # 32.7/34.1 %, client CPU -16 %, p50 latency 2 ms -> 15 ms.
+# --ipv6 runs it over IPv6: the server on ::, uring-load to ::1 (instead of 0.0.0.0 and
+# 127.0.0.1). The arithmetic is the same for both families: one source address reaches 50
+# ports x the ephemeral range (IPv6 takes its ports from net.ipv4.ip_local_port_range too),
+# 1.4M at the default 28,232 and 3.2M once widened, so no --sources are needed (beyond that,
+# IPv4 loopback has all of 127.0.0.0/8, IPv6 only ::1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ENGINES=both CONNS=1000000 RATE=55000 DURATION=60 BATCH=10000 PORTS=6000-6049 NETNS=1
+ENGINES=both CONNS=1000000 RATE=55000 DURATION=60 BATCH=10000 PORTS=6000-6049 NETNS=1 LISTEN=0.0.0.0 HOST=127.0.0.1
 while [ $# -gt 0 ]; do
   case "$1" in
     uring|epoll|both) ENGINES=$1 ;;
@@ -35,7 +40,8 @@ while [ $# -gt 0 ]; do
     --duration) DURATION=$2; shift ;;
     --batch-usec) BATCH=$2; shift ;;
     --host-netns) NETNS=0 ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    --ipv6) LISTEN=:: HOST=::1 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "c1000k: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -94,8 +100,8 @@ CORES=$(nproc)
 mkdir -p bench/results
 overall=0
 for ENGINE in $ENGINES; do
-  echo "== $ENGINE: server on $PORTS planned for $CONNS connections"
-  SERVER_ARGS=(--ports "$PORTS" --max-conns "$CONNS" --batch-usec "$BATCH" --stats-json "$TMP/server.json")
+  echo "== $ENGINE: server on $LISTEN ports $PORTS planned for $CONNS connections"
+  SERVER_ARGS=(--host "$LISTEN" --ports "$PORTS" --max-conns "$CONNS" --batch-usec "$BATCH" --stats-json "$TMP/server.json")
   "${IN_NS[@]}" target/release/$ENGINE-server "${SERVER_ARGS[@]}" >"$TMP/server.out" 2>"$TMP/server.err" &
   SERVER_PID=$!
   for _ in $(seq 600); do
@@ -106,9 +112,9 @@ for ENGINE in $ENGINES; do
   sed 's/^/  /' "$TMP/server.err"; head -1 "$TMP/server.out" | sed 's/^/  /'
   python3 scripts/c1000k-sample.py "$SERVER_PID" "$CORES" >"$TMP/samples.jsonl" &
   SAMPLER_PID=$!
-  echo "== $ENGINE: uring-load --conns $CONNS --rate $RATE --duration $DURATION --batch-usec $BATCH"
+  echo "== $ENGINE: uring-load --host $HOST --conns $CONNS --rate $RATE --duration $DURATION --batch-usec $BATCH"
   set +e
-  timeout 600 "${IN_NS[@]}" target/release/uring-load --ports "$PORTS" --conns "$CONNS" --rate "$RATE" \
+  timeout 600 "${IN_NS[@]}" target/release/uring-load --host "$HOST" --ports "$PORTS" --conns "$CONNS" --rate "$RATE" \
     --duration "$DURATION" --batch-usec "$BATCH" --json "$TMP/load.json" --allow-partial 2>&1 | sed -u 's/^/  /'
   set -e
   kill -TERM "$SERVER_PID"
@@ -119,9 +125,9 @@ for ENGINE in $ENGINES; do
   SERVER_PID="" SAMPLER_PID=""
   tail -1 "$TMP/server.out" | sed 's/^/  /'
   OUT=bench/results/c1000k-$DATE-$ENGINE.json
-  python3 - "$TMP" "$ENGINE" "$CONNS" "$RATE" "$DURATION" "$DATE" "$KERNEL" "$COMMIT" "$OUT" "$CORES" "$BATCH" "$NETNS" "$EHASH" "$HOST_EHASH" <<'PY' || overall=1
+  python3 - "$TMP" "$ENGINE" "$CONNS" "$RATE" "$DURATION" "$DATE" "$KERNEL" "$COMMIT" "$OUT" "$CORES" "$BATCH" "$NETNS" "$EHASH" "$HOST_EHASH" "$HOST" <<'PY' || overall=1
 import json, sys
-tmp, engine, conns, rate, duration, date, kernel, commit, out, cores, batch, netns, ehash, host_ehash = sys.argv[1:]
+tmp, engine, conns, rate, duration, date, kernel, commit, out, cores, batch, netns, ehash, host_ehash, host = sys.argv[1:]
 conns = int(conns)
 load = json.load(open(f"{tmp}/load.json"))
 samples = [json.loads(l) for l in open(f"{tmp}/samples.jsonl") if l.strip()]
@@ -145,8 +151,8 @@ checks = {
 result = {
     "engine": engine, "date": date, "kernel": kernel, "commit": commit,
     "command": f"scripts/c1000k.sh {engine} --conns {conns} --rate {rate} --duration {duration} --batch-usec {batch}"
-    + ("" if netns == "1" else " --host-netns"),
-    "own_netns": netns == "1", "ehash_buckets": int(ehash), "host_ehash_buckets": int(host_ehash),
+    + ("" if netns == "1" else " --host-netns") + (" --ipv6" if ":" in host else ""),
+    "host": host, "own_netns": netns == "1", "ehash_buckets": int(ehash), "host_ehash_buckets": int(host_ehash),
     "conns_requested": conns, "conns_established": load["conns_established"],
     "conns_failed": load["conns_failed"], "errors": load["errors"],
     "time_to_establish_s": load["ramp_s"], "throughput_rps": load["throughput_rps"],
@@ -160,7 +166,7 @@ json.dump(result, open(out, "w"), indent=2)
 l = load["latency_us"]
 print(f"""
   C1000K {engine}: {'PASS' if result['pass'] else 'FAIL'}
-  namespace     {'its own, with' if netns == '1' else "the host's:"} a {int(ehash):,}-bucket established hash
+  namespace     {'its own, with' if netns == '1' else "the host's:"} a {int(ehash):,}-bucket established hash; over {host}
   connections   {load['conns_established']:,} of {conns:,} established in {load['ramp_s']:.1f}s, {load['conns_failed']} failed, errors {load['errors'] or 'none'}
   throughput    {load['throughput_rps']:,.0f} req/s over {duration}s (asked {int(rate):,})
   latency       p50 {l['p50']} us, p99 {l['p99']} us, p99.9 {l['p999']} us, max {l['max']} us

@@ -6,7 +6,8 @@
 #   sudo scripts/tune-host.sh            # tune
 #   sudo scripts/tune-host.sh --restore  # put back
 #
-# Values only ever go up: a host already above a value keeps its own.
+# Values only ever go up: a host already above a value keeps its own. The net.ipv4 TCP keys
+# (ports, memory, backlogs, TIME_WAIT, the connection hash) govern TCP over IPv6 as well.
 set -euo pipefail
 
 SAVED=${C1M_TUNE_SAVED:-/var/tmp/c1m-tune-host.saved}

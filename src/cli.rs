@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::io::{self, Write};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -91,9 +91,13 @@ impl fmt::Display for PortList {
     }
 }
 
-/// A set of IPv4 addresses: `127.0.0.1`, `127.0.0.1-127.0.0.8`, or a comma list of both.
+/// A set of addresses of one family: `127.0.0.1`, a range `127.0.0.1-127.0.0.8`, IPv6 ones
+/// (`fd00::1`, `fd00::1-fd00::ff`), or a comma list of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AddrList(pub Vec<Ipv4Addr>);
+pub struct AddrList(pub Vec<IpAddr>);
+
+/// The most addresses one range may span.
+const MAX_RANGE: u128 = 65_536;
 
 impl FromStr for AddrList {
     type Err = String;
@@ -101,23 +105,38 @@ impl FromStr for AddrList {
     fn from_str(s: &str) -> Result<Self, String> {
         let ip = |p: &str| {
             p.trim()
-                .parse::<Ipv4Addr>()
-                .map_err(|_| format!("`{p}` is not an IPv4 address"))
+                .parse::<IpAddr>()
+                .map_err(|_| format!("`{p}` is not an IPv4 or IPv6 address"))
         };
         let mut out = Vec::new();
         for part in s.split(',') {
             match part.split_once('-') {
                 Some((a, b)) => {
-                    let (a, b) = (u32::from(ip(a)?), u32::from(ip(b)?));
-                    if a > b || b - a >= 65_536 {
-                        return Err(format!(
-                            "range `{part}` runs backwards or spans more than 65536 addresses"
-                        ));
+                    let span = |a: u128, b: u128| {
+                        if a > b || b - a >= MAX_RANGE {
+                            return Err(format!(
+                                "range `{part}` runs backwards or spans more than {MAX_RANGE} addresses"
+                            ));
+                        }
+                        Ok(a..=b)
+                    };
+                    match (ip(a)?, ip(b)?) {
+                        (IpAddr::V4(a), IpAddr::V4(b)) => out.extend(
+                            span(a.to_bits().into(), b.to_bits().into())?
+                                .map(|n| IpAddr::V4(Ipv4Addr::from_bits(n as u32))),
+                        ),
+                        (IpAddr::V6(a), IpAddr::V6(b)) => out.extend(
+                            span(a.to_bits(), b.to_bits())?
+                                .map(|n| IpAddr::V6(Ipv6Addr::from_bits(n))),
+                        ),
+                        _ => return Err(format!("range `{part}` mixes IPv4 and IPv6")),
                     }
-                    out.extend((a..=b).map(Ipv4Addr::from));
                 }
                 None => out.push(ip(part)?),
             }
+        }
+        if out.iter().any(|a| a.is_ipv4() != out[0].is_ipv4()) {
+            return Err("the list mixes IPv4 and IPv6 addresses".into());
         }
         Ok(AddrList(out))
     }
@@ -439,16 +458,17 @@ impl LoadCli {
 /// The flags of a load run.
 #[derive(Args, Debug, Clone)]
 pub struct LoadArgs {
-    /// Server address.
+    /// Server address, IPv4 or IPv6 (`::1`).
     #[arg(long, default_value = "127.0.0.1", value_name = "ADDR")]
-    pub host: Ipv4Addr,
+    pub host: IpAddr,
 
     /// Server ports, connections spread over them: one port, a range A-B, or a comma list.
     #[arg(long, default_value = "6000", value_name = "PORTS")]
     pub ports: PortList,
 
-    /// Source addresses to connect from, a range A-B or a comma list (each adds
-    /// ip_local_port_range's worth of connections per server port).
+    /// Source addresses to connect from, of --host's family: a range A-B (`127.0.0.1-127.0.0.8`,
+    /// `fd00::1-fd00::8`) or a comma list (each adds ip_local_port_range's worth of
+    /// connections per server port).
     #[arg(long, value_name = "ADDRS")]
     pub sources: Option<AddrList>,
 
@@ -619,8 +639,23 @@ mod tests {
             "localhost"
                 .parse::<AddrList>()
                 .unwrap_err()
-                .contains("not an IPv4")
+                .contains("not an IPv4 or IPv6 address")
         );
+    }
+
+    #[test]
+    fn ipv6_address_lists_parse() {
+        let a: AddrList = "fd00::fe-fd00::100, ::1".parse().unwrap();
+        assert_eq!(a.0.len(), 4);
+        assert_eq!(a.0[1], "fd00::ff".parse::<IpAddr>().unwrap());
+        assert_eq!(a.0[2], "fd00::100".parse::<IpAddr>().unwrap());
+        assert_eq!(a.0[3], IpAddr::from(Ipv6Addr::LOCALHOST));
+        let err = |s: &str| s.parse::<AddrList>().unwrap_err();
+        assert!(err("fd00::9-fd00::1").contains("backwards"));
+        assert!(err("fd00::1-fd00::1:1").contains("more than 65536"));
+        assert!(err("fd00::1-127.0.0.1").contains("mixes IPv4 and IPv6"));
+        assert!(err("127.0.0.1,::1").contains("mixes IPv4 and IPv6"));
+        assert!(err("fe80::1%eth0").contains("not an IPv4 or IPv6"));
     }
 
     #[test]

@@ -323,8 +323,9 @@ pub fn plan(req: &Request, allowed_cpus: &[usize], limits: &HostLimits) -> Resul
     if max_conns > one_source {
         warnings.push(format!(
             "a client from one source address reaches at most {one_source} connections here \
-             ({} ports x {range} ephemeral ports, net.ipv4.ip_local_port_range); to reach {max_conns} \
-             clients need more --ports or several source addresses",
+             ({} ports x {range} ephemeral ports, net.ipv4.ip_local_port_range, which IPv6 uses \
+             too); to reach {max_conns} clients need more --ports or several source addresses \
+             (on loopback, IPv4 has all of 127.0.0.0/8, IPv6 only ::1 unless more are added)",
             req.ports
         ));
     }

@@ -263,6 +263,14 @@ fn bad_load_flags_are_usage_errors() {
             "--path and --pipeline are for --proto http",
         ),
         (&["--ports", "0"][..], "port 0 is not a port"),
+        (
+            &["--host", "::1", "--sources", "127.0.0.1-127.0.0.4"][..],
+            "--sources 127.0.0.1 is IPv4, --host ::1 is IPv6",
+        ),
+        (
+            &["--sources", "fd00::1-127.0.0.1"][..],
+            "range `fd00::1-127.0.0.1` mixes IPv4 and IPv6",
+        ),
     ] {
         let (code, _, err) = run(bin, args);
         assert_eq!(code, 2, "{args:?}: {err}");
@@ -343,13 +351,19 @@ fn load_against_no_server_reports_every_failed_connection_and_exits_non_zero() {
 
 #[test]
 fn load_beyond_the_ephemeral_ports_is_refused_with_the_fix() {
-    let (code, _, err) = run(
-        env!("CARGO_BIN_EXE_uring-load"),
-        &["--ports", "6000", "--conns", "1000000"],
-    );
-    assert_eq!(code, 1);
-    assert!(err.contains("ephemeral ports"), "{err}");
-    assert!(err.contains("use at least"), "{err}");
+    for (host, family) in [("127.0.0.1", "IPv4"), ("::1", "IPv6")] {
+        let (code, _, err) = run(
+            env!("CARGO_BIN_EXE_uring-load"),
+            &["--host", host, "--ports", "6000", "--conns", "1000000"],
+        );
+        assert_eq!(code, 1);
+        assert!(
+            err.contains(&format!("from one {family} source address")),
+            "{err}"
+        );
+        assert!(err.contains("ephemeral ports"), "{err}");
+        assert!(err.contains("use at least"), "{err}");
+    }
 }
 
 const BINARIES: [(&str, &str); 3] = [

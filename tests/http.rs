@@ -1,7 +1,8 @@
 //! The HTTP suite: both servers with `--proto http` on loopback, exact answer bytes (the Date
 //! value aside), requests split anywhere and pipelined, bad input, uring-load's HTTP mode, and
 //! tools nobody here wrote (wrk, h2load, ab, curl; .ci/run installs them). Each test body is
-//! one case per engine (`common::per_engine!`).
+//! one case per engine and address family, over 127.0.0.1 and ::1
+//! (`common::per_engine!(ipv4_and_ipv6: ..)`).
 
 mod common;
 
@@ -11,7 +12,7 @@ use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
-use common::{Engine, Server, first_port, free_ports, load, u};
+use common::{Server, Target, first_port, free_ports, u};
 
 /// Stands for any IMF-fixdate: received dates are rewritten to it before comparing.
 const DATE: &str = "Www, DD Mmm YYYY HH:MM:SS GMT";
@@ -57,7 +58,7 @@ fn normalize_dates(got: &[u8]) -> String {
 }
 
 fn connect(server: &Server) -> TcpStream {
-    let s = TcpStream::connect(("127.0.0.1", first_port(&server.ports))).unwrap();
+    let s = TcpStream::connect(server.target.addr(first_port(&server.ports))).unwrap();
     s.set_nodelay(true).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s
@@ -79,16 +80,21 @@ fn expect_last_answer(s: &mut TcpStream, expected: &str, what: &str) {
     assert_eq!(normalize_dates(&got), expected, "{what}");
 }
 
-fn http_server(engine: Engine, extra: &[&str]) -> Server {
+fn http_server(t: Target, extra: &[&str]) -> Server {
     let ports = free_ports(1);
     let mut args = vec!["--proto", "http", "--cores", "1"];
     args.extend_from_slice(extra);
-    Server::start(engine, &ports, &args)
+    Server::start(t, &ports, &args)
 }
 
-fn plaintext_root_and_head_answer_exactly_even_when_split_anywhere(engine: Engine) {
+/// `http://127.0.0.1:PORT` or `http://[::1]:PORT`, for the tools.
+fn base_url(server: &Server) -> String {
+    format!("http://{}", server.target.addr(first_port(&server.ports)))
+}
+
+fn plaintext_root_and_head_answer_exactly_even_when_split_anywhere(t: Target) {
     let req = "GET /plaintext HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: test\r\n\r\n";
-    let server = http_server(engine, &[]);
+    let server = http_server(t, &[]);
     let mut s = connect(&server);
     s.write_all(req.as_bytes()).unwrap();
     expect_answers(&mut s, &ok(), "GET /plaintext");
@@ -103,13 +109,13 @@ fn plaintext_root_and_head_answer_exactly_even_when_split_anywhere(engine: Engin
     expect_answers(&mut s, &(ok() + &head_ok()), "GET / then HEAD");
     drop(s);
     let stats = server.stop();
-    assert_eq!(u(&stats, "totals.requests"), 4, "{engine:?}");
+    assert_eq!(u(&stats, "totals.requests"), 4, "{t}");
 }
 
-common::per_engine!(plaintext_root_and_head_answer_exactly_even_when_split_anywhere);
+common::per_engine!(ipv4_and_ipv6: plaintext_root_and_head_answer_exactly_even_when_split_anywhere);
 
-fn pipelined_requests_are_answered_in_order(engine: Engine) {
-    let server = http_server(engine, &[]);
+fn pipelined_requests_are_answered_in_order(t: Target) {
+    let server = http_server(t, &[]);
     let mut s = connect(&server);
     let (mut reqs, mut expected) = (String::new(), String::new());
     for i in 0..300 {
@@ -125,15 +131,15 @@ fn pipelined_requests_are_answered_in_order(engine: Engine) {
     reqs += "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
     expected += &ok().replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n");
     s.write_all(reqs.as_bytes()).unwrap();
-    expect_last_answer(&mut s, &expected, &format!("{engine:?}: 301 pipelined"));
+    expect_last_answer(&mut s, &expected, &format!("{t}: 301 pipelined"));
     let stats = server.stop();
     assert_eq!(u(&stats, "totals.requests"), 301);
 }
 
-common::per_engine!(pipelined_requests_are_answered_in_order);
+common::per_engine!(ipv4_and_ipv6: pipelined_requests_are_answered_in_order);
 
-fn http10_closes_unless_kept_alive(engine: Engine) {
-    let server = http_server(engine, &[]);
+fn http10_closes_unless_kept_alive(t: Target) {
+    let server = http_server(t, &[]);
     let mut s = connect(&server);
     s.write_all(b"GET /plaintext HTTP/1.0\r\n\r\n").unwrap();
     let close = ok().replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n");
@@ -148,9 +154,9 @@ fn http10_closes_unless_kept_alive(engine: Engine) {
     server.stop();
 }
 
-common::per_engine!(http10_closes_unless_kept_alive);
+common::per_engine!(ipv4_and_ipv6: http10_closes_unless_kept_alive);
 
-fn bad_input_gets_its_status_and_nothing_more(engine: Engine) {
+fn bad_input_gets_its_status_and_nothing_more(t: Target) {
     let big_header = format!(
         "GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
         "v".repeat(2000)
@@ -172,13 +178,13 @@ fn bad_input_gets_its_status_and_nothing_more(engine: Engine) {
         ("HTTP/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", closing("505 HTTP Version Not Supported")),
     ];
     let server = http_server(
-        engine,
+        t,
         &["--max-header-bytes", "1024", "--max-body-bytes", "4096"],
     );
     for (what, input, answer) in &closing_cases {
         let mut s = connect(&server);
         s.write_all(input).unwrap();
-        expect_last_answer(&mut s, answer, &format!("{engine:?}: {what}"));
+        expect_last_answer(&mut s, answer, &format!("{t}: {what}"));
     }
     // Answers that keep the connection: the next request on it is read right.
     let method = |status: &str| {
@@ -211,37 +217,29 @@ fn bad_input_gets_its_status_and_nothing_more(engine: Engine) {
         s.write_all(input).unwrap();
         s.write_all(b"GET /plaintext HTTP/1.1\r\nHost: a\r\n\r\n")
             .unwrap();
-        expect_answers(
-            &mut s,
-            &(answer.clone() + &ok()),
-            &format!("{engine:?}: {what}"),
-        );
+        expect_answers(&mut s, &(answer.clone() + &ok()), &format!("{t}: {what}"));
     }
     drop(s);
     let stats = server.stop();
-    assert_eq!(u(&stats, "totals.requests"), 6 + 8, "{engine:?}");
+    assert_eq!(u(&stats, "totals.requests"), 6 + 8, "{t}");
 }
 
-common::per_engine!(bad_input_gets_its_status_and_nothing_more);
+common::per_engine!(ipv4_and_ipv6: bad_input_gets_its_status_and_nothing_more);
 
-fn uring_load_checks_every_answer_pipelined_or_not(engine: Engine) {
-    let server = http_server(engine, &[]);
-    let ports = server.ports.clone();
+fn uring_load_checks_every_answer_pipelined_or_not(t: Target) {
+    let server = http_server(t, &[]);
     for pipeline in ["1", "16"] {
-        let (code, r) = load(
-            &ports,
-            &[
-                "--proto",
-                "http",
-                "--conns",
-                "40",
-                "--pipeline",
-                pipeline,
-                "--requests",
-                "64",
-            ],
-        );
-        assert_eq!(code, 0, "{engine:?} pipeline {pipeline}: {r}");
+        let (code, r) = server.load(&[
+            "--proto",
+            "http",
+            "--conns",
+            "40",
+            "--pipeline",
+            pipeline,
+            "--requests",
+            "64",
+        ]);
+        assert_eq!(code, 0, "{t} pipeline {pipeline}: {r}");
         assert_eq!(u(&r, "requests"), 40 * 64, "{r}");
         assert_eq!(r["errors"].as_object().unwrap().len(), 0, "{r}");
         assert_eq!(
@@ -249,19 +247,16 @@ fn uring_load_checks_every_answer_pipelined_or_not(engine: Engine) {
             (Some("http"), pipeline.parse().unwrap())
         );
     }
-    let (code, r) = load(
-        &ports,
-        &[
-            "--proto",
-            "http",
-            "--path",
-            "/nope",
-            "--conns",
-            "3",
-            "--requests",
-            "2",
-        ],
-    );
+    let (code, r) = server.load(&[
+        "--proto",
+        "http",
+        "--path",
+        "/nope",
+        "--conns",
+        "3",
+        "--requests",
+        "2",
+    ]);
     assert_eq!(code, 3);
     assert_eq!(u(&r, "errors.http_status:404"), 3, "{r}");
     assert_eq!(
@@ -270,23 +265,21 @@ fn uring_load_checks_every_answer_pipelined_or_not(engine: Engine) {
         "wrong answers are not also unanswered: {r}"
     );
     let stats = server.stop();
-    assert_eq!(u(&stats, "totals.requests"), 2 * 40 * 64 + 3, "{engine:?}");
+    assert_eq!(u(&stats, "totals.requests"), 2 * 40 * 64 + 3, "{t}");
 }
 
-common::per_engine!(uring_load_checks_every_answer_pipelined_or_not);
+common::per_engine!(ipv4_and_ipv6: uring_load_checks_every_answer_pipelined_or_not);
 
-#[test]
-fn uring_load_http_against_an_echo_server_reports_malformed_answers() {
+fn uring_load_http_against_an_echo_server_reports_malformed_answers(t: Target) {
     let ports = free_ports(1);
-    let server = Server::start(Engine::Uring, &ports, &["--cores", "1"]);
-    let (code, r) = load(
-        &ports,
-        &["--proto", "http", "--conns", "2", "--requests", "1"],
-    );
-    assert_eq!(code, 3);
+    let server = Server::start(t, &ports, &["--cores", "1"]);
+    let (code, r) = server.load(&["--proto", "http", "--conns", "2", "--requests", "1"]);
+    assert_eq!(code, 3, "{t}: {r}");
     assert_eq!(u(&r, "errors.http_malformed"), 2, "{r}");
     server.stop();
 }
+
+common::per_family!(Uring: uring_load_http_against_an_echo_server_reports_malformed_answers);
 
 /// Whether `tool` can be run (see `common::installed`).
 fn have(tool: &str) -> bool {
@@ -310,34 +303,34 @@ fn run(cmd: &str, args: &[&str]) -> String {
     text
 }
 
-fn wrk_runs_clean(engine: Engine) {
+fn wrk_runs_clean(t: Target) {
     if !have("wrk") {
         return;
     }
-    let server = http_server(engine, &[]);
-    let url = format!("http://127.0.0.1:{}/plaintext", first_port(&server.ports));
+    let server = http_server(t, &[]);
+    let url = format!("{}/plaintext", base_url(&server));
     let text = run("wrk", &["-t1", "-c64", "-d2", &url]);
-    assert!(!text.contains("Socket errors"), "{engine:?}: {text}");
-    assert!(!text.contains("Non-2xx"), "{engine:?}: {text}");
+    assert!(!text.contains("Socket errors"), "{t}: {text}");
+    assert!(!text.contains("Non-2xx"), "{t}: {text}");
     let requests: u64 = text
         .split_whitespace()
         .zip(text.split_whitespace().skip(1))
         .find(|(_, next)| *next == "requests")
         .and_then(|(n, _)| n.parse().ok())
         .unwrap_or_else(|| panic!("no request count: {text}"));
-    assert!(requests > 1000, "{engine:?}: {text}");
+    assert!(requests > 1000, "{t}: {text}");
     let stats = server.stop();
-    assert!(u(&stats, "totals.requests") >= requests, "{engine:?}");
+    assert!(u(&stats, "totals.requests") >= requests, "{t}");
 }
 
-common::per_engine!(wrk_runs_clean);
+common::per_engine!(ipv4_and_ipv6: wrk_runs_clean);
 
-fn h2load_runs_clean(engine: Engine) {
+fn h2load_runs_clean(t: Target) {
     if !have("h2load") {
         return;
     }
-    let server = http_server(engine, &[]);
-    let url = format!("http://127.0.0.1:{}/plaintext", first_port(&server.ports));
+    let server = http_server(t, &[]);
+    let url = format!("{}/plaintext", base_url(&server));
     let text = run(
         "h2load",
         &["--h1", "-n", "20000", "-c", "50", "-m", "10", &url],
@@ -346,24 +339,21 @@ fn h2load_runs_clean(engine: Engine) {
         text.contains(
             "20000 total, 20000 started, 20000 done, 20000 succeeded, 0 failed, 0 errored"
         ),
-        "{engine:?}: {text}"
+        "{t}: {text}"
     );
-    assert!(
-        text.contains("status codes: 20000 2xx"),
-        "{engine:?}: {text}"
-    );
+    assert!(text.contains("status codes: 20000 2xx"), "{t}: {text}");
     let stats = server.stop();
-    assert_eq!(u(&stats, "totals.requests"), 20_000, "{engine:?}");
+    assert_eq!(u(&stats, "totals.requests"), 20_000, "{t}");
 }
 
-common::per_engine!(h2load_runs_clean);
+common::per_engine!(ipv4_and_ipv6: h2load_runs_clean);
 
-fn ab_runs_clean_with_and_without_keep_alive(engine: Engine) {
+fn ab_runs_clean_with_and_without_keep_alive(t: Target) {
     if !have("ab") {
         return;
     }
-    let server = http_server(engine, &[]);
-    let url = format!("http://127.0.0.1:{}/plaintext", first_port(&server.ports));
+    let server = http_server(t, &[]);
+    let url = format!("{}/plaintext", base_url(&server));
     // ab speaks HTTP/1.0: -k asks for keep-alive, without it every request closes.
     for keep in [true, false] {
         let mut args = vec!["-n", "5000", "-c", "20"];
@@ -372,37 +362,28 @@ fn ab_runs_clean_with_and_without_keep_alive(engine: Engine) {
         }
         args.push(&url);
         let text = run("ab", &args);
-        assert!(
-            text.contains("Complete requests:      5000"),
-            "{engine:?}: {text}"
-        );
-        assert!(
-            text.contains("Failed requests:        0"),
-            "{engine:?}: {text}"
-        );
-        assert!(!text.contains("Non-2xx"), "{engine:?}: {text}");
+        assert!(text.contains("Complete requests:      5000"), "{t}: {text}");
+        assert!(text.contains("Failed requests:        0"), "{t}: {text}");
+        assert!(!text.contains("Non-2xx"), "{t}: {text}");
         assert!(
             text.contains("Document Length:        13 bytes"),
-            "{engine:?}: {text}"
+            "{t}: {text}"
         );
         if keep {
-            assert!(
-                text.contains("Keep-Alive requests:    5000"),
-                "{engine:?}: {text}"
-            );
+            assert!(text.contains("Keep-Alive requests:    5000"), "{t}: {text}");
         }
     }
     server.stop();
 }
 
-common::per_engine!(ab_runs_clean_with_and_without_keep_alive);
+common::per_engine!(ipv4_and_ipv6: ab_runs_clean_with_and_without_keep_alive);
 
-fn curl_gets_the_answers(engine: Engine) {
+fn curl_gets_the_answers(t: Target) {
     if !have("curl") {
         return;
     }
-    let server = http_server(engine, &["--max-body-bytes", "1000"]);
-    let base = format!("http://127.0.0.1:{}", first_port(&server.ports));
+    let server = http_server(t, &["--max-body-bytes", "1000"]);
+    let base = base_url(&server);
     let get = |args: &[&str]| run("curl", &[&["-sS", "--max-time", "10"], args].concat());
     assert_eq!(get(&[&format!("{base}/plaintext")]), "Hello, World!");
     assert_eq!(get(&["--http1.0", &format!("{base}/")]), "Hello, World!");
@@ -418,17 +399,14 @@ fn curl_gets_the_answers(engine: Engine) {
     assert_eq!(code(&["--data-binary", &big, &format!("{base}/")]), "413");
     // Two requests on one connection: curl reuses it (keep-alive).
     let both = get(&["-v", &format!("{base}/"), &format!("{base}/plaintext")]);
-    assert!(
-        both.contains("Re-using existing connection"),
-        "{engine:?}: {both}"
-    );
+    assert!(both.contains("Re-using existing connection"), "{t}: {both}");
     server.stop();
 }
 
-common::per_engine!(curl_gets_the_answers);
+common::per_engine!(ipv4_and_ipv6: curl_gets_the_answers);
 
-fn a_peer_that_sends_requests_but_never_reads_is_pushed_back(engine: Engine) {
-    let mut server = http_server(engine, &[]);
+fn a_peer_that_sends_requests_but_never_reads_is_pushed_back(t: Target) {
+    let mut server = http_server(t, &[]);
     let mut s = connect(&server);
     s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
     let one = b"GET /plaintext HTTP/1.1\r\nHost: a\r\n\r\n";
@@ -443,7 +421,7 @@ fn a_peer_that_sends_requests_but_never_reads_is_pushed_back(engine: Engine) {
                 break true;
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => panic!("{engine:?}: {e}"),
+            Err(e) => panic!("{t}: {e}"),
         }
         if sent > 512 << 20 {
             break false;
@@ -451,7 +429,7 @@ fn a_peer_that_sends_requests_but_never_reads_is_pushed_back(engine: Engine) {
     };
     assert!(
         stalled,
-        "{engine:?}: the server read {sent} bytes of requests whose answers nobody read"
+        "{t}: the server read {sent} bytes of requests whose answers nobody read"
     );
     // Reading now gets every answer, in order.
     let answered = sent / one.len();
@@ -460,7 +438,7 @@ fn a_peer_that_sends_requests_but_never_reads_is_pushed_back(engine: Engine) {
     let mut got = vec![0u8; expected];
     s.read_exact(&mut got).unwrap_or_else(|e| {
         panic!(
-            "{engine:?}: after {sent} bytes sent: {e}; {}",
+            "{t}: after {sent} bytes sent: {e}; {}",
             server.stop_within(Duration::from_secs(10))
         )
     });
@@ -470,4 +448,4 @@ fn a_peer_that_sends_requests_but_never_reads_is_pushed_back(engine: Engine) {
     server.stop();
 }
 
-common::per_engine!(a_peer_that_sends_requests_but_never_reads_is_pushed_back);
+common::per_engine!(ipv4_and_ipv6: a_peer_that_sends_requests_but_never_reads_is_pushed_back);

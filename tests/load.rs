@@ -244,6 +244,69 @@ fn several_source_addresses_are_used() {
     assert_eq!(*peers, expected);
 }
 
+/// IPv6 source ranges. IPv6 loopback is ::1 alone, so this runs server and load in a network
+/// namespace of its own (root, unshare(1), ip(8)) with fd00::1-fd00::4 on lo and 10
+/// ephemeral ports: 40 connections to one port get there only if all four sources are
+/// used, and 20 from one source to two ports only if IP_BIND_ADDRESS_NO_PORT holds on IPv6
+/// (without it every bind takes a port of the 10 for itself). The two runs go to different
+/// ports: the first run's closed connections hold their 4-tuples in TIME_WAIT.
+#[test]
+fn ipv6_source_ranges_are_used() {
+    if !common::kernel_has(Need::Bind, "ipv6_source_ranges_are_used") {
+        return;
+    }
+    if c1m::sys::user::euid() != 0
+        || !Command::new("unshare")
+            .args(["-n", "ip", "link", "set", "lo", "up"])
+            .status()
+            .is_ok_and(|s| s.success())
+    {
+        eprintln!("SKIPPED: a network namespace needs root, unshare(1) and ip(8)");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("c1m-v6-sources-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = r#"
+        server=$1 load=$2 dir=$3
+        ip link set lo up
+        for i in 1 2 3 4; do ip -6 addr add fd00::$i/128 dev lo nodad; done
+        echo "40000 40009" > /proc/sys/net/ipv4/ip_local_port_range
+        "$server" --host ::1 --ports 6000-6002 --cores 1 > "$dir/server.out" 2>&1 &
+        pid=$!
+        for _ in $(seq 100); do grep -q '^listening' "$dir/server.out" && break; sleep 0.05; done
+        "$load" --host ::1 --ports 6000,6001 --sources fd00::1 --conns 20 --requests 2 \
+            --quiet --json "$dir/one.json"
+        "$load" --host ::1 --ports 6002 --sources fd00::1-fd00::4 --conns 40 --requests 2 \
+            --quiet --json "$dir/four.json"
+        kill "$pid"
+        wait "$pid"
+    "#;
+    let out = Command::new("timeout")
+        .args(["60", "unshare", "-n", "sh", "-c", script, "sh"])
+        .arg(env!("CARGO_BIN_EXE_uring-server"))
+        .arg(env!("CARGO_BIN_EXE_uring-load"))
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let report = |name: &str| -> Value {
+        let text = std::fs::read_to_string(dir.join(name)).unwrap_or_else(|_| {
+            panic!(
+                "no {name}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        serde_json::from_str(&text).unwrap()
+    };
+    let (four, one) = (report("four.json"), report("one.json"));
+    let _ = std::fs::remove_dir_all(&dir);
+    for (r, conns) in [(&four, 40), (&one, 20)] {
+        assert_eq!(u(r, "conns_established"), conns, "{r}");
+        assert_eq!(u(r, "requests"), conns * 2, "{r}");
+        assert!(r["errors"].as_object().unwrap().is_empty(), "{r}");
+    }
+}
+
 fn merge(logs: &[&std::path::Path]) -> Value {
     let json = std::env::temp_dir().join(format!("c1m-merge-{}.json", std::process::id()));
     let out = Command::new(env!("CARGO_BIN_EXE_uring-load"))

@@ -8,7 +8,7 @@ pub mod shard;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -29,10 +29,10 @@ use shard::{LoadShard, ShardPlan, Shared, Workload};
 
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
-    pub host: Ipv4Addr,
+    pub host: IpAddr,
     pub ports: PortList,
-    /// Source addresses to bind (empty: let the kernel choose).
-    pub sources: Vec<Ipv4Addr>,
+    /// Source addresses to bind, of `host`'s family (empty: let the kernel choose).
+    pub sources: Vec<IpAddr>,
     pub conns: u64,
     pub proto: Proto,
     /// Echo: bytes per request.
@@ -84,10 +84,19 @@ impl LoadConfig {
         if let Some(why) = misplaced {
             return Err(Error::BadFlag(why.into()));
         }
+        let sources = args.sources.clone().map(|s| s.0).unwrap_or_default();
+        if let Some(other) = sources.iter().find(|s| s.is_ipv4() != args.host.is_ipv4()) {
+            return Err(Error::BadFlag(format!(
+                "--sources {other} is {}, --host {} is {}: a connection's two ends are of one family",
+                family(*other),
+                args.host,
+                family(args.host)
+            )));
+        }
         Ok(LoadConfig {
             host: args.host,
             ports: args.ports.clone(),
-            sources: args.sources.clone().map(|s| s.0).unwrap_or_default(),
+            sources,
             conns: args.conns,
             proto: args.proto,
             size: args.size.unwrap_or(64),
@@ -106,6 +115,14 @@ impl LoadConfig {
             batch_usec: args.batch_usec,
             progress: !args.quiet,
         })
+    }
+}
+
+/// "IPv4" or "IPv6", for messages.
+fn family(ip: IpAddr) -> &'static str {
+    match ip {
+        IpAddr::V4(_) => "IPv4",
+        IpAddr::V6(_) => "IPv6",
     }
 }
 
@@ -411,6 +428,16 @@ fn pattern(len: usize, seed: u64) -> Box<[u8]> {
         .collect()
 }
 
+/// The GET every HTTP request is: an IPv6 literal in Host is bracketed (RFC 7230 5.4, the
+/// URI's host, RFC 3986 3.2.2).
+fn http_get(path: &str, host: IpAddr) -> String {
+    let host = match host {
+        IpAddr::V4(ip) => ip.to_string(),
+        IpAddr::V6(ip) => format!("[{ip}]"),
+    };
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n")
+}
+
 fn check(cfg: &LoadConfig, limits: &HostLimits) -> Result<()> {
     if cfg.conns == 0 {
         return Err(Error::BadFlag("--conns must be at least 1".into()));
@@ -448,21 +475,38 @@ fn check(cfg: &LoadConfig, limits: &HostLimits) -> Result<()> {
             "--connect-inflight must be at least 1".into(),
         ));
     }
+    // Each (source address, server port) pair has the ephemeral range's worth of connections:
+    // the kernel picks a source port unique per 4-tuple. IPv6 takes its ports from the same
+    // net.ipv4.ip_local_port_range; what differs per family is where more sources come from.
     let range = u64::from(limits.port_range.1.saturating_sub(limits.port_range.0)) + 1;
-    let reach = range * cfg.ports.len() as u64;
+    let sources = cfg.sources.len().max(1) as u64;
+    let reach = range * cfg.ports.len() as u64 * sources;
     if cfg.conns > reach {
+        let from = match cfg.sources.len() {
+            0 | 1 => format!("one {} source address", family(cfg.host)),
+            n => format!("{n} {} source addresses", family(cfg.host)),
+        };
+        let more_sources = match cfg.host {
+            IpAddr::V4(_) => {
+                "more --sources (addresses of this host; on loopback, any of 127.0.0.0/8)"
+            }
+            IpAddr::V6(_) => {
+                "more --sources (addresses of this host; IPv6 loopback is ::1 alone, so add some \
+                 first: `ip -6 addr add fd00::1/128 dev lo`)"
+            }
+        };
         return Err(Error::Limit {
             what: format!(
-                "{} connections from one source address to {} ports need more than the {range} \
-                 ephemeral ports per destination (net.ipv4.ip_local_port_range {}-{}): at most {reach}",
+                "{} connections from {from} to {} ports need more than the {range} ephemeral ports \
+                 per source and destination (net.ipv4.ip_local_port_range {}-{}, IPv6 too): at most {reach}",
                 cfg.conns,
                 cfg.ports.len(),
                 limits.port_range.0,
                 limits.port_range.1
             ),
             fix: format!(
-                "use at least {} --ports (the server must listen on them too)",
-                cfg.conns.div_ceil(range)
+                "use at least {} --ports (the server must listen on them too), or {more_sources}",
+                cfg.conns.div_ceil(range * sources)
             ),
         });
     }
@@ -484,16 +528,16 @@ pub fn run(cfg: &LoadConfig) -> Result<Report> {
     let cpus = sys::allowed_cpus().map_err(|e| Error::io("sched_getaffinity", e))?;
     let cores = cfg.cores.unwrap_or(cpus.len()).clamp(1, cpus.len());
     let shards = plan::load_shards(cfg.conns, cores, &limits);
-    let addrs: Vec<SocketAddrV4> = cfg
+    let addrs: Vec<SocketAddr> = cfg
         .ports
         .ports()
         .iter()
-        .map(|p| SocketAddrV4::new(cfg.host, *p))
+        .map(|p| SocketAddr::new(cfg.host, *p))
         .collect();
-    let sources: Vec<SocketAddrV4> = cfg
+    let sources: Vec<SocketAddr> = cfg
         .sources
         .iter()
-        .map(|ip| SocketAddrV4::new(*ip, 0))
+        .map(|ip| SocketAddr::new(*ip, 0))
         .collect();
     let (size, pattern, kind) = match cfg.proto {
         Proto::Echo => (
@@ -502,7 +546,7 @@ pub fn run(cfg: &LoadConfig) -> Result<Report> {
             Requests::Echo,
         ),
         Proto::Http => {
-            let get = format!("GET {} HTTP/1.1\r\nHost: {}\r\n\r\n", cfg.path, cfg.host);
+            let get = http_get(&cfg.path, cfg.host);
             // Enough copies for every batch outstanding to go out in one send.
             let copies = (cfg.depth * cfg.pipeline).max(16) as usize;
             let region = get.repeat(copies).into_bytes().into_boxed_slice();
@@ -681,7 +725,7 @@ mod tests {
 
     fn cfg(conns: u64, ports: &str) -> LoadConfig {
         LoadConfig {
-            host: Ipv4Addr::LOCALHOST,
+            host: IpAddr::from(std::net::Ipv4Addr::LOCALHOST),
             ports: ports.parse().unwrap(),
             sources: Vec::new(),
             conns,
@@ -713,9 +757,73 @@ mod tests {
         let msg = check(&cfg(1_000_000, "6000-6009"), &host())
             .unwrap_err()
             .to_string();
+        assert!(msg.contains("from one IPv4 source address"), "{msg}");
         assert!(msg.contains("at most 645120"), "{msg}");
         assert!(msg.contains("use at least 16 --ports"), "{msg}");
+        assert!(msg.contains("any of 127.0.0.0/8"), "{msg}");
         assert!(check(&cfg(1_000_000, "6000-6049"), &host()).is_ok());
+    }
+
+    #[test]
+    fn each_source_address_adds_the_ephemeral_range_per_port() {
+        let mut c = cfg(1_000_000, "6000-6009");
+        c.sources = (1..=2).map(|i| IpAddr::from([127, 0, 0, i])).collect();
+        assert!(check(&c, &host()).is_ok(), "2 x 10 x 64512");
+        c.conns = 1_300_000;
+        let msg = check(&c, &host()).unwrap_err().to_string();
+        assert!(msg.contains("from 2 IPv4 source addresses"), "{msg}");
+        assert!(msg.contains("at most 1290240"), "{msg}");
+        assert!(msg.contains("use at least 11 --ports"), "{msg}");
+    }
+
+    #[test]
+    fn ipv6_has_the_same_ports_per_source_and_names_its_family() {
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut c = cfg(1_000_000, "6000-6009");
+        c.host = v6("::1");
+        let msg = check(&c, &host()).unwrap_err().to_string();
+        assert!(msg.contains("from one IPv6 source address"), "{msg}");
+        assert!(msg.contains("at most 645120"), "{msg}");
+        assert!(msg.contains("use at least 16 --ports"), "{msg}");
+        assert!(msg.contains("IPv6 loopback is ::1 alone"), "{msg}");
+        c.sources = vec![v6("fd00::1"), v6("fd00::2")];
+        assert!(check(&c, &host()).is_ok(), "2 x 10 x 64512");
+        c.conns = 1_300_000;
+        let msg = check(&c, &host()).unwrap_err().to_string();
+        assert!(msg.contains("from 2 IPv6 source addresses"), "{msg}");
+        assert!(msg.contains("at most 1290240"), "{msg}");
+    }
+
+    #[test]
+    fn sources_of_the_other_family_are_a_flag_error() {
+        use clap::Parser;
+        let args = |a: &[&str]| LoadCli::parse_from([&["uring-load"], a].concat()).run;
+        let err = LoadConfig::new(&args(&["--host", "::1", "--sources", "127.0.0.1"])).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(
+            err.to_string()
+                .contains("--sources 127.0.0.1 is IPv4, --host ::1 is IPv6"),
+            "{err}"
+        );
+        let err = LoadConfig::new(&args(&["--sources", "fd00::1-fd00::4"])).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("is IPv6, --host 127.0.0.1 is IPv4"),
+            "{err}"
+        );
+        assert!(LoadConfig::new(&args(&["--host", "::1", "--sources", "::1"])).is_ok());
+    }
+
+    #[test]
+    fn an_ipv6_host_is_bracketed_in_the_host_header() {
+        assert_eq!(
+            http_get("/plaintext", "::1".parse().unwrap()),
+            "GET /plaintext HTTP/1.1\r\nHost: [::1]\r\n\r\n"
+        );
+        assert_eq!(
+            http_get("/", "127.0.0.1".parse().unwrap()),
+            "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        );
     }
 
     #[test]

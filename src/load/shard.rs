@@ -80,9 +80,10 @@ pub struct ShardPlan {
     pub conns: u32,
     pub shards: usize,
     /// Server addresses; connection i goes to `addrs[i % addrs.len()]`.
-    pub addrs: Vec<std::net::SocketAddrV4>,
-    /// Source addresses; connection i binds `sources[i / addrs.len() % sources.len()]`.
-    pub sources: Vec<std::net::SocketAddrV4>,
+    pub addrs: Vec<std::net::SocketAddr>,
+    /// Source addresses, of the servers' family; connection i binds
+    /// `sources[i / addrs.len() % sources.len()]`.
+    pub sources: Vec<std::net::SocketAddr>,
     pub size: usize,
     /// The request region: the echo pattern, or copies of the HTTP request.
     pub pattern: Box<[u8]>,

@@ -7,7 +7,7 @@ pub mod user;
 
 use std::io;
 use std::mem;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
@@ -58,15 +58,60 @@ pub fn clock_ticks_per_sec() -> u64 {
     u64::try_from(hz).unwrap_or(100)
 }
 
-/// A `sockaddr_in` for an IPv4 socket address.
-pub fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: addr.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*addr.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
+/// A socket address in the kernel's layout, of either family: what bind(2) and connect(2)
+/// read through `as_ptr` and `len`.
+#[derive(Clone, Copy)]
+pub enum SockAddr {
+    V4(libc::sockaddr_in),
+    V6(libc::sockaddr_in6),
+}
+
+impl SockAddr {
+    pub fn new(addr: SocketAddr) -> SockAddr {
+        match addr {
+            SocketAddr::V4(a) => SockAddr::V4(libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*a.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            }),
+            SocketAddr::V6(a) => SockAddr::V6(libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            }),
+        }
+    }
+
+    /// AF_INET or AF_INET6: the family of the socket that binds or connects to it.
+    pub fn family(&self) -> i32 {
+        match self {
+            SockAddr::V4(_) => libc::AF_INET,
+            SockAddr::V6(_) => libc::AF_INET6,
+        }
+    }
+
+    /// Valid as long as `self` is, and not moved.
+    pub fn as_ptr(&self) -> *const libc::sockaddr {
+        match self {
+            SockAddr::V4(sa) => (sa as *const libc::sockaddr_in).cast(),
+            SockAddr::V6(sa) => (sa as *const libc::sockaddr_in6).cast(),
+        }
+    }
+
+    /// The size of the struct `as_ptr` points to.
+    pub fn socklen(&self) -> libc::socklen_t {
+        let size = match self {
+            SockAddr::V4(_) => mem::size_of::<libc::sockaddr_in>(),
+            SockAddr::V6(_) => mem::size_of::<libc::sockaddr_in6>(),
+        };
+        size as libc::socklen_t
     }
 }
 
@@ -94,40 +139,10 @@ fn tcp_socket(addr: &SocketAddr, flags: i32) -> io::Result<OwnedFd> {
 }
 
 fn bind(fd: RawFd, addr: &SocketAddr) -> io::Result<()> {
-    match addr {
-        SocketAddr::V4(a) => {
-            let sa = sockaddr_in(*a);
-            // SAFETY: the address pointer is to a live local sockaddr_in and the length is
-            // its size; bind(2) only reads it.
-            unsafe {
-                syscall!(bind(
-                    fd,
-                    (&sa as *const libc::sockaddr_in).cast(),
-                    mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
-                ))
-            }
-        }
-        SocketAddr::V6(a) => {
-            let sa = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: a.scope_id(),
-            };
-            // SAFETY: as above, for a live local sockaddr_in6.
-            unsafe {
-                syscall!(bind(
-                    fd,
-                    (&sa as *const libc::sockaddr_in6).cast(),
-                    mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
-                ))
-            }
-        }
-    }
-    .map(drop)
+    let sa = SockAddr::new(*addr);
+    // SAFETY: the address pointer is to a live local sockaddr of the length given;
+    // bind(2) only reads it.
+    unsafe { syscall!(bind(fd, sa.as_ptr(), sa.socklen())) }.map(drop)
 }
 
 /// A listening TCP socket for one shard: SO_REUSEADDR (the server ports lie inside the

@@ -6,7 +6,7 @@
 //! user's operation kinds (`K`), which it encodes into `user_data` and never interprets.
 
 use std::io;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use super::bufring::BufRing;
 use super::probe::{self, Need};
 use super::user_data::{Op, UserData};
-use crate::sys::sockaddr_in;
+use crate::sys::SockAddr;
 
 /// One completion, copied out of the CQ.
 #[derive(Debug)]
@@ -87,7 +87,7 @@ pub struct Ring<K> {
     /// Socket addresses connects read; live as long as the ring. Boxed so that growing the
     /// Vec never moves an address the kernel may still read.
     #[allow(clippy::vec_box)]
-    addrs: Vec<Box<libc::sockaddr_in>>,
+    addrs: Vec<Box<SockAddr>>,
     /// Where the wake-up eventfd's counter is read to.
     wake_buf: Box<u64>,
     /// The value 1, for boolean socket options set through the ring.
@@ -406,17 +406,18 @@ impl<K: Op> Ring<K> {
         unsafe { self.push(&e) }
     }
 
-    /// Pins a socket address for the life of the ring, for `socket_connect`.
-    pub fn pin_addr(&mut self, addr: SocketAddrV4) -> usize {
-        self.addrs.push(Box::new(sockaddr_in(addr)));
+    /// Pins a socket address (either family) for the life of the ring, for `socket_connect`.
+    pub fn pin_addr(&mut self, addr: SocketAddr) -> usize {
+        self.addrs.push(Box::new(SockAddr::new(addr)));
         self.addrs.len() - 1
     }
 
-    /// SOCKET into direct slot `fixed`, linked to CONNECT on it to pinned address `addr`;
-    /// with a pinned `source`, SETSOCKOPT(IP_BIND_ADDRESS_NO_PORT) and BIND to it come between,
-    /// so the source port is picked at connect time per 4-tuple rather than reserved per bind.
-    /// Every step posts its own completion, with its `user_data` from `steps`; a failed step
-    /// cancels the rest of the chain.
+    /// SOCKET of `addr`'s family into direct slot `fixed`, linked to CONNECT on it to pinned
+    /// address `addr`; with a pinned `source` (of the same family), SETSOCKOPT
+    /// (IP_BIND_ADDRESS_NO_PORT, which IPv6 sockets take at the IPPROTO_IP level too) and
+    /// BIND to it come between, so the source port is picked at connect time per 4-tuple
+    /// rather than reserved per bind. Every step posts its own completion, with its
+    /// `user_data` from `steps`; a failed step cancels the rest of the chain.
     pub fn socket_connect(
         &mut self,
         fixed: u32,
@@ -426,14 +427,13 @@ impl<K: Op> Ring<K> {
     ) -> io::Result<()> {
         let dest = types::DestinationSlot::try_from_slot_target(fixed)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "slot out of range"))?;
-        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        let target: *const libc::sockaddr_in = &*self.addrs[addr];
-        let socket = opcode::Socket::new(libc::AF_INET, libc::SOCK_STREAM, 0)
+        let target: &SockAddr = &self.addrs[addr];
+        let socket = opcode::Socket::new(target.family(), libc::SOCK_STREAM, 0)
             .file_index(Some(dest))
             .build()
             .flags(squeue::Flags::IO_LINK)
             .user_data(steps.socket.encode());
-        let connect = opcode::Connect::new(types::Fixed(fixed), target.cast(), len)
+        let connect = opcode::Connect::new(types::Fixed(fixed), target.as_ptr(), target.socklen())
             .build()
             .user_data(steps.connect.encode());
         match source {
@@ -441,8 +441,14 @@ impl<K: Op> Ring<K> {
             // ring lives.
             None => unsafe { self.push_linked(&[socket, connect]) },
             Some(src) => {
+                let src: &SockAddr = &self.addrs[src];
+                if src.family() != target.family() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "source and destination of different address families",
+                    ));
+                }
                 let one: *const i32 = &*self.one;
-                let src: *const libc::sockaddr_in = &*self.addrs[src];
                 let sockopt = opcode::SetSockOpt::new(
                     types::Fixed(fixed),
                     libc::IPPROTO_IP as u32,
@@ -453,7 +459,7 @@ impl<K: Op> Ring<K> {
                 .build()
                 .flags(squeue::Flags::IO_LINK)
                 .user_data(steps.sockopt.encode());
-                let bind = opcode::Bind::new(types::Fixed(fixed), src.cast(), len)
+                let bind = opcode::Bind::new(types::Fixed(fixed), src.as_ptr(), src.socklen())
                     .build()
                     .flags(squeue::Flags::IO_LINK)
                     .user_data(steps.bind.encode());

@@ -1,10 +1,12 @@
-//! Test harness: start the real server binaries on loopback, wait for their ready line, stop
-//! them by PID with SIGTERM, read their `--stats-json`; run the real `uring-load`.
+//! Test harness: start the real server binaries on loopback (127.0.0.1 or ::1), wait for
+//! their ready line, stop them by PID with SIGTERM, read their `--stats-json`; run the real
+//! `uring-load`.
 
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
+use std::fmt;
 use std::io::{BufRead, BufReader};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -48,12 +50,87 @@ pub enum Engine {
     Epoll,
 }
 
+/// The address family a case runs over, on loopback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// 127.0.0.1 or ::1.
+    pub fn loopback(self) -> IpAddr {
+        match self {
+            Family::V4 => IpAddr::from(Ipv4Addr::LOCALHOST),
+            Family::V6 => IpAddr::from(Ipv6Addr::LOCALHOST),
+        }
+    }
+}
+
+/// What one case runs against: an engine over one family. An `Engine` alone is IPv4.
+#[derive(Debug, Clone, Copy)]
+pub struct Target {
+    pub engine: Engine,
+    pub family: Family,
+}
+
+impl Target {
+    /// The server's `--host`, the address clients connect to and uring-load's `--host`.
+    pub fn host(self) -> IpAddr {
+        self.family.loopback()
+    }
+
+    pub fn addr(self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.host(), port)
+    }
+}
+
+impl From<Engine> for Target {
+    fn from(engine: Engine) -> Target {
+        Target {
+            engine,
+            family: Family::V4,
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    /// "Uring", or "Uring over IPv6": what a failure message names.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.family {
+            Family::V4 => write!(f, "{:?}", self.engine),
+            Family::V6 => write!(f, "{:?} over IPv6", self.engine),
+        }
+    }
+}
+
 /// One `#[test]` per engine for each test body `fn NAME(engine: Engine)` named:
 /// `per_engine!(NAME)` adds `mod NAME { #[test] fn uring() .. #[test] fn epoll() .. }`
 /// beside the body, so a failure names its engine (`NAME::epoll`) and the other engine's
-/// case still runs.
+/// case still runs. `per_engine!(ipv4_and_ipv6: NAME)`, for a body `fn NAME(t: Target)`,
+/// adds the IPv6 cases too: `NAME::uring`, `NAME::epoll`, `NAME::uring_v6`, `NAME::epoll_v6`.
 #[allow(unused_macros)] // as with dead code: not every test binary has such tests
 macro_rules! per_engine {
+    (ipv4_and_ipv6: $($case:ident),+ $(,)?) => {
+        $(
+            mod $case {
+                $crate::common::per_engine!(
+                    @cases $case: uring Uring V4, epoll Epoll V4, uring_v6 Uring V6, epoll_v6 Epoll V6
+                );
+            }
+        )+
+    };
+    (@cases $case:ident: $($name:ident $engine:ident $family:ident),+) => {
+        $(
+            #[test]
+            fn $name() {
+                super::$case($crate::common::Target {
+                    engine: $crate::common::Engine::$engine,
+                    family: $crate::common::Family::$family,
+                })
+            }
+        )+
+    };
     ($($case:ident),+ $(,)?) => {
         $(
             mod $case {
@@ -73,6 +150,21 @@ macro_rules! per_engine {
 #[allow(unused_imports)]
 pub(crate) use per_engine;
 
+/// For a test of one engine's own machinery, a body `fn NAME(t: Target)`: `per_family!(Uring:
+/// NAME)` adds `NAME::uring` and `NAME::uring_v6`.
+#[allow(unused_macros)]
+macro_rules! per_family {
+    (Uring: $($case:ident),+ $(,)?) => {
+        $(
+            mod $case {
+                $crate::common::per_engine!(@cases $case: uring Uring V4, uring_v6 Uring V6);
+            }
+        )+
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use per_family;
+
 impl Engine {
     pub fn binary(self) -> &'static str {
         match self {
@@ -84,16 +176,18 @@ impl Engine {
 
 static NEXT_BLOCK: AtomicU32 = AtomicU32::new(0);
 
-/// `n` free loopback ports, as a comma list the servers and uring-load accept. Blocks are
-/// spread by PID and call so that parallel tests do not meet.
+/// `n` ports free on both loopback addresses, 127.0.0.1 and ::1, as a comma list the servers
+/// and uring-load accept. Blocks are spread by PID and call so that parallel tests do not meet.
 pub fn free_ports(n: usize) -> String {
     loop {
         let block = NEXT_BLOCK.fetch_add(1, Ordering::Relaxed);
         let base = 20_000 + (std::process::id() % 97) * 400 + block * 61 % 30_000;
         let ports: Vec<u16> = (0..n as u32).map(|i| (base + i) as u16).collect();
-        let all_free = ports
-            .iter()
-            .all(|p| TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, *p)).is_ok());
+        let all_free = ports.iter().all(|p| {
+            [Family::V4, Family::V6]
+                .iter()
+                .all(|f| TcpListener::bind(SocketAddr::new(f.loopback(), *p)).is_ok())
+        });
         if all_free {
             return ports
                 .iter()
@@ -110,26 +204,35 @@ pub fn first_port(ports: &str) -> u16 {
 
 pub struct Server {
     child: Child,
+    pub target: Target,
     pub ports: String,
     pub stats_path: PathBuf,
     pub stderr: mpsc::Receiver<String>,
 }
 
 impl Server {
-    /// Starts `engine` on 127.0.0.1 with `extra` flags; panics unless it is ready within 20 s.
-    pub fn start(engine: Engine, ports: &str, extra: &[&str]) -> Server {
-        Server::spawn(Command::new(engine.binary()), ports, extra)
+    /// Starts the engine on the target's loopback address (an `Engine` alone: 127.0.0.1) with
+    /// `extra` flags; panics unless it is ready within 20 s.
+    pub fn start(target: impl Into<Target>, ports: &str, extra: &[&str]) -> Server {
+        let target = target.into();
+        Server::spawn(Command::new(target.engine.binary()), target, ports, extra)
     }
 
     /// As `start`, under an RLIMIT_NOFILE (soft and hard) of `nofile`, which also caps its ring tables.
-    pub fn start_with_nofile(engine: Engine, ports: &str, extra: &[&str], nofile: u32) -> Server {
+    pub fn start_with_nofile(
+        target: impl Into<Target>,
+        ports: &str,
+        extra: &[&str],
+        nofile: u32,
+    ) -> Server {
+        let target = target.into();
         let mut cmd = Command::new("sh");
         cmd.args([
             "-c",
             &format!("ulimit -n {nofile} && exec \"$0\" \"$@\""),
-            engine.binary(),
+            target.engine.binary(),
         ]);
-        Server::spawn(cmd, ports, extra)
+        Server::spawn(cmd, target, ports, extra)
     }
 
     /// As `start` (or `start_with_nofile` with `nofile`), with `env` added to its environment.
@@ -153,10 +256,10 @@ impl Server {
             None => Command::new(engine.binary()),
         };
         cmd.envs(env.iter().copied());
-        Server::spawn(cmd, ports, extra)
+        Server::spawn(cmd, engine.into(), ports, extra)
     }
 
-    fn spawn(mut cmd: Command, ports: &str, extra: &[&str]) -> Server {
+    fn spawn(mut cmd: Command, target: Target, ports: &str, extra: &[&str]) -> Server {
         let stats_path = std::env::temp_dir().join(format!(
             "c1m-test-{}-{}.json",
             std::process::id(),
@@ -164,7 +267,9 @@ impl Server {
         ));
         let _ = std::fs::remove_file(&stats_path);
         let mut child = cmd
-            .args(["--host", "127.0.0.1", "--ports", ports, "--stats-json"])
+            .arg("--host")
+            .arg(target.host().to_string())
+            .args(["--ports", ports, "--stats-json"])
             .arg(&stats_path)
             .args(extra)
             .stdout(Stdio::piped())
@@ -202,6 +307,7 @@ impl Server {
         }
         Server {
             child,
+            target,
             ports: ports.to_string(),
             stats_path,
             stderr: erx,
@@ -210,6 +316,11 @@ impl Server {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Runs `uring-load` against this server's ports over its family (see `load`).
+    pub fn load(&self, extra: &[&str]) -> (i32, Value) {
+        load_at(self.target.host(), &self.ports, extra)
     }
 
     /// PIDs of the server's child processes (the Reactor's workers).
@@ -282,15 +393,22 @@ impl Drop for Server {
     }
 }
 
-/// Runs `uring-load` against `ports` with `extra` flags; returns (exit code, JSON report).
+/// Runs `uring-load` against `ports` on 127.0.0.1 with `extra` flags; returns (exit code, JSON
+/// report).
 pub fn load(ports: &str, extra: &[&str]) -> (i32, Value) {
+    load_at(Family::V4.loopback(), ports, extra)
+}
+
+fn load_at(host: IpAddr, ports: &str, extra: &[&str]) -> (i32, Value) {
     let json = std::env::temp_dir().join(format!(
         "c1m-load-{}-{}.json",
         std::process::id(),
         NEXT_BLOCK.fetch_add(1, Ordering::Relaxed)
     ));
     let out = Command::new(env!("CARGO_BIN_EXE_uring-load"))
-        .args(["--host", "127.0.0.1", "--ports", ports, "--quiet", "--json"])
+        .arg("--host")
+        .arg(host.to_string())
+        .args(["--ports", ports, "--quiet", "--json"])
         .arg(&json)
         .args(extra)
         .output()
