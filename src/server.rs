@@ -5,7 +5,7 @@
 pub mod core;
 pub mod metrics;
 
-use std::io::{self, Write};
+use std::io::{self, BufRead, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
 
 use crate::cli::ServerArgs;
 use crate::error::{Error, Result};
@@ -236,11 +238,62 @@ pub fn ready_line(args: &ServerArgs, plan: &Plan) -> String {
     )
 }
 
-/// SIGHUP: reads the `--config` file again and applies what can change while the server
-/// runs (the idle, header, body, send and shutdown timeouts, and the `--max-conns` cap when one was
-/// set), saying on stderr what it applied and what needs a restart. A file that does not
-/// check changes nothing.
-fn reload(name: &str, running: &ServerArgs, live: &core::Live, gate: Option<&Gate>) {
+/// What SIGHUP may change in a running server: the timeouts and the `--max-conns` cap. The
+/// Reactor's master sends it to its workers as one JSON line on their stdin.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LiveSettings {
+    pub idle_timeout: f64,
+    pub header_timeout: f64,
+    pub body_timeout: f64,
+    pub send_timeout: f64,
+    pub shutdown_timeout: f64,
+    pub max_conns: Option<u64>,
+}
+
+impl LiveSettings {
+    pub fn of(args: &ServerArgs) -> LiveSettings {
+        LiveSettings {
+            idle_timeout: args.idle_timeout,
+            header_timeout: args.header_timeout,
+            body_timeout: args.body_timeout,
+            send_timeout: args.send_timeout,
+            shutdown_timeout: args.shutdown_timeout,
+            max_conns: args.max_conns,
+        }
+    }
+
+    /// `running` with these settings.
+    pub fn over(&self, running: &ServerArgs) -> ServerArgs {
+        ServerArgs {
+            idle_timeout: self.idle_timeout,
+            header_timeout: self.header_timeout,
+            body_timeout: self.body_timeout,
+            send_timeout: self.send_timeout,
+            shutdown_timeout: self.shutdown_timeout,
+            max_conns: self.max_conns.or(running.max_conns),
+            ..running.clone()
+        }
+    }
+
+    /// Makes the shards of a server started with `running` take these settings (the
+    /// running protocol decides which timeouts apply).
+    pub fn apply(&self, running: &ServerArgs, live: &core::Live, gate: Option<&Gate>) {
+        let args = self.over(running);
+        live.set(
+            args.timeouts(),
+            Duration::from_secs_f64(args.shutdown_timeout),
+        );
+        if let (Some(g), Some(max)) = (gate, self.max_conns) {
+            g.set_max(max);
+        }
+    }
+}
+
+/// SIGHUP: reads the `--config` file again and hands `apply` what can change while the
+/// server runs (the idle, header, body, send and shutdown timeouts, and the `--max-conns`
+/// cap when the server was started with one, `capped`), saying on stderr what it applied
+/// and what needs a restart. A file that does not check changes nothing.
+pub fn reload(name: &str, capped: bool, apply: &mut dyn FnMut(LiveSettings)) {
     let say = |what: String| say(format!("{name}: SIGHUP: {what}"));
     let Some(reread) = crate::config::reread() else {
         say("no --config file to read again: nothing changed".into());
@@ -262,7 +315,7 @@ fn reload(name: &str, running: &ServerArgs, live: &core::Live, gate: Option<&Gat
         let now = match c.key.as_str() {
             "idle-timeout" | "header-timeout" | "body-timeout" | "send-timeout"
             | "shutdown-timeout" => true,
-            "max-conns" => gate.is_some() && new.max_conns.is_some(),
+            "max-conns" => capped && new.max_conns.is_some(),
             _ => false,
         };
         if now {
@@ -272,19 +325,11 @@ fn reload(name: &str, running: &ServerArgs, live: &core::Live, gate: Option<&Gat
         }
     }
     if !applied.is_empty() {
-        // The running protocol decides which timeouts apply, whatever the file now says.
-        let timeouts = ServerArgs {
-            idle_timeout: new.idle_timeout,
-            header_timeout: new.header_timeout,
-            body_timeout: new.body_timeout,
-            send_timeout: new.send_timeout,
-            ..running.clone()
+        let mut settings = LiveSettings::of(&new);
+        if !capped {
+            settings.max_conns = None;
         }
-        .timeouts();
-        live.set(timeouts, Duration::from_secs_f64(new.shutdown_timeout));
-        if let (Some(g), Some(max)) = (gate, new.max_conns) {
-            g.set_max(max);
-        }
+        apply(settings);
         say(format!("applied {}", applied.join(", ")));
     }
     if !restart.is_empty() {
@@ -588,7 +633,14 @@ pub fn serve<E: Engine>(
                 n.send(&ready_message(args, plan));
             }
             let name = format!("{}-server", E::NAME);
-            let reload = || reload(&name, args, &live, gate.as_deref());
+            let reload = || {
+                reload(&name, gate.is_some(), &mut |new| {
+                    new.apply(args, &live, gate.as_deref())
+                })
+            };
+            if output == Output::Worker {
+                take_settings_from_stdin(args, &live, gate.clone());
+            }
             failure = supervise(
                 args,
                 &handles,
@@ -624,6 +676,29 @@ pub fn serve<E: Engine>(
     match failure {
         Some(e) => Err(e),
         None => Ok(summary),
+    }
+}
+
+/// A worker process: each line its master writes on its stdin is the `LiveSettings` of a
+/// SIGHUP, applied as the master's own would be. The thread ends with the pipe.
+fn take_settings_from_stdin(args: &ServerArgs, live: &Arc<core::Live>, gate: Option<Arc<Gate>>) {
+    let (args, live) = (args.clone(), live.clone());
+    let spawned = thread::Builder::new()
+        .name("settings".into())
+        .spawn(move || {
+            for line in io::stdin().lock().lines().map_while(io::Result::ok) {
+                match serde_json::from_str::<LiveSettings>(&line) {
+                    Ok(new) => new.apply(&args, &live, gate.as_deref()),
+                    Err(e) => say(format!(
+                        "epoll-server worker: ignoring settings {line:?}: {e}"
+                    )),
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        say(format!(
+            "epoll-server worker: no SIGHUP settings will be taken: {e}"
+        ));
     }
 }
 

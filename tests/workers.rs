@@ -4,9 +4,9 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::{Engine, Server, free_ports, load, u};
+use common::{Engine, Server, first_port, free_ports, load, u};
 
 /// 40,000 connections need more fds than one process may hold here: 4 workers on 2 cores.
 const WORKER_TARGET: &str = "40000";
@@ -120,6 +120,72 @@ fn a_killed_worker_is_reported_and_restarted_and_the_others_go_on() {
     for pid in workers.iter().chain(&now) {
         assert!(!alive(*pid), "worker {pid} outlived the master");
     }
+}
+
+/// SIGHUP to the master of worker processes: it reads the `--config` file again and hands
+/// the new settings to its workers (one line on each one's stdin); a worker restarted after
+/// that starts with them too. Checked by the idle timeout of connections to every worker.
+#[test]
+fn sighup_reaches_every_worker_and_a_restarted_one() {
+    use std::io::Read;
+    let path = std::env::temp_dir().join(format!("c1m-hup-workers-{}.toml", std::process::id()));
+    let p = path.to_str().unwrap().to_string();
+    std::fs::write(&path, "idle-timeout = 100\n").unwrap();
+    let ports = free_ports(2);
+    let mut server = Server::start(
+        Engine::Epoll,
+        &ports,
+        &["--config", &p, "--max-conns", WORKER_TARGET],
+    );
+    let workers = server.children();
+    assert!(workers.len() > 1, "{workers:?}");
+    std::fs::write(&path, "idle-timeout = 1\nsend-timeout = 30\n").unwrap();
+    server.signal(libc::SIGHUP);
+    let applied = server
+        .stderr_line("SIGHUP: applied", Duration::from_secs(5))
+        .expect("the master says what it applied");
+    assert!(
+        applied.contains("idle-timeout = 1 (was 100), send-timeout = 30 (was 60)"),
+        "{applied}"
+    );
+    // A worker of the server this test started, listed alive just now.
+    c1m::sys::kill(workers[0], libc::SIGKILL).expect("kill a worker");
+    server
+        .stderr_line("restarted", Duration::from_secs(5))
+        .expect("the master restarts it");
+    std::thread::sleep(Duration::from_millis(300));
+    // Enough connections that SO_REUSEPORT gives each worker some (all on one of four:
+    // 4 * 4^-16).
+    let t = Instant::now();
+    let mut conns: Vec<std::net::TcpStream> = (0..16)
+        .map(|i| {
+            let port = first_port(&ports) + (i % 2);
+            let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s
+        })
+        .collect();
+    for s in &mut conns {
+        let mut buf = [0u8; 8];
+        assert_eq!(s.read(&mut buf).unwrap(), 0, "closed by the server");
+    }
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "every connection was cut after the new idle timeout: {took:?}"
+    );
+    let stats = stop_after_a_death(&mut server);
+    assert_eq!(u(&stats, "totals.idle_timeouts"), 16, "{stats}");
+    let per_shard = stats["per_shard"].as_array().unwrap();
+    assert!(
+        per_shard
+            .iter()
+            .filter(|s| s["idle_timeouts"].as_u64() > Some(0))
+            .count()
+            > 1,
+        "{stats}"
+    );
+    let _ = std::fs::remove_file(&path);
 }
 
 /// A worker that dies takes its connections with it, and the master gives its share of

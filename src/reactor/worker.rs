@@ -3,9 +3,12 @@
 //! re-executes this binary once per worker with hidden `--worker-*` flags; each worker binds
 //! its own SO_REUSEPORT listeners, is pinned to its core, prints `ready`, then a JSON
 //! counters line each second and its summary as one JSON line at exit. The master sums them,
-//! forwards SIGINT/SIGTERM by PID, reports a worker that dies, and exits once all have.
+//! forwards SIGINT/SIGTERM by PID, restarts a worker that dies, and exits once all have. On
+//! SIGHUP the master reads the config file again and writes what can change live to each
+//! worker's stdin (`server::LiveSettings`, one JSON line), and restarts take it too.
 
 use clap::ValueEnum;
+use std::cell::Cell;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
@@ -15,7 +18,7 @@ use std::time::{Duration, Instant};
 use crate::cli::ServerArgs;
 use crate::error::{Error, Result};
 use crate::plan::{EngineKind, Plan};
-use crate::server;
+use crate::server::{self, LiveSettings};
 use crate::stats::{self, Counters, Summary};
 use crate::sys::{self, notify::Notify};
 
@@ -80,6 +83,8 @@ impl Worker {
 /// What starting a worker takes, again for each restart.
 struct Spawner<'a> {
     args: &'a ServerArgs,
+    /// The settings SIGHUP changed last (those of `args` until then).
+    settings: Cell<LiveSettings>,
     plan: &'a Plan,
     gate: Option<&'a sys::SharedCounter>,
     tx: mpsc::Sender<Msg>,
@@ -88,7 +93,7 @@ struct Spawner<'a> {
 impl Spawner<'_> {
     fn spawn(&self, index: usize, generation: u32) -> Result<Child> {
         spawn(
-            self.args,
+            &self.settings.get().over(self.args),
             index,
             generation,
             self.plan.shard_cpus[index],
@@ -141,6 +146,8 @@ fn spawn(
         .args(["--max-body-bytes", &args.max_body_bytes.to_string()])
         .args(["--idle-timeout", &args.idle_timeout.to_string()])
         .args(["--header-timeout", &args.header_timeout.to_string()])
+        .args(["--body-timeout", &args.body_timeout.to_string()])
+        .args(["--send-timeout", &args.send_timeout.to_string()])
         .args([
             "--batch-usec",
             &args.batch_usec(EngineKind::Epoll).to_string(),
@@ -152,7 +159,7 @@ fn spawn(
             &cpu.to_string(),
         ])
         .args(["--worker-cap", &cap.to_string()])
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -170,6 +177,20 @@ fn spawn(
         let _ = tx.send(Msg::Eof(index, generation));
     });
     Ok(child)
+}
+
+/// Writes `new` to each running worker's stdin; a worker that has just died misses it, and
+/// its restart starts with it.
+fn tell_workers(workers: &mut [Worker], new: &LiveSettings) {
+    let line = serde_json::to_string(new).expect("settings always serialize") + "\n";
+    for (i, w) in workers.iter_mut().enumerate().filter(|(_, w)| !w.exited) {
+        let sent = w.child.stdin.as_mut().map(|s| s.write_all(line.as_bytes()));
+        if let Some(Err(e)) = sent {
+            server::say(format!(
+                "epoll-server: worker {i} did not take the settings: {e}"
+            ));
+        }
+    }
 }
 
 fn stop_all(workers: &mut [Worker], sig: i32) {
@@ -243,6 +264,7 @@ pub fn run_master(
     }
     let spawner = Spawner {
         args,
+        settings: Cell::new(LiveSettings::of(args)),
         plan,
         gate: gate.as_ref(),
         tx,
@@ -318,8 +340,9 @@ pub fn run_master(
 
     // Stop every worker and wait for all, cutting off any that outlive the shutdown timeout.
     stop_all(&mut workers, libc::SIGTERM);
-    let limit =
-        Instant::now() + Duration::from_secs_f64(args.shutdown_timeout) + Duration::from_secs(5);
+    let limit = Instant::now()
+        + Duration::from_secs_f64(spawner.settings.get().shutdown_timeout)
+        + Duration::from_secs(5);
     while workers.iter().any(|w| !w.eof) {
         match rx.recv_timeout(limit.saturating_duration_since(Instant::now())) {
             Ok(Msg::Line(i, g, line)) if g == workers[i].generation => {
@@ -405,10 +428,12 @@ fn supervise(
             .saturating_duration_since(Instant::now())
             .min(Duration::from_millis(50));
         match sys::wait_stop_signal(wait) {
-            Ok(Some(libc::SIGHUP)) => server::say(
-                "epoll-server: SIGHUP: with worker processes nothing is read again; restart it \
-                 to change settings",
-            ),
+            Ok(Some(libc::SIGHUP)) => {
+                server::reload("epoll-server", spawner.gate.is_some(), &mut |new| {
+                    spawner.settings.set(new);
+                    tell_workers(workers, &new);
+                })
+            }
             Ok(Some(_)) => return None,
             Ok(None) => {}
             Err(e) => return Some(Error::io("sigtimedwait", e)),
