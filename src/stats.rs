@@ -8,26 +8,35 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 macro_rules! counters {
-    ($($name:ident: $doc:literal,)*) => {
-        /// One shard's counters (or their sum).
+    (
+        counters { $($name:ident: $doc:literal,)* }
+        gauges { $($gauge:ident: $gdoc:literal,)* }
+    ) => {
+        /// One shard's counters, and its gauges as of the same moment (or their sums).
         #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
         pub struct Counters {
             $(#[doc = $doc] pub $name: u64,)*
+            $(#[doc = $gdoc] pub $gauge: u64,)*
         }
 
         /// The published copy of a shard's counters, readable from other threads.
         #[derive(Debug, Default)]
         pub struct SharedCounters {
             $($name: AtomicU64,)*
+            $($gauge: AtomicU64,)*
         }
 
         impl SharedCounters {
             pub fn publish(&self, c: &Counters) {
                 $(self.$name.store(c.$name, Relaxed);)*
+                $(self.$gauge.store(c.$gauge, Relaxed);)*
             }
 
             pub fn snapshot(&self) -> Counters {
-                Counters { $($name: self.$name.load(Relaxed),)* }
+                Counters {
+                    $($name: self.$name.load(Relaxed),)*
+                    $($gauge: self.$gauge.load(Relaxed),)*
+                }
             }
         }
 
@@ -36,37 +45,49 @@ macro_rules! counters {
             pub fn fields(&self) -> [(&'static str, &'static str, u64); [$(stringify!($name),)*].len()] {
                 [$((stringify!($name), $doc, self.$name),)*]
             }
+
+            /// Every gauge as (name, its doc, value), in declaration order.
+            pub fn gauges(&self) -> [(&'static str, &'static str, u64); [$(stringify!($gauge),)*].len()] {
+                [$((stringify!($gauge), $gdoc, self.$gauge),)*]
+            }
         }
 
         impl std::ops::AddAssign for Counters {
             fn add_assign(&mut self, o: Self) {
                 $(self.$name += o.$name;)*
+                $(self.$gauge += o.$gauge;)*
             }
         }
     };
 }
 
 counters! {
-    accepted: "Connections accepted.",
-    closed: "Connections closed (by either side).",
-    refused: "Connections the server could not take (accept errors, -ENFILE).",
-    over_cap: "Connections closed at once because --max-conns were already open.",
-    idle_timeouts: "Connections closed after --idle-timeout without progress.",
-    header_timeouts: "HTTP connections answered 408 and closed after --header-timeout.",
-    body_timeouts: "HTTP connections answered 408 and closed after --body-timeout.",
-    send_timeouts: "Connections closed after --send-timeout with output owed and none taken.",
-    conn_errors: "Connections ended by an error: reset, broken pipe.",
-    requests: "HTTP requests answered (errors included).",
-    bytes_in: "Bytes received.",
-    bytes_out: "Bytes sent.",
-    recvs: "Receive completions that carried data.",
-    sends: "Send operations submitted (the Reactor: write calls).",
-    short_sends: "Sends that took fewer bytes than offered and were resubmitted.",
-    enobufs: "Multishot recvs ended by an empty buffer ring (-ENOBUFS).",
-    rearms: "Multishot operations re-armed after they ended.",
-    accept_pauses: "Times accepting paused because the fixed-file table neared full.",
-    syscalls: "System calls into the kernel (the Proactor: io_uring_enter).",
-    cq_overflow: "Completions that overflowed the CQ (kept by the kernel, never lost).",
+    counters {
+        accepted: "Connections accepted.",
+        closed: "Connections closed (by either side).",
+        refused: "Connections the server could not take (accept errors, -ENFILE).",
+        over_cap: "Connections closed at once because --max-conns were already open.",
+        idle_timeouts: "Connections closed after --idle-timeout without progress.",
+        header_timeouts: "HTTP connections answered 408 and closed after --header-timeout.",
+        body_timeouts: "HTTP connections answered 408 and closed after --body-timeout.",
+        send_timeouts: "Connections closed after --send-timeout with output owed and none taken.",
+        conn_errors: "Connections ended by an error: reset, broken pipe.",
+        requests: "HTTP requests answered (errors included).",
+        bytes_in: "Bytes received.",
+        bytes_out: "Bytes sent.",
+        recvs: "Receive completions that carried data.",
+        sends: "Send operations submitted (the Reactor: write calls).",
+        short_sends: "Sends that took fewer bytes than offered and were resubmitted.",
+        enobufs: "Multishot recvs ended by an empty buffer ring (-ENOBUFS).",
+        rearms: "Multishot operations re-armed after they ended.",
+        accept_pauses: "Times accepting paused because the fixed-file table neared full.",
+        syscalls: "System calls into the kernel (the Proactor: io_uring_enter).",
+        cq_overflow: "Completions that overflowed the CQ (kept by the kernel, never lost).",
+    }
+    gauges {
+        output_owed: "Connections whose output waits for the peer to take it (the Proactor: a send in flight; the Reactor: a queue waiting for EPOLLOUT).",
+        waiting_buffers: "Connections whose recv waits for provided buffers to come back (the Proactor).",
+    }
 }
 
 impl Counters {

@@ -235,6 +235,7 @@ impl Shard {
     fn publish(&mut self) {
         self.core.counters.syscalls = self.ring.enters + self.waits;
         self.core.counters.cq_overflow = self.ring.cq_overflow();
+        self.core.counters.waiting_buffers = self.waiting.len() as u64;
         self.core.publish();
     }
     /// Arms listener `l`'s accept: multishot while the table has ample room (with a little
@@ -333,12 +334,14 @@ impl Shard {
             match e {
                 Effect::SendBuf { bid, off, len } => {
                     counters.sends += 1;
+                    counters.output_owed += 1;
                     wheel.owed(slot, true);
                     self.ring
                         .send_buf(fixed, bid, off, len, ud(Kind::SendBuf))?;
                 }
                 Effect::SendVec { data, start } => {
                     counters.sends += 1;
+                    counters.output_owed += 1;
                     wheel.owed(slot, true);
                     self.ring.send_vec(fixed, data, start, ud(Kind::SendVec))?;
                 }
@@ -374,6 +377,8 @@ impl Shard {
             Kind::Recv => self.on_recv(&c)?,
             Kind::SendBuf | Kind::SendVec => {
                 debug_assert_eq!(kind == Kind::SendVec, c.vec.is_some());
+                // Every send submitted ends in one completion, a cancelled one too.
+                self.core.counters.output_owed -= 1;
                 if c.res > 0 {
                     self.core.counters.bytes_out += c.res as u64;
                     self.core.wheel.sent(slot);

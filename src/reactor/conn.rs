@@ -51,8 +51,8 @@ pub struct Effects {
     pub received: bool,
     /// The peer took bytes: the idle deadline (and the send deadline) starts again.
     pub sent: bool,
-    /// Output is owed and waits for the socket to take it (the send deadline runs), or no
-    /// longer is.
+    /// Output began to wait for the socket to take it (the send deadline runs), or no longer
+    /// waits.
     pub owed: Option<bool>,
     /// HTTP, after input was parsed: which part of a request is being read (its deadline
     /// runs).
@@ -158,6 +158,10 @@ impl Conn {
 
     /// What to do next, given the shard's buffers as they are.
     pub fn next<'a>(&'a self, bufs: Bufs<'a>) -> Op<'a> {
+        if self.phase == Phase::Closing {
+            // Whatever is owed is dropped.
+            return Op::Close;
+        }
         let owed = match self.owed {
             Owed::Input => bufs.input,
             Owed::Answers => bufs.answers,
@@ -276,7 +280,11 @@ impl Conn {
             Owed::Nothing => return Effects::default(),
             Owed::Input => &bufs.input[self.sent..],
             Owed::Answers => &bufs.answers[self.sent..],
-            Owed::Queued { .. } => &[],
+            Owed::Queued { .. } => {
+                // Still waiting, as before.
+                self.owed = Owed::Queued { writable: false };
+                return Effects::default();
+            }
         };
         if !rest.is_empty() {
             debug_assert!(
@@ -358,7 +366,13 @@ impl Conn {
     /// Close now, dropping what is owed (a deadline passed).
     pub fn abort(&mut self) {
         self.phase = Phase::Closing;
-        self.owed = Owed::Nothing;
+    }
+
+    /// Output waits for the socket to take it (EPOLLOUT): counted in the shard's
+    /// `output_owed` from the `Effects::owed` that began it to the one that ended it, or to
+    /// the close.
+    pub fn waits_for_peer(&self) -> bool {
+        matches!(self.owed, Owed::Queued { .. })
     }
 
     /// A syscall failed: counted once per connection, then close.
@@ -425,7 +439,9 @@ mod tests {
         /// The connection asks to write, and the write returns EAGAIN.
         fn blocked(&mut self, c: &mut Conn) {
             assert!(matches!(c.next(self.bufs()), Op::Write(_)));
-            assert_eq!(c.on_write_blocked(self.bufs()).owed, Some(true));
+            let waiting = matches!(c.owed, Owed::Queued { .. });
+            let owed = c.on_write_blocked(self.bufs()).owed;
+            assert_eq!(owed, (!waiting).then_some(true));
         }
 
         /// The connection asks to write; returns what it offers.

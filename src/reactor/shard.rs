@@ -130,6 +130,11 @@ fn apply(slot: usize, fx: Effects, counters: &mut Counters, wheel: &mut Wheel) {
     }
     if let Some(owed) = fx.owed {
         wheel.owed(key, owed);
+        if owed {
+            counters.output_owed += 1;
+        } else {
+            counters.output_owed -= 1;
+        }
     }
     if let Some(part) = fx.reading {
         wheel.reading(key, part);
@@ -410,7 +415,11 @@ impl Shard {
 
     fn close(&mut self, slot: usize) {
         // Dropping the fd closes it, which also takes it out of the epoll set.
-        drop(self.conns.remove(slot));
+        let gone = self.conns.remove(slot);
+        if gone.conn.waits_for_peer() {
+            self.core.counters.output_owed -= 1;
+        }
+        drop(gone);
         self.core.wheel.stop(slot as u32);
         self.core.leave();
         self.core.counters.syscalls += 1;

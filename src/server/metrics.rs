@@ -1,7 +1,8 @@
 //! `--metrics ADDR:PORT`: `GET /metrics` in the Prometheus text exposition format (0.0.4),
 //! served by a thread of its own that only reads the shards' published counters (the
 //! shards never wait for it). Each counter is `c1m_NAME_total{engine, shard}`, its doc the
-//! HELP line; `c1m_connections` is the gauge of connections held. One request per
+//! HELP line; `c1m_connections` is the gauge of connections held, and each of the shards'
+//! gauges of pending work (`c1m_output_owed`, `c1m_waiting_buffers`) is one too. One request per
 //! connection, then close.
 
 use std::fmt::Write as _;
@@ -85,6 +86,13 @@ pub fn exposition(engine: &str, shards: &[Counters]) -> String {
     for (i, c) in shards.iter().enumerate() {
         let _ = writeln!(out, "c1m_connections{} {}", labels(i), c.active());
     }
+    for (g, (name, doc, _)) in Counters::default().gauges().iter().enumerate() {
+        let _ = writeln!(out, "# HELP c1m_{name} {doc}");
+        let _ = writeln!(out, "# TYPE c1m_{name} gauge");
+        for (i, c) in shards.iter().enumerate() {
+            let _ = writeln!(out, "c1m_{name}{} {}", labels(i), c.gauges()[g].2);
+        }
+    }
     out
 }
 
@@ -106,6 +114,7 @@ mod tests {
         assert!(text.contains("c1m_accepted_total{engine=\"uring\",shard=\"1\"} 0\n"));
         assert!(text.contains("c1m_connections{engine=\"uring\",shard=\"0\"} 3\n"));
         let samples = text.lines().filter(|l| !l.starts_with('#')).count();
-        assert_eq!(samples, (Counters::default().fields().len() + 1) * 2);
+        let series = Counters::default().fields().len() + 1 + Counters::default().gauges().len();
+        assert_eq!(samples, series * 2);
     }
 }
