@@ -680,7 +680,8 @@ pub fn serve<E: Engine>(
 }
 
 /// A worker process: each line its master writes on its stdin is the `LiveSettings` of a
-/// SIGHUP, applied as the master's own would be. The thread ends with the pipe.
+/// SIGHUP, applied as the master's own would be. The pipe ends when the master is gone
+/// (killed, say): the worker then stops as on SIGTERM rather than serve on unsupervised.
 fn take_settings_from_stdin(args: &ServerArgs, live: &Arc<core::Live>, gate: Option<Arc<Gate>>) {
     let (args, live) = (args.clone(), live.clone());
     let spawned = thread::Builder::new()
@@ -694,6 +695,7 @@ fn take_settings_from_stdin(args: &ServerArgs, live: &Arc<core::Live>, gate: Opt
                     )),
                 }
             }
+            let _ = sys::kill(std::process::id(), libc::SIGTERM);
         });
     if let Err(e) = spawned {
         say(format!(

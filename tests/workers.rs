@@ -81,6 +81,25 @@ fn sigterm_stops_every_worker_and_sums_their_stats() {
     }
 }
 
+/// A master killed outright (SIGKILL: nothing forwarded) leaves no worker serving on: each
+/// sees its stdin end and stops as on SIGTERM.
+#[test]
+fn workers_stop_when_their_master_is_killed() {
+    let ports = free_ports(2);
+    let mut server = Server::start(Engine::Epoll, &ports, &["--max-conns", WORKER_TARGET]);
+    let workers = server.children();
+    assert_eq!(workers.len(), 4, "workers: {workers:?}");
+    server.signal(libc::SIGKILL);
+    server.wait(Duration::from_secs(5));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while workers.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for pid in workers {
+        assert!(!alive(pid), "worker {pid} outlived its killed master");
+    }
+}
+
 #[test]
 fn a_killed_worker_is_reported_and_restarted_and_the_others_go_on() {
     let ports = free_ports(2);
