@@ -333,6 +333,16 @@ pub struct ServerArgs {
     #[arg(long, default_value = "5", value_name = "SECONDS")]
     pub shutdown_timeout: f64,
 
+    /// Append an access log line to FILE: echo one per connection at its close (nginx
+    /// stream's basic format). SIGUSR1 reopens it (rotation). `off`: none.
+    #[arg(long, default_value = "off", value_name = "FILE")]
+    pub access_log: PathBuf,
+
+    /// The most bytes of access log lines a shard holds for the file: beyond it the
+    /// Proactor stops reading until a write completes, the Reactor writes at once.
+    #[arg(long, default_value_t = 64 * 1024, value_name = "BYTES")]
+    pub access_log_buffer: usize,
+
     #[command(flatten)]
     pub install: Install,
 }
@@ -579,6 +589,11 @@ impl ServerArgs {
             send: on(self.send_timeout),
             linger: http.then_some(LINGER),
         }
+    }
+
+    /// `--access-log`'s file, unless `off`.
+    pub fn access_log(&self) -> Option<&std::path::Path> {
+        (self.access_log.as_os_str() != "off").then_some(self.access_log.as_path())
     }
 
     /// The HTTP limits, if HTTP is the protocol served.

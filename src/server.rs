@@ -2,6 +2,7 @@
 //! listeners, one pinned thread per shard, SIGINT/SIGTERM, the ready line, the stats line,
 //! the summary and `--stats-json`. An engine only builds and runs a shard.
 
+pub mod access;
 pub mod core;
 pub mod metrics;
 
@@ -43,6 +44,8 @@ pub struct ShardCtx {
     pub gate: Option<Arc<Gate>>,
     /// What SIGHUP changes while the shard runs.
     pub live: Arc<core::Live>,
+    /// `--access-log`, with `--access-log-buffer`.
+    pub log: Option<(Arc<access::LogFile>, usize)>,
 }
 
 /// The `--max-conns` cap: a connection accepted beyond it is closed at once. One atomic add
@@ -533,6 +536,7 @@ pub fn serve<E: Engine>(
     let timeout = Duration::from_secs_f64(args.shutdown_timeout);
     let shards = listeners.len();
     let live = Arc::new(core::Live::default());
+    let log = open_access_log(args)?;
     let notify = match output {
         Output::Human => Notify::from_env(&format!("{}-server", E::NAME)),
         // A worker's master speaks for it.
@@ -562,6 +566,7 @@ pub fn serve<E: Engine>(
             batch_usec: engine.batch_usec(),
             gate: gate.clone(),
             live: live.clone(),
+            log: log.clone().map(|l| (l, args.access_log_buffer)),
         }));
     }
     if let (Some(addr), Output::Human) = (args.metrics, output) {
@@ -650,6 +655,7 @@ pub fn serve<E: Engine>(
                 output,
                 notify.as_ref(),
                 &reload,
+                log.as_deref(),
             );
             if let Some(n) = &notify {
                 n.send("STOPPING=1");
@@ -702,6 +708,31 @@ fn take_settings_from_stdin(args: &ServerArgs, live: &Arc<core::Live>, gate: Opt
             "epoll-server worker: no SIGHUP settings will be taken: {e}"
         ));
     }
+}
+
+/// SIGUSR1: the access log is opened again (after a rotation); a failure is said, and the
+/// old file stays in use.
+pub fn reopen_log(log: Option<&access::LogFile>) {
+    let Some(log) = log else {
+        return say("SIGUSR1: no --access-log to reopen".to_string());
+    };
+    if let Err(e) = log.reopen() {
+        say(format!(
+            "SIGUSR1: reopening the access log {}: {e}; the old file stays in use",
+            log.path().display()
+        ));
+    }
+}
+
+/// Opens `--access-log` (before privileges are dropped, as nginx does).
+pub fn open_access_log(args: &ServerArgs) -> Result<Option<Arc<access::LogFile>>> {
+    args.access_log()
+        .map(|p| {
+            access::LogFile::open(p)
+                .map(Arc::new)
+                .map_err(|e| Error::io(format!("--access-log {}", p.display()), e))
+        })
+        .transpose()
 }
 
 fn wake_all(wakes: &[OwnedFd]) {
@@ -757,6 +788,7 @@ fn supervise(
     output: Output,
     notify: Option<&Notify>,
     reload: &dyn Fn(),
+    log: Option<&access::LogFile>,
 ) -> Option<Error> {
     let mut prev = Counters::default();
     let mut prev_t = Instant::now();
@@ -766,6 +798,7 @@ fn supervise(
         match sys::wait_stop_signal(wait) {
             Ok(Some(libc::SIGHUP)) if output == Output::Human => reload(),
             Ok(Some(libc::SIGHUP)) => {}
+            Ok(Some(libc::SIGUSR1)) => reopen_log(log),
             Ok(Some(_)) => return None,
             Ok(None) => {}
             Err(e) => return Some(Error::io("sigtimedwait", e)),

@@ -83,6 +83,12 @@ counters! {
         accept_pauses: "Times accepting paused because the fixed-file table neared full.",
         syscalls: "System calls into the kernel (the Proactor: io_uring_enter).",
         cq_overflow: "Completions that overflowed the CQ (kept by the kernel, never lost).",
+        log_lines: "Access log lines made (--access-log).",
+        log_bytes: "Access log bytes written to the file.",
+        log_writes: "Writes to the access log file.",
+        log_errors: "Access log writes that failed (their lines are lost).",
+        log_stall_us: "Microseconds the shard stopped reading because its access log buffer was full.",
+        log_pending_max: "The most access log lines waiting for the file at once (summed over shards).",
     }
     gauges {
         output_owed: "Connections whose output waits for the peer to take it (the Proactor: a send in flight; the Reactor: a queue waiting for EPOLLOUT).",
@@ -109,10 +115,21 @@ impl Counters {
 pub fn stats_line(elapsed: Duration, now: &Counters, prev: &Counters, dt: Duration) -> String {
     let secs = dt.as_secs_f64().max(1e-9);
     let rate = |a: u64, b: u64| (a.saturating_sub(b)) as f64 / secs;
+    let log = if now.log_lines + now.log_errors > 0 {
+        format!(
+            " log_lines/s={:.0} log_pending_max={} log_stall_ms={} log_errors={}",
+            rate(now.log_lines, prev.log_lines),
+            now.log_pending_max,
+            now.log_stall_us / 1000,
+            now.log_errors,
+        )
+    } else {
+        String::new()
+    };
     format!(
         "t={:.0}s conns={} accepted/s={:.0} closed/s={:.0} in={:.1}MB/s out={:.1}MB/s recvs/s={:.0} \
          sends/s={:.0} requests/s={:.0} syscalls/s={:.0} enobufs={} pauses={} errors={} \
-         over_cap={} timeouts={}",
+         over_cap={} timeouts={}{log}",
         elapsed.as_secs_f64(),
         now.active(),
         rate(now.accepted, prev.accepted),
@@ -171,6 +188,20 @@ impl Summary {
 
     pub fn human(&self) -> String {
         let t = &self.totals;
+        let log = if t.log_lines + t.log_errors > 0 {
+            format!(
+                ", access log: {} lines, {} B in {} writes, {} errors, at most {} pending, \
+                 stalled {} ms",
+                t.log_lines,
+                t.log_bytes,
+                t.log_writes,
+                t.log_errors,
+                t.log_pending_max,
+                t.log_stall_us / 1000,
+            )
+        } else {
+            String::new()
+        };
         let died = if self.died.is_empty() {
             String::new()
         } else {
@@ -182,7 +213,7 @@ impl Summary {
         format!(
             "{} summary: {:.1}s, {} shards, accepted {}, closed {}, refused {}, over cap {}, \
              errors {}, idle timeouts {}, header timeouts {}, body timeouts {}, send timeouts {}, requests {}, in {} B, out {} B, sends {} ({} short), enobufs {}, re-arms {}, accept pauses {}, \
-             syscalls {}, cq overflow {}, cpu user {:.2}s sys {:.2}s{died}",
+             syscalls {}, cq overflow {}, cpu user {:.2}s sys {:.2}s{log}{died}",
             self.engine,
             self.duration_s,
             self.shards,

@@ -5,6 +5,7 @@ pub mod conn;
 #[cfg(any(test, fuzzing))]
 pub mod conn_check;
 pub mod group;
+pub mod log;
 pub mod shard;
 
 use std::io;

@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use super::conn::{Conn, Effect, Received};
+use super::log::{ShardLog, Write};
 use crate::server::ShardCtx;
+use crate::server::access::Pending;
 use crate::server::core::{HttpEnv, ShardCore};
 use crate::stats::Counters;
 use crate::sys;
@@ -50,6 +52,11 @@ uring::op_kinds! {
         Shutdown,
         /// Read of the shard's wake-up eventfd.
         Wake,
+        /// A connection's direct descriptor installed as a plain fd, for its peer's address
+        /// (the access log).
+        Peer,
+        /// A write of the access log (one in flight).
+        LogWrite,
     }
 }
 
@@ -118,6 +125,8 @@ pub struct Shard {
     aborted: bool,
     /// What the connection being driven asked for; applied by `apply`.
     effects: Vec<Effect>,
+    /// `--access-log`.
+    log: Option<ShardLog<Completion>>,
 }
 
 impl Shard {
@@ -131,6 +140,9 @@ impl Shard {
         let slots = ring_cfg.fixed_files;
         let core = ShardCore::new(&ctx);
         let n = ctx.listeners.len();
+        let log = ctx
+            .log
+            .map(|(file, cap)| ShardLog::new(Pending::new(file, cap)));
         Ok(Shard {
             ring,
             core,
@@ -149,6 +161,7 @@ impl Shard {
             next_gen: 0,
             aborted: false,
             effects: Vec::new(),
+            log,
         })
     }
 
@@ -223,7 +236,10 @@ impl Shard {
 
     /// Stopping, with every connection closed and nothing in flight.
     pub fn finished(&self) -> bool {
-        self.core.stopping() && self.conns.is_empty() && self.ring.in_flight() == 0
+        self.core.stopping()
+            && self.conns.is_empty()
+            && self.ring.in_flight() == 0
+            && self.log.as_ref().is_none_or(ShardLog::idle)
     }
 
     /// The final counters, published.
@@ -374,11 +390,19 @@ impl Shard {
         } = c.ud;
         match kind {
             Kind::Accept => self.on_accept(slot as usize, &c)?,
-            Kind::Recv => self.on_recv(&c)?,
+            Kind::Recv => match &mut self.log {
+                Some(log) if log.holds() => log.park(c, Instant::now()),
+                _ => self.on_recv(&c)?,
+            },
             Kind::SendBuf | Kind::SendVec => {
                 debug_assert_eq!(kind == Kind::SendVec, c.vec.is_some());
                 // Every send submitted ends in one completion, a cancelled one too.
                 self.core.counters.output_owed -= 1;
+                if c.res > 0
+                    && let Some(log) = &mut self.log
+                {
+                    log.sent(slot, generation, c.res as u32);
+                }
                 if c.res > 0 {
                     self.core.counters.bytes_out += c.res as u64;
                     self.core.wheel.sent(slot);
@@ -397,6 +421,11 @@ impl Shard {
                     .is_some_and(|conn| conn.generation == generation)
                 {
                     self.conns.remove(slot as usize);
+                    if let Some(log) = &mut self.log
+                        && self.core.http.is_none()
+                    {
+                        log.closed_echo(slot, generation, Instant::now(), &mut self.core.counters);
+                    }
                     self.core.wheel.stop(slot);
                     self.core.leave();
                     self.in_table -= 1;
@@ -405,6 +434,17 @@ impl Shard {
             }
             Kind::Refuse => self.in_table -= 1,
             Kind::Wake => self.begin_stop()?,
+            Kind::Peer => {
+                if let (Some(log), Some(fd)) = (&mut self.log, c.installed) {
+                    log.installed(slot, generation, fd);
+                }
+            }
+            Kind::LogWrite => {
+                let (data, start) = c.vec.expect("a log write hands its bytes back");
+                let log = self.log.as_mut().expect("only a log writes");
+                let next = log.wrote(c.res, data, start, &mut self.core.counters);
+                self.submit_log(next)?;
+            }
             Kind::Cancel | Kind::Shutdown => {}
         }
         Ok(())
@@ -444,6 +484,11 @@ impl Shard {
             }
             self.apply(slot, generation, fixed)?;
             self.core.wheel.start(slot);
+            if let Some(log) = &mut self.log {
+                log.opened(slot, generation, Instant::now());
+                self.ring
+                    .install_fixed(fixed, UserData::new(Kind::Peer, slot, generation))?;
+            }
         } else {
             match -c.res {
                 libc::ECANCELED => {}
@@ -511,6 +556,9 @@ impl Shard {
         conn.on_recv(r, self.core.http.as_ref(), &mut self.effects);
         if len > 0 {
             self.core.wheel.received(slot);
+            if let Some(log) = &mut self.log {
+                log.received(slot, generation, len);
+            }
         }
         self.apply(slot, generation, fixed)
     }
@@ -560,7 +608,37 @@ impl Shard {
         Ok(())
     }
 
+    /// The access log's part of a turn: the recv completions held while its buffer was
+    /// full go on, oldest first, while it has room; then what is pending is handed to the
+    /// ring, if no write is in flight.
+    fn log_turn(&mut self) -> io::Result<()> {
+        if self.log.is_none() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        while let Some(c) = self
+            .log
+            .as_mut()
+            .and_then(|l| l.unpark(now, &mut self.core.counters))
+        {
+            self.on_recv(&c)?;
+        }
+        let next = self.log.as_mut().map_or(Write::None, ShardLog::next_write);
+        self.submit_log(next)
+    }
+
+    fn submit_log(&mut self, w: Write) -> io::Result<()> {
+        match w {
+            Write::None => Ok(()),
+            Write::Batch { file, data, start } => {
+                let ud = UserData::new(Kind::LogWrite, 0, 0);
+                self.ring.write_file(file, data, start, ud)
+            }
+        }
+    }
+
     fn after_turn(&mut self) -> io::Result<()> {
+        self.log_turn()?;
         self.expire()?;
         self.rearm_accepts()?;
         // One waiting connection per buffer available: each re-arm can take at least one.

@@ -3,6 +3,7 @@
 //! process; where it does not, they are worker processes (nginx style) under a master.
 
 pub mod conn;
+pub mod log;
 pub mod shard;
 pub mod worker;
 

@@ -30,7 +30,9 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use super::conn::{Bufs, Conn, Effects, Op};
+use super::log::ShardLog;
 use crate::server::ShardCtx;
+use crate::server::access::{ConnLog, Pending};
 use crate::server::core::{BATCH_WANT, ShardCore};
 use crate::stats::Counters;
 use crate::sys;
@@ -90,6 +92,8 @@ struct Entry {
     fd: OwnedFd,
     generation: u32,
     conn: Conn,
+    /// Its access log figures, when logging.
+    log: Option<Box<ConnLog>>,
 }
 
 pub struct Shard {
@@ -109,6 +113,8 @@ pub struct Shard {
     next_gen: u32,
     /// `--batch-usec`: once events are there, sleep this long and gather what came meanwhile.
     batch: Option<Duration>,
+    /// `--access-log`.
+    log: Option<ShardLog>,
 }
 
 fn is_again(e: &io::Error) -> bool {
@@ -176,13 +182,24 @@ impl Shard {
             accept_pending: false,
             next_gen: 0,
             batch: (ctx.batch_usec > 0).then(|| Duration::from_micros(ctx.batch_usec.into())),
+            log: ctx
+                .log
+                .map(|(file, cap)| ShardLog::new(Pending::new(file, cap))),
         })
     }
 
     pub fn run(mut self) -> io::Result<Counters> {
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
         loop {
-            let timeout = match self.core.wait_timeout(Instant::now()) {
+            let now = Instant::now();
+            let wait = match (
+                self.core.wait_timeout(now),
+                self.log.as_ref().and_then(|l| l.wait(now)),
+            ) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let timeout = match wait {
                 // epoll_wait counts whole milliseconds: round up, never a busy 0.
                 Some(t) => t.as_micros().div_ceil(1000).max(1) as i32,
                 None => -1,
@@ -226,8 +243,12 @@ impl Shard {
             if self.core.overdue(Instant::now()) {
                 self.for_each_conn(Conn::abort);
             }
+            let done = self.core.stopping() && self.conns.is_empty();
+            if let Some(log) = &mut self.log {
+                log.maybe_flush(Instant::now(), done, &mut self.core.counters);
+            }
             self.core.publish();
-            if self.core.stopping() && self.conns.is_empty() {
+            if done {
                 return Ok(self.core.counters);
             }
         }
@@ -277,10 +298,16 @@ impl Shard {
                         return Err(e);
                     }
                     self.core.wheel.start(slot);
+                    let log = self.log.is_some().then(|| {
+                        self.core.counters.syscalls += 1;
+                        let peer = sys::peer_addr(fd.as_raw_fd()).ok();
+                        Box::new(ConnLog::new(peer, Instant::now()))
+                    });
                     entry.insert(Entry {
                         fd,
                         generation: self.next_gen,
                         conn: Conn::accepted(self.core.http.is_some()),
+                        log,
                     });
                     self.core.counters.accepted += 1;
                 }
@@ -319,7 +346,7 @@ impl Shard {
             http,
             ..
         } = core;
-        let Entry { fd, conn, .. } = &mut conns[slot];
+        let Entry { fd, conn, log, .. } = &mut conns[slot];
         let fd = fd.as_raw_fd();
         // Bytes of `buf` the last read of this turn filled: an echo is owed from there.
         let mut input = 0;
@@ -341,6 +368,9 @@ impl Shard {
                         Ok(n) => {
                             counters.recvs += 1;
                             counters.bytes_in += n as u64;
+                            if let Some(l) = log {
+                                l.bytes_in += n as u64;
+                            }
                             input = n;
                             conn.on_recv(&buf[..n], n < buf.len(), http.as_ref(), answers)
                         }
@@ -358,6 +388,9 @@ impl Shard {
                     match sys::write(fd, bytes) {
                         Ok(w) => {
                             counters.bytes_out += w as u64;
+                            if let Some(l) = log {
+                                l.bytes_out += w as u64;
+                            }
                             conn.on_sent(w, bufs)
                         }
                         Err(e) if is_again(&e) => conn.on_write_blocked(bufs),
@@ -418,6 +451,13 @@ impl Shard {
         let gone = self.conns.remove(slot);
         if gone.conn.waits_for_peer() {
             self.core.counters.output_owed -= 1;
+        }
+        if let (Some(log), Some(c)) = (&mut self.log, &gone.log)
+            && self.core.http.is_none()
+        {
+            log.pending.echo(c, Instant::now(), &mut self.core.counters);
+            // Past the buffer's bound it is written at once, as nginx does.
+            log.maybe_flush(Instant::now(), false, &mut self.core.counters);
         }
         drop(gone);
         self.core.wheel.stop(slot as u32);

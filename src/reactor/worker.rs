@@ -147,6 +147,9 @@ fn spawn(
         .args(["--idle-timeout", &args.idle_timeout.to_string()])
         .args(["--header-timeout", &args.header_timeout.to_string()])
         .args(["--body-timeout", &args.body_timeout.to_string()])
+        .arg("--access-log")
+        .arg(&args.access_log)
+        .args(["--access-log-buffer", &args.access_log_buffer.to_string()])
         .args(["--send-timeout", &args.send_timeout.to_string()])
         .args([
             "--batch-usec",
@@ -193,7 +196,8 @@ fn tell_workers(workers: &mut [Worker], new: &LiveSettings) {
     }
 }
 
-fn stop_all(workers: &mut [Worker], sig: i32) {
+/// Sends `sig` to every worker still running.
+fn signal_all(workers: &mut [Worker], sig: i32) {
     for w in workers.iter_mut().filter(|w| !w.exited) {
         // The worker may have exited since we last looked; that is fine.
         let _ = sys::kill(w.child.id(), sig);
@@ -245,6 +249,9 @@ pub fn run_master(
     mut pid_file: Option<server::PidFile>,
 ) -> Result<Summary> {
     let started = Instant::now();
+    // Each worker opens the access log itself; a file that cannot be opened is said here,
+    // once, before any starts.
+    server::open_access_log(args)?;
     let (tx, rx) = mpsc::channel();
     // `--max-conns` holds across the workers: they share one count of open connections.
     let gate = match args.max_conns {
@@ -274,7 +281,7 @@ pub fn run_master(
         match spawner.spawn(index, 0) {
             Ok(child) => workers.push(Worker::new(child)),
             Err(e) => {
-                stop_all(&mut workers, libc::SIGKILL);
+                signal_all(&mut workers, libc::SIGKILL);
                 return Err(e);
             }
         }
@@ -339,7 +346,7 @@ pub fn run_master(
     }
 
     // Stop every worker and wait for all, cutting off any that outlive the shutdown timeout.
-    stop_all(&mut workers, libc::SIGTERM);
+    signal_all(&mut workers, libc::SIGTERM);
     let limit = Instant::now()
         + Duration::from_secs_f64(spawner.settings.get().shutdown_timeout)
         + Duration::from_secs(5);
@@ -351,7 +358,7 @@ pub fn run_master(
             Ok(Msg::Eof(i, g)) if g == workers[i].generation => workers[i].eof = true,
             Ok(_) => {}
             Err(_) => {
-                stop_all(&mut workers, libc::SIGKILL);
+                signal_all(&mut workers, libc::SIGKILL);
                 failure.get_or_insert(Error::Shard {
                     shard: 0,
                     reason: "a worker did not stop in time and was killed".into(),
@@ -434,6 +441,8 @@ fn supervise(
                     tell_workers(workers, &new);
                 })
             }
+            // Each worker reopens its own access log.
+            Ok(Some(libc::SIGUSR1)) => signal_all(workers, libc::SIGUSR1),
             Ok(Some(_)) => return None,
             Ok(None) => {}
             Err(e) => return Some(Error::io("sigtimedwait", e)),

@@ -237,17 +237,20 @@ pub fn eventfd_wake(fd: RawFd) -> io::Result<()> {
 fn stop_signals() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
     let mut set: libc::sigset_t = unsafe { mem::zeroed() };
-    // SAFETY: `set` is a live sigset_t; SIGINT, SIGTERM and SIGHUP are valid signal numbers.
+    // SAFETY: `set` is a live sigset_t; SIGINT, SIGTERM, SIGHUP and SIGUSR1 are valid
+    // signal numbers.
     unsafe {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
     }
     set
 }
 
-/// Blocks SIGINT, SIGTERM and SIGHUP (the reload) in the calling thread (and in every thread it spawns after),
+/// Blocks SIGINT, SIGTERM, SIGHUP (the reload) and SIGUSR1 (the access log's reopen) in the
+/// calling thread (and in every thread it spawns after),
 /// so that they are taken only by `wait_stop_signal`; ignores SIGPIPE, since a peer that
 /// resets must show up as an error result, not end the process.
 pub fn block_stop_signals() -> io::Result<()> {
@@ -262,7 +265,7 @@ pub fn block_stop_signals() -> io::Result<()> {
     Ok(())
 }
 
-/// Waits up to `timeout` for SIGINT, SIGTERM or SIGHUP (blocked beforehand by
+/// Waits up to `timeout` for SIGINT, SIGTERM, SIGHUP or SIGUSR1 (blocked beforehand by
 /// `block_stop_signals`); returns the signal number, or None on timeout.
 pub fn wait_stop_signal(timeout: Duration) -> io::Result<Option<i32>> {
     let set = stop_signals();
@@ -344,6 +347,63 @@ pub fn accept_nonblocking(listener: RawFd) -> io::Result<OwnedFd> {
     }?;
     // SAFETY: accept4(2) just returned this fd and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The peer's address of a connected socket (getpeername(2)), IPv4-mapped IPv6 shown as IPv4.
+pub fn peer_addr(fd: RawFd) -> io::Result<SocketAddr> {
+    // SAFETY: sockaddr_storage is plain data; all-zero is valid and the kernel overwrites it.
+    let mut ss: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: the pointers are to the live local storage and its length, which getpeername(2)
+    // fills (never beyond `len`).
+    unsafe {
+        syscall!(getpeername(
+            fd,
+            (&mut ss as *mut libc::sockaddr_storage).cast(),
+            &mut len
+        ))
+    }?;
+    match i32::from(ss.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the kernel wrote a sockaddr_in (the family says so) into storage that is
+            // large and aligned enough for any address.
+            let a: libc::sockaddr_in = unsafe { *(&ss as *const libc::sockaddr_storage).cast() };
+            let ip = std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+            Ok(SocketAddr::from((ip, u16::from_be(a.sin_port))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for a sockaddr_in6.
+            let a: libc::sockaddr_in6 = unsafe { *(&ss as *const libc::sockaddr_storage).cast() };
+            let ip = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr);
+            let ip = ip.to_canonical();
+            Ok(SocketAddr::from((ip, u16::from_be(a.sin6_port))))
+        }
+        f => Err(io::Error::other(format!("a peer of address family {f}"))),
+    }
+}
+
+/// Opens `path` to append to (O_APPEND, created 0644 if absent), as a log is.
+pub fn open_append(path: &std::path::Path) -> io::Result<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o644)
+        .open(path)?;
+    Ok(OwnedFd::from(file))
+}
+
+/// The local time of `unix` seconds (localtime_r(3): TZ, else /etc/localtime), and its offset
+/// from UTC in seconds.
+pub fn local_time(unix: i64) -> (libc::tm, i64) {
+    // SAFETY: tm is plain data; all-zero is valid and localtime_r overwrites it.
+    let mut tm: libc::tm = unsafe { mem::zeroed() };
+    let t = unix as libc::time_t;
+    // SAFETY: both pointers are to live locals; localtime_r(3) reads the first and fills the
+    // second (it is the thread-safe form).
+    unsafe { libc::localtime_r(&t, &mut tm) };
+    let offset = tm.tm_gmtoff;
+    (tm, offset)
 }
 
 /// read(2) into `buf`.

@@ -5,9 +5,11 @@
 //! released only by the completion that ends the operation. The ring is generic over its
 //! user's operation kinds (`K`), which it encodes into `user_data` and never interprets.
 
+use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 use std::time::Duration;
 
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
@@ -26,6 +28,8 @@ pub struct Completion<K> {
     /// For a `send_vec`: the bytes the send owned and the offset it started at, handed back
     /// for a short send's rest or for reuse of the allocation.
     pub vec: Option<(Vec<u8>, usize)>,
+    /// For an `install_fixed` that succeeded: the fd it installed, now the caller's.
+    pub installed: Option<OwnedFd>,
 }
 
 impl<K> Completion<K> {
@@ -76,12 +80,23 @@ struct SendVec {
     start: usize,
 }
 
+/// What the `write_file` in flight owns: its bytes, and the file, which must stay open until
+/// the write completes (a reopen may have replaced it meanwhile).
+struct FileWrite {
+    bytes: SendVec,
+    _file: Arc<OwnedFd>,
+}
+
 pub struct Ring<K> {
     // Field order is drop order: the io_uring goes first, then the memory it may touch.
     uring: IoUring,
     bufs: Option<BufRing>,
     /// Bytes owned by the `send_vec` in flight on each slot (one send in flight per slot).
     send_vecs: Vec<Option<SendVec>>,
+    /// The `write_file` in flight (one at a time).
+    file_write: Option<FileWrite>,
+    /// The `user_data` of each `install_fixed` in flight: its result is an fd to own.
+    installing: HashSet<u64>,
     /// Read-only memory sends may point into; lives as long as the ring.
     regions: Vec<Box<[u8]>>,
     /// Socket addresses connects read; live as long as the ring. Boxed so that growing the
@@ -130,6 +145,8 @@ impl<K: Op> Ring<K> {
             uring,
             bufs,
             send_vecs: Vec::new(),
+            file_write: None,
+            installing: HashSet::new(),
             regions: Vec::new(),
             addrs: Vec::new(),
             wake_buf: Box::new(0),
@@ -278,12 +295,24 @@ impl<K: Op> Ring<K> {
                 .send_vecs
                 .get_mut(ud.slot as usize)
                 .and_then(|v| v.take_if(|v| v.ud == cqe.user_data()))
+                .or_else(|| {
+                    self.file_write
+                        .take_if(|w| w.bytes.ud == cqe.user_data())
+                        .map(|w| w.bytes)
+                })
                 .map(|v| (v.data, v.start));
+            let installed = (!self.installing.is_empty()
+                && self.installing.remove(&cqe.user_data())
+                && cqe.result() >= 0)
+                // SAFETY: a FIXED_FD_INSTALL's non-negative result is an fd the kernel just
+                // put in our table for us; nothing else owns it.
+                .then(|| unsafe { OwnedFd::from_raw_fd(cqe.result()) });
             out.push(Completion {
                 ud,
                 res: cqe.result(),
                 flags,
                 vec,
+                installed,
             });
         }
     }
@@ -499,6 +528,50 @@ impl<K: Op> Ring<K> {
         unsafe { self.push(&e) }
     }
 
+    /// Writes `data[start..]` to `file` (opened O_APPEND: at its end); the ring owns both
+    /// until the completion hands `data` back. One at a time.
+    pub fn write_file(
+        &mut self,
+        file: Arc<OwnedFd>,
+        data: Vec<u8>,
+        start: usize,
+        ud: UserData<K>,
+    ) -> io::Result<()> {
+        assert!(start < data.len(), "write_file of nothing");
+        assert!(self.file_write.is_none(), "two file writes in flight");
+        let len = u32::try_from(data.len() - start).unwrap_or(u32::MAX);
+        let ptr = data[start..].as_ptr();
+        // O_APPEND decides where the bytes go; -1 says "the file position", which it moves.
+        let e = opcode::Write::new(types::Fd(file.as_raw_fd()), ptr, len)
+            .offset(u64::MAX)
+            .build()
+            .user_data(ud.encode());
+        self.file_write = Some(FileWrite {
+            bytes: SendVec {
+                ud: ud.encode(),
+                data,
+                start,
+            },
+            _file: file,
+        });
+        // SAFETY: the Vec and the file now live in `file_write`; the Vec's heap block does not
+        // move, and only `drain` takes them out, on this operation's completion (or the ring
+        // leaks them).
+        unsafe { self.push(&e) }
+    }
+
+    /// Installs direct descriptor `fixed` in the process's file table (O_CLOEXEC): the
+    /// completion's result is the new fd, which the caller owns (to ask the socket what
+    /// only a plain fd can be asked, e.g. its peer's address). 6.8+.
+    pub fn install_fixed(&mut self, fixed: u32, ud: UserData<K>) -> io::Result<()> {
+        let e = opcode::FixedFdInstall::new(types::Fixed(fixed), 0)
+            .build()
+            .user_data(ud.encode());
+        self.installing.insert(ud.encode());
+        // SAFETY: an install points to no memory.
+        unsafe { self.push(&e) }
+    }
+
     /// Reads the eventfd `fd` (8 bytes) into the ring's own counter.
     pub fn read_eventfd(&mut self, fd: RawFd, ud: UserData<K>) -> io::Result<()> {
         let ptr: *mut u64 = &mut *self.wake_buf;
@@ -525,6 +598,7 @@ impl<K> Drop for Ring<K> {
             // leaked rather than freed under them. Only error paths get here.
             std::mem::forget(self.bufs.take());
             std::mem::forget(std::mem::take(&mut self.send_vecs));
+            std::mem::forget(self.file_write.take());
             std::mem::forget(std::mem::take(&mut self.regions));
             std::mem::forget(std::mem::take(&mut self.addrs));
             std::mem::forget(std::mem::replace(&mut self.wake_buf, Box::new(0)));

@@ -1,0 +1,273 @@
+//! The access log (`--access-log FILE`): the lines a shard owes the file, the buffer they wait
+//! in, and the file, which SIGUSR1 reopens (log rotation, nginx's convention: `mv access.log
+//! access.log.1; kill -USR1 PID`). Echo logs one line per connection at its close, in nginx
+//! stream's `basic` format (`$remote_addr [$time_local] $protocol $status $bytes_sent
+//! $bytes_received $session_time`); times are local, as nginx writes them.
+//!
+//! How a batch reaches the file is each engine's: the Proactor hands it to its ring (one
+//! write in flight per shard, the next batch gathering behind it), so its thread never waits
+//! for the disk; the Reactor writes it with write(2) when the buffer fills and at least once
+//! a second, as nginx does, and waits for the disk there. Both keep every line: a shard whose
+//! buffer is over `--access-log-buffer` stops reading (the Proactor), or writes it out at once
+//! (the Reactor).
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::stats::Counters;
+use crate::sys;
+
+/// The log file of a server process, shared by its shards; `reopen` swaps in a new one.
+#[derive(Debug)]
+pub struct LogFile {
+    path: PathBuf,
+    file: Mutex<Arc<OwnedFd>>,
+    /// One more at each reopen: a shard looks at it once per loop turn.
+    version: AtomicU64,
+    /// A write error was said on stderr (by any shard): the next ones are only counted.
+    said: AtomicBool,
+}
+
+impl LogFile {
+    /// Opens `path` to append to (created if absent).
+    pub fn open(path: &Path) -> io::Result<LogFile> {
+        Ok(LogFile {
+            path: path.to_path_buf(),
+            file: Mutex::new(Arc::new(sys::open_append(path)?)),
+            version: AtomicU64::new(0),
+            said: AtomicBool::new(false),
+        })
+    }
+
+    /// Opens the path again (after a rename, a new file): the lines written from now on go
+    /// there. On error the old file stays in use.
+    pub fn reopen(&self) -> io::Result<()> {
+        let fresh = Arc::new(sys::open_append(&self.path)?);
+        if let Ok(mut f) = self.file.lock() {
+            *f = fresh;
+        }
+        self.version.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn current(&self) -> Option<Arc<OwnedFd>> {
+        self.file.lock().ok().map(|f| f.clone())
+    }
+}
+
+/// `[$time_local]` of the current second, e.g. `01/Dec/2026:12:40:00 +0000`.
+#[derive(Debug)]
+struct LocalTime {
+    second: i64,
+    text: String,
+}
+
+impl LocalTime {
+    fn at(&mut self, now: SystemTime) -> &str {
+        let second = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        if second != self.second || self.text.is_empty() {
+            self.second = second;
+            self.text = format_local(second);
+        }
+        &self.text
+    }
+}
+
+fn format_local(unix: i64) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let (tm, offset) = sys::local_time(unix);
+    let sign = if offset < 0 { '-' } else { '+' };
+    let off = offset.unsigned_abs() / 60;
+    format!(
+        "{:02}/{}/{}:{:02}:{:02}:{:02} {sign}{:02}{:02}",
+        tm.tm_mday,
+        MONTHS[tm.tm_mon.clamp(0, 11) as usize],
+        tm.tm_year + 1900,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec,
+        off / 60,
+        off % 60,
+    )
+}
+
+/// Seconds with millisecond resolution, as nginx's `$request_time` and `$session_time`.
+fn seconds(d: Duration) -> String {
+    format!("{}.{:03}", d.as_secs(), d.subsec_millis())
+}
+
+/// What the log needs of one connection, kept by its shard while logging.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLog {
+    /// None until known (the Proactor learns it just after the accept).
+    pub peer: Option<SocketAddr>,
+    pub since: Instant,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+impl ConnLog {
+    pub fn new(peer: Option<SocketAddr>, since: Instant) -> ConnLog {
+        ConnLog {
+            peer,
+            since,
+            bytes_in: 0,
+            bytes_out: 0,
+        }
+    }
+}
+
+/// One shard's lines not yet handed to the file, and the file they go to.
+#[derive(Debug)]
+pub struct Pending {
+    log: Arc<LogFile>,
+    /// The file batches go to now, and the `log.version` it is.
+    file: Option<Arc<OwnedFd>>,
+    seen: u64,
+    buf: Vec<u8>,
+    /// Lines in `buf`, and in the batch being written.
+    lines: u64,
+    writing: u64,
+    /// Above this many bytes the shard stops taking more (`full`).
+    cap: usize,
+    time: LocalTime,
+}
+
+impl Pending {
+    pub fn new(log: Arc<LogFile>, cap: usize) -> Pending {
+        let file = log.current();
+        let seen = log.version.load(Ordering::Acquire);
+        Pending {
+            log,
+            file,
+            seen,
+            buf: Vec::with_capacity(cap.min(64 * 1024)),
+            lines: 0,
+            writing: 0,
+            cap,
+            time: LocalTime {
+                second: 0,
+                text: String::new(),
+            },
+        }
+    }
+
+    /// Over `--access-log-buffer`: stop taking more until a batch is written.
+    pub fn full(&self) -> bool {
+        self.buf.len() >= self.cap
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// An echo connection closed: its line (nginx stream's `basic` format; the session ended,
+    /// so its status is 200).
+    pub fn echo(&mut self, c: &ConnLog, now: Instant, counters: &mut Counters) {
+        use std::fmt::Write as _;
+        let time = self.time.at(SystemTime::now());
+        let peer = c
+            .peer
+            .map_or_else(|| "-".to_string(), |p| p.ip().to_string());
+        let mut line = String::with_capacity(96);
+        let _ = writeln!(
+            line,
+            "{peer} [{time}] TCP 200 {} {} {}",
+            c.bytes_out,
+            c.bytes_in,
+            seconds(now.saturating_duration_since(c.since)),
+        );
+        self.push(line.as_bytes(), counters);
+    }
+
+    fn push(&mut self, line: &[u8], counters: &mut Counters) {
+        self.buf.extend_from_slice(line);
+        self.lines += 1;
+        counters.log_lines += 1;
+        counters.log_pending_max = counters.log_pending_max.max(self.lines + self.writing);
+    }
+
+    /// The file the next batch goes to: the one a SIGUSR1 reopened, once it has.
+    pub fn file(&mut self) -> Option<Arc<OwnedFd>> {
+        let v = self.log.version.load(Ordering::Acquire);
+        if v != self.seen {
+            self.seen = v;
+            self.file = self.log.current();
+        }
+        self.file.clone()
+    }
+
+    /// Takes what is buffered as the next batch to write (`spare` becomes the buffer).
+    pub fn take(&mut self, spare: Vec<u8>) -> Vec<u8> {
+        self.writing = self.lines;
+        self.lines = 0;
+        let mut spare = spare;
+        spare.clear();
+        std::mem::replace(&mut self.buf, spare)
+    }
+
+    /// The batch was written whole (`Ok`), or failed: counted, said once on stderr, and its
+    /// lines are lost (serving goes on).
+    pub fn written(&mut self, result: io::Result<usize>, counters: &mut Counters) {
+        match result {
+            Ok(n) => {
+                counters.log_writes += 1;
+                counters.log_bytes += n as u64;
+            }
+            Err(e) => {
+                counters.log_errors += 1;
+                if !self.log.said.swap(true, Ordering::Relaxed) {
+                    crate::server::say(format!(
+                        "access log {}: write failed: {e}; its lines are lost while writes fail \
+                         (counted as log_errors), serving goes on",
+                        self.log.path().display()
+                    ));
+                }
+            }
+        }
+        self.writing = 0;
+    }
+
+    /// A part of the batch was written; the rest goes next.
+    pub fn wrote_part(&mut self, n: usize, counters: &mut Counters) {
+        counters.log_writes += 1;
+        counters.log_bytes += n as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_time_is_nginx_time_local() {
+        // 2026-12-01 12:40:00 UTC; the test process's zone is whatever TZ says.
+        let text = format_local(1_796_128_800);
+        let (day, rest) = text.split_once('/').unwrap();
+        assert_eq!(day.len(), 2, "{text}");
+        assert!(
+            rest.starts_with("Dec/2026:") || rest.starts_with("Nov/2026:"),
+            "{text}"
+        );
+        let zone = text.rsplit_once(' ').unwrap().1;
+        assert!(
+            zone.len() == 5 && (zone.starts_with('+') || zone.starts_with('-')),
+            "{text}"
+        );
+        assert_eq!(seconds(Duration::from_millis(1_234)), "1.234");
+        assert_eq!(seconds(Duration::from_micros(999)), "0.000");
+    }
+}

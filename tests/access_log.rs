@@ -1,0 +1,316 @@
+//! `--access-log` against both engines, with real files: a line per echo connection,
+//! field by field; none lost at SIGTERM under load, nor at a rotation (SIGUSR1) under load;
+//! a file that cannot be opened is an error at start; a full disk is said once, counted,
+//! and serving goes on.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{Engine, Server, Target, first_port, free_ports, load, u};
+
+/// A fresh directory for one test's logs.
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("c1m-log-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Checks one echo line, nginx stream's basic format:
+/// `127.0.0.1 [01/Dec/2026:12:40:00 +0000] TCP 200 640 640 0.012`.
+fn check_echo_line(line: &str, peer: &str, bytes: u64) {
+    let (addr, rest) = line.split_once(" [").unwrap_or_else(|| panic!("{line:?}"));
+    assert_eq!(addr, peer, "{line:?}");
+    let (time, rest) = rest.split_once("] ").unwrap_or_else(|| panic!("{line:?}"));
+    // dd/Mon/yyyy:hh:mm:ss +zzzz
+    let b = time.as_bytes();
+    assert_eq!(time.len(), 26, "{line:?}");
+    assert!(b[..2].iter().all(u8::is_ascii_digit), "{line:?}");
+    assert!(
+        [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"
+        ]
+        .contains(&&time[3..6]),
+        "{line:?}"
+    );
+    assert_eq!(
+        (b[2], b[6], b[11], b[14], b[17], b[20]),
+        (b'/', b'/', b':', b':', b':', b' ')
+    );
+    assert!(b[21] == b'+' || b[21] == b'-', "{line:?}");
+    let fields: Vec<&str> = rest.split(' ').collect();
+    assert_eq!(fields.len(), 5, "{line:?}");
+    assert_eq!((fields[0], fields[1]), ("TCP", "200"), "{line:?}");
+    assert_eq!(fields[2], bytes.to_string(), "bytes sent: {line:?}");
+    assert_eq!(fields[3], bytes.to_string(), "bytes received: {line:?}");
+    let (s, ms) = fields[4]
+        .split_once('.')
+        .unwrap_or_else(|| panic!("{line:?}"));
+    assert!(
+        s.parse::<u64>().is_ok() && ms.len() == 3 && ms.parse::<u32>().is_ok(),
+        "{line:?}"
+    );
+}
+
+/// A line per echo connection at its close, each field as it should be, over IPv4 and IPv6.
+fn echo_logs_a_line_per_connection(t: Target) {
+    let dir = temp_dir(&format!("echo-{t}").replace(' ', "-"));
+    let path = dir.join("access.log");
+    let ports = free_ports(2);
+    let p = path.to_str().unwrap();
+    let server = Server::start(t, &ports, &["--access-log", p]);
+    let (code, r) = server.load(&["--conns", "50", "--requests", "10"]);
+    assert_eq!(code, 0, "{t}: {r}");
+    let stats = server.stop();
+    let got = lines(&path);
+    assert_eq!(got.len(), 50, "{t}: {got:?}");
+    assert_eq!(u(&stats, "totals.log_lines"), 50, "{stats}");
+    assert_eq!(u(&stats, "totals.log_errors"), 0, "{stats}");
+    assert!(u(&stats, "totals.log_writes") >= 1, "{stats}");
+    let bytes: u64 = got.iter().map(|l| l.len() as u64 + 1).sum();
+    assert_eq!(u(&stats, "totals.log_bytes"), bytes, "{stats}");
+    let peer = t.host().to_string();
+    for line in &got {
+        check_echo_line(line, &peer, 10 * 64);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+common::per_engine!(ipv4_and_ipv6: echo_logs_a_line_per_connection);
+
+/// Connections that come and go, one at a time per thread, until `stop`: counted as closed.
+fn churn(ports: &str, threads: usize, stop: Arc<AtomicBool>) -> Vec<thread::JoinHandle<u64>> {
+    let port = first_port(ports);
+    (0..threads)
+        .map(|_| {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+                        break;
+                    };
+                    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    let mut back = [0u8; 5];
+                    if s.write_all(b"hello").is_err() || s.read_exact(&mut back).is_err() {
+                        break;
+                    }
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect()
+}
+
+/// SIGTERM while connections come and go: every connection the server closed has its line.
+fn sigterm_under_load_loses_no_line(engine: Engine) {
+    let dir = temp_dir(&format!("term-{engine:?}"));
+    let path = dir.join("access.log");
+    let ports = free_ports(1);
+    // A small buffer: many batches, so some are in flight at the stop.
+    let server = Server::start(
+        engine,
+        &ports,
+        &[
+            "--access-log",
+            path.to_str().unwrap(),
+            "--access-log-buffer",
+            "512",
+        ],
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = churn(&ports, 4, stop.clone());
+    thread::sleep(Duration::from_millis(1500));
+    let stats = server.stop();
+    stop.store(true, Ordering::Relaxed);
+    let done: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    let got = lines(&path);
+    assert!(done > 100, "{engine:?}: only {done} connections");
+    assert_eq!(
+        got.len() as u64,
+        u(&stats, "totals.closed"),
+        "{engine:?}: {stats}"
+    );
+    assert_eq!(
+        u(&stats, "totals.log_lines"),
+        u(&stats, "totals.closed"),
+        "{stats}"
+    );
+    for line in &got {
+        let bytes = line.split(' ').nth(5).unwrap();
+        assert!(bytes == "5" || bytes == "0", "{engine:?}: {line:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+common::per_engine!(sigterm_under_load_loses_no_line);
+
+/// Rotation, nginx's way, while connections come and go: `mv access.log access.log.1`,
+/// SIGUSR1, and the lines go on in a new access.log; the two files hold one line per
+/// connection closed, none lost, none twice.
+fn sigusr1_rotates_under_load_losing_and_doubling_none(engine: Engine) {
+    let dir = temp_dir(&format!("rotate-{engine:?}"));
+    let path = dir.join("access.log");
+    let old = dir.join("access.log.1");
+    let ports = free_ports(1);
+    let server = Server::start(engine, &ports, &["--access-log", path.to_str().unwrap()]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = churn(&ports, 4, stop.clone());
+    thread::sleep(Duration::from_millis(1200));
+    std::fs::rename(&path, &old).unwrap();
+    server.signal(libc::SIGUSR1);
+    thread::sleep(Duration::from_millis(1200));
+    stop.store(true, Ordering::Relaxed);
+    let done: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    thread::sleep(Duration::from_millis(200));
+    let stats = server.stop();
+    let (before, after) = (lines(&old), lines(&path));
+    assert!(
+        !before.is_empty() && !after.is_empty(),
+        "{engine:?}: {} lines before the rotation, {} after",
+        before.len(),
+        after.len()
+    );
+    assert_eq!(
+        (before.len() + after.len()) as u64,
+        u(&stats, "totals.closed"),
+        "{engine:?}: {stats}"
+    );
+    assert_eq!(u(&stats, "totals.closed"), done, "{engine:?}: {stats}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+common::per_engine!(sigusr1_rotates_under_load_losing_and_doubling_none);
+
+/// A log that cannot be opened is an error at start, naming the file: both engines, and the
+/// Reactor's master with worker processes.
+fn a_log_that_cannot_be_opened_is_an_error_at_start(engine: Engine) {
+    for extra in [&[][..], &["--max-conns", "40000"][..]] {
+        let out = std::process::Command::new(engine.binary())
+            .args(["--host", "127.0.0.1", "--ports", &free_ports(1)])
+            .args(["--access-log", "/nonexistent-dir/access.log"])
+            .args(extra)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{engine:?} {extra:?}: {err}");
+        assert!(
+            err.contains("--access-log /nonexistent-dir/access.log")
+                && err.contains("No such file or directory"),
+            "{engine:?} {extra:?}: {err}"
+        );
+    }
+}
+
+common::per_engine!(a_log_that_cannot_be_opened_is_an_error_at_start);
+
+/// The Reactor's worker processes all append to the one file: a line per connection, whole.
+#[test]
+fn epoll_workers_share_the_log() {
+    let dir = temp_dir("workers");
+    let path = dir.join("access.log");
+    let ports = free_ports(2);
+    let server = Server::start(
+        Engine::Epoll,
+        &ports,
+        &[
+            "--max-conns",
+            "40000",
+            "--access-log",
+            path.to_str().unwrap(),
+        ],
+    );
+    assert!(server.children().len() > 1);
+    let (code, r) = load(&ports, &["--conns", "400", "--requests", "2"]);
+    assert_eq!(code, 0, "{r}");
+    let stats = server.stop();
+    let got = lines(&path);
+    assert_eq!(got.len(), 400, "{stats}");
+    for line in &got {
+        check_echo_line(line, "127.0.0.1", 2 * 64);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A disk that fills mid-run (a 64 KiB tmpfs): the failed write is said once on stderr and
+/// counted, and serving goes on.
+fn a_full_disk_is_said_once_and_serving_goes_on(engine: Engine) {
+    let dir = temp_dir(&format!("full-{engine:?}"));
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root and can mount a tmpfs"
+        );
+        eprintln!("skipped: cannot mount a tmpfs (not root?)");
+        return;
+    }
+    let path = dir.join("access.log");
+    let ports = free_ports(1);
+    let server = Server::start(
+        engine,
+        &ports,
+        &[
+            "--access-log",
+            path.to_str().unwrap(),
+            "--access-log-buffer",
+            "4096",
+        ],
+    );
+    // About 60 bytes a line: a few thousand connections fill the disk.
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = churn(&ports, 4, stop.clone());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let said = loop {
+        if let Some(l) = server.stderr_line("write failed", Duration::from_millis(200)) {
+            break l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{engine:?}: the full disk was never said"
+        );
+    };
+    assert!(
+        said.contains("No space left on device"),
+        "{engine:?}: {said}"
+    );
+    // Serving goes on after it, and the writes that go on failing are not said again.
+    let after = server.load(&["--conns", "20", "--requests", "5"]);
+    assert_eq!(after.0, 0, "{engine:?}: {}", after.1);
+    thread::sleep(Duration::from_millis(1200));
+    stop.store(true, Ordering::Relaxed);
+    let done: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    assert!(
+        server
+            .stderr_line("write failed", Duration::from_millis(300))
+            .is_none(),
+        "{engine:?}: the failure is said once however many writes fail"
+    );
+    let stats = server.stop();
+    assert!(u(&stats, "totals.log_errors") >= 2, "{engine:?}: {stats}");
+    assert!(done > 1000, "{engine:?}: {done} connections");
+    let _ = std::process::Command::new("umount").arg(&dir).status();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+common::per_engine!(a_full_disk_is_said_once_and_serving_goes_on);
