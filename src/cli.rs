@@ -333,14 +333,16 @@ pub struct ServerArgs {
     #[arg(long, default_value = "5", value_name = "SECONDS")]
     pub shutdown_timeout: f64,
 
-    /// Append an access log line to FILE: echo one per connection at its close (nginx
-    /// stream's basic format). SIGUSR1 reopens it (rotation). `off`: none.
+    /// Append access log lines to FILE: HTTP one per request (nginx's combined format plus
+    /// $request_time), echo one per connection at its close (nginx stream's basic format).
+    /// SIGUSR1 reopens it (rotation). `off`: none.
     #[arg(long, default_value = "off", value_name = "FILE")]
     pub access_log: PathBuf,
 
     /// The most bytes of access log lines a shard holds for the file: beyond it the
-    /// Proactor stops reading until a write completes, the Reactor writes at once.
-    #[arg(long, default_value_t = 64 * 1024, value_name = "BYTES")]
+    /// Proactor stops reading until a write completes, the Reactor writes at once. Lines
+    /// are about 100 bytes: 1 MiB rides out a 0.2 s disk stall at 50,000 requests/s a shard.
+    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
     pub access_log_buffer: usize,
 
     #[command(flatten)]

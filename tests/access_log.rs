@@ -314,3 +314,149 @@ fn a_full_disk_is_said_once_and_serving_goes_on(engine: Engine) {
 }
 
 common::per_engine!(a_full_disk_is_said_once_and_serving_goes_on);
+
+/// HTTP: a line per request answered, pipelined too, each field as it should be; the peer
+/// over IPv4 and IPv6.
+fn http_logs_a_line_per_request(t: Target) {
+    let dir = temp_dir(&format!("http-{t}").replace(' ', "-"));
+    let path = dir.join("access.log");
+    let ports = free_ports(2);
+    let server = Server::start(
+        t,
+        &ports,
+        &["--proto", "http", "--access-log", path.to_str().unwrap()],
+    );
+    let (code, r) = server.load(&[
+        "--proto",
+        "http",
+        "--conns",
+        "20",
+        "--requests",
+        "40",
+        "--pipeline",
+        "4",
+    ]);
+    assert_eq!(code, 0, "{t}: {r}");
+    let stats = server.stop();
+    let got = lines(&path);
+    assert_eq!(got.len() as u64, u(&r, "requests"), "{t}: {stats}");
+    assert_eq!(u(&stats, "totals.requests"), got.len() as u64, "{stats}");
+    let peer = t.host().to_string();
+    for line in &got {
+        let (addr, rest) = line
+            .split_once(" - - [")
+            .unwrap_or_else(|| panic!("{line:?}"));
+        assert_eq!(addr, peer, "{line:?}");
+        let (_, rest) = rest.split_once("] ").unwrap_or_else(|| panic!("{line:?}"));
+        assert_eq!(
+            rest.rsplit_once(' ').map(|(head, _)| head),
+            Some("\"GET /plaintext HTTP/1.1\" 200 13 \"-\" \"-\""),
+            "{t}: {line:?}"
+        );
+        let took = rest.rsplit_once(' ').unwrap().1;
+        assert!(
+            took.len() >= 5 && took.as_bytes()[took.len() - 4] == b'.',
+            "{line:?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+common::per_engine!(ipv4_and_ipv6: http_logs_a_line_per_request);
+
+/// Our HTTP lines against nginx's own `combined` (plus `$request_time`) for the same
+/// requests, byte for byte but for the time and `$request_time`: the escaping of `"`, `\`
+/// and bytes outside ASCII, an absent Referer, HEAD's empty body.
+fn http_lines_match_nginx(engine: Engine) {
+    if !common::installed("nginx -v", "nginx", "nginx-light") {
+        return;
+    }
+    let dir = temp_dir(&format!("nginx-{engine:?}"));
+    let (ours, theirs) = (dir.join("ours.log"), dir.join("nginx.log"));
+    let ours_port = free_ports(1);
+    let server = Server::start(
+        engine,
+        &ours_port,
+        &["--proto", "http", "--access-log", ours.to_str().unwrap()],
+    );
+    let ours_port: u16 = ours_port.parse().unwrap();
+    let nginx_port: u16 = free_ports(1).parse().unwrap();
+    let conf = dir.join("nginx.conf");
+    let d = dir.display();
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off; master_process off; worker_processes 1; pid {d}/nginx.pid;\n\
+             error_log {d}/error.log;\nevents {{ worker_connections 64; }}\n\
+             http {{\n\
+             log_format rt '$remote_addr - $remote_user [$time_local] \"$request\" $status \
+             $body_bytes_sent \"$http_referer\" \"$http_user_agent\" $request_time';\n\
+             access_log {theirs} rt;\n\
+             client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};\n\
+             uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+             server {{ listen 127.0.0.1:{nginx_port}; server_tokens off;\n\
+             location / {{ default_type text/plain; return 200 \"Hello, World!\"; }} }}\n}}\n",
+            theirs = theirs.display(),
+        ),
+    )
+    .unwrap();
+    let mut nginx = std::process::Command::new("nginx")
+        .args(["-c", conf.to_str().unwrap(), "-p", dir.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let requests: [&[u8]; 3] = [
+        b"GET /plaintext?q=\"a\\b\" HTTP/1.1\r\nHost: x\r\nReferer: http://r/?\"\r\n\
+          User-Agent: t\xc3\xa9st \"q\" \\ x\r\n\r\n",
+        b"HEAD / HTTP/1.1\r\nHost: x\r\nUser-Agent: curl/8\r\n\r\n",
+        b"GET / HTTP/1.0\r\n\r\n",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for port in [ours_port, nginx_port] {
+        for req in requests {
+            let mut s = loop {
+                match TcpStream::connect(("127.0.0.1", port)) {
+                    Ok(s) => break s,
+                    Err(e) if Instant::now() < deadline => {
+                        let _ = e;
+                        thread::sleep(Duration::from_millis(50));
+                    }
+                    Err(e) => panic!("connect to {port}: {e}"),
+                }
+            };
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(req).unwrap();
+            // One answer each: wait for its head, then close.
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).unwrap();
+                assert!(n > 0, "{port}: EOF before an answer");
+                got.extend_from_slice(&buf[..n]);
+            }
+        }
+    }
+    server.stop();
+    // nginx writes each line at once (no buffer); stop it by PID.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lines(&theirs).len() < requests.len() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    let _ = nginx.kill();
+    let _ = nginx.wait();
+    // The time and $request_time differ; all else must not.
+    let mask = |l: &String| {
+        let (head, rest) = l.split_once(" [").unwrap();
+        let (_, rest) = rest.split_once("] ").unwrap();
+        format!("{head} [T] {}", rest.rsplit_once(' ').unwrap().0)
+    };
+    let (a, b): (Vec<String>, Vec<String>) = (
+        lines(&ours).iter().map(mask).collect(),
+        lines(&theirs).iter().map(mask).collect(),
+    );
+    assert_eq!(a.len(), requests.len(), "{engine:?}: {a:?}");
+    assert_eq!(a, b, "{engine:?}: ours, then nginx's");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+common::per_engine!(http_lines_match_nginx);

@@ -1,24 +1,33 @@
 //! The HTTP request parser and the load generator's answer check on arbitrary bytes: no
-//! panic, and the same answers whatever the split (the first byte picks the cut points).
+//! panic, and the same answers whatever the split (the first byte picks the cut points),
+//! with the access log's capture on or off; the capture records one request per answer,
+//! the same whatever the split.
 //! `cargo +nightly fuzz run http_parser` (see README, Fuzzing).
 
 #![no_main]
 
-use c1m::proto::http::{Date, Limits, ResponseCheck, Session, BODY};
+use std::time::Instant;
+
+use c1m::proto::http::{Capture, Date, Limits, Logged, ResponseCheck, Session, BODY};
 use libfuzzer_sys::fuzz_target;
 
-fn answers(input: &[u8], cuts: &[usize], limits: &Limits) -> (Vec<u8>, u32, bool) {
+type Answers = (Vec<u8>, u32, bool, Option<Vec<Logged>>);
+
+fn answers(input: &[u8], cuts: &[usize], limits: &Limits, now: Instant, log: bool) -> Answers {
     let date = Date::at(784_111_777);
     let mut s = Session::new();
     let mut out = Vec::new();
+    let mut capture = log.then(Capture::default);
     let (mut n, mut close, mut from) = (0, false, 0);
     for &cut in cuts.iter().chain([&input.len()]) {
-        let o = s.on_input(&input[from..cut], limits, &date, &mut out);
+        let part = &input[from..cut];
+        let log = capture.as_mut().map(|c| (c, now));
+        let o = s.on_input_logged(part, limits, &date, &mut out, log);
         n += o.answers;
         close |= o.close;
         from = cut;
     }
-    (out, n, close)
+    (out, n, close, capture.map(|c| c.answered))
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -31,8 +40,13 @@ fuzz_target!(|data: &[u8]| {
     };
     let step = usize::from(seed % 17) + 1;
     let cuts: Vec<usize> = (step..input.len()).step_by(step).collect();
-    let whole = answers(input, &[], &limits);
-    assert_eq!(answers(input, &cuts, &limits), whole, "a split changed the answers");
+    let now = Instant::now();
+    let whole = answers(input, &[], &limits, now, true);
+    assert_eq!(answers(input, &cuts, &limits, now, true), whole, "a split changed the answers");
+    let logged = whole.3.as_ref().expect("captured");
+    assert_eq!(logged.len(), whole.1 as usize, "one record per answer");
+    let (out, n, close, _) = answers(input, &cuts, &limits, now, false);
+    assert_eq!((&out, n, close), (&whole.0, whole.1, whole.2), "logging changed the answers");
     // The check reads our own answers back; and anything at all without panicking.
     let _ = ResponseCheck::new().on_input(&whole.0, BODY, |_| {});
     let _ = ResponseCheck::new().on_input(input, BODY, |_| {});

@@ -17,7 +17,7 @@
 //! not read), the multishot recv is cancelled, and it is re-armed when the queue has drained,
 //! so such a peer can neither grow the server's memory nor hold the shard's buffers.
 
-use crate::proto::http::Reading;
+use crate::proto::http::{Capture, Reading};
 use crate::server::core::{HttpEnv, KEEP_QUEUE_CAPACITY};
 
 /// What the connection asks of its shard.
@@ -124,6 +124,8 @@ pub struct Conn {
     /// The HTTP session when HTTP is served (boxed: echo connections pay one pointer); echo
     /// when None.
     http: Option<Box<crate::proto::http::Session>>,
+    /// HTTP with `--access-log`: the requests' fields, and those answered, for the shard.
+    log: Option<Box<Capture>>,
 }
 
 impl Conn {
@@ -139,7 +141,20 @@ impl Conn {
             queued: Vec::new(),
             phase: Phase::Open,
             http: http.then(Box::default),
+            log: None,
         }
+    }
+
+    /// HTTP: keep each request's log fields (`--access-log`); `logged` hands them over.
+    pub fn log_requests(&mut self) {
+        if self.http.is_some() {
+            self.log = Some(Box::default());
+        }
+    }
+
+    /// The requests answered since the last call, for the access log.
+    pub fn logged(&mut self) -> Option<&mut Vec<crate::proto::http::Logged>> {
+        self.log.as_deref_mut().map(|c| &mut c.answered)
     }
 
     /// Whether the recv is waiting for buffers and may be re-armed.
@@ -163,7 +178,8 @@ impl Conn {
     pub fn time_out(&mut self, http: Option<&HttpEnv>, out: &mut Vec<Effect>) {
         match (&mut self.http, http) {
             (Some(session), Some(env)) if self.phase == Phase::Open => {
-                session.time_out(&env.date, &mut self.queued);
+                let log = self.log.as_deref_mut().map(|c| (c, env.now));
+                session.time_out(&env.date, &mut self.queued, log);
                 if self.inflight == Inflight::None {
                     self.send_queued(out);
                 }
@@ -216,7 +232,8 @@ impl Conn {
             out.push(Effect::Recycle(bid));
         } else if let Some(session) = &mut self.http {
             let env = http.expect("an HTTP connection's shard serves HTTP");
-            let o = session.on_input(bytes, &env.limits, &env.date, &mut self.queued);
+            let log = self.log.as_deref_mut().map(|c| (c, env.now));
+            let o = session.on_input_logged(bytes, &env.limits, &env.date, &mut self.queued, log);
             out.push(Effect::Recycle(bid));
             if o.answers > 0 {
                 out.push(Effect::Answered(o.answers));
@@ -646,6 +663,7 @@ mod tests {
             http: Some(HttpEnv {
                 limits: http::Limits::default(),
                 date: http::Date::at(0),
+                now: std::time::Instant::now(),
             }),
             ..Rec::default()
         };

@@ -171,6 +171,7 @@ pub fn run(data: &[u8]) -> (Vec<u8>, Vec<u8>) {
                 max_body_bytes: u64::from(mode),
             },
             date: http::Date::at(784_111_777),
+            now: std::time::Instant::now(),
         },
     };
     // The right answer to everything delivered, and a counter for echo payloads.
@@ -256,7 +257,7 @@ pub fn run(data: &[u8]) -> (Vec<u8>, Vec<u8>) {
             }
             7 if arg % 4 == 0 => {
                 if is_http {
-                    reference.time_out(&k.env.date, &mut expected);
+                    reference.time_out(&k.env.date, &mut expected, None);
                 }
                 conn.time_out(Some(&k.env), &mut fx);
                 k.apply(&mut fx);

@@ -15,6 +15,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::proto::http::Logged;
 use crate::server::access::{ConnLog, Pending};
 use crate::stats::Counters;
 use crate::sys;
@@ -96,18 +97,34 @@ impl<C> ShardLog<C> {
         }
     }
 
-    /// Echo connection (`slot`, `generation`) closed now: its line.
-    pub fn closed_echo(
+    /// Connection (`slot`, `generation`) closed now: an echo connection's line.
+    pub fn closed(
         &mut self,
         slot: u32,
         generation: u32,
+        echo: bool,
         now: Instant,
         counters: &mut Counters,
     ) {
-        if let Some(Some((g, c))) = self.conns.get_mut(slot as usize).map(Option::take) {
-            if g == generation {
-                self.pending.echo(&c, now, counters);
-            }
+        if let Some(Some((g, c))) = self.conns.get_mut(slot as usize).map(Option::take)
+            && g == generation
+            && echo
+        {
+            self.pending.echo(&c, now, counters);
+        }
+    }
+
+    /// HTTP connection (`slot`, `generation`) answered `done`: a line each.
+    pub fn http(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        done: &mut Vec<Logged>,
+        counters: &mut Counters,
+    ) {
+        let peer = self.conn(slot, generation).and_then(|c| c.peer);
+        for l in done.drain(..) {
+            self.pending.http(peer, &l, counters);
         }
     }
 

@@ -335,6 +335,9 @@ impl Shard {
         };
         let fixed = conn.fixed;
         f(conn, self.core.http.as_ref(), &mut self.effects);
+        if let (Some(log), Some(done)) = (&mut self.log, conn.logged()) {
+            log.http(slot, generation, done, &mut self.core.counters);
+        }
         self.apply(slot, generation, fixed)
     }
 
@@ -421,10 +424,10 @@ impl Shard {
                     .is_some_and(|conn| conn.generation == generation)
                 {
                     self.conns.remove(slot as usize);
-                    if let Some(log) = &mut self.log
-                        && self.core.http.is_none()
-                    {
-                        log.closed_echo(slot, generation, Instant::now(), &mut self.core.counters);
+                    if let Some(log) = &mut self.log {
+                        let echo = self.core.http.is_none();
+                        let now = Instant::now();
+                        log.closed(slot, generation, echo, now, &mut self.core.counters);
                     }
                     self.core.wheel.stop(slot);
                     self.core.leave();
@@ -477,18 +480,23 @@ impl Shard {
                 self.core.http.is_some(),
                 out,
             ));
+            if self.log.is_some() {
+                conn.log_requests();
+            }
             if self.aborted {
                 conn.abort(out);
             } else if self.core.stopping() {
                 conn.drain(out);
             }
-            self.apply(slot, generation, fixed)?;
-            self.core.wheel.start(slot);
             if let Some(log) = &mut self.log {
+                // Before the recv: both complete as they are submitted, the install first,
+                // so the peer is known when the first request is logged.
                 log.opened(slot, generation, Instant::now());
                 self.ring
                     .install_fixed(fixed, UserData::new(Kind::Peer, slot, generation))?;
             }
+            self.apply(slot, generation, fixed)?;
+            self.core.wheel.start(slot);
         } else {
             match -c.res {
                 libc::ECANCELED => {}
@@ -554,6 +562,9 @@ impl Shard {
             more,
         };
         conn.on_recv(r, self.core.http.as_ref(), &mut self.effects);
+        if let (Some(log), Some(done)) = (&mut self.log, conn.logged()) {
+            log.http(slot, generation, done, &mut self.core.counters);
+        }
         if len > 0 {
             self.core.wheel.received(slot);
             if let Some(log) = &mut self.log {

@@ -126,6 +126,8 @@ pub struct Conn {
     /// The HTTP session when HTTP is served (boxed: echo connections pay one pointer); echo
     /// when None.
     http: Option<Box<http::Session>>,
+    /// HTTP with `--access-log`: the requests' fields, and those answered, for the shard.
+    log: Option<Box<http::Capture>>,
 }
 
 impl Conn {
@@ -139,7 +141,20 @@ impl Conn {
             sent: 0,
             queue: Vec::new(),
             http: http.then(Box::default),
+            log: None,
         }
+    }
+
+    /// HTTP: keep each request's log fields (`--access-log`); `logged` hands them over.
+    pub fn log_requests(&mut self) {
+        if self.http.is_some() {
+            self.log = Some(Box::default());
+        }
+    }
+
+    /// The requests answered since the last call, for the access log.
+    pub fn logged(&mut self) -> Option<&mut Vec<http::Logged>> {
+        self.log.as_deref_mut().map(|c| &mut c.answered)
     }
 
     /// An epoll event with these `events` came for the connection.
@@ -205,7 +220,8 @@ impl Conn {
         match (&mut self.http, http) {
             (Some(session), Some(env)) => {
                 answers.clear();
-                let o = session.on_input(input, &env.limits, &env.date, answers);
+                let log = self.log.as_deref_mut().map(|c| (c, env.now));
+                let o = session.on_input_logged(input, &env.limits, &env.date, answers, log);
                 fx.answered = o.answers;
                 fx.reading = Some(session.reading());
                 if o.close {
@@ -322,20 +338,21 @@ impl Conn {
     /// (lingering).
     /// An echo connection is closed.
     pub fn time_out(&mut self, http: Option<&HttpEnv>, answers: &mut Vec<u8>) -> Effects {
-        let (Some(session), Some(HttpEnv { date, .. })) = (&mut self.http, http) else {
+        let (Some(session), Some(HttpEnv { date, now, .. })) = (&mut self.http, http) else {
             self.abort();
             return Effects::default();
         };
+        let log = self.log.as_deref_mut().map(|c| (c, *now));
         match self.owed {
             Owed::Nothing => {
                 answers.clear();
-                session.time_out(date, answers);
+                session.time_out(date, answers, log);
                 if !answers.is_empty() {
                     self.owed = Owed::Answers;
                 }
             }
             Owed::Queued { .. } => {
-                session.time_out(date, &mut self.queue);
+                session.time_out(date, &mut self.queue, log);
             }
             Owed::Input | Owed::Answers => {
                 debug_assert!(
@@ -408,6 +425,7 @@ mod tests {
                 http: Some(HttpEnv {
                     limits: http::Limits::default(),
                     date: http::Date::at(0),
+                    now: std::time::Instant::now(),
                 }),
                 ..Shard::default()
             }

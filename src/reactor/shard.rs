@@ -306,7 +306,13 @@ impl Shard {
                     entry.insert(Entry {
                         fd,
                         generation: self.next_gen,
-                        conn: Conn::accepted(self.core.http.is_some()),
+                        conn: {
+                            let mut c = Conn::accepted(self.core.http.is_some());
+                            if self.log.is_some() {
+                                c.log_requests();
+                            }
+                            c
+                        },
                         log,
                     });
                     self.core.counters.accepted += 1;
@@ -338,6 +344,7 @@ impl Shard {
             conns,
             buf,
             answers,
+            log: shard_log,
             ..
         } = self;
         let ShardCore {
@@ -372,7 +379,16 @@ impl Shard {
                                 l.bytes_in += n as u64;
                             }
                             input = n;
-                            conn.on_recv(&buf[..n], n < buf.len(), http.as_ref(), answers)
+                            let fx = conn.on_recv(&buf[..n], n < buf.len(), http.as_ref(), answers);
+                            if let (Some(sl), Some(done)) = (shard_log.as_mut(), conn.logged()) {
+                                let peer = log.as_ref().and_then(|l| l.peer);
+                                for l in done.drain(..) {
+                                    sl.pending.http(peer, &l, counters);
+                                }
+                                // Past the buffer's bound it is written at once, as nginx does.
+                                sl.maybe_flush(Instant::now(), false, counters);
+                            }
+                            fx
                         }
                         Err(e) if is_again(&e) => {
                             conn.on_read_blocked();
@@ -421,7 +437,12 @@ impl Shard {
                 self.conns.contains(slot),
                 "a closed connection's timer is stopped"
             );
-            let Some(Entry { conn, .. }) = self.conns.get_mut(slot) else {
+            let Some(Entry {
+                conn,
+                log: entry_log,
+                ..
+            }) = self.conns.get_mut(slot)
+            else {
                 continue;
             };
             match why {
@@ -429,6 +450,12 @@ impl Shard {
                 Expired::Header | Expired::Body => {
                     let core = &mut self.core;
                     let fx = conn.time_out(core.http.as_ref(), &mut self.answers);
+                    if let (Some(sl), Some(done)) = (self.log.as_mut(), conn.logged()) {
+                        let peer = entry_log.as_ref().and_then(|l| l.peer);
+                        for l in done.drain(..) {
+                            sl.pending.http(peer, &l, &mut core.counters);
+                        }
+                    }
                     apply(slot, fx, &mut core.counters, &mut core.wheel);
                 }
             }

@@ -1,8 +1,12 @@
 //! The access log (`--access-log FILE`): the lines a shard owes the file, the buffer they wait
 //! in, and the file, which SIGUSR1 reopens (log rotation, nginx's convention: `mv access.log
-//! access.log.1; kill -USR1 PID`). Echo logs one line per connection at its close, in nginx
-//! stream's `basic` format (`$remote_addr [$time_local] $protocol $status $bytes_sent
-//! $bytes_received $session_time`); times are local, as nginx writes them.
+//! access.log.1; kill -USR1 PID`). HTTP logs one line per request answered, in nginx's
+//! `combined` format plus `$request_time` (`$remote_addr - $remote_user [$time_local]
+//! "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent" $request_time`,
+//! escaped as nginx does), so tools that read nginx's logs read it; echo one line per
+//! connection at its close, in nginx stream's `basic` format (`$remote_addr [$time_local]
+//! $protocol $status $bytes_sent $bytes_received $session_time`). Times are local, as nginx
+//! writes them.
 //!
 //! How a batch reaches the file is each engine's: the Proactor hands it to its ring (one
 //! write in flight per shard, the next batch gathering behind it), so its thread never waits
@@ -19,6 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::proto::http::Logged;
 use crate::stats::Counters;
 use crate::sys;
 
@@ -109,6 +114,27 @@ fn seconds(d: Duration) -> String {
     format!("{}.{:03}", d.as_secs(), d.subsec_millis())
 }
 
+/// Appends `field` as nginx's default log escaping does: `"`, `\` and bytes outside
+/// printable ASCII as `\xHH`.
+fn escape(field: &[u8], out: &mut Vec<u8>) {
+    for &b in field {
+        if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
+            out.extend_from_slice(format!("\\x{b:02X}").as_bytes());
+        } else {
+            out.push(b);
+        }
+    }
+}
+
+/// `escape`, or `-` for a field that is absent.
+fn escape_or_dash(field: &[u8], out: &mut Vec<u8>) {
+    if field.is_empty() {
+        out.push(b'-');
+    } else {
+        escape(field, out);
+    }
+}
+
 /// What the log needs of one connection, kept by its shard while logging.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLog {
@@ -165,9 +191,10 @@ impl Pending {
         }
     }
 
-    /// Over `--access-log-buffer`: stop taking more until a batch is written.
+    /// At `--access-log-buffer`: stop taking more until a batch is written (an empty buffer
+    /// never is, so 0 means "write each line at once").
     pub fn full(&self) -> bool {
-        self.buf.len() >= self.cap
+        !self.buf.is_empty() && self.buf.len() >= self.cap
     }
 
     pub fn is_empty(&self) -> bool {
@@ -191,6 +218,27 @@ impl Pending {
             seconds(now.saturating_duration_since(c.since)),
         );
         self.push(line.as_bytes(), counters);
+    }
+
+    /// An HTTP request was answered: its line, nginx's `combined` format plus
+    /// `$request_time`.
+    pub fn http(&mut self, peer: Option<SocketAddr>, l: &Logged, counters: &mut Counters) {
+        let time = self.time.at(SystemTime::now());
+        let mut line = Vec::with_capacity(128 + l.line.len() + l.user_agent.len());
+        match peer {
+            Some(p) => line.extend_from_slice(p.ip().to_string().as_bytes()),
+            None => line.push(b'-'),
+        }
+        line.extend_from_slice(b" - - [");
+        line.extend_from_slice(time.as_bytes());
+        line.extend_from_slice(b"] \"");
+        escape(&l.line, &mut line);
+        line.extend_from_slice(format!("\" {} {} \"", l.status, l.body_bytes).as_bytes());
+        escape_or_dash(&l.referer, &mut line);
+        line.extend_from_slice(b"\" \"");
+        escape_or_dash(&l.user_agent, &mut line);
+        line.extend_from_slice(format!("\" {}\n", seconds(l.took)).as_bytes());
+        self.push(&line, counters);
     }
 
     fn push(&mut self, line: &[u8], counters: &mut Counters) {

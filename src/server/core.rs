@@ -35,6 +35,8 @@ impl Live {
 pub struct HttpEnv {
     pub limits: http::Limits,
     pub date: http::Date,
+    /// The start of the shard's loop turn (the access log times requests by it).
+    pub now: Instant,
 }
 
 /// Grown output queues above this are dropped once drained rather than kept idle (both
@@ -78,6 +80,7 @@ impl ShardCore {
             http: ctx.http.map(|limits| HttpEnv {
                 limits,
                 date: http::Date::now(),
+                now: Instant::now(),
             }),
             gate: ctx.gate.clone(),
             shutdown_timeout: ctx.shutdown_timeout,
@@ -115,6 +118,7 @@ impl ShardCore {
         self.wheel.set_clock(now);
         if let Some(env) = &mut self.http {
             env.date.refresh();
+            env.now = now;
         }
     }
 

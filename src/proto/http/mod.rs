@@ -10,7 +10,7 @@ pub mod request;
 
 pub use check::{Answer, Malformed, ResponseCheck};
 pub use date::Date;
-pub use request::{Outcome, Reading, Session, Status};
+pub use request::{Capture, LOG_FIELD_MAX, Logged, Outcome, Reading, Session, Status};
 
 /// The answer to `GET /plaintext`.
 pub const BODY: &[u8] = b"Hello, World!";

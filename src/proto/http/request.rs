@@ -23,6 +23,8 @@
 //!   chunked 501; an HTTP major version other than 1 505. Content-Length together with
 //!   Transfer-Encoding, or two different Content-Lengths, is 400 (request smuggling).
 
+use std::time::Instant;
+
 use super::{BODY, Date, Limits, Match, is_tchar, is_value_byte};
 
 /// The statuses the server answers with.
@@ -40,6 +42,21 @@ pub enum Status {
 }
 
 impl Status {
+    /// The status code, e.g. 200.
+    pub fn code(self) -> u16 {
+        match self {
+            Status::Ok => 200,
+            Status::BadRequest => 400,
+            Status::NotFound => 404,
+            Status::MethodNotAllowed => 405,
+            Status::ContentTooLarge => 413,
+            Status::HeadersTooLarge => 431,
+            Status::NotImplemented => 501,
+            Status::VersionNotSupported => 505,
+            Status::RequestTimeout => 408,
+        }
+    }
+
     fn line(self) -> &'static [u8] {
         match self {
             Status::Ok => b"HTTP/1.1 200 OK\r\n",
@@ -68,21 +85,28 @@ enum Header {
     Connection,
     ContentLength,
     TransferEncoding,
+    /// Referer and User-Agent: only the access log reads them (`Capture`).
+    Referer,
+    UserAgent,
     Other,
 }
 
 /// Header names, lowercase (names are case-insensitive), and the header each is.
-const NAMES: [&[u8]; 4] = [
+const NAMES: [&[u8]; 6] = [
     b"host",
     b"connection",
     b"content-length",
     b"transfer-encoding",
+    b"referer",
+    b"user-agent",
 ];
-const HEADERS: [Header; 4] = [
+const HEADERS: [Header; 6] = [
     Header::Host,
     Header::Connection,
     Header::ContentLength,
     Header::TransferEncoding,
+    Header::Referer,
+    Header::UserAgent,
 ];
 /// Connection and Transfer-Encoding tokens, lowercase.
 const TOKENS: [&[u8]; 3] = [b"close", b"keep-alive", b"chunked"];
@@ -226,7 +250,23 @@ impl Session {
         date: &Date,
         out: &mut Vec<u8>,
     ) -> Outcome {
-        let mut outcome = Outcome::default();
+        self.input(input, limits, Answers::new(date, out, None))
+    }
+
+    /// `on_input`, and for a connection that logs, `log` keeps each request's fields as
+    /// they arrive (at the `Instant` given) and records each answered request.
+    pub fn on_input_logged(
+        &mut self,
+        input: &[u8],
+        limits: &Limits,
+        date: &Date,
+        out: &mut Vec<u8>,
+        log: Option<(&mut Capture, Instant)>,
+    ) -> Outcome {
+        self.input(input, limits, Answers::new(date, out, log))
+    }
+
+    fn input(&mut self, input: &[u8], limits: &Limits, mut a: Answers<'_>) -> Outcome {
         let mut i = 0;
         while i < input.len() && self.state != State::Dead {
             match self.state {
@@ -237,7 +277,7 @@ impl Session {
                     self.number -= n as u64;
                     if self.number == 0 {
                         if self.state == State::Body {
-                            self.finish(date, out, &mut outcome);
+                            self.finish(&mut a);
                         } else {
                             self.state = State::ChunkEnd;
                         }
@@ -251,7 +291,7 @@ impl Session {
                         .iter()
                         .position(|&b| !is_value_byte(b))
                         .unwrap_or(rest.len());
-                    if !self.count_head(n, limits, date, out, &mut outcome) {
+                    if !self.count_head(n, limits, &mut a) {
                         break;
                     }
                     i += n;
@@ -263,13 +303,13 @@ impl Session {
             }
             let b = input[i];
             i += 1;
-            if self.in_head() && !self.count_head(1, limits, date, out, &mut outcome) {
+            if self.in_head() && !self.count_head(1, limits, &mut a) {
                 break;
             }
             if self.cr {
                 self.cr = false;
                 if b != b'\n' {
-                    self.fail(Status::BadRequest, date, out, &mut outcome);
+                    self.fail(Status::BadRequest, &mut a);
                     break;
                 }
             }
@@ -277,11 +317,14 @@ impl Session {
                 self.cr = true;
                 continue;
             }
-            if let Err(status) = self.step(b, limits, date, out, &mut outcome) {
-                self.fail(status, date, out, &mut outcome);
+            if let Some((log, now)) = &mut a.log {
+                log.byte(self.state, self.header, b, *now);
+            }
+            if let Err(status) = self.step(b, limits, &mut a) {
+                self.fail(status, &mut a);
             }
         }
-        outcome
+        a.outcome
     }
 
     /// Which part of a request is being read: the head from its first byte to its end (the
@@ -307,13 +350,18 @@ impl Session {
     }
 
     /// The header or body timeout passed: answers 408 and closes (nothing if an answer already
-    /// closes the connection).
-    pub fn time_out(&mut self, date: &Date, out: &mut Vec<u8>) -> Outcome {
-        let mut outcome = Outcome::default();
+    /// closes the connection); a connection that logs records it in `log`.
+    pub fn time_out(
+        &mut self,
+        date: &Date,
+        out: &mut Vec<u8>,
+        log: Option<(&mut Capture, Instant)>,
+    ) -> Outcome {
+        let mut a = Answers::new(date, out, log);
         if self.state != State::Dead {
-            self.fail(Status::RequestTimeout, date, out, &mut outcome);
+            self.fail(Status::RequestTimeout, &mut a);
         }
-        outcome
+        a.outcome
     }
 
     /// States whose bytes count against `max_header_bytes`: all but body data.
@@ -335,17 +383,10 @@ impl Session {
     }
 
     /// Counts `n` bytes of head or trailer; over the limit answers 431. False if it did.
-    fn count_head(
-        &mut self,
-        n: usize,
-        limits: &Limits,
-        date: &Date,
-        out: &mut Vec<u8>,
-        outcome: &mut Outcome,
-    ) -> bool {
+    fn count_head(&mut self, n: usize, limits: &Limits, a: &mut Answers<'_>) -> bool {
         let total = u64::from(self.head_bytes) + n as u64;
         if total > u64::from(limits.max_header_bytes) {
-            self.fail(Status::HeadersTooLarge, date, out, outcome);
+            self.fail(Status::HeadersTooLarge, a);
             return false;
         }
         self.head_bytes = total as u32;
@@ -353,14 +394,7 @@ impl Session {
     }
 
     /// One byte (a CR that ends a line arrives as the LF after it).
-    fn step(
-        &mut self,
-        b: u8,
-        limits: &Limits,
-        date: &Date,
-        out: &mut Vec<u8>,
-        outcome: &mut Outcome,
-    ) -> Result<(), Status> {
+    fn step(&mut self, b: u8, limits: &Limits, a: &mut Answers<'_>) -> Result<(), Status> {
         match self.state {
             State::Start => match b {
                 b'\n' => {}
@@ -393,7 +427,7 @@ impl Session {
                 _ => return Err(Status::BadRequest),
             },
             State::LineStart => match b {
-                b'\n' => self.end_head(limits, date, out, outcome)?,
+                b'\n' => self.end_head(limits, a)?,
                 _ if is_tchar(b) => {
                     self.state = State::Name;
                     self.word = Match::new(&NAMES);
@@ -455,7 +489,7 @@ impl Session {
                 _ => return Err(Status::BadRequest),
             },
             State::TrailerStart | State::Trailer => match b {
-                b'\n' if self.state == State::TrailerStart => self.finish(date, out, outcome),
+                b'\n' if self.state == State::TrailerStart => self.finish(a),
                 b'\n' => self.state = State::TrailerStart,
                 _ if is_value_byte(b) => self.state = State::Trailer,
                 _ => return Err(Status::BadRequest),
@@ -532,7 +566,7 @@ impl Session {
                 b',' | b' ' | b'\t' => self.end_token(),
                 _ => self.word.push(b.to_ascii_lowercase(), &TOKENS),
             },
-            Header::Host | Header::Other => {}
+            Header::Host | Header::Referer | Header::UserAgent | Header::Other => {}
         }
         Ok(())
     }
@@ -567,19 +601,13 @@ impl Session {
                 self.has_length = true;
             }
             Header::Connection | Header::TransferEncoding => self.end_token(),
-            Header::Host | Header::Other => {}
+            Header::Host | Header::Referer | Header::UserAgent | Header::Other => {}
         }
         Ok(())
     }
 
     /// The empty line after the headers: decide the answer and how the body is framed.
-    fn end_head(
-        &mut self,
-        limits: &Limits,
-        date: &Date,
-        out: &mut Vec<u8>,
-        outcome: &mut Outcome,
-    ) -> Result<(), Status> {
+    fn end_head(&mut self, limits: &Limits, a: &mut Answers<'_>) -> Result<(), Status> {
         let transfer_coded = self.chunked || self.bad_coding;
         if transfer_coded && self.has_length {
             return Err(Status::BadRequest);
@@ -602,7 +630,7 @@ impl Session {
             self.number = if self.has_length { self.length } else { 0 };
             self.state = State::Body;
             if self.number == 0 {
-                self.finish(date, out, outcome);
+                self.finish(a);
             }
         }
         Ok(())
@@ -636,24 +664,132 @@ impl Session {
     }
 
     /// The request has been read whole: answer it and get ready for the next.
-    fn finish(&mut self, date: &Date, out: &mut Vec<u8>, outcome: &mut Outcome) {
+    fn finish(&mut self, a: &mut Answers<'_>) {
         let keep_alive = !self.conn_close && (!self.http10 || self.conn_keep_alive);
-        write_answer(self.status, self.head, keep_alive, self.http10, date, out);
-        outcome.answers += 1;
+        a.answer(self.status, self.head, keep_alive, self.http10);
         if keep_alive {
             *self = Session::new();
         } else {
             self.state = State::Dead;
-            outcome.close = true;
+            a.outcome.close = true;
         }
     }
 
     /// Input that cannot be framed: answer `status`, close, ignore what follows.
-    fn fail(&mut self, status: Status, date: &Date, out: &mut Vec<u8>, outcome: &mut Outcome) {
-        write_answer(status, false, false, false, date, out);
-        outcome.answers += 1;
-        outcome.close = true;
+    fn fail(&mut self, status: Status, a: &mut Answers<'_>) {
+        a.answer(status, false, false, false);
+        a.outcome.close = true;
         self.state = State::Dead;
+    }
+}
+
+/// Where one call's answers go: the output, what the call did, and (a connection that logs)
+/// the request's log fields.
+struct Answers<'a> {
+    date: &'a Date,
+    out: &'a mut Vec<u8>,
+    outcome: Outcome,
+    log: Option<(&'a mut Capture, Instant)>,
+}
+
+impl<'a> Answers<'a> {
+    fn new(date: &'a Date, out: &'a mut Vec<u8>, log: Option<(&'a mut Capture, Instant)>) -> Self {
+        Answers {
+            date,
+            out,
+            outcome: Outcome::default(),
+            log,
+        }
+    }
+
+    fn answer(&mut self, status: Status, head: bool, keep_alive: bool, http10: bool) {
+        write_answer(status, head, keep_alive, http10, self.date, self.out);
+        self.outcome.answers += 1;
+        if let Some((log, now)) = &mut self.log {
+            // HEAD and every error answer carry no body.
+            let body = if status == Status::Ok && !head {
+                BODY.len()
+            } else {
+                0
+            };
+            log.answered(status, body as u32, *now);
+        }
+    }
+}
+
+/// The most bytes of each field the access log keeps (the request line, Referer,
+/// User-Agent); the rest is cut.
+pub const LOG_FIELD_MAX: usize = 2048;
+
+/// What the access log writes of a request (nginx's `combined` format, which
+/// `server::access` formats): gathered as the request arrives, when the connection logs.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Capture {
+    line: Vec<u8>,
+    referer: Vec<u8>,
+    user_agent: Vec<u8>,
+    /// When the request's first byte arrived.
+    since: Option<Instant>,
+    /// The requests answered, oldest first, until the caller takes them.
+    pub answered: Vec<Logged>,
+}
+
+/// One answered request, as the access log reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logged {
+    /// The request line as it arrived (without its line end), cut at `LOG_FIELD_MAX`.
+    pub line: Vec<u8>,
+    /// Empty when the request had none.
+    pub referer: Vec<u8>,
+    pub user_agent: Vec<u8>,
+    pub status: u16,
+    /// Bytes of the answer's body.
+    pub body_bytes: u32,
+    /// From the request's first byte to its answer.
+    pub took: std::time::Duration,
+}
+
+impl Capture {
+    /// Byte `b` arrived in `state` (line ends are not passed, CRs never).
+    fn byte(&mut self, state: State, header: Header, b: u8, now: Instant) {
+        let keep = |field: &mut Vec<u8>| {
+            if field.len() < LOG_FIELD_MAX {
+                field.push(b);
+            }
+        };
+        match state {
+            _ if b == b'\n' => {}
+            State::Start => {
+                self.since = Some(now);
+                keep(&mut self.line);
+            }
+            State::Method | State::Target | State::Version => keep(&mut self.line),
+            State::ValueLead if b == b' ' || b == b'\t' => {}
+            State::ValueLead | State::Value => match header {
+                Header::Referer => keep(&mut self.referer),
+                Header::UserAgent => keep(&mut self.user_agent),
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+
+    fn answered(&mut self, status: Status, body_bytes: u32, now: Instant) {
+        let trim = |mut v: Vec<u8>| {
+            while v.last().is_some_and(|b| *b == b' ' || *b == b'\t') {
+                v.pop();
+            }
+            v
+        };
+        let since = self.since.take().unwrap_or(now);
+        self.answered.push(Logged {
+            line: std::mem::take(&mut self.line),
+            referer: trim(std::mem::take(&mut self.referer)),
+            user_agent: trim(std::mem::take(&mut self.user_agent)),
+            status: status.code(),
+            body_bytes,
+            took: now.saturating_duration_since(since),
+        });
     }
 }
 
@@ -733,7 +869,7 @@ mod tests {
         // Timed out mid-head: 408 and close, then nothing more.
         feed(&mut s, b"abcdeGET / HT", &mut out);
         out.clear();
-        let o = s.time_out(&date(), &mut out);
+        let o = s.time_out(&date(), &mut out, None);
         assert_eq!(
             o,
             Outcome {
@@ -747,7 +883,7 @@ mod tests {
         );
         assert_eq!(s.reading(), Reading::Between);
         out.clear();
-        assert_eq!(s.time_out(&date(), &mut out), Outcome::default());
+        assert_eq!(s.time_out(&date(), &mut out, None), Outcome::default());
         assert_eq!(
             feed(&mut s, b"TP/1.1\r\n\r\n", &mut out),
             Outcome::default()
@@ -779,6 +915,96 @@ mod tests {
         feed(&mut s, b"\r\n", &mut out);
         assert_eq!(s.reading(), Reading::Between);
         assert_eq!(statuses(&String::from_utf8_lossy(&out)), ["200"]);
+    }
+
+    #[test]
+    fn the_capture_records_each_answered_request_whatever_the_split() {
+        let input: &[u8] = b"GET /plaintext?x=1 HTTP/1.1\r\nHost: a\r\nUser-Agent: \t wrk/4 \r\n\
+            Referer: http://r/\r\n\r\nHEAD / HTTP/1.1\r\nHost: a\r\n\r\n\
+            GET /nope HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nab\
+            BAD\x01 / HTTP/1.1\r\n\r\n";
+        let t0 = Instant::now();
+        let limits = Limits {
+            max_header_bytes: 8192,
+            max_body_bytes: 100,
+        };
+        let run = |step: usize| {
+            let (mut s, mut c, mut out) = (Session::new(), Capture::default(), Vec::new());
+            for (i, part) in input.chunks(step).enumerate() {
+                let now = t0 + std::time::Duration::from_millis(i as u64);
+                s.on_input_logged(part, &limits, &date(), &mut out, Some((&mut c, now)));
+            }
+            c.answered
+        };
+        let whole = run(input.len());
+        type Fields<'a> = (&'a [u8], u16, u32, &'a [u8], &'a [u8]);
+        let got: Vec<Fields> = whole
+            .iter()
+            .map(|l| {
+                (
+                    &l.line[..],
+                    l.status,
+                    l.body_bytes,
+                    &l.referer[..],
+                    &l.user_agent[..],
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    &b"GET /plaintext?x=1 HTTP/1.1"[..],
+                    200,
+                    13,
+                    &b"http://r/"[..],
+                    &b"wrk/4"[..]
+                ),
+                (b"HEAD / HTTP/1.1", 200, 0, b"", b""),
+                (b"GET /nope HTTP/1.1", 404, 0, b"", b""),
+                (b"BAD\x01", 400, 0, b"", b""),
+            ]
+        );
+        for step in [1, 2, 3, 7, 64] {
+            let split = run(step);
+            let fields = |v: &[Logged]| -> Vec<(Vec<u8>, u16)> {
+                v.iter().map(|l| (l.line.clone(), l.status)).collect()
+            };
+            assert_eq!(fields(&split), fields(&whole), "split every {step}");
+        }
+        // A byte at a time, a millisecond apart: the first request took as many
+        // milliseconds as it has bytes, less one.
+        let first = &run(1)[0];
+        let len = input.iter().position(|&b| b == b'H').unwrap();
+        assert!(
+            first.took >= std::time::Duration::from_millis(len as u64),
+            "{first:?}"
+        );
+    }
+
+    #[test]
+    fn a_long_field_is_cut_for_the_log() {
+        let ua = vec![b'a'; LOG_FIELD_MAX + 10];
+        let input = [
+            &b"GET / HTTP/1.1\r\nHost: a\r\nUser-Agent: "[..],
+            &ua,
+            b"\r\n\r\n",
+        ]
+        .concat();
+        let (mut s, mut c, mut out) = (Session::new(), Capture::default(), Vec::new());
+        let limits = Limits {
+            max_header_bytes: 8192,
+            max_body_bytes: 0,
+        };
+        s.on_input_logged(
+            &input,
+            &limits,
+            &date(),
+            &mut out,
+            Some((&mut c, Instant::now())),
+        );
+        assert_eq!(c.answered.len(), 1);
+        assert_eq!(c.answered[0].user_agent.len(), LOG_FIELD_MAX);
     }
 
     #[test]
