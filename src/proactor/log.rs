@@ -155,9 +155,12 @@ impl<C> ShardLog<C> {
         c
     }
 
-    /// The next batch to hand the ring, if none is in flight.
-    pub fn next_write(&mut self) -> Write {
-        if self.writing.is_some() || self.pending.is_empty() {
+    /// The next batch to hand the ring, if none is in flight and one is due: half the
+    /// buffer's bound gathered (the other half gathers while it is written), or its oldest
+    /// line a second old, or (`force`) the shard is stopping.
+    pub fn next_write(&mut self, now: Instant, force: bool) -> Write {
+        let due = self.pending.due(self.pending.cap() / 2, now);
+        if self.writing.is_some() || self.pending.is_empty() || !(due || force) {
             return Write::None;
         }
         let Some(file) = self.pending.file() else {

@@ -171,7 +171,7 @@ impl Shard {
         self.start()?;
         let mut cqes = Cqes::default();
         loop {
-            let timeout = self.core.wait_timeout(Instant::now());
+            let timeout = self.wait_timeout(Instant::now());
             self.ring.submit_and_wait(timeout)?;
             self.turn(&mut cqes)?;
             if self.finished() {
@@ -226,7 +226,11 @@ impl Shard {
 
     /// How long the shard may go without a turn (its timers, or the stop deadline).
     pub fn wait_timeout(&self, now: Instant) -> Option<Duration> {
-        self.core.wait_timeout(now)
+        let log = self.log.as_ref().and_then(|l| l.pending.due_in(now));
+        match (self.core.wait_timeout(now), log) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Counts `n` waits of the thread this shard shares, in its syscalls.
@@ -634,7 +638,11 @@ impl Shard {
         {
             self.on_recv(&c)?;
         }
-        let next = self.log.as_mut().map_or(Write::None, ShardLog::next_write);
+        let stopping = self.core.stopping();
+        let next = self
+            .log
+            .as_mut()
+            .map_or(Write::None, |l| l.next_write(now, stopping));
         self.submit_log(next)
     }
 

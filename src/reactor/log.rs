@@ -1,6 +1,6 @@
 //! The Reactor's access log (`server::access`), as nginx writes its own: a shard's lines
 //! gather in a buffer that is written with write(2) once it holds `--access-log-buffer`
-//! bytes, and at least once a second. A regular file is always "ready" to epoll, so that
+//! bytes, and at least once a second (`access::FLUSH_EVERY`). A regular file is always "ready" to epoll, so that
 //! write(2) waits for the disk, and the shard's whole loop waits with it.
 
 use std::os::fd::AsRawFd;
@@ -10,14 +10,9 @@ use crate::server::access::Pending;
 use crate::stats::Counters;
 use crate::sys;
 
-/// How long a line may wait in the buffer before it is written.
-pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
-
 #[derive(Debug)]
 pub struct ShardLog {
     pub pending: Pending,
-    /// When the buffer was last written (or began to fill).
-    last: Instant,
     spare: Vec<u8>,
 }
 
@@ -25,25 +20,21 @@ impl ShardLog {
     pub fn new(pending: Pending) -> ShardLog {
         ShardLog {
             pending,
-            last: Instant::now(),
             spare: Vec::new(),
         }
     }
 
     /// How long the loop may wait before the buffer is due to be written.
     pub fn wait(&self, now: Instant) -> Option<Duration> {
-        (!self.pending.is_empty()).then(|| (self.last + FLUSH_EVERY).saturating_duration_since(now))
+        self.pending.due_in(now)
     }
 
-    /// Writes the buffer if it is full, or a second old (or `now` is the end: `force`).
+    /// Writes the buffer if it is full (nginx's `buffer=`), or its oldest line is a second
+    /// old (`flush=`), or (`force`) the shard is ending.
     pub fn maybe_flush(&mut self, now: Instant, force: bool, counters: &mut Counters) {
-        if self.pending.is_empty() {
-            self.last = now;
-            return;
-        }
-        if force || self.pending.full() || now >= self.last + FLUSH_EVERY {
+        let cap = self.pending.cap();
+        if (force && !self.pending.is_empty()) || self.pending.due(cap, now) {
             self.flush(counters);
-            self.last = now;
         }
     }
 

@@ -110,8 +110,17 @@ fn format_local(unix: i64) -> String {
 }
 
 /// Seconds with millisecond resolution, as nginx's `$request_time` and `$session_time`.
-fn seconds(d: Duration) -> String {
-    format!("{}.{:03}", d.as_secs(), d.subsec_millis())
+fn seconds(d: Duration) -> Seconds {
+    Seconds(d)
+}
+
+/// Seconds with millisecond resolution, written without an allocation.
+struct Seconds(Duration);
+
+impl std::fmt::Display for Seconds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{:03}", self.0.as_secs(), self.0.subsec_millis())
+    }
 }
 
 /// Appends `field` as nginx's default log escaping does: `"`, `\` and bytes outside
@@ -156,6 +165,9 @@ impl ConnLog {
     }
 }
 
+/// The longest a line waits in a shard's buffer before it is written (nginx's `flush=`).
+pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
 /// One shard's lines not yet handed to the file, and the file they go to.
 #[derive(Debug)]
 pub struct Pending {
@@ -169,6 +181,8 @@ pub struct Pending {
     writing: u64,
     /// Above this many bytes the shard stops taking more (`full`).
     cap: usize,
+    /// When the oldest line in `buf` was made.
+    oldest: Option<Instant>,
     time: LocalTime,
 }
 
@@ -184,6 +198,7 @@ impl Pending {
             lines: 0,
             writing: 0,
             cap,
+            oldest: None,
             time: LocalTime {
                 second: 0,
                 text: String::new(),
@@ -201,48 +216,76 @@ impl Pending {
         self.buf.is_empty()
     }
 
+    /// Whether the buffer is due to be written: it holds `at` bytes, or its oldest line is
+    /// `FLUSH_EVERY` old.
+    pub fn due(&self, at: usize, now: Instant) -> bool {
+        !self.buf.is_empty()
+            && (self.buf.len() >= at || self.oldest.is_some_and(|t| now >= t + FLUSH_EVERY))
+    }
+
+    /// How long until the oldest line is `FLUSH_EVERY` old (None: nothing buffered).
+    pub fn due_in(&self, now: Instant) -> Option<Duration> {
+        self.oldest
+            .map(|t| (t + FLUSH_EVERY).saturating_duration_since(now))
+    }
+
+    /// The bound the buffer is kept under (`--access-log-buffer`).
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
     /// An echo connection closed: its line (nginx stream's `basic` format; the session ended,
     /// so its status is 200).
     pub fn echo(&mut self, c: &ConnLog, now: Instant, counters: &mut Counters) {
-        use std::fmt::Write as _;
+        use std::io::Write as _;
+        self.begin_line();
         let time = self.time.at(SystemTime::now());
-        let peer = c
-            .peer
-            .map_or_else(|| "-".to_string(), |p| p.ip().to_string());
-        let mut line = String::with_capacity(96);
+        let buf = &mut self.buf;
+        match c.peer {
+            Some(p) => {
+                let _ = write!(buf, "{}", p.ip());
+            }
+            None => buf.push(b'-'),
+        }
+        let took = seconds(now.saturating_duration_since(c.since));
         let _ = writeln!(
-            line,
-            "{peer} [{time}] TCP 200 {} {} {}",
-            c.bytes_out,
-            c.bytes_in,
-            seconds(now.saturating_duration_since(c.since)),
+            buf,
+            " [{time}] TCP 200 {} {} {took}",
+            c.bytes_out, c.bytes_in
         );
-        self.push(line.as_bytes(), counters);
+        self.end_line(counters);
     }
 
     /// An HTTP request was answered: its line, nginx's `combined` format plus
     /// `$request_time`.
     pub fn http(&mut self, peer: Option<SocketAddr>, l: &Logged, counters: &mut Counters) {
+        use std::io::Write as _;
+        self.begin_line();
         let time = self.time.at(SystemTime::now());
-        let mut line = Vec::with_capacity(128 + l.line.len() + l.user_agent.len());
+        let buf = &mut self.buf;
         match peer {
-            Some(p) => line.extend_from_slice(p.ip().to_string().as_bytes()),
-            None => line.push(b'-'),
+            Some(p) => {
+                let _ = write!(buf, "{}", p.ip());
+            }
+            None => buf.push(b'-'),
         }
-        line.extend_from_slice(b" - - [");
-        line.extend_from_slice(time.as_bytes());
-        line.extend_from_slice(b"] \"");
-        escape(&l.line, &mut line);
-        line.extend_from_slice(format!("\" {} {} \"", l.status, l.body_bytes).as_bytes());
-        escape_or_dash(&l.referer, &mut line);
-        line.extend_from_slice(b"\" \"");
-        escape_or_dash(&l.user_agent, &mut line);
-        line.extend_from_slice(format!("\" {}\n", seconds(l.took)).as_bytes());
-        self.push(&line, counters);
+        let _ = write!(buf, " - - [{time}] \"");
+        escape(&l.line, buf);
+        let _ = write!(buf, "\" {} {} \"", l.status, l.body_bytes);
+        escape_or_dash(&l.referer, buf);
+        buf.extend_from_slice(b"\" \"");
+        escape_or_dash(&l.user_agent, buf);
+        let _ = writeln!(buf, "\" {}", seconds(l.took));
+        self.end_line(counters);
     }
 
-    fn push(&mut self, line: &[u8], counters: &mut Counters) {
-        self.buf.extend_from_slice(line);
+    fn begin_line(&mut self) {
+        if self.buf.is_empty() {
+            self.oldest = Some(Instant::now());
+        }
+    }
+
+    fn end_line(&mut self, counters: &mut Counters) {
         self.lines += 1;
         counters.log_lines += 1;
         counters.log_pending_max = counters.log_pending_max.max(self.lines + self.writing);
@@ -262,6 +305,7 @@ impl Pending {
     pub fn take(&mut self, spare: Vec<u8>) -> Vec<u8> {
         self.writing = self.lines;
         self.lines = 0;
+        self.oldest = None;
         let mut spare = spare;
         spare.clear();
         std::mem::replace(&mut self.buf, spare)
@@ -315,7 +359,7 @@ mod tests {
             zone.len() == 5 && (zone.starts_with('+') || zone.starts_with('-')),
             "{text}"
         );
-        assert_eq!(seconds(Duration::from_millis(1_234)), "1.234");
-        assert_eq!(seconds(Duration::from_micros(999)), "0.000");
+        assert_eq!(seconds(Duration::from_millis(1_234)).to_string(), "1.234");
+        assert_eq!(seconds(Duration::from_micros(999)).to_string(), "0.000");
     }
 }
