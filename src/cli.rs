@@ -345,6 +345,11 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
     pub access_log_buffer: usize,
 
+    /// fdatasync the access log after a write, at most every this many seconds (through the
+    /// ring in the Proactor; 0: never, the page cache decides).
+    #[arg(long, default_value = "0", value_name = "SECONDS")]
+    pub access_log_fsync: f64,
+
     #[command(flatten)]
     pub install: Install,
 }

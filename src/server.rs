@@ -44,8 +44,8 @@ pub struct ShardCtx {
     pub gate: Option<Arc<Gate>>,
     /// What SIGHUP changes while the shard runs.
     pub live: Arc<core::Live>,
-    /// `--access-log`, with `--access-log-buffer`.
-    pub log: Option<(Arc<access::LogFile>, usize)>,
+    /// `--access-log`, with `--access-log-buffer` and `--access-log-fsync`.
+    pub log: Option<(Arc<access::LogFile>, usize, Option<Duration>)>,
 }
 
 /// The `--max-conns` cap: a connection accepted beyond it is closed at once. One atomic add
@@ -362,6 +362,7 @@ pub fn validate(args: &ServerArgs) -> Result<()> {
         ("--header-timeout", args.header_timeout),
         ("--body-timeout", args.body_timeout),
         ("--send-timeout", args.send_timeout),
+        ("--access-log-fsync", args.access_log_fsync),
     ] {
         if !(v.is_finite() && (0.0..=MAX_TIMEOUT_S).contains(&v)) {
             return Err(Error::BadFlag(format!(
@@ -566,7 +567,11 @@ pub fn serve<E: Engine>(
             batch_usec: engine.batch_usec(),
             gate: gate.clone(),
             live: live.clone(),
-            log: log.clone().map(|l| (l, args.access_log_buffer)),
+            log: log.clone().map(|l| {
+                let fsync = args.access_log_fsync;
+                let fsync = (fsync > 0.0).then(|| Duration::from_secs_f64(fsync));
+                (l, args.access_log_buffer, fsync)
+            }),
         }));
     }
     if let (Some(addr), Output::Human) = (args.metrics, output) {

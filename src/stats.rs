@@ -86,7 +86,8 @@ counters! {
         log_lines: "Access log lines made (--access-log).",
         log_bytes: "Access log bytes written to the file.",
         log_writes: "Writes to the access log file.",
-        log_errors: "Access log writes that failed (their lines are lost).",
+        log_errors: "Access log writes (or fdatasyncs) that failed (their lines are lost).",
+        log_syncs: "fdatasyncs of the access log (--access-log-fsync).",
         log_stall_us: "Microseconds the shard stopped reading because its access log buffer was full.",
         log_pending_max: "The most access log lines waiting for the file at once (summed over shards).",
     }

@@ -558,3 +558,56 @@ fn is_root() -> bool {
         })
         .is_some_and(|l| l.split_whitespace().nth(1) == Some("0"))
 }
+
+/// `--access-log-fsync S`: the file is fdatasynced after writes, at most every S seconds, and
+/// once more at the end.
+fn fsync_at_most_every_interval(engine: Engine) {
+    let dir = temp_dir(&format!("fsync-{engine:?}"));
+    let path = dir.join("access.log");
+    let ports = free_ports(1);
+    let server = Server::start(
+        engine,
+        &ports,
+        &[
+            "--proto",
+            "http",
+            "--access-log",
+            path.to_str().unwrap(),
+            "--access-log-fsync",
+            "0.5",
+            "--access-log-buffer",
+            "4096",
+        ],
+    );
+    let t = Instant::now();
+    let (code, r) = server.load(&[
+        "--proto",
+        "http",
+        "--conns",
+        "10",
+        "--rate",
+        "2000",
+        "--duration",
+        "2",
+    ]);
+    let took = t.elapsed().as_secs_f64();
+    assert_eq!(code, 0, "{engine:?}: {r}");
+    let stats = server.stop();
+    let syncs = u(&stats, "totals.log_syncs");
+    let shards = u(&stats, "shards");
+    // Each shard: one every half second while it writes, and one at the end.
+    let most = shards * ((took / 0.5).ceil() as u64 + 2);
+    assert!(
+        (2..=most).contains(&syncs),
+        "{engine:?}: {syncs} syncs in {took:.1} s: {stats}"
+    );
+    assert_eq!(u(&stats, "totals.log_errors"), 0, "{stats}");
+    assert_eq!(
+        lines(&path).len() as u64,
+        u(&stats, "totals.requests"),
+        "{stats}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+common::per_engine!(fsync_at_most_every_interval);

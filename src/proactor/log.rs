@@ -47,6 +47,8 @@ pub enum Write {
         data: Vec<u8>,
         start: usize,
     },
+    /// fdatasync `file` (`--access-log-fsync`).
+    Sync { file: Arc<OwnedFd> },
 }
 
 impl<C> ShardLog<C> {
@@ -158,9 +160,21 @@ impl<C> ShardLog<C> {
     /// The next batch to hand the ring, if none is in flight and one is due: half the
     /// buffer's bound gathered (the other half gathers while it is written), or its oldest
     /// line a second old, or (`force`) the shard is stopping.
+    /// With nothing due to be written, an fdatasync if one is due (`--access-log-fsync`).
     pub fn next_write(&mut self, now: Instant, force: bool) -> Write {
+        if self.writing.is_some() {
+            return Write::None;
+        }
         let due = self.pending.due(self.pending.cap() / 2, now);
-        if self.writing.is_some() || self.pending.is_empty() || !(due || force) {
+        if self.pending.is_empty() || !(due || force) {
+            if self.pending.sync_due(now, force && self.pending.is_empty()) {
+                // The file that was written to: the one in use, unless a reopen came since,
+                // in which case the old file's last lines are left to the page cache.
+                if let Some(file) = self.pending.file() {
+                    self.writing = Some(file.clone());
+                    return Write::Sync { file };
+                }
+            }
             return Write::None;
         }
         let Some(file) = self.pending.file() else {
@@ -208,8 +222,23 @@ impl<C> ShardLog<C> {
         Write::None
     }
 
-    /// Nothing held, nothing pending, no write in flight: the shard may end.
+    /// The fdatasync in flight completed with `res`.
+    pub fn sync_done(&mut self, res: i32, now: Instant, counters: &mut Counters) {
+        let result = if res < 0 {
+            Err(io::Error::from_raw_os_error(-res))
+        } else {
+            Ok(())
+        };
+        self.pending.synced(result, now, counters);
+        self.writing = None;
+    }
+
+    /// Nothing held, nothing pending (nor a last fdatasync), no file operation in flight:
+    /// the shard may end.
     pub fn idle(&self) -> bool {
-        self.writing.is_none() && self.pending.is_empty() && self.parked.is_empty()
+        self.writing.is_none()
+            && self.pending.is_empty()
+            && self.parked.is_empty()
+            && !self.pending.sync_due(Instant::now(), true)
     }
 }

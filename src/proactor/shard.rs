@@ -55,8 +55,10 @@ uring::op_kinds! {
         /// A connection's direct descriptor installed as a plain fd, for its peer's address
         /// (the access log).
         Peer,
-        /// A write of the access log (one in flight).
+        /// A write of the access log (one file operation in flight).
         LogWrite,
+        /// An fdatasync of the access log (`--access-log-fsync`).
+        LogSync,
     }
 }
 
@@ -142,7 +144,7 @@ impl Shard {
         let n = ctx.listeners.len();
         let log = ctx
             .log
-            .map(|(file, cap)| ShardLog::new(Pending::new(file, cap)));
+            .map(|(file, cap, fsync)| ShardLog::new(Pending::new(file, cap, fsync)));
         Ok(Shard {
             ring,
             core,
@@ -446,6 +448,10 @@ impl Shard {
                     log.installed(slot, generation, fd);
                 }
             }
+            Kind::LogSync => {
+                let log = self.log.as_mut().expect("only a log syncs");
+                log.sync_done(c.res, Instant::now(), &mut self.core.counters);
+            }
             Kind::LogWrite => {
                 let (data, start) = c.vec.expect("a log write hands its bytes back");
                 let log = self.log.as_mut().expect("only a log writes");
@@ -652,6 +658,10 @@ impl Shard {
             Write::Batch { file, data, start } => {
                 let ud = UserData::new(Kind::LogWrite, 0, 0);
                 self.ring.write_file(file, data, start, ud)
+            }
+            Write::Sync { file } => {
+                let ud = UserData::new(Kind::LogSync, 0, 0);
+                self.ring.sync_file(file, ud)
             }
         }
     }

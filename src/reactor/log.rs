@@ -36,6 +36,13 @@ impl ShardLog {
         if (force && !self.pending.is_empty()) || self.pending.due(cap, now) {
             self.flush(counters);
         }
+        if self.pending.sync_due(now, force)
+            && let Some(file) = self.pending.file()
+        {
+            counters.syscalls += 1;
+            let result = sys::fdatasync(file.as_raw_fd());
+            self.pending.synced(result, now, counters);
+        }
     }
 
     /// write(2) of the whole buffer, short writes continued, EINTR retried.

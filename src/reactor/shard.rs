@@ -184,7 +184,7 @@ impl Shard {
             batch: (ctx.batch_usec > 0).then(|| Duration::from_micros(ctx.batch_usec.into())),
             log: ctx
                 .log
-                .map(|(file, cap)| ShardLog::new(Pending::new(file, cap))),
+                .map(|(file, cap, fsync)| ShardLog::new(Pending::new(file, cap, fsync))),
         })
     }
 

@@ -150,6 +150,7 @@ fn spawn(
         .arg("--access-log")
         .arg(&args.access_log)
         .args(["--access-log-buffer", &args.access_log_buffer.to_string()])
+        .args(["--access-log-fsync", &args.access_log_fsync.to_string()])
         .args(["--send-timeout", &args.send_timeout.to_string()])
         .args([
             "--batch-usec",

@@ -183,11 +183,16 @@ pub struct Pending {
     cap: usize,
     /// When the oldest line in `buf` was made.
     oldest: Option<Instant>,
+    /// `--access-log-fsync`, and when the file was last synced.
+    fsync: Option<Duration>,
+    synced: Instant,
+    /// Bytes were written since the last sync.
+    unsynced: bool,
     time: LocalTime,
 }
 
 impl Pending {
-    pub fn new(log: Arc<LogFile>, cap: usize) -> Pending {
+    pub fn new(log: Arc<LogFile>, cap: usize, fsync: Option<Duration>) -> Pending {
         let file = log.current();
         let seen = log.version.load(Ordering::Acquire);
         Pending {
@@ -199,6 +204,9 @@ impl Pending {
             writing: 0,
             cap,
             oldest: None,
+            fsync,
+            synced: Instant::now(),
+            unsynced: false,
             time: LocalTime {
                 second: 0,
                 text: String::new(),
@@ -318,19 +326,41 @@ impl Pending {
             Ok(n) => {
                 counters.log_writes += 1;
                 counters.log_bytes += n as u64;
+                self.unsynced = true;
             }
-            Err(e) => {
-                counters.log_errors += 1;
-                if !self.log.said.swap(true, Ordering::Relaxed) {
-                    crate::server::say(format!(
-                        "access log {}: write failed: {e}; its lines are lost while writes fail \
-                         (counted as log_errors), serving goes on",
-                        self.log.path().display()
-                    ));
-                }
-            }
+            Err(e) => self.failed("write", e, counters),
         }
         self.writing = 0;
+    }
+
+    fn failed(&mut self, what: &str, e: io::Error, counters: &mut Counters) {
+        counters.log_errors += 1;
+        if !self.log.said.swap(true, Ordering::Relaxed) {
+            crate::server::say(format!(
+                "access log {}: {what} failed: {e}; its lines are lost while writes fail \
+                 (counted as log_errors), serving goes on",
+                self.log.path().display()
+            ));
+        }
+    }
+
+    /// Whether the file is due an fdatasync (`--access-log-fsync`): written to since the
+    /// last, which was that long ago, or (`force`) the shard is ending.
+    pub fn sync_due(&self, now: Instant, force: bool) -> bool {
+        self.unsynced
+            && self
+                .fsync
+                .is_some_and(|every| force || now >= self.synced + every)
+    }
+
+    /// An fdatasync completed (or failed: counted and said as a write error is).
+    pub fn synced(&mut self, result: io::Result<()>, now: Instant, counters: &mut Counters) {
+        self.synced = now;
+        self.unsynced = false;
+        counters.log_syncs += 1;
+        if let Err(e) = result {
+            self.failed("fdatasync", e, counters);
+        }
     }
 
     /// A part of the batch was written; the rest goes next.

@@ -382,6 +382,12 @@ pub fn peer_addr(fd: RawFd) -> io::Result<SocketAddr> {
     }
 }
 
+/// fdatasync(2): the file's data (not all its metadata) on the disk.
+pub fn fdatasync(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fdatasync(2) takes no pointers.
+    unsafe { syscall!(fdatasync(fd)) }.map(drop)
+}
+
 /// Opens `path` to append to (O_APPEND, created 0644 if absent), as a log is.
 pub fn open_append(path: &std::path::Path) -> io::Result<OwnedFd> {
     use std::os::unix::fs::OpenOptionsExt;

@@ -80,10 +80,11 @@ struct SendVec {
     start: usize,
 }
 
-/// What the `write_file` in flight owns: its bytes, and the file, which must stay open until
-/// the write completes (a reopen may have replaced it meanwhile).
+/// What the `write_file` (or `sync_file`) in flight owns: its bytes, and the file, which
+/// must stay open until the operation completes (a reopen may have replaced it meanwhile).
 struct FileWrite {
-    bytes: SendVec,
+    ud: u64,
+    bytes: Option<SendVec>,
     _file: Arc<OwnedFd>,
 }
 
@@ -93,7 +94,7 @@ pub struct Ring<K> {
     bufs: Option<BufRing>,
     /// Bytes owned by the `send_vec` in flight on each slot (one send in flight per slot).
     send_vecs: Vec<Option<SendVec>>,
-    /// The `write_file` in flight (one at a time).
+    /// The `write_file` or `sync_file` in flight (one at a time).
     file_write: Option<FileWrite>,
     /// The `user_data` of each `install_fixed` in flight: its result is an fd to own.
     installing: HashSet<u64>,
@@ -297,8 +298,8 @@ impl<K: Op> Ring<K> {
                 .and_then(|v| v.take_if(|v| v.ud == cqe.user_data()))
                 .or_else(|| {
                     self.file_write
-                        .take_if(|w| w.bytes.ud == cqe.user_data())
-                        .map(|w| w.bytes)
+                        .take_if(|w| w.ud == cqe.user_data())
+                        .and_then(|w| w.bytes)
                 })
                 .map(|v| (v.data, v.start));
             let installed = (!self.installing.is_empty()
@@ -538,7 +539,7 @@ impl<K: Op> Ring<K> {
         ud: UserData<K>,
     ) -> io::Result<()> {
         assert!(start < data.len(), "write_file of nothing");
-        assert!(self.file_write.is_none(), "two file writes in flight");
+        assert!(self.file_write.is_none(), "two file operations in flight");
         let len = u32::try_from(data.len() - start).unwrap_or(u32::MAX);
         let ptr = data[start..].as_ptr();
         // O_APPEND decides where the bytes go; -1 says "the file position", which it moves.
@@ -547,16 +548,35 @@ impl<K: Op> Ring<K> {
             .build()
             .user_data(ud.encode());
         self.file_write = Some(FileWrite {
-            bytes: SendVec {
+            ud: ud.encode(),
+            bytes: Some(SendVec {
                 ud: ud.encode(),
                 data,
                 start,
-            },
+            }),
             _file: file,
         });
         // SAFETY: the Vec and the file now live in `file_write`; the Vec's heap block does not
         // move, and only `drain` takes them out, on this operation's completion (or the ring
         // leaks them).
+        unsafe { self.push(&e) }
+    }
+
+    /// fdatasync(2) of `file` (IORING_OP_FSYNC with IORING_FSYNC_DATASYNC); one file operation
+    /// at a time, as `write_file`.
+    pub fn sync_file(&mut self, file: Arc<OwnedFd>, ud: UserData<K>) -> io::Result<()> {
+        assert!(self.file_write.is_none(), "two file operations in flight");
+        let e = opcode::Fsync::new(types::Fd(file.as_raw_fd()))
+            .flags(types::FsyncFlags::DATASYNC)
+            .build()
+            .user_data(ud.encode());
+        self.file_write = Some(FileWrite {
+            ud: ud.encode(),
+            bytes: None,
+            _file: file,
+        });
+        // SAFETY: a sync points to no memory; the file stays open in `file_write` until its
+        // completion.
         unsafe { self.push(&e) }
     }
 
