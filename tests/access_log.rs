@@ -118,6 +118,70 @@ fn churn(ports: &str, threads: usize, stop: Arc<AtomicBool>) -> Vec<thread::Join
         .collect()
 }
 
+/// Keep-alive HTTP clients, one request at a time each, until `stop` (or the server goes):
+/// the answers each read whole.
+fn http_clients(ports: &str, n: usize, stop: Arc<AtomicBool>) -> Vec<thread::JoinHandle<u64>> {
+    let port = first_port(ports);
+    (0..n)
+        .map(|_| {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let mut answer = [0u8; 128];
+                    let ok = s
+                        .write_all(b"GET /plaintext HTTP/1.1\r\nHost: x\r\n\r\n")
+                        .and_then(|()| s.read_exact(&mut answer));
+                    if ok.is_err() {
+                        break;
+                    }
+                    assert!(answer.starts_with(b"HTTP/1.1 200 OK\r\n"));
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect()
+}
+
+/// SIGTERM under HTTP load: every request answered whole has its line.
+fn sigterm_under_http_load_loses_no_line(engine: Engine) {
+    let dir = temp_dir(&format!("term-http-{engine:?}"));
+    let path = dir.join("access.log");
+    let ports = free_ports(1);
+    let server = Server::start(
+        engine,
+        &ports,
+        &[
+            "--proto",
+            "http",
+            "--access-log",
+            path.to_str().unwrap(),
+            "--access-log-buffer",
+            "4096",
+        ],
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = http_clients(&ports, 8, stop.clone());
+    thread::sleep(Duration::from_millis(1000));
+    let stats = server.stop();
+    stop.store(true, Ordering::Relaxed);
+    let answered: u64 = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    let got = lines(&path);
+    assert!(answered > 1000, "{engine:?}: {answered} answers");
+    assert_eq!(
+        got.len() as u64,
+        u(&stats, "totals.requests"),
+        "{engine:?}: {stats}"
+    );
+    assert_eq!(got.len() as u64, answered, "{engine:?}: {stats}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+common::per_engine!(sigterm_under_http_load_loses_no_line);
+
 /// SIGTERM while connections come and go: every connection the server closed has its line.
 fn sigterm_under_load_loses_no_line(engine: Engine) {
     let dir = temp_dir(&format!("term-{engine:?}"));
@@ -504,27 +568,8 @@ fn a_stalling_disk_loses_no_line(engine: Engine) {
             "2048",
         ],
     );
-    let port = first_port(&ports);
     let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let stop = stop.clone();
-            thread::spawn(move || {
-                let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                let mut n = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    s.write_all(b"GET /plaintext HTTP/1.1\r\nHost: x\r\n\r\n")
-                        .unwrap();
-                    let mut answer = [0u8; 128];
-                    s.read_exact(&mut answer).unwrap();
-                    assert!(answer.starts_with(b"HTTP/1.1 200 OK\r\n"));
-                    n += 1;
-                }
-                n
-            })
-        })
-        .collect();
+    let clients = http_clients(&ports, 4, stop.clone());
     thread::sleep(Duration::from_millis(500));
     slow(&["stall", m, "on"]);
     thread::sleep(Duration::from_millis(1500));
