@@ -31,6 +31,13 @@ fn lines(path: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Starts a server for `t` that logs to `path`, with `extra` flags.
+fn start_logging(t: impl Into<Target>, ports: &str, path: &Path, extra: &[&str]) -> Server {
+    let mut args = vec!["--access-log", path.to_str().unwrap()];
+    args.extend(extra);
+    Server::start(t, ports, &args)
+}
+
 /// Checks one echo line, nginx stream's basic format:
 /// `127.0.0.1 [01/Dec/2026:12:40:00 +0000] TCP 200 640 640 0.012`.
 fn check_echo_line(line: &str, peer: &str, bytes: u64) {
@@ -72,8 +79,7 @@ fn echo_logs_a_line_per_connection(t: Target) {
     let dir = temp_dir(&format!("echo-{t}").replace(' ', "-"));
     let path = dir.join("access.log");
     let ports = free_ports(2);
-    let p = path.to_str().unwrap();
-    let server = Server::start(t, &ports, &["--access-log", p]);
+    let server = start_logging(t, &ports, &path, &[]);
     let (code, r) = server.load(&["--conns", "50", "--requests", "10"]);
     assert_eq!(code, 0, "{t}: {r}");
     let stats = server.stop();
@@ -153,12 +159,9 @@ fn sigterm_under_load_loses_no_line(engine: Engine, http: bool) {
     let dir = temp_dir(&format!("term-{engine:?}-{http}"));
     let path = dir.join("access.log");
     let ports = free_ports(1);
-    let p = path.to_str().unwrap();
-    let mut args = vec!["--access-log", p, "--access-log-buffer", "512"];
-    if http {
-        args.extend(["--proto", "http"]);
-    }
-    let server = Server::start(engine, &ports, &args);
+    let proto = if http { "http" } else { "echo" };
+    let extra = ["--access-log-buffer", "512", "--proto", proto];
+    let server = start_logging(engine, &ports, &path, &extra);
     let stop = Arc::new(AtomicBool::new(false));
     let clients = if http {
         http_clients(&ports, 8, stop.clone())
@@ -213,7 +216,7 @@ fn sigusr1_rotates_under_load_losing_and_doubling_none(engine: Engine) {
     let path = dir.join("access.log");
     let old = dir.join("access.log.1");
     let ports = free_ports(1);
-    let server = Server::start(engine, &ports, &["--access-log", path.to_str().unwrap()]);
+    let server = start_logging(engine, &ports, &path, &[]);
     let stop = Arc::new(AtomicBool::new(false));
     let workers = churn(&ports, 4, stop.clone());
     thread::sleep(Duration::from_millis(1200));
@@ -270,16 +273,7 @@ fn epoll_workers_share_the_log() {
     let dir = temp_dir("workers");
     let path = dir.join("access.log");
     let ports = free_ports(2);
-    let server = Server::start(
-        Engine::Epoll,
-        &ports,
-        &[
-            "--max-conns",
-            "40000",
-            "--access-log",
-            path.to_str().unwrap(),
-        ],
-    );
+    let server = start_logging(Engine::Epoll, &ports, &path, &["--max-conns", "40000"]);
     assert!(server.children().len() > 1);
     let (code, r) = load(&ports, &["--conns", "400", "--requests", "2"]);
     assert_eq!(code, 0, "{r}");
@@ -311,16 +305,7 @@ fn a_full_disk_is_said_once_and_serving_goes_on(engine: Engine) {
     }
     let path = dir.join("access.log");
     let ports = free_ports(1);
-    let server = Server::start(
-        engine,
-        &ports,
-        &[
-            "--access-log",
-            path.to_str().unwrap(),
-            "--access-log-buffer",
-            "4096",
-        ],
-    );
+    let server = start_logging(engine, &ports, &path, &["--access-log-buffer", "4096"]);
     // About 60 bytes a line: a few thousand connections fill the disk.
     let stop = Arc::new(AtomicBool::new(false));
     let workers = churn(&ports, 4, stop.clone());
@@ -365,11 +350,7 @@ fn http_logs_a_line_per_request(t: Target) {
     let dir = temp_dir(&format!("http-{t}").replace(' ', "-"));
     let path = dir.join("access.log");
     let ports = free_ports(2);
-    let server = Server::start(
-        t,
-        &ports,
-        &["--proto", "http", "--access-log", path.to_str().unwrap()],
-    );
+    let server = start_logging(t, &ports, &path, &["--proto", "http"]);
     let (code, r) = server.load(&[
         "--proto",
         "http",
@@ -418,11 +399,7 @@ fn http_lines_match_nginx(engine: Engine) {
     let dir = temp_dir(&format!("nginx-{engine:?}"));
     let (ours, theirs) = (dir.join("ours.log"), dir.join("nginx.log"));
     let ours_port = free_ports(1);
-    let server = Server::start(
-        engine,
-        &ours_port,
-        &["--proto", "http", "--access-log", ours.to_str().unwrap()],
-    );
+    let server = start_logging(engine, &ours_port, &ours, &["--proto", "http"]);
     let ours_port: u16 = ours_port.parse().unwrap();
     let nginx_port: u16 = free_ports(1).parse().unwrap();
     let conf = dir.join("nginx.conf");
@@ -536,17 +513,11 @@ fn a_stalling_disk_loses_no_line(engine: Engine) {
     slow(&["up", m, "--off", "--stall-ms", "700"]);
     let path = mnt.join("access.log");
     let ports = free_ports(1);
-    let server = Server::start(
+    let server = start_logging(
         engine,
         &ports,
-        &[
-            "--proto",
-            "http",
-            "--access-log",
-            path.to_str().unwrap(),
-            "--access-log-buffer",
-            "2048",
-        ],
+        &path,
+        &["--proto", "http", "--access-log-buffer", "2048"],
     );
     let stop = Arc::new(AtomicBool::new(false));
     let clients = http_clients(&ports, 4, stop.clone());
@@ -590,14 +561,13 @@ fn fsync_at_most_every_interval(engine: Engine) {
     let dir = temp_dir(&format!("fsync-{engine:?}"));
     let path = dir.join("access.log");
     let ports = free_ports(1);
-    let server = Server::start(
+    let server = start_logging(
         engine,
         &ports,
+        &path,
         &[
             "--proto",
             "http",
-            "--access-log",
-            path.to_str().unwrap(),
             "--access-log-fsync",
             "0.5",
             "--access-log-buffer",

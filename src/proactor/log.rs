@@ -125,9 +125,7 @@ impl<C> ShardLog<C> {
         counters: &mut Counters,
     ) {
         let peer = self.conn(slot, generation).and_then(|c| c.peer);
-        for l in done.drain(..) {
-            self.pending.http(peer, &l, counters);
-        }
+        self.pending.answered(peer, done, counters);
     }
 
     /// Whether a recv completion must be held (the buffer is full, or others are held and

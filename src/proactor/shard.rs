@@ -226,7 +226,8 @@ impl Shard {
         self.notify.as_ref().map(|fd| fd.as_raw_fd())
     }
 
-    /// How long the shard may go without a turn (its timers, or the stop deadline).
+    /// How long the shard may go without a turn (its timers, the stop deadline, or its
+    /// access log's next write).
     pub fn wait_timeout(&self, now: Instant) -> Option<Duration> {
         let log = self.log.as_ref().and_then(|l| l.pending.due_in(now));
         match (self.core.wait_timeout(now), log) {
@@ -341,7 +342,9 @@ impl Shard {
         };
         let fixed = conn.fixed;
         f(conn, self.core.http.as_ref(), &mut self.effects);
-        if let (Some(log), Some(done)) = (&mut self.log, conn.logged()) {
+        if let Some(log) = &mut self.log
+            && let Some(done) = conn.logged()
+        {
             log.http(slot, generation, done, &mut self.core.counters);
         }
         self.apply(slot, generation, fixed)
@@ -572,7 +575,9 @@ impl Shard {
             more,
         };
         conn.on_recv(r, self.core.http.as_ref(), &mut self.effects);
-        if let (Some(log), Some(done)) = (&mut self.log, conn.logged()) {
+        if let Some(log) = &mut self.log
+            && let Some(done) = conn.logged()
+        {
             log.http(slot, generation, done, &mut self.core.counters);
         }
         if len > 0 {

@@ -1,7 +1,8 @@
 //! The Reactor's access log (`server::access`), as nginx writes its own: a shard's lines
 //! gather in a buffer that is written with write(2) once it holds `--access-log-buffer`
-//! bytes, and at least once a second (`access::FLUSH_EVERY`). A regular file is always "ready" to epoll, so that
-//! write(2) waits for the disk, and the shard's whole loop waits with it.
+//! bytes, and at least once a second (`access::FLUSH_EVERY`). A regular file is always
+//! "ready" to epoll, so that write(2) waits for the disk, and the shard's whole loop waits
+//! with it.
 
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -30,7 +31,7 @@ impl ShardLog {
     }
 
     /// Writes the buffer if it is full (nginx's `buffer=`), or its oldest line is a second
-    /// old (`flush=`), or (`force`) the shard is ending.
+    /// old (`flush=`), or (`force`) the shard is ending. Called once per loop turn.
     pub fn maybe_flush(&mut self, now: Instant, force: bool, counters: &mut Counters) {
         let cap = self.pending.cap();
         if (force && !self.pending.is_empty()) || self.pending.due(cap, now) {
@@ -42,6 +43,13 @@ impl ShardLog {
             counters.syscalls += 1;
             let result = sys::fdatasync(file.as_raw_fd());
             self.pending.synced(result, now, counters);
+        }
+    }
+
+    /// Lines were added: past the buffer's bound it is written at once, as nginx does.
+    pub fn added(&mut self, counters: &mut Counters) {
+        if self.pending.full() {
+            self.flush(counters);
         }
     }
 

@@ -380,13 +380,12 @@ impl Shard {
                             }
                             input = n;
                             let fx = conn.on_recv(&buf[..n], n < buf.len(), http.as_ref(), answers);
-                            if let (Some(sl), Some(done)) = (shard_log.as_mut(), conn.logged()) {
+                            if let Some(sl) = shard_log.as_mut()
+                                && let Some(done) = conn.logged()
+                            {
                                 let peer = log.as_ref().and_then(|l| l.peer);
-                                for l in done.drain(..) {
-                                    sl.pending.http(peer, &l, counters);
-                                }
-                                // Past the buffer's bound it is written at once, as nginx does.
-                                sl.maybe_flush(Instant::now(), false, counters);
+                                sl.pending.answered(peer, done, counters);
+                                sl.added(counters);
                             }
                             fx
                         }
@@ -450,11 +449,11 @@ impl Shard {
                 Expired::Header | Expired::Body => {
                     let core = &mut self.core;
                     let fx = conn.time_out(core.http.as_ref(), &mut self.answers);
-                    if let (Some(sl), Some(done)) = (self.log.as_mut(), conn.logged()) {
+                    if let Some(sl) = self.log.as_mut()
+                        && let Some(done) = conn.logged()
+                    {
                         let peer = entry_log.as_ref().and_then(|l| l.peer);
-                        for l in done.drain(..) {
-                            sl.pending.http(peer, &l, &mut core.counters);
-                        }
+                        sl.pending.answered(peer, done, &mut core.counters);
                     }
                     apply(slot, fx, &mut core.counters, &mut core.wheel);
                 }
@@ -483,8 +482,7 @@ impl Shard {
             && self.core.http.is_none()
         {
             log.pending.echo(c, Instant::now(), &mut self.core.counters);
-            // Past the buffer's bound it is written at once, as nginx does.
-            log.maybe_flush(Instant::now(), false, &mut self.core.counters);
+            log.added(&mut self.core.counters);
         }
         drop(gone);
         self.core.wheel.stop(slot as u32);

@@ -266,7 +266,7 @@ impl Pending {
 
     /// An HTTP request was answered: its line, nginx's `combined` format plus
     /// `$request_time`.
-    pub fn http(&mut self, peer: Option<SocketAddr>, l: &Logged, counters: &mut Counters) {
+    fn http(&mut self, peer: Option<SocketAddr>, l: &Logged, counters: &mut Counters) {
         use std::io::Write as _;
         self.begin_line();
         let time = self.time.at(SystemTime::now());
@@ -285,6 +285,18 @@ impl Pending {
         escape_or_dash(&l.user_agent, buf);
         let _ = writeln!(buf, "\" {}", seconds(l.took));
         self.end_line(counters);
+    }
+
+    /// A connection's answered requests, `done`, drained: a line each.
+    pub fn answered(
+        &mut self,
+        peer: Option<SocketAddr>,
+        done: &mut Vec<Logged>,
+        counters: &mut Counters,
+    ) {
+        for l in done.drain(..) {
+            self.http(peer, &l, counters);
+        }
     }
 
     fn begin_line(&mut self) {
