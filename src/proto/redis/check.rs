@@ -1,0 +1,2 @@
+//! The load generator's side of the Redis protocol: its requests, and the check of every
+//! reply.
