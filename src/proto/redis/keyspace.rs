@@ -16,9 +16,11 @@ pub struct Config {
     pub journal: bool,
 }
 
+type Stripe = Mutex<HashMap<Vec<u8>, Vec<u8>>>;
+
 #[derive(Debug)]
 pub struct Keyspace {
-    stripes: Box<[Mutex<HashMap<Vec<u8>, Vec<u8>>>]>,
+    stripes: Box<[Stripe]>,
     journal: Option<Journal>,
 }
 
@@ -36,7 +38,7 @@ impl Keyspace {
         self.journal.as_ref()
     }
 
-    fn stripe(&self, key: &[u8]) -> &Mutex<HashMap<Vec<u8>, Vec<u8>>> {
+    fn stripe(&self, key: &[u8]) -> &Stripe {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for &b in key {
             h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
