@@ -148,6 +148,20 @@ pub enum Proto {
     Echo,
     /// HTTP/1.1: `GET /plaintext` (and `/`) answers `Hello, World!`; keep-alive, pipelining.
     Http,
+    /// The Redis protocol (RESP2): an in-memory database, one keyspace per server, its
+    /// replies Redis 7's.
+    Redis,
+}
+
+/// `--appendfsync`: when the append-only file is fsynced (Redis's policies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Fsync {
+    /// After every write, before its reply is sent (a batch of writes shares one fsync).
+    Always,
+    /// About once a second: a crash loses at most about the last two seconds of writes.
+    Everysec,
+    /// Never: the kernel writes the page cache back when it will.
+    No,
 }
 
 /// The flags every binary takes for installing it: each prints something made from the
@@ -270,6 +284,25 @@ pub struct ServerArgs {
     /// HTTP: the largest request body read and discarded (413 and close above).
     #[arg(long, default_value_t = 1024 * 1024, value_name = "BYTES")]
     pub max_body_bytes: u64,
+
+    /// Redis: the largest bulk string (argument) of a request (Redis's proto-max-bulk-len;
+    /// `-ERR Protocol error: invalid bulk length` and close above).
+    #[arg(long, default_value_t = 512 * 1024 * 1024, value_name = "BYTES")]
+    pub max_bulk_bytes: u64,
+
+    /// Redis: over this much memory used by keys and values, commands that may grow it are
+    /// refused with Redis's `-OOM` error (noeviction). Default: no limit.
+    #[arg(long, value_name = "BYTES")]
+    pub maxmemory: Option<u64>,
+
+    /// Redis: append every write command to FILE (RESP, as Redis's append-only file) and
+    /// replay it at start; a torn last record is cut off, and said so.
+    #[arg(long, value_name = "FILE")]
+    pub appendonly: Option<PathBuf>,
+
+    /// Redis: when the append-only file is fsynced.
+    #[arg(long, value_enum, default_value_t = Fsync::Everysec)]
+    pub appendfsync: Fsync,
 
     /// The most connections held at once: the server plans its shards for it, and closes
     /// connections beyond it as soon as they are accepted (default: no cap beyond what one
@@ -594,13 +627,22 @@ impl ServerArgs {
             header: on(self.header_timeout).filter(|_| http),
             body: on(self.body_timeout).filter(|_| http),
             send: on(self.send_timeout),
-            linger: http.then_some(LINGER),
+            // Redis closes after QUIT and protocol errors, so it lingers too.
+            linger: (self.proto != Proto::Echo).then_some(LINGER),
         }
     }
 
     /// `--access-log`'s file, unless `off`.
     pub fn access_log(&self) -> Option<&std::path::Path> {
         (self.access_log.as_os_str() != "off").then_some(self.access_log.as_path())
+    }
+
+    /// The Redis protocol's limits, if it is the protocol served.
+    pub fn redis(&self) -> Option<crate::proto::redis::Limits> {
+        (self.proto == Proto::Redis).then(|| crate::proto::redis::Limits {
+            max_bulk_bytes: self.max_bulk_bytes,
+            ..Default::default()
+        })
     }
 
     /// The HTTP limits, if HTTP is the protocol served.

@@ -3,6 +3,7 @@
 //! the summary and `--stats-json`. An engine only builds and runs a shard.
 
 pub mod access;
+pub mod aof;
 pub mod core;
 pub mod metrics;
 
@@ -21,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::cli::ServerArgs;
 use crate::error::{Error, Result};
 use crate::plan::{self, EngineKind, Plan};
-use crate::proto::http;
+use crate::proto::{http, redis};
 use crate::stats::{self, Counters, SharedCounters, Summary};
 use crate::sys::{self, limits::HostLimits, notify::Notify, user};
 use crate::timer::Timeouts;
@@ -35,8 +36,10 @@ pub struct ShardCtx {
     pub wake: OwnedFd,
     pub counters: Arc<SharedCounters>,
     pub shutdown_timeout: Duration,
-    /// HTTP's limits if HTTP is served; echo otherwise.
+    /// HTTP's limits if HTTP is served.
     pub http: Option<http::Limits>,
+    /// The keyspace and its append-only file if Redis is served (echo if neither is).
+    pub redis: Option<RedisCtx>,
     pub timeouts: Timeouts,
     /// `--batch-usec`: how long a shard gathers events once one is there (0: not at all).
     pub batch_usec: u32,
@@ -46,6 +49,54 @@ pub struct ShardCtx {
     pub live: Arc<core::Live>,
     /// `--access-log`, with `--access-log-buffer` and `--access-log-fsync`.
     pub log: Option<(Arc<access::LogFile>, usize, Option<Duration>)>,
+}
+
+/// What a shard serving Redis shares with the others: the server's one keyspace, and its
+/// append-only file.
+#[derive(Clone)]
+pub struct RedisCtx {
+    pub keyspace: Arc<redis::Keyspace>,
+    pub limits: redis::Limits,
+    pub aof: Option<Arc<aof::Aof>>,
+}
+
+impl RedisCtx {
+    /// The keyspace of a server about to run `shards` shards, with its append-only file
+    /// replayed, if Redis is served; an error for Redis's flags without it.
+    pub fn open(args: &ServerArgs, shards: usize) -> Result<Option<RedisCtx>> {
+        let Some(limits) = args.redis() else {
+            if args.appendonly.is_some() || args.maxmemory.is_some() {
+                return Err(Error::BadFlag(
+                    "--appendonly and --maxmemory are for --proto redis".into(),
+                ));
+            }
+            return Ok(None);
+        };
+        let keyspace = Arc::new(redis::Keyspace::new(redis::Config {
+            maxmemory: args.maxmemory,
+            journal: args.appendonly.is_some(),
+        }));
+        let aof = args
+            .appendonly
+            .as_deref()
+            .map(|p| aof::Aof::open(p, args.appendfsync, &keyspace, shards).map(Arc::new))
+            .transpose()?;
+        Ok(Some(RedisCtx {
+            keyspace,
+            limits,
+            aof,
+        }))
+    }
+
+    /// At exit, once every shard has stopped: what the journal still holds goes to the
+    /// file, fsynced unless `--appendfsync no` (Redis does the same at shutdown).
+    fn close(&self) {
+        if let (Some(aof), Some(journal)) = (&self.aof, self.keyspace.journal()) {
+            let sync = aof.policy() != crate::cli::Fsync::No;
+            let mut counters = Counters::default();
+            aof.write_out(journal, sync, None, &mut counters);
+        }
+    }
 }
 
 /// The `--max-conns` cap: a connection accepted beyond it is closed at once. One atomic add
@@ -538,6 +589,7 @@ pub fn serve<E: Engine>(
     let shards = listeners.len();
     let live = Arc::new(core::Live::default());
     let log = open_access_log(args)?;
+    let redis = RedisCtx::open(args, shards)?;
     let notify = match output {
         Output::Human => Notify::from_env(&format!("{}-server", E::NAME)),
         // A worker's master speaks for it.
@@ -563,6 +615,7 @@ pub fn serve<E: Engine>(
             counters,
             shutdown_timeout: timeout,
             http: args.http(),
+            redis: redis.clone(),
             timeouts: args.timeouts(),
             batch_usec: engine.batch_usec(),
             gate: gate.clone(),
@@ -585,7 +638,20 @@ pub fn serve<E: Engine>(
     }
     drop_privileges(args, pid_file.as_ref())?;
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, io::Result<()>)>();
+    let stopped = std::sync::atomic::AtomicBool::new(false);
     let (per_shard, failure) = thread::scope(|scope| {
+        // The Reactor's `everysec` fsyncs on a thread of its own, as Redis's do (the
+        // Proactor's shards fsync through their rings).
+        if let Some(aof) = redis.as_ref().and_then(|r| r.aof.as_deref())
+            && E::KIND == EngineKind::Epoll
+            && aof.policy() == crate::cli::Fsync::Everysec
+        {
+            let stopped = &stopped;
+            thread::Builder::new()
+                .name("aof-sync".into())
+                .spawn_scoped(scope, move || aof.sync_every_second(stopped))
+                .map_err(|e| Error::io("spawning the append-only file's sync thread", e))?;
+        }
         let mut handles = Vec::with_capacity(threads.len());
         for (cpu, mine) in threads {
             let cpu = *cpu;
@@ -614,7 +680,7 @@ pub fn serve<E: Engine>(
                 Err(e) => {
                     wake_all(&wakes);
                     let failure = Some(Error::io("spawning a shard thread", e));
-                    return (join_all(handles, threads, &shared).0, failure);
+                    return Ok((join_all(handles, threads, &shared).0, failure));
                 }
             }
         }
@@ -668,8 +734,12 @@ pub fn serve<E: Engine>(
         }
         wake_all(&wakes);
         let (per_shard, join_failure) = join_all(handles, threads, &shared);
-        (per_shard, failure.or(join_failure))
-    });
+        stopped.store(true, Ordering::Release);
+        Ok((per_shard, failure.or(join_failure)))
+    })?;
+    if let Some(r) = &redis {
+        r.close();
+    }
     let summary = Summary::new(
         E::NAME,
         started,

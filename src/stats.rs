@@ -72,7 +72,7 @@ counters! {
         body_timeouts: "HTTP connections answered 408 and closed after --body-timeout.",
         send_timeouts: "Connections closed after --send-timeout with output owed and none taken.",
         conn_errors: "Connections ended by an error: reset, broken pipe.",
-        requests: "HTTP requests answered (errors included).",
+        requests: "HTTP requests or Redis commands answered (errors included).",
         bytes_in: "Bytes received.",
         bytes_out: "Bytes sent.",
         recvs: "Receive completions that carried data.",
@@ -90,6 +90,11 @@ counters! {
         log_syncs: "fdatasyncs of the access log (--access-log-fsync).",
         log_stall_us: "Microseconds the shard stopped reading because its access log buffer was full.",
         log_pending_max: "The most access log lines waiting for the file at once (summed over shards).",
+        aof_writes: "Writes to the append-only file (--appendonly).",
+        aof_bytes: "Bytes written to the append-only file.",
+        aof_syncs: "fdatasyncs of the append-only file (--appendfsync always or everysec).",
+        aof_errors: "Append-only file writes or fdatasyncs that failed.",
+        aof_held: "Redis replies held until the append-only file was durable (--appendfsync always).",
     }
     gauges {
         output_owed: "Connections whose output waits for the peer to take it (the Proactor: a send in flight; the Reactor: a queue waiting for EPOLLOUT).",
@@ -127,10 +132,20 @@ pub fn stats_line(elapsed: Duration, now: &Counters, prev: &Counters, dt: Durati
     } else {
         String::new()
     };
+    let aof = if now.aof_writes + now.aof_errors > 0 {
+        format!(
+            " aof_writes/s={:.0} aof_syncs/s={:.0} aof_errors={}",
+            rate(now.aof_writes, prev.aof_writes),
+            rate(now.aof_syncs, prev.aof_syncs),
+            now.aof_errors,
+        )
+    } else {
+        String::new()
+    };
     format!(
         "t={:.0}s conns={} accepted/s={:.0} closed/s={:.0} in={:.1}MB/s out={:.1}MB/s recvs/s={:.0} \
          sends/s={:.0} requests/s={:.0} syscalls/s={:.0} enobufs={} pauses={} errors={} \
-         over_cap={} timeouts={}{log}",
+         over_cap={} timeouts={}{log}{aof}",
         elapsed.as_secs_f64(),
         now.active(),
         rate(now.accepted, prev.accepted),
@@ -203,6 +218,14 @@ impl Summary {
         } else {
             String::new()
         };
+        let aof = if t.aof_writes + t.aof_errors > 0 {
+            format!(
+                ", append-only file: {} B in {} writes, {} fsyncs, {} errors, {} replies held",
+                t.aof_bytes, t.aof_writes, t.aof_syncs, t.aof_errors, t.aof_held,
+            )
+        } else {
+            String::new()
+        };
         let died = if self.died.is_empty() {
             String::new()
         } else {
@@ -214,7 +237,7 @@ impl Summary {
         format!(
             "{} summary: {:.1}s, {} shards, accepted {}, closed {}, refused {}, over cap {}, \
              errors {}, idle timeouts {}, header timeouts {}, body timeouts {}, send timeouts {}, requests {}, in {} B, out {} B, sends {} ({} short), enobufs {}, re-arms {}, accept pauses {}, \
-             syscalls {}, cq overflow {}, cpu user {:.2}s sys {:.2}s{log}{died}",
+             syscalls {}, cq overflow {}, cpu user {:.2}s sys {:.2}s{log}{aof}{died}",
             self.engine,
             self.duration_s,
             self.shards,

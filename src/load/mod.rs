@@ -552,6 +552,11 @@ pub fn run(cfg: &LoadConfig) -> Result<Report> {
             let region = get.repeat(copies).into_bytes().into_boxed_slice();
             (get.len(), region, Requests::Http { copies })
         }
+        Proto::Redis => {
+            return Err(Error::BadFlag(
+                "uring-load does not speak --proto redis yet".into(),
+            ));
+        }
     };
     let shared = Arc::new(Shared::default());
     let started = Instant::now();
@@ -692,6 +697,7 @@ pub fn run(cfg: &LoadConfig) -> Result<Report> {
         proto: match cfg.proto {
             Proto::Echo => "echo",
             Proto::Http => "http",
+            Proto::Redis => "redis",
         },
         pipeline: cfg.pipeline,
         rate_rps: cfg.rate,

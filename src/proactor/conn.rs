@@ -17,8 +17,11 @@
 //! not read), the multishot recv is cancelled, and it is re-armed when the queue has drained,
 //! so such a peer can neither grow the server's memory nor hold the shard's buffers.
 
-use crate::proto::http::{Capture, Reading};
-use crate::server::core::{HttpEnv, KEEP_QUEUE_CAPACITY};
+use std::collections::VecDeque;
+
+use crate::proto::http::Reading;
+use crate::proto::{Capture, Done, Session};
+use crate::server::core::{self, KEEP_QUEUE_CAPACITY, ProtoEnv};
 
 /// What the connection asks of its shard.
 #[derive(Debug, PartialEq, Eq)]
@@ -50,8 +53,11 @@ pub enum Effect {
     Close,
     /// A send took fewer bytes than offered; the rest was resubmitted.
     ShortSend,
-    /// HTTP requests answered.
+    /// HTTP requests or Redis commands answered.
     Answered(u32),
+    /// Redis with `--appendfsync always`: replies wait until the journal is durable to
+    /// this position; call `durable` once it is.
+    Hold(u64),
     /// The connection ends on an error (once per connection).
     Failed,
     /// HTTP: which part of a request is being read (the header or body timeout runs).
@@ -121,17 +127,34 @@ pub struct Conn {
     inflight: Inflight,
     queued: Vec<u8>,
     phase: Phase,
-    /// The HTTP session when HTTP is served (boxed: echo connections pay one pointer); echo
-    /// when None.
-    http: Option<Box<crate::proto::http::Session>>,
-    /// HTTP with `--access-log`: the requests' fields, and those answered, for the shard.
+    /// The HTTP or Redis session when one is served (boxed: echo connections pay one
+    /// pointer); echo when None.
+    session: Option<Box<Session>>,
+    /// With `--access-log`: the requests' fields, and those answered, for the shard.
     log: Option<Box<Capture>>,
+    /// Redis with `--appendfsync always`: replies that wait for the journal (see `Held`).
+    held: Option<Box<Held>>,
+}
+
+/// Replies that wait until the journal is durable. Bytes are counted from the connection's
+/// first (`base` is where `queued` starts); each gate holds back everything queued from its
+/// `start` on until the journal is durable to its `lsn`, so replies still go out in order.
+#[derive(Debug, Default)]
+struct Held {
+    base: u64,
+    /// (lsn, start), oldest first; lsns only grow.
+    gates: VecDeque<(u64, u64)>,
 }
 
 impl Conn {
-    /// A connection just accepted into direct slot `fixed`, speaking HTTP or echo; arms its
-    /// recv.
-    pub fn accepted(generation: u32, fixed: u32, http: bool, out: &mut Vec<Effect>) -> Self {
+    /// A connection just accepted into direct slot `fixed`, speaking the protocol of `env`
+    /// (echo without one); arms its recv.
+    pub fn accepted(
+        generation: u32,
+        fixed: u32,
+        env: Option<&ProtoEnv>,
+        out: &mut Vec<Effect>,
+    ) -> Self {
         out.push(Effect::ArmRecv);
         Conn {
             generation,
@@ -140,21 +163,23 @@ impl Conn {
             inflight: Inflight::None,
             queued: Vec::new(),
             phase: Phase::Open,
-            http: http.then(Box::default),
+            session: env.map(|e| Box::new(e.session())),
             log: None,
+            held: None,
         }
     }
 
-    /// HTTP: keep each request's log fields (`--access-log`); `logged` hands them over.
+    /// HTTP, Redis: keep each request's log fields (`--access-log`); `logged` hands them
+    /// over.
     pub fn log_requests(&mut self) {
-        if self.http.is_some() {
-            self.log = Some(Box::default());
+        if let Some(s) = &self.session {
+            self.log = Some(Box::new(Capture::new(s)));
         }
     }
 
     /// The requests answered since the last call, for the access log.
-    pub fn logged(&mut self) -> Option<&mut Vec<crate::proto::http::Logged>> {
-        self.log.as_deref_mut().map(|c| &mut c.answered)
+    pub fn logged(&mut self) -> Option<Done<'_>> {
+        self.log.as_deref_mut().map(Capture::done)
     }
 
     /// Whether the recv is waiting for buffers and may be re-armed.
@@ -165,7 +190,9 @@ impl Conn {
 
     /// HTTP: which part of a request is being read.
     fn reading(&self) -> Reading {
-        self.http.as_ref().map_or(Reading::Between, |s| s.reading())
+        self.session
+            .as_deref()
+            .map_or(Reading::Between, core::reading)
     }
 
     /// In a lingering close (see `Phase::Lingering`).
@@ -175,19 +202,39 @@ impl Conn {
 
     /// The header or body timeout passed: answer 408 and close (lingering). An echo connection, or
     /// one already ending, is aborted. Either way the linger timer bounds what is left.
-    pub fn time_out(&mut self, http: Option<&HttpEnv>, out: &mut Vec<Effect>) {
-        match (&mut self.http, http) {
+    pub fn time_out(&mut self, env: Option<&ProtoEnv>, out: &mut Vec<Effect>) {
+        let answered = match (&mut self.session, env) {
             (Some(session), Some(env)) if self.phase == Phase::Open => {
-                let log = self.log.as_deref_mut().map(|c| (c, env.now));
-                session.time_out(&env.date, &mut self.queued, log);
-                if self.inflight == Inflight::None {
-                    self.send_queued(out);
-                }
-                self.linger(out);
+                env.time_out(session, &mut self.queued, self.log.as_deref_mut())
             }
-            _ => self.abort(out),
+            _ => false,
+        };
+        if answered {
+            if self.inflight == Inflight::None {
+                self.send_queued(out);
+            }
+            self.linger(out);
+        } else {
+            self.abort(out);
         }
         out.push(Effect::Linger);
+    }
+
+    /// The journal is durable to `lsn`: the replies held for it go out.
+    pub fn durable(&mut self, lsn: u64, out: &mut Vec<Effect>) {
+        let Some(held) = &mut self.held else {
+            return;
+        };
+        while held.gates.front().is_some_and(|&(l, _)| l <= lsn) {
+            held.gates.pop_front();
+        }
+        if held.gates.is_empty() {
+            self.held = None;
+        }
+        if self.inflight == Inflight::None {
+            self.send_queued(out);
+        }
+        self.maybe_close(out);
     }
 
     #[cfg(test)]
@@ -202,7 +249,7 @@ impl Conn {
     }
 
     /// A recv completion (HTTP connections need their shard's `http`).
-    pub fn on_recv(&mut self, r: Received<'_>, http: Option<&HttpEnv>, out: &mut Vec<Effect>) {
+    pub fn on_recv(&mut self, r: Received<'_>, http: Option<&ProtoEnv>, out: &mut Vec<Effect>) {
         match r.buf {
             Some((bid, bytes)) if !bytes.is_empty() => self.on_data(bid, bytes, r.more, http, out),
             Some((bid, _)) => {
@@ -221,7 +268,7 @@ impl Conn {
         bid: u16,
         bytes: &[u8],
         more: bool,
-        http: Option<&HttpEnv>,
+        http: Option<&ProtoEnv>,
         out: &mut Vec<Effect>,
     ) {
         let len = bytes.len() as u32;
@@ -230,13 +277,18 @@ impl Conn {
             Phase::Aborting | Phase::Closing | Phase::Lingering { .. }
         ) {
             out.push(Effect::Recycle(bid));
-        } else if let Some(session) = &mut self.http {
-            let env = http.expect("an HTTP connection's shard serves HTTP");
-            let log = self.log.as_deref_mut().map(|c| (c, env.now));
-            let o = session.on_input_logged(bytes, &env.limits, &env.date, &mut self.queued, log);
+        } else if let Some(session) = &mut self.session {
+            let env = http.expect("a connection's shard serves its protocol");
+            let start = self.queued.len();
+            let o = env.input(session, bytes, &mut self.queued, self.log.as_deref_mut());
             out.push(Effect::Recycle(bid));
             if o.answers > 0 {
                 out.push(Effect::Answered(o.answers));
+            }
+            if let Some(lsn) = o.lsn {
+                let held = self.held.get_or_insert_default();
+                held.gates.push_back((lsn, held.base + start as u64));
+                out.push(Effect::Hold(lsn));
             }
             if self.inflight == Inflight::None {
                 self.send_queued(out);
@@ -270,7 +322,7 @@ impl Conn {
             }
         }
         self.maybe_close(out);
-        if self.http.is_some() {
+        if self.session.is_some() {
             out.push(Effect::Reading(self.reading()));
         }
         if self.lingering() {
@@ -446,6 +498,7 @@ impl Conn {
         }
         self.phase = Phase::Aborting;
         self.queued = Vec::new();
+        self.held = None;
         match self.recv {
             Recv::Armed => out.push(Effect::CancelRecv),
             Recv::Paused => self.recv = Recv::Done,
@@ -459,11 +512,28 @@ impl Conn {
         self.maybe_close(out);
     }
 
+    /// Sends what is queued, up to the first reply held (`Held`).
     fn send_queued(&mut self, out: &mut Vec<Effect>) {
-        if !self.queued.is_empty() && self.phase != Phase::Aborting {
+        let free = match &mut self.held {
+            None => self.queued.len(),
+            Some(h) => {
+                let free = h
+                    .gates
+                    .front()
+                    .map_or(self.queued.len(), |&(_, start)| (start - h.base) as usize);
+                h.base += free as u64;
+                free
+            }
+        };
+        if free > 0 && self.phase != Phase::Aborting {
+            let rest = if free < self.queued.len() {
+                self.queued.split_off(free)
+            } else {
+                Vec::new()
+            };
             self.inflight = Inflight::Vec;
             out.push(Effect::SendVec {
-                data: std::mem::take(&mut self.queued),
+                data: std::mem::replace(&mut self.queued, rest),
                 start: 0,
             });
         }
@@ -536,7 +606,7 @@ mod tests {
         sent: Vec<u8>,
         answered: u32,
         /// The shard's HTTP environment, for HTTP tests.
-        http: Option<HttpEnv>,
+        http: Option<ProtoEnv>,
         /// The timer effects seen, apart from the acts.
         parts: Vec<Reading>,
         lingers: usize,
@@ -652,7 +722,7 @@ mod tests {
 
     fn open() -> (Tested, Rec) {
         let mut io = Rec::default();
-        let c = Tested(Conn::accepted(1, 5, false, &mut io.effects));
+        let c = Tested(Conn::accepted(1, 5, None, &mut io.effects));
         io.record();
         assert_eq!(io.take(), vec![Act::Arm]);
         (c, io)
@@ -660,14 +730,15 @@ mod tests {
 
     fn open_http() -> (Tested, Rec) {
         let mut io = Rec {
-            http: Some(HttpEnv {
+            http: Some(ProtoEnv {
                 limits: http::Limits::default(),
                 date: http::Date::at(0),
                 now: std::time::Instant::now(),
+                redis: None,
             }),
             ..Rec::default()
         };
-        let c = Tested(Conn::accepted(1, 5, true, &mut io.effects));
+        let c = Tested(Conn::accepted(1, 5, io.http.as_ref(), &mut io.effects));
         io.record();
         assert_eq!(io.take(), vec![Act::Arm]);
         (c, io)

@@ -15,7 +15,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::proto::http::Logged;
+use crate::proto::Done;
 use crate::server::access::{ConnLog, Pending};
 use crate::stats::Counters;
 use crate::sys;
@@ -116,12 +116,12 @@ impl<C> ShardLog<C> {
         }
     }
 
-    /// HTTP connection (`slot`, `generation`) answered `done`: a line each.
-    pub fn http(
+    /// Connection (`slot`, `generation`) answered `done` (HTTP, Redis): a line each.
+    pub fn answered(
         &mut self,
         slot: u32,
         generation: u32,
-        done: &mut Vec<Logged>,
+        done: Done<'_>,
         counters: &mut Counters,
     ) {
         let peer = self.conn(slot, generation).and_then(|c| c.peer);

@@ -1,6 +1,7 @@
 //! The Proactor: an io_uring echo server. Each shard is a pinned thread owning one ring, its
 //! listeners, its connections and its provided buffers; `server` does the rest.
 
+pub mod aof;
 pub mod conn;
 #[cfg(any(test, fuzzing))]
 pub mod conn_check;

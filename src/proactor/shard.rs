@@ -21,11 +21,12 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
+use super::aof::{Op as AofOp, ShardAof};
 use super::conn::{Conn, Effect, Received};
 use super::log::{ShardLog, Write};
 use crate::server::ShardCtx;
 use crate::server::access::Pending;
-use crate::server::core::{HttpEnv, ShardCore};
+use crate::server::core::{ProtoEnv, ShardCore};
 use crate::stats::Counters;
 use crate::sys;
 use crate::timer::Expired;
@@ -59,6 +60,12 @@ uring::op_kinds! {
         LogWrite,
         /// An fdatasync of the access log (`--access-log-fsync`).
         LogSync,
+        /// A write of the append-only file's records (one batch in flight per server).
+        AofWrite,
+        /// An fdatasync of the append-only file (`--appendfsync always` or `everysec`).
+        AofSync,
+        /// Read of the eventfd another shard signals when the journal became durable.
+        Durable,
     }
 }
 
@@ -129,6 +136,10 @@ pub struct Shard {
     effects: Vec<Effect>,
     /// `--access-log`.
     log: Option<ShardLog<Completion>>,
+    /// Redis's `--appendonly`.
+    aof: Option<ShardAof>,
+    /// Connections whose held replies may go, gathered by `ShardAof::release`.
+    released: Vec<(u32, u32, u64)>,
 }
 
 impl Shard {
@@ -145,6 +156,10 @@ impl Shard {
         let log = ctx
             .log
             .map(|(file, cap, fsync)| ShardLog::new(Pending::new(file, cap, fsync)));
+        let aof = ctx.redis.as_ref().and_then(|r| {
+            let aof = r.aof.clone()?;
+            Some(ShardAof::new(ctx.index, aof, r.keyspace.clone()))
+        });
         Ok(Shard {
             ring,
             core,
@@ -164,6 +179,8 @@ impl Shard {
             aborted: false,
             effects: Vec::new(),
             log,
+            aof,
+            released: Vec::new(),
         })
     }
 
@@ -187,6 +204,10 @@ impl Shard {
     pub fn start(&mut self) -> io::Result<()> {
         for l in 0..self.listeners.len() {
             self.arm_accept(l)?;
+        }
+        if let Some(fd) = self.aof.as_ref().and_then(ShardAof::notify_fd) {
+            self.ring
+                .read_eventfd(fd, UserData::new(Kind::Durable, 0, 0))?;
         }
         let wake_ud = UserData::new(Kind::Wake, 0, 0);
         self.ring.read_eventfd(self.wake.as_raw_fd(), wake_ud)
@@ -247,6 +268,7 @@ impl Shard {
             && self.conns.is_empty()
             && self.ring.in_flight() == 0
             && self.log.as_ref().is_none_or(ShardLog::idle)
+            && self.aof.as_ref().is_none_or(ShardAof::idle)
     }
 
     /// The final counters, published.
@@ -331,7 +353,7 @@ impl Shard {
         &mut self,
         slot: u32,
         generation: u32,
-        f: impl FnOnce(&mut Conn, Option<&HttpEnv>, &mut Vec<Effect>),
+        f: impl FnOnce(&mut Conn, Option<&ProtoEnv>, &mut Vec<Effect>),
     ) -> io::Result<()> {
         let Some(conn) = self
             .conns
@@ -341,11 +363,11 @@ impl Shard {
             return Ok(());
         };
         let fixed = conn.fixed;
-        f(conn, self.core.http.as_ref(), &mut self.effects);
+        f(conn, self.core.proto.as_ref(), &mut self.effects);
         if let Some(log) = &mut self.log
             && let Some(done) = conn.logged()
         {
-            log.http(slot, generation, done, &mut self.core.counters);
+            log.answered(slot, generation, done, &mut self.core.counters);
         }
         self.apply(slot, generation, fixed)
     }
@@ -385,6 +407,12 @@ impl Shard {
                 Effect::Close => self.ring.close_fixed(fixed, ud(Kind::Close))?,
                 Effect::ShortSend => counters.short_sends += 1,
                 Effect::Answered(n) => counters.requests += u64::from(n),
+                Effect::Hold(lsn) => {
+                    counters.aof_held += 1;
+                    if let Some(aof) = &mut self.aof {
+                        aof.held.push((slot, generation, lsn));
+                    }
+                }
                 Effect::Failed => counters.conn_errors += 1,
                 Effect::Reading(part) => wheel.reading(slot, part),
                 Effect::Linger => wheel.linger(slot),
@@ -434,7 +462,7 @@ impl Shard {
                 {
                     self.conns.remove(slot as usize);
                     if let Some(log) = &mut self.log {
-                        let echo = self.core.http.is_none();
+                        let echo = self.core.proto.is_none();
                         let now = Instant::now();
                         log.closed(slot, generation, echo, now, &mut self.core.counters);
                     }
@@ -461,9 +489,77 @@ impl Shard {
                 let next = log.wrote(c.res, data, start, &mut self.core.counters);
                 self.submit_log(next)?;
             }
+            Kind::AofWrite => {
+                let (data, start) = c.vec.expect("a journal write hands its bytes back");
+                let aof = self.aof.as_mut().expect("only the append-only file writes");
+                let next = aof.wrote(c.res, data, start, &mut self.core.counters);
+                self.submit_aof(next)?;
+            }
+            Kind::AofSync => {
+                let aof = self.aof.as_mut().expect("only the append-only file syncs");
+                let next = aof.synced(c.res, &mut self.core.counters);
+                self.submit_aof(next)?;
+            }
+            Kind::Durable => {
+                // The held replies are looked at after the turn; read the next signal.
+                if !self.core.stopping()
+                    && let Some(fd) = self.aof.as_ref().and_then(ShardAof::notify_fd)
+                {
+                    self.ring
+                        .read_eventfd(fd, UserData::new(Kind::Durable, 0, 0))?;
+                }
+            }
             Kind::Cancel | Kind::Shutdown => {}
         }
         Ok(())
+    }
+
+    /// The append-only file's part of a turn: the next batch (or sync) to the ring, then
+    /// the replies its durability lets go.
+    fn aof_turn(&mut self) -> io::Result<()> {
+        let Some(aof) = &mut self.aof else {
+            return Ok(());
+        };
+        let next = aof.next_op();
+        self.submit_aof(next)?;
+        let mut released = std::mem::take(&mut self.released);
+        if let Some(aof) = &mut self.aof {
+            aof.release(&mut released);
+        }
+        for (slot, generation, lsn) in released.drain(..) {
+            self.drive(slot, generation, |conn, _, out| conn.durable(lsn, out))?;
+        }
+        self.released = released;
+        Ok(())
+    }
+
+    fn submit_aof(&mut self, op: Option<AofOp>) -> io::Result<()> {
+        match op {
+            None => Ok(()),
+            Some(AofOp::Write {
+                file,
+                data,
+                start,
+                sync: false,
+            }) => self
+                .ring
+                .write_file(file, data, start, UserData::new(Kind::AofWrite, 0, 0)),
+            Some(AofOp::Write {
+                file,
+                data,
+                start,
+                sync: true,
+            }) => self.ring.write_then_sync(
+                file,
+                data,
+                start,
+                UserData::new(Kind::AofWrite, 0, 0),
+                UserData::new(Kind::AofSync, 0, 0),
+            ),
+            Some(AofOp::Sync { file }) => self
+                .ring
+                .sync_file(file, UserData::new(Kind::AofSync, 0, 0)),
+        }
     }
 
     fn on_accept(&mut self, l: usize, c: &Completion) -> io::Result<()> {
@@ -490,7 +586,7 @@ impl Shard {
             let conn = entry.insert(Conn::accepted(
                 generation,
                 fixed,
-                self.core.http.is_some(),
+                self.core.proto.as_ref(),
                 out,
             ));
             if self.log.is_some() {
@@ -574,11 +670,11 @@ impl Shard {
             buf: buf.map(|bid| (bid, self.ring.bufs().bytes(bid, len))),
             more,
         };
-        conn.on_recv(r, self.core.http.as_ref(), &mut self.effects);
+        conn.on_recv(r, self.core.proto.as_ref(), &mut self.effects);
         if let Some(log) = &mut self.log
             && let Some(done) = conn.logged()
         {
-            log.http(slot, generation, done, &mut self.core.counters);
+            log.answered(slot, generation, done, &mut self.core.counters);
         }
         if len > 0 {
             self.core.wheel.received(slot);
@@ -602,6 +698,13 @@ impl Shard {
             return Ok(());
         }
         self.cancel_accepts(false)?;
+        if self.aof.as_ref().and_then(ShardAof::notify_fd).is_some() {
+            // While stopping a turn comes at least every 100 ms: held replies are looked at
+            // then, and the read must end for the shard to finish.
+            let target = UserData::new(Kind::Durable, 0, 0);
+            self.ring
+                .cancel(target, UserData::new(Kind::Cancel, 0, 0))?;
+        }
         // Closing our fds makes each listener go away once its accept has ended, so new
         // connections are refused rather than left in a backlog nobody accepts from.
         self.listeners.clear();
@@ -673,6 +776,7 @@ impl Shard {
 
     fn after_turn(&mut self) -> io::Result<()> {
         self.log_turn()?;
+        self.aof_turn()?;
         self.expire()?;
         self.rearm_accepts()?;
         // One waiting connection per buffer available: each re-arm can take at least one.

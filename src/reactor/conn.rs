@@ -14,8 +14,9 @@
 //! request is read; once its last byte is sent the write side is shut, and what the peer
 //! still sends is read and discarded until its EOF (`Phase::Lingering`).
 
-use crate::proto::http::{self, Reading};
-use crate::server::core::{HttpEnv, KEEP_QUEUE_CAPACITY};
+use crate::proto::http::Reading;
+use crate::proto::{Capture, Done, Session};
+use crate::server::core::{self, KEEP_QUEUE_CAPACITY, ProtoEnv};
 
 /// The shard's buffers, as they are when the connection is asked or told something.
 #[derive(Debug, Clone, Copy)]
@@ -59,8 +60,11 @@ pub struct Effects {
     pub reading: Option<Reading>,
     /// A final answer is owed or has been sent: the linger deadline starts.
     pub linger: bool,
-    /// HTTP requests answered.
+    /// HTTP requests or Redis commands answered.
     pub answered: u32,
+    /// Redis with `--appendfsync always`: the answers may be written only once the journal
+    /// is durable to this position.
+    pub lsn: Option<u64>,
     /// A write took fewer bytes than offered; the rest is written next.
     pub short_send: bool,
     /// The connection ends on an error (set once per connection).
@@ -123,38 +127,39 @@ pub struct Conn {
     sent: usize,
     /// What the socket would not take (`Owed::Queued`).
     queue: Vec<u8>,
-    /// The HTTP session when HTTP is served (boxed: echo connections pay one pointer); echo
-    /// when None.
-    http: Option<Box<http::Session>>,
-    /// HTTP with `--access-log`: the requests' fields, and those answered, for the shard.
-    log: Option<Box<http::Capture>>,
+    /// The HTTP or Redis session when one is served (boxed: echo connections pay one
+    /// pointer); echo when None.
+    session: Option<Box<Session>>,
+    /// With `--access-log`: the requests' fields, and those answered, for the shard.
+    log: Option<Box<Capture>>,
 }
 
 impl Conn {
-    /// A connection just accepted and registered, speaking HTTP or echo. Registering a socket
-    /// that already holds input raises its first edge.
-    pub fn accepted(http: bool) -> Conn {
+    /// A connection just accepted and registered, speaking the protocol of `env` (echo
+    /// without one). Registering a socket that already holds input raises its first edge.
+    pub fn accepted(env: Option<&ProtoEnv>) -> Conn {
         Conn {
             phase: Phase::Open,
             read: Read::Blocked,
             owed: Owed::Nothing,
             sent: 0,
             queue: Vec::new(),
-            http: http.then(Box::default),
+            session: env.map(|e| Box::new(e.session())),
             log: None,
         }
     }
 
-    /// HTTP: keep each request's log fields (`--access-log`); `logged` hands them over.
+    /// HTTP, Redis: keep each request's log fields (`--access-log`); `logged` hands them
+    /// over.
     pub fn log_requests(&mut self) {
-        if self.http.is_some() {
-            self.log = Some(Box::default());
+        if let Some(s) = &self.session {
+            self.log = Some(Box::new(Capture::new(s)));
         }
     }
 
     /// The requests answered since the last call, for the access log.
-    pub fn logged(&mut self) -> Option<&mut Vec<http::Logged>> {
-        self.log.as_deref_mut().map(|c| &mut c.answered)
+    pub fn logged(&mut self) -> Option<Done<'_>> {
+        self.log.as_deref_mut().map(Capture::done)
     }
 
     /// An epoll event with these `events` came for the connection.
@@ -202,7 +207,7 @@ impl Conn {
         &mut self,
         input: &[u8],
         short: bool,
-        http: Option<&HttpEnv>,
+        http: Option<&ProtoEnv>,
         answers: &mut Vec<u8>,
     ) -> Effects {
         debug_assert_eq!(self.owed, Owed::Nothing, "reads wait until all is written");
@@ -217,13 +222,13 @@ impl Conn {
             // Lingering: discarded.
             return fx;
         }
-        match (&mut self.http, http) {
+        match (&mut self.session, http) {
             (Some(session), Some(env)) => {
                 answers.clear();
-                let log = self.log.as_deref_mut().map(|c| (c, env.now));
-                let o = session.on_input_logged(input, &env.limits, &env.date, answers, log);
+                let o = env.input(session, input, answers, self.log.as_deref_mut());
                 fx.answered = o.answers;
-                fx.reading = Some(session.reading());
+                fx.lsn = o.lsn;
+                fx.reading = Some(core::reading(session));
                 if o.close {
                     self.phase = Phase::Lingering { shut: false };
                 }
@@ -337,29 +342,34 @@ impl Conn {
     /// The header or body deadline passed: answer 408, after what is queued, and close
     /// (lingering).
     /// An echo connection is closed.
-    pub fn time_out(&mut self, http: Option<&HttpEnv>, answers: &mut Vec<u8>) -> Effects {
-        let (Some(session), Some(HttpEnv { date, now, .. })) = (&mut self.http, http) else {
+    pub fn time_out(&mut self, http: Option<&ProtoEnv>, answers: &mut Vec<u8>) -> Effects {
+        let (Some(session), Some(env)) = (&mut self.session, http) else {
             self.abort();
             return Effects::default();
         };
-        let log = self.log.as_deref_mut().map(|c| (c, *now));
-        match self.owed {
+        let log = self.log.as_deref_mut();
+        let answered = match self.owed {
             Owed::Nothing => {
                 answers.clear();
-                session.time_out(date, answers, log);
+                let answered = env.time_out(session, answers, log);
                 if !answers.is_empty() {
                     self.owed = Owed::Answers;
                 }
+                answered
             }
-            Owed::Queued { .. } => {
-                session.time_out(date, &mut self.queue, log);
-            }
+            Owed::Queued { .. } => env.time_out(session, &mut self.queue, log),
             Owed::Input | Owed::Answers => {
                 debug_assert!(
                     false,
                     "what is owed from the shard's buffers is settled in its turn"
                 );
+                true
             }
+        };
+        if !answered {
+            // Redis has no header or body timeout.
+            self.abort();
+            return Effects::default();
         }
         if matches!(self.phase, Phase::Open) {
             self.phase = Phase::Lingering { shut: false };
@@ -416,7 +426,7 @@ mod tests {
     struct Shard {
         input: Vec<u8>,
         answers: Vec<u8>,
-        http: Option<HttpEnv>,
+        http: Option<ProtoEnv>,
     }
 
     impl Shard {

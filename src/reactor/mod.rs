@@ -59,7 +59,27 @@ impl Engine for EpollConfig {
 /// Checks the flags and plans, starting nothing (`--check-config`).
 pub fn check(args: &EpollArgs) -> Result<Plan> {
     server::validate(&args.server)?;
-    server::make_plan(&args.server, EngineKind::Epoll, 1)
+    let plan = server::make_plan(&args.server, EngineKind::Epoll, 1)?;
+    one_keyspace(&args.server, &plan)?;
+    Ok(plan)
+}
+
+/// Redis serves one keyspace, which the shards of one process share: worker processes
+/// would each hold their own, silently disagreeing, so a plan that needs them is refused.
+fn one_keyspace(args: &ServerArgs, plan: &Plan) -> Result<()> {
+    if args.proto == crate::cli::Proto::Redis && plan.workers > 1 {
+        return Err(Error::Limit {
+            what: format!(
+                "--proto redis serves one keyspace from one process, and {} connections need \
+                 {} worker processes here (each holds {})",
+                plan.max_conns, plan.workers, plan.shard_cap
+            ),
+            fix: "lower --max-conns to what one process holds, raise the hard RLIMIT_NOFILE, \
+                  or use uring-server (its connections take no fds)"
+                .into(),
+        });
+    }
+    Ok(())
 }
 
 /// Runs the server (or, with the hidden `--worker-*` flags, one worker of it) until
@@ -78,6 +98,7 @@ pub fn run(args: &EpollArgs) -> Result<Summary> {
     }
     let pid_file = server::PidFile::claim(&args.server)?;
     let plan = server::make_plan(&args.server, EngineKind::Epoll, 1)?;
+    one_keyspace(&args.server, &plan)?;
     server::check_ports(&args.server)?;
     server::print_plan("epoll-server", &plan);
     if plan.workers > 1 {

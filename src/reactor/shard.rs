@@ -31,9 +31,13 @@ use slab::Slab;
 
 use super::conn::{Bufs, Conn, Effects, Op};
 use super::log::ShardLog;
+use std::sync::Arc;
+
+use crate::proto::redis::Journal;
 use crate::server::ShardCtx;
 use crate::server::access::{ConnLog, Pending};
-use crate::server::core::{BATCH_WANT, ShardCore};
+use crate::server::aof::Aof;
+use crate::server::core::{BATCH_WANT, ProtoEnv, ShardCore};
 use crate::stats::Counters;
 use crate::sys;
 use crate::timer::{Expired, Wheel};
@@ -115,6 +119,17 @@ pub struct Shard {
     batch: Option<Duration>,
     /// `--access-log`.
     log: Option<ShardLog>,
+    /// Redis's `--appendonly`.
+    aof: Option<Arc<Aof>>,
+}
+
+/// The journal of the keyspace a shard with an append-only file serves.
+fn journal(proto: &Option<ProtoEnv>) -> &Journal {
+    proto
+        .as_ref()
+        .and_then(|p| p.redis.as_ref())
+        .and_then(|r| r.keyspace.journal())
+        .expect("a shard with an append-only file serves a keyspace with a journal")
 }
 
 fn is_again(e: &io::Error) -> bool {
@@ -185,6 +200,7 @@ impl Shard {
             log: ctx
                 .log
                 .map(|(file, cap, fsync)| ShardLog::new(Pending::new(file, cap, fsync))),
+            aof: ctx.redis.as_ref().and_then(|r| r.aof.clone()),
         })
     }
 
@@ -242,6 +258,16 @@ impl Shard {
             }
             if self.core.overdue(Instant::now()) {
                 self.for_each_conn(Conn::abort);
+            }
+            if let Some(aof) = &self.aof {
+                // Redis's beforeSleep: what this turn's commands journaled goes to the file.
+                let sync = aof.policy() == crate::cli::Fsync::Always;
+                aof.write_out(
+                    journal(&self.core.proto),
+                    sync,
+                    None,
+                    &mut self.core.counters,
+                );
             }
             let done = self.core.stopping() && self.conns.is_empty();
             if let Some(log) = &mut self.log {
@@ -307,7 +333,7 @@ impl Shard {
                         fd,
                         generation: self.next_gen,
                         conn: {
-                            let mut c = Conn::accepted(self.core.http.is_some());
+                            let mut c = Conn::accepted(self.core.proto.as_ref());
                             if self.log.is_some() {
                                 c.log_requests();
                             }
@@ -345,12 +371,13 @@ impl Shard {
             buf,
             answers,
             log: shard_log,
+            aof,
             ..
         } = self;
         let ShardCore {
             counters,
             wheel,
-            http,
+            proto,
             ..
         } = core;
         let Entry { fd, conn, log, .. } = &mut conns[slot];
@@ -379,7 +406,13 @@ impl Shard {
                                 l.bytes_in += n as u64;
                             }
                             input = n;
-                            let fx = conn.on_recv(&buf[..n], n < buf.len(), http.as_ref(), answers);
+                            let fx =
+                                conn.on_recv(&buf[..n], n < buf.len(), proto.as_ref(), answers);
+                            if let (Some(lsn), Some(aof)) = (fx.lsn, aof.as_deref()) {
+                                // `always`: the writes are on the disk before their replies
+                                // go (Redis does it once per loop turn, for all clients).
+                                aof.write_out(journal(proto), true, Some(lsn), counters);
+                            }
                             if let Some(sl) = shard_log.as_mut()
                                 && let Some(done) = conn.logged()
                             {
@@ -448,7 +481,7 @@ impl Shard {
                 Expired::Idle | Expired::Send | Expired::Linger => conn.abort(),
                 Expired::Header | Expired::Body => {
                     let core = &mut self.core;
-                    let fx = conn.time_out(core.http.as_ref(), &mut self.answers);
+                    let fx = conn.time_out(core.proto.as_ref(), &mut self.answers);
                     if let Some(sl) = self.log.as_mut()
                         && let Some(done) = conn.logged()
                     {
@@ -479,7 +512,7 @@ impl Shard {
             self.core.counters.output_owed -= 1;
         }
         if let (Some(log), Some(c)) = (&mut self.log, &gone.log)
-            && self.core.http.is_none()
+            && self.core.proto.is_none()
         {
             log.pending.echo(c, Instant::now(), &mut self.core.counters);
             log.added(&mut self.core.counters);

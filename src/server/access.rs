@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::proto::http::Logged;
+use crate::proto::{Done, redis};
 use crate::stats::Counters;
 use crate::sys;
 
@@ -287,15 +288,49 @@ impl Pending {
         self.end_line(counters);
     }
 
+    /// A Redis command was answered: `$remote_addr - - [$time_local] "$command" $reply
+    /// $reply_bytes $request_time`, the command's words (at most `redis::LOG_ARGS`, each
+    /// cut at `redis::LOG_ARG_MAX`, `...` if more) escaped as nginx escapes, `$reply` `OK`
+    /// or `ERR` (an error reply).
+    fn redis(&mut self, peer: Option<SocketAddr>, l: &redis::Logged, counters: &mut Counters) {
+        use std::io::Write as _;
+        self.begin_line();
+        let time = self.time.at(SystemTime::now());
+        let buf = &mut self.buf;
+        match peer {
+            Some(p) => {
+                let _ = write!(buf, "{}", p.ip());
+            }
+            None => buf.push(b'-'),
+        }
+        let _ = write!(buf, " - - [{time}] \"");
+        for (i, a) in l.args.iter().enumerate() {
+            if i > 0 {
+                buf.push(b' ');
+            }
+            escape(a, buf);
+        }
+        if l.more {
+            buf.extend_from_slice(b" ...");
+        }
+        let reply = if l.error { "ERR" } else { "OK" };
+        let _ = writeln!(buf, "\" {reply} {} {}", l.reply_bytes, seconds(l.took));
+        self.end_line(counters);
+    }
+
     /// A connection's answered requests, `done`, drained: a line each.
-    pub fn answered(
-        &mut self,
-        peer: Option<SocketAddr>,
-        done: &mut Vec<Logged>,
-        counters: &mut Counters,
-    ) {
-        for l in done.drain(..) {
-            self.http(peer, &l, counters);
+    pub fn answered(&mut self, peer: Option<SocketAddr>, done: Done<'_>, counters: &mut Counters) {
+        match done {
+            Done::Http(done) => {
+                for l in done.drain(..) {
+                    self.http(peer, &l, counters);
+                }
+            }
+            Done::Redis(done) => {
+                for l in done.drain(..) {
+                    self.redis(peer, &l, counters);
+                }
+            }
         }
     }
 

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{Gate, ShardCtx};
-use crate::proto::http;
+use crate::proto::http::{self, Reading};
+use crate::proto::{Capture, Outcome, Session, redis};
 use crate::stats::{Counters, SharedCounters};
 use crate::timer::{Expired, Timeouts, Wheel};
 
@@ -30,13 +31,115 @@ impl Live {
     }
 }
 
-/// What an HTTP connection reads from its shard: the limits, and the Date of this second.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HttpEnv {
+/// What a connection speaking HTTP or Redis reads from its shard: HTTP's limits and the
+/// Date of this second, or Redis's keyspace.
+#[derive(Debug, Clone)]
+pub struct ProtoEnv {
     pub limits: http::Limits,
     pub date: http::Date,
     /// The start of the shard's loop turn (the access log times requests by it).
     pub now: Instant,
+    /// Redis, when it is served; HTTP otherwise.
+    pub redis: Option<RedisEnv>,
+}
+
+/// What a Redis connection reads from its shard.
+#[derive(Debug, Clone)]
+pub struct RedisEnv {
+    pub keyspace: Arc<redis::Keyspace>,
+    pub limits: redis::Limits,
+    /// Unix time in milliseconds at the start of the loop turn.
+    pub now_ms: u64,
+    /// `--appendfsync always`: a reply to a write waits until the journal is durable.
+    pub hold: bool,
+}
+
+impl ProtoEnv {
+    /// A new connection's session.
+    pub fn session(&self) -> Session {
+        match self.redis {
+            Some(_) => Session::Redis(redis::Session::new()),
+            None => Session::Http(http::Session::new()),
+        }
+    }
+
+    /// Feeds `input` to `session`, appending the answers to `out`; a connection that logs
+    /// gathers its requests in `log`.
+    pub fn input(
+        &self,
+        session: &mut Session,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        log: Option<&mut Capture>,
+    ) -> Outcome {
+        match (session, &self.redis) {
+            (Session::Redis(s), Some(r)) => {
+                let env = redis::Env {
+                    keyspace: &r.keyspace,
+                    limits: r.limits,
+                    now_ms: r.now_ms,
+                    now: self.now,
+                };
+                let log = match log {
+                    Some(Capture::Redis(c)) => Some(c),
+                    _ => None,
+                };
+                let o = s.on_input(input, &env, out, log);
+                Outcome {
+                    answers: o.answers,
+                    close: o.close,
+                    lsn: o.lsn.filter(|_| r.hold),
+                }
+            }
+            (Session::Http(s), _) => {
+                let log = match log {
+                    Some(Capture::Http(c)) => Some((c, self.now)),
+                    _ => None,
+                };
+                let o = s.on_input_logged(input, &self.limits, &self.date, out, log);
+                Outcome {
+                    answers: o.answers,
+                    close: o.close,
+                    lsn: None,
+                }
+            }
+            (Session::Redis(_), None) => unreachable!("a Redis session in a shard serving HTTP"),
+        }
+    }
+
+    /// The header or body timeout passed: HTTP answers 408 and closes (true); Redis has
+    /// neither timeout (false: abort).
+    pub fn time_out(
+        &self,
+        session: &mut Session,
+        out: &mut Vec<u8>,
+        log: Option<&mut Capture>,
+    ) -> bool {
+        let Session::Http(s) = session else {
+            return false;
+        };
+        let log = match log {
+            Some(Capture::Http(c)) => Some((c, self.now)),
+            _ => None,
+        };
+        s.time_out(&self.date, out, log);
+        true
+    }
+}
+
+/// Which part of a request `session` is reading (HTTP's header and body timeouts).
+pub fn reading(session: &Session) -> Reading {
+    match session {
+        Session::Http(s) => s.reading(),
+        Session::Redis(_) => Reading::Between,
+    }
+}
+
+/// The wall clock in milliseconds since the Unix epoch (Redis's expiry times).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Grown output queues above this are dropped once drained rather than kept idle (both
@@ -58,8 +161,8 @@ pub struct ShardCore {
     /// Each connection's deadlines (`Timeouts`), keyed by its slot.
     pub wheel: Wheel,
     expired: Vec<(u32, Expired)>,
-    /// HTTP's limits and Date, when HTTP is served; echo when None.
-    pub http: Option<HttpEnv>,
+    /// HTTP's or Redis's environment, when one is served; echo when None.
+    pub proto: Option<ProtoEnv>,
     gate: Option<Arc<Gate>>,
     shutdown_timeout: Duration,
     /// Set by `begin_stop`: owed output must be sent by then.
@@ -77,10 +180,16 @@ impl ShardCore {
             shared: ctx.counters.clone(),
             wheel: Wheel::new(ctx.timeouts, Instant::now()),
             expired: Vec::new(),
-            http: ctx.http.map(|limits| HttpEnv {
-                limits,
+            proto: (ctx.http.is_some() || ctx.redis.is_some()).then(|| ProtoEnv {
+                limits: ctx.http.unwrap_or_default(),
                 date: http::Date::now(),
                 now: Instant::now(),
+                redis: ctx.redis.as_ref().map(|r| RedisEnv {
+                    keyspace: r.keyspace.clone(),
+                    limits: r.limits,
+                    now_ms: unix_ms(),
+                    hold: r.aof.as_ref().is_some_and(|a| a.holds()),
+                }),
             }),
             gate: ctx.gate.clone(),
             shutdown_timeout: ctx.shutdown_timeout,
@@ -116,9 +225,12 @@ impl ShardCore {
             }
         }
         self.wheel.set_clock(now);
-        if let Some(env) = &mut self.http {
+        if let Some(env) = &mut self.proto {
             env.date.refresh();
             env.now = now;
+            if let Some(r) = &mut env.redis {
+                r.now_ms = unix_ms();
+            }
         }
     }
 

@@ -555,3 +555,22 @@ pub fn kill(pid: u32, sig: i32) -> io::Result<()> {
     // SAFETY: kill(2) takes no pointers: a pid and a signal number.
     unsafe { syscall!(kill(pid, sig)) }.map(drop)
 }
+
+/// write(2) of all of `bytes` to `fd` (a file: short writes go on, EINTR is retried).
+pub fn write_all(fd: RawFd, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        // SAFETY: the pointer and length describe `bytes`, which outlives the call.
+        match unsafe { syscall!(write(fd, bytes.as_ptr().cast(), bytes.len())) } {
+            Ok(n) => bytes = &bytes[n as usize..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// ftruncate(2): cuts the file `fd` at `len` bytes.
+pub fn truncate(fd: RawFd, len: u64) -> io::Result<()> {
+    // SAFETY: ftruncate(2) takes no pointers.
+    unsafe { syscall!(ftruncate(fd, len as libc::off_t)) }.map(drop)
+}

@@ -94,8 +94,8 @@ pub struct Ring<K> {
     bufs: Option<BufRing>,
     /// Bytes owned by the `send_vec` in flight on each slot (one send in flight per slot).
     send_vecs: Vec<Option<SendVec>>,
-    /// The `write_file` or `sync_file` in flight (one at a time).
-    file_write: Option<FileWrite>,
+    /// The `write_file`s and `sync_file`s in flight (a few: one user_data each).
+    file_ops: Vec<FileWrite>,
     /// The `user_data` of each `install_fixed` in flight: its result is an fd to own.
     installing: HashSet<u64>,
     /// Read-only memory sends may point into; lives as long as the ring.
@@ -146,7 +146,7 @@ impl<K: Op> Ring<K> {
             uring,
             bufs,
             send_vecs: Vec::new(),
-            file_write: None,
+            file_ops: Vec::new(),
             installing: HashSet::new(),
             regions: Vec::new(),
             addrs: Vec::new(),
@@ -297,9 +297,8 @@ impl<K: Op> Ring<K> {
                 .get_mut(ud.slot as usize)
                 .and_then(|v| v.take_if(|v| v.ud == cqe.user_data()))
                 .or_else(|| {
-                    self.file_write
-                        .take_if(|w| w.ud == cqe.user_data())
-                        .and_then(|w| w.bytes)
+                    let i = self.file_ops.iter().position(|w| w.ud == cqe.user_data())?;
+                    self.file_ops.swap_remove(i).bytes
                 })
                 .map(|v| (v.data, v.start));
             let installed = (!self.installing.is_empty()
@@ -530,7 +529,7 @@ impl<K: Op> Ring<K> {
     }
 
     /// Writes `data[start..]` to `file` (opened O_APPEND: at its end); the ring owns both
-    /// until the completion hands `data` back. One at a time.
+    /// until the completion hands `data` back. One operation per `ud` in flight.
     pub fn write_file(
         &mut self,
         file: Arc<OwnedFd>,
@@ -538,8 +537,51 @@ impl<K: Op> Ring<K> {
         start: usize,
         ud: UserData<K>,
     ) -> io::Result<()> {
+        let e = self.file_write(file, data, start, ud);
+        // SAFETY: the Vec and the file now live in `file_ops`; the Vec's heap block does not
+        // move, and only `drain` takes them out, on this operation's completion (or the ring
+        // leaks them).
+        unsafe { self.push(&e) }
+    }
+
+    /// `write_file`, linked to a `sync_file` of the same file that starts once the write has
+    /// completed whole (a short write cancels it: -ECANCELED).
+    pub fn write_then_sync(
+        &mut self,
+        file: Arc<OwnedFd>,
+        data: Vec<u8>,
+        start: usize,
+        write: UserData<K>,
+        sync: UserData<K>,
+    ) -> io::Result<()> {
+        let w = self
+            .file_write(file.clone(), data, start, write)
+            .flags(squeue::Flags::IO_LINK);
+        let s = self.file_sync(file, sync);
+        // SAFETY: as for `write_file` and `sync_file`: both live in `file_ops` until their
+        // completions.
+        unsafe { self.push_linked(&[w, s]) }
+    }
+
+    /// fdatasync(2) of `file` (IORING_OP_FSYNC with IORING_FSYNC_DATASYNC); one operation per
+    /// `ud` in flight, as `write_file`.
+    pub fn sync_file(&mut self, file: Arc<OwnedFd>, ud: UserData<K>) -> io::Result<()> {
+        let e = self.file_sync(file, ud);
+        // SAFETY: a sync points to no memory; the file stays open in `file_ops` until its
+        // completion.
+        unsafe { self.push(&e) }
+    }
+
+    /// The entry of a `write_file`, its bytes and file kept in `file_ops`.
+    fn file_write(
+        &mut self,
+        file: Arc<OwnedFd>,
+        data: Vec<u8>,
+        start: usize,
+        ud: UserData<K>,
+    ) -> squeue::Entry {
         assert!(start < data.len(), "write_file of nothing");
-        assert!(self.file_write.is_none(), "two file operations in flight");
+        self.file_op_free(ud);
         let len = u32::try_from(data.len() - start).unwrap_or(u32::MAX);
         let ptr = data[start..].as_ptr();
         // O_APPEND decides where the bytes go; -1 says "the file position", which it moves.
@@ -547,7 +589,7 @@ impl<K: Op> Ring<K> {
             .offset(u64::MAX)
             .build()
             .user_data(ud.encode());
-        self.file_write = Some(FileWrite {
+        self.file_ops.push(FileWrite {
             ud: ud.encode(),
             bytes: Some(SendVec {
                 ud: ud.encode(),
@@ -556,28 +598,28 @@ impl<K: Op> Ring<K> {
             }),
             _file: file,
         });
-        // SAFETY: the Vec and the file now live in `file_write`; the Vec's heap block does not
-        // move, and only `drain` takes them out, on this operation's completion (or the ring
-        // leaks them).
-        unsafe { self.push(&e) }
+        e
     }
 
-    /// fdatasync(2) of `file` (IORING_OP_FSYNC with IORING_FSYNC_DATASYNC); one file operation
-    /// at a time, as `write_file`.
-    pub fn sync_file(&mut self, file: Arc<OwnedFd>, ud: UserData<K>) -> io::Result<()> {
-        assert!(self.file_write.is_none(), "two file operations in flight");
+    fn file_sync(&mut self, file: Arc<OwnedFd>, ud: UserData<K>) -> squeue::Entry {
+        self.file_op_free(ud);
         let e = opcode::Fsync::new(types::Fd(file.as_raw_fd()))
             .flags(types::FsyncFlags::DATASYNC)
             .build()
             .user_data(ud.encode());
-        self.file_write = Some(FileWrite {
+        self.file_ops.push(FileWrite {
             ud: ud.encode(),
             bytes: None,
             _file: file,
         });
-        // SAFETY: a sync points to no memory; the file stays open in `file_write` until its
-        // completion.
-        unsafe { self.push(&e) }
+        e
+    }
+
+    fn file_op_free(&self, ud: UserData<K>) {
+        assert!(
+            self.file_ops.iter().all(|w| w.ud != ud.encode()),
+            "two file operations of one user_data in flight"
+        );
     }
 
     /// Installs direct descriptor `fixed` in the process's file table (O_CLOEXEC): the
@@ -618,7 +660,7 @@ impl<K> Drop for Ring<K> {
             // leaked rather than freed under them. Only error paths get here.
             std::mem::forget(self.bufs.take());
             std::mem::forget(std::mem::take(&mut self.send_vecs));
-            std::mem::forget(self.file_write.take());
+            std::mem::forget(std::mem::take(&mut self.file_ops));
             std::mem::forget(std::mem::take(&mut self.regions));
             std::mem::forget(std::mem::take(&mut self.addrs));
             std::mem::forget(std::mem::replace(&mut self.wake_buf, Box::new(0)));
