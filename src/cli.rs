@@ -597,7 +597,7 @@ pub struct LoadArgs {
     #[arg(long, value_name = "R")]
     pub connect_rate: Option<f64>,
 
-    /// Seed of the payload pattern.
+    /// Seed of the payload pattern (Redis: of the values, and of the keys GETs read).
     #[arg(long, default_value_t = 0x5eed)]
     pub seed: u64,
 

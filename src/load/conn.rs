@@ -57,7 +57,7 @@ struct Req {
     sent_at: Option<Instant>,
 }
 
-/// A request whose whole echo came back and verified.
+/// A request whose whole answer came back and checked (echo: verified byte by byte).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Completed {
     pub intended: Instant,
