@@ -116,6 +116,7 @@ impl Server {
         match proto {
             Proto::Echo => [Server::Uring, Server::Epoll, Server::Tokio],
             Proto::Http => [Server::Uring, Server::Epoll, Server::Nginx],
+            Proto::Redis => unreachable!("--proto redis is refused in main"),
         }
     }
 
@@ -145,6 +146,12 @@ fn main() {
     });
     if let Some(ports) = &f.serve_tokio {
         serve_tokio(ports);
+    }
+    // The cost curve is echo's and HTTP's; Redis has a bench of its own, with Redis itself
+    // as the peer (`cargo bench --bench redis`). The `unreachable!` arms below rest on this.
+    if f.proto == Proto::Redis {
+        eprintln!("cost: --proto is echo or http here; Redis: cargo bench --bench redis");
+        std::process::exit(2);
     }
     let o = Opts {
         conns: f.conns.unwrap_or_else(|| {
@@ -420,6 +427,7 @@ impl Serving {
                 let proto = match o.proto {
                     Proto::Echo => "echo",
                     Proto::Http => "http",
+                    Proto::Redis => unreachable!("--proto redis is refused in main"),
                 };
                 let p = common::Proc::try_server_on(
                     cpus,
@@ -891,6 +899,7 @@ fn write_results(
                 version("nginx", "-v"),
             ),
         ),
+        Proto::Redis => unreachable!("--proto redis is refused in main"),
     };
     let pcts = o
         .loads
@@ -1078,6 +1087,7 @@ fn write_results(
     let name = match o.proto {
         Proto::Echo => format!("cost-{date}-{kernel}"),
         Proto::Http => format!("cost-http-{date}-{kernel}"),
+        Proto::Redis => unreachable!("--proto redis is refused in main"),
     };
     let _ = writeln!(
         md,
@@ -1110,6 +1120,7 @@ fn proto_title(proto: Proto) -> String {
     match proto {
         Proto::Echo => "echo".into(),
         Proto::Http => "HTTP".into(),
+        Proto::Redis => unreachable!("--proto redis is refused in main"),
     }
 }
 

@@ -164,6 +164,32 @@ pub enum Fsync {
     No,
 }
 
+/// memtier_benchmark's `--ratio`: SETs to GETs, `1:10`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ratio {
+    pub sets: u32,
+    pub gets: u32,
+}
+
+impl FromStr for Ratio {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}` is not SETS:GETS (1:10, 1:0)");
+        let (a, b) = s.split_once(':').ok_or_else(bad)?;
+        let (sets, gets) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+        if sets == 0 {
+            return Err(format!(
+                "`{s}` has no SET: every GET reads what this run's SETs wrote, so there must be one"
+            ));
+        }
+        if u32::checked_add(sets, gets).is_none() {
+            return Err(bad());
+        }
+        Ok(Ratio { sets, gets })
+    }
+}
+
 /// The flags every binary takes for installing it: each prints something made from the
 /// binary's flags and exits, so it must be given alone. Shown by --help, not by -h.
 #[derive(Debug, Clone, Args)]
@@ -450,9 +476,10 @@ pub struct EpollArgs {
 /// An io_uring load generator: holds many connections, checks every answer, reports latency.
 ///
 /// Every connection is a direct descriptor (no fd each, so one process holds far more than
-/// RLIMIT_NOFILE). Echo requests with every byte verified, or HTTP GETs with every answer's
-/// status and body checked; closed loop, or open loop with latency corrected for coordinated
-/// omission; and a count of every connection and every error. Exits 3 when fewer connections
+/// RLIMIT_NOFILE). Echo requests with every byte verified, HTTP GETs with every answer's
+/// status and body checked, or Redis SETs and GETs (memtier_benchmark's workload) with every
+/// reply checked; closed loop, or open loop with latency corrected for coordinated omission;
+/// and a count of every connection and every error. Exits 3 when fewer connections
 /// were established than asked, or on any error (a byte that did not verify, a request left
 /// unanswered), unless --allow-partial.
 ///
@@ -526,8 +553,9 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 100, value_name = "N")]
     pub conns: u64,
 
-    /// The protocol: echo requests, or HTTP/1.1 GETs whose answers must be 200 with the body
-    /// `Hello, World!`.
+    /// The protocol: echo requests; HTTP/1.1 GETs whose answers must be 200 with the body
+    /// `Hello, World!`; or Redis SETs and GETs (RESP2) on keys of each connection's own, every
+    /// GET's reply the value its connection last SET.
     #[arg(long, value_enum, default_value_t = Proto::Echo)]
     pub proto: Proto,
 
@@ -539,10 +567,34 @@ pub struct LoadArgs {
     #[arg(long, value_name = "PATH")]
     pub path: Option<String>,
 
-    /// HTTP, closed loop: requests written together on a connection; the next batch goes
-    /// once all are answered [default: 1].
+    /// HTTP and Redis, closed loop: requests written together on a connection; the next
+    /// batch goes once all are answered [default: 1].
     #[arg(long, value_name = "N")]
     pub pipeline: Option<u32>,
+
+    /// Redis: SETs to GETs, each connection's commands cycling through that many SETs, then
+    /// that many GETs (memtier_benchmark's) [default: 1:10].
+    #[arg(long, value_name = "SETS:GETS")]
+    pub ratio: Option<Ratio>,
+
+    /// Redis: keys are `--key-prefix` and an ID from 0 to this, each connection's its own:
+    /// connection c of n has the IDs c, c + n, c + 2n, ... (memtier_benchmark's)
+    /// [default: 10000000].
+    #[arg(long, value_name = "ID")]
+    pub key_maximum: Option<u64>,
+
+    /// Redis: what every key begins with [default: memtier-].
+    #[arg(long, value_name = "PREFIX")]
+    pub key_prefix: Option<String>,
+
+    /// Redis: bytes of every SET's value [default: 32].
+    #[arg(long, value_name = "BYTES")]
+    pub data_size: Option<usize>,
+
+    /// Redis: every SET expires its key after this many seconds (`SET k v EX SECONDS`), and a
+    /// GET may find it gone (a miss) [default: none, keys never expire].
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub key_ttl: Option<u32>,
 
     /// Closed loop: requests (with --pipeline: batches) outstanding on each connection.
     #[arg(long, default_value_t = 1, value_name = "D")]
@@ -576,7 +628,7 @@ pub struct LoadArgs {
     #[arg(long, value_name = "R")]
     pub connect_rate: Option<f64>,
 
-    /// Seed of the payload pattern.
+    /// Seed of the payload pattern (Redis: of the values, and of the keys GETs read).
     #[arg(long, default_value_t = 0x5eed)]
     pub seed: u64,
 

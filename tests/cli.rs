@@ -426,7 +426,7 @@ fn bash_completes_each_binarys_flags() {
     assert_eq!(bash_completes(load.0, load.1, &["mer"]).trim(), "merge");
     assert_eq!(
         bash_completes(load.0, load.1, &["--proto", "\"\""]).trim(),
-        "echo http"
+        "echo http redis"
     );
 }
 

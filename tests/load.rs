@@ -423,3 +423,155 @@ fn batched_waits_on_both_sides_answer_every_request(engine: Engine) {
 }
 
 common::per_engine!(batched_waits_on_both_sides_answer_every_request);
+
+/// A redis-server of its own on a free loopback port, ended by PID when dropped; None (the
+/// test skips) where redis-server is missing outside CI.
+struct Redis {
+    child: std::process::Child,
+    port: String,
+}
+
+impl Redis {
+    fn start(extra: &[&str]) -> Option<Redis> {
+        if !common::installed("redis-server --version", "redis-server", "redis-server") {
+            return None;
+        }
+        let port = free_ports(1);
+        let child = Command::new("redis-server")
+            .args(["--port", &port, "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "no"])
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        let redis = Redis { child, port };
+        for _ in 0..200 {
+            if redis.ask("PING").is_ok_and(|r| r == "+PONG\r\n") {
+                return Some(redis);
+            }
+            thread::sleep(Duration::from_millis(25));
+        }
+        panic!(
+            "redis-server not answering PING on {} within 5 s",
+            redis.port
+        );
+    }
+
+    /// One inline command's reply, read in one piece (short replies only).
+    fn ask(&self, command: &str) -> std::io::Result<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port.parse::<u16>().unwrap()))?;
+        s.write_all(format!("{command}\r\n").as_bytes())?;
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    fn load(&self, extra: &[&str]) -> (i32, Value) {
+        load(&self.port, &[&["--proto", "redis"], extra].concat())
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        // Our child, not reaped yet: the PID is still its.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn redis_sets_and_gets_are_counted_and_every_reply_checked() {
+    let Some(redis) = Redis::start(&[]) else {
+        return;
+    };
+    // 1:3 over 200 commands a connection: 50 SETs, each of a key of the connection's own.
+    let (code, r) = redis.load(&["--conns", "20", "--requests", "200", "--ratio", "1:3"]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["proto"], "redis");
+    assert_eq!(u(&r, "requests"), 4000, "{r}");
+    assert_eq!(u(&r, "redis.sets"), 1000, "{r}");
+    assert_eq!(u(&r, "redis.gets"), 3000, "{r}");
+    assert_eq!(u(&r, "redis.hits"), 3000, "{r}");
+    assert_eq!(u(&r, "size"), 32);
+    assert_eq!(redis.ask("DBSIZE").unwrap(), ":1000\r\n");
+    assert_eq!(redis.ask("STRLEN memtier-19").unwrap(), ":32\r\n");
+    // Pipelined, with depth: batches of 16 in one send each, 2 outstanding.
+    let (code, r) = redis.load(&[
+        "--conns",
+        "10",
+        "--pipeline",
+        "16",
+        "--depth",
+        "2",
+        "--requests",
+        "320",
+        "--data-size",
+        "3000",
+        "--key-prefix",
+        "p:",
+    ]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(u(&r, "requests"), 3200, "{r}");
+    assert_eq!(u(&r, "pipeline"), 16);
+    assert_eq!(u(&r, "redis.sets") + u(&r, "redis.hits"), 3200, "{r}");
+    assert_eq!(redis.ask("STRLEN p:3").unwrap(), ":3000\r\n");
+}
+
+#[test]
+fn redis_at_a_fixed_rate_with_expiring_keys_has_misses_and_no_faults() {
+    let Some(redis) = Redis::start(&[]) else {
+        return;
+    };
+    // Every GET reads one of the keys its connection wrote, most of them over a second ago.
+    let (code, r) = redis.load(&[
+        "--conns",
+        "20",
+        "--rate",
+        "2000",
+        "--duration",
+        "3",
+        "--ratio",
+        "1:1",
+        "--key-ttl",
+        "1",
+    ]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["mode"], "open");
+    let requests = u(&r, "requests");
+    assert!(
+        (5_820..=6_180).contains(&requests),
+        "{requests} at 2000/s for 3 s"
+    );
+    assert_eq!(u(&r, "redis.sets"), u(&r, "redis.gets"), "{r}");
+    assert!(u(&r, "redis.misses") > 0 && u(&r, "redis.hits") > 0, "{r}");
+    let ttl = redis.ask("TTL memtier-0").unwrap();
+    assert!(
+        ttl == ":1\r\n" || ttl == ":0\r\n" || ttl == ":-2\r\n",
+        "{ttl}"
+    );
+}
+
+#[test]
+fn wrong_and_error_redis_replies_are_faults() {
+    // An echo server answers each SET with the SET itself.
+    let ports = free_ports(1);
+    let server = Server::start(Engine::Uring, &ports, &[]);
+    let (code, r) = load(
+        &ports,
+        &["--proto", "redis", "--conns", "4", "--requests", "3"],
+    );
+    assert_eq!(code, 3, "{r}");
+    assert_eq!(u(&r, "errors.redis_unexpected_reply:set"), 4, "{r}");
+    assert_eq!(r["errors"].as_object().unwrap().len(), 1, "{r}");
+    assert_eq!(u(&r, "requests"), 0);
+    server.stop();
+    // Over maxmemory, Redis refuses every SET with -OOM.
+    let Some(redis) = Redis::start(&["--maxmemory", "1", "--maxmemory-policy", "noeviction"])
+    else {
+        return;
+    };
+    let (code, r) = redis.load(&["--conns", "4", "--requests", "3"]);
+    assert_eq!(code, 3, "{r}");
+    assert_eq!(u(&r, "errors.redis_error:OOM"), 4, "{r}");
+    assert_eq!(r["errors"].as_object().unwrap().len(), 1, "{r}");
+}

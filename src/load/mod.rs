@@ -1,6 +1,7 @@
 //! The load generator's engine: plans client shards from the connection count and the fd
-//! limit, connects every connection, runs the workload (echo with every byte verified, or
-//! HTTP GETs with every answer checked), and reports what happened to each connection.
+//! limit, connects every connection, runs the workload (echo with every byte verified, HTTP
+//! GETs with every answer checked, or Redis SETs and GETs with every reply checked), and
+//! reports what happened to each connection.
 
 pub mod conn;
 pub mod hlog;
@@ -20,9 +21,10 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
-use crate::cli::{self, LoadArgs, LoadCli, LoadCommand, PortList, Proto};
+use crate::cli::{self, LoadArgs, LoadCli, LoadCommand, PortList, Proto, Ratio};
 use crate::error::{Error, Result};
 use crate::plan;
+use crate::proto::redis::check::Commands;
 use crate::sys::{self, limits::HostLimits};
 use conn::{PATTERN_SPREAD, Requests};
 use shard::{LoadShard, ShardPlan, Shared, Workload};
@@ -39,8 +41,18 @@ pub struct LoadConfig {
     pub size: usize,
     /// HTTP: the path every GET asks for.
     pub path: String,
-    /// HTTP, closed loop: requests written together, the next batch once all are answered.
+    /// HTTP and Redis, closed loop: requests written together, the next batch once all are
+    /// answered.
     pub pipeline: u32,
+    /// Redis: SETs to GETs.
+    pub ratio: Ratio,
+    /// Redis: the highest key ID.
+    pub key_maximum: u64,
+    pub key_prefix: String,
+    /// Redis: bytes of every SET's value.
+    pub data_size: usize,
+    /// Redis: every SET's TTL in seconds.
+    pub key_ttl: Option<u32>,
     /// Closed loop: requests (batches, with `pipeline`) outstanding per connection.
     pub depth: u32,
     /// Open loop: total requests per second (overrides `depth`).
@@ -70,15 +82,29 @@ const MAX_OUTSTANDING: u64 = 4096;
 
 impl LoadConfig {
     /// The run `args` ask for, with each optional flag's default for the protocol; a flag
-    /// given for the other protocol, or a negative time, is a flag error.
+    /// given for another protocol, or a negative time, is a flag error.
     pub fn new(args: &LoadArgs) -> Result<LoadConfig> {
-        let misplaced = match (
-            args.proto == Proto::Http,
-            args.size.is_some(),
-            args.path.is_some() || args.pipeline.is_some(),
-        ) {
-            (true, true, _) => Some("--size is for echo; HTTP requests are GETs of --path"),
-            (false, _, true) => Some("--path and --pipeline are for --proto http"),
+        let redis = [
+            args.ratio.is_some(),
+            args.key_maximum.is_some(),
+            args.key_prefix.is_some(),
+            args.data_size.is_some(),
+            args.key_ttl.is_some(),
+        ]
+        .contains(&true);
+        let misplaced = match args.proto {
+            Proto::Echo if args.path.is_some() || args.pipeline.is_some() => {
+                Some("--path and --pipeline are for --proto http (--pipeline for redis too)")
+            }
+            Proto::Http if args.size.is_some() => {
+                Some("--size is for echo; HTTP requests are GETs of --path")
+            }
+            Proto::Redis if args.size.is_some() || args.path.is_some() => {
+                Some("--size and --path are not for redis: its values are --data-size bytes")
+            }
+            Proto::Echo | Proto::Http if redis => Some(
+                "--ratio, --key-maximum, --key-prefix, --data-size and --key-ttl are for --proto redis",
+            ),
             _ => None,
         };
         if let Some(why) = misplaced {
@@ -102,6 +128,12 @@ impl LoadConfig {
             size: args.size.unwrap_or(64),
             path: args.path.clone().unwrap_or_else(|| "/plaintext".into()),
             pipeline: args.pipeline.unwrap_or(1),
+            // memtier_benchmark's defaults.
+            ratio: args.ratio.unwrap_or(Ratio { sets: 1, gets: 10 }),
+            key_maximum: args.key_maximum.unwrap_or(10_000_000),
+            key_prefix: args.key_prefix.clone().unwrap_or_else(|| "memtier-".into()),
+            data_size: args.data_size.unwrap_or(32),
+            key_ttl: args.key_ttl,
             depth: args.depth,
             rate: args.rate,
             warmup: seconds(args.warmup, "--warmup")?,
@@ -221,9 +253,9 @@ pub struct ClientCpu {
 pub struct Report {
     /// "closed" or "open".
     pub mode: &'static str,
-    /// "echo" or "http".
+    /// "echo", "http" or "redis".
     pub proto: &'static str,
-    /// HTTP: requests written together on each connection (1: no pipelining).
+    /// HTTP and Redis: requests written together on each connection (1: no pipelining).
     pub pipeline: u32,
     /// Open loop: the requests per second asked for.
     pub rate_rps: Option<f64>,
@@ -238,8 +270,10 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     pub duration_s: f64,
     pub throughput_rps: f64,
-    /// Bytes per request (HTTP: of each GET).
+    /// Bytes per request (HTTP: of each GET; Redis: of each SET's value).
     pub size: usize,
+    /// Redis: the measured requests by command and reply (null for the other protocols).
+    pub redis: Option<RedisCounts>,
     /// From when each request was due (open loop: its schedule time, so coordinated
     /// omission is corrected; closed loop: when it was issued).
     pub latency_us: Percentiles,
@@ -247,6 +281,17 @@ pub struct Report {
     pub latency_uncorrected_us: Option<Percentiles>,
     pub connect_us: Percentiles,
     pub client_cpu: ClientCpu,
+}
+
+/// Redis requests answered, by command and reply.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct RedisCounts {
+    pub sets: u64,
+    pub gets: u64,
+    /// GETs that found the value.
+    pub hits: u64,
+    /// GETs that found the key expired (with --key-ttl).
+    pub misses: u64,
 }
 
 impl Report {
@@ -285,11 +330,22 @@ impl Report {
                 "{} B GETs, pipeline {}, every answer checked",
                 self.size, self.pipeline
             ),
+            "redis" => format!(
+                "SET {} B values and GET, pipeline {}, every reply checked",
+                self.size, self.pipeline
+            ),
             _ => format!("{} B each, every byte verified", self.size),
+        };
+        let commands = match &self.redis {
+            Some(r) => format!(
+                "\ncommands:    sets {} gets {} (hits {} misses {})",
+                r.sets, r.gets, r.hits, r.misses
+            ),
+            None => String::new(),
         };
         format!(
             "connections: requested {} established {} failed {} closed-by-peer {} (all up in {:.1}s)\n\
-             requests:    {} in {:.2}s = {:.0} req/s ({mode}, {what})\n\
+             requests:    {} in {:.2}s = {:.0} req/s ({mode}, {what}){commands}\n\
              errors:      {errors}\n\
              latency us:  {}{uncorrected}\n\
              connect us:  p50 {} p90 {} p99 {} p99.9 {} max {}\n\
@@ -447,6 +503,20 @@ fn check(cfg: &LoadConfig, limits: &HostLimits) -> Result<()> {
             "--size must be from 1 to {MAX_SIZE} bytes"
         )));
     }
+    if cfg.data_size == 0 || cfg.data_size > MAX_SIZE {
+        return Err(Error::BadFlag(format!(
+            "--data-size must be from 1 to {MAX_SIZE} bytes"
+        )));
+    }
+    if cfg.proto == Proto::Redis && cfg.key_maximum < cfg.conns - 1 {
+        return Err(Error::BadFlag(format!(
+            "--key-maximum {} leaves some of the {} connections without a key of their own: \
+             give at least {}",
+            cfg.key_maximum,
+            cfg.conns,
+            cfg.conns - 1
+        )));
+    }
     if cfg.proto == Proto::Http
         && (!cfg.path.starts_with('/') || !cfg.path.bytes().all(|b| (0x21..=0x7E).contains(&b)))
     {
@@ -460,9 +530,9 @@ fn check(cfg: &LoadConfig, limits: &HostLimits) -> Result<()> {
             "--pipeline and --depth must be at least 1".into(),
         ));
     }
-    if cfg.pipeline > 1 && (cfg.proto != Proto::Http || cfg.rate.is_some()) {
+    if cfg.pipeline > 1 && (cfg.proto == Proto::Echo || cfg.rate.is_some()) {
         return Err(Error::BadFlag(
-            "--pipeline is for HTTP in the closed loop (without --rate)".into(),
+            "--pipeline is for HTTP and Redis in the closed loop (without --rate)".into(),
         ));
     }
     if u64::from(cfg.pipeline) * u64::from(cfg.depth) > MAX_OUTSTANDING {
@@ -553,9 +623,21 @@ pub fn run(cfg: &LoadConfig) -> Result<Report> {
             (get.len(), region, Requests::Http { copies })
         }
         Proto::Redis => {
-            return Err(Error::BadFlag(
-                "uring-load does not speak --proto redis yet".into(),
-            ));
+            let commands = Commands {
+                sets: cfg.ratio.sets,
+                gets: cfg.ratio.gets,
+                conns: cfg.conns,
+                key_maximum: cfg.key_maximum,
+                key_prefix: cfg.key_prefix.clone().into_bytes(),
+                data_size: cfg.data_size,
+                ttl: cfg.key_ttl,
+                seed: cfg.seed,
+            };
+            (
+                cfg.data_size,
+                Box::default(),
+                Requests::Redis(Arc::new(commands)),
+            )
         }
     };
     let shared = Arc::new(Shared::default());
@@ -578,7 +660,7 @@ pub fn run(cfg: &LoadConfig) -> Result<Report> {
             sources: sources.clone(),
             size,
             pattern: pattern.clone(),
-            kind,
+            kind: kind.clone(),
             workload: match cfg.rate {
                 Some(rate) => Workload::Open { rate: rate * share },
                 None => Workload::Closed {
@@ -674,6 +756,7 @@ pub fn run(cfg: &LoadConfig) -> Result<Report> {
     let mut uncorrected = shard::histogram();
     let mut connect = shard::histogram();
     let mut errors = BTreeMap::new();
+    let mut redis = RedisCounts::default();
     let (mut established, mut failed, mut by_peer, mut requests) = (0, 0, 0, 0);
     for r in &reports {
         latency.add(&r.latency_us).expect("same bounds");
@@ -682,6 +765,10 @@ pub fn run(cfg: &LoadConfig) -> Result<Report> {
         for (k, v) in &r.errors {
             *errors.entry(k.clone()).or_insert(0) += v;
         }
+        redis.sets += r.redis.sets;
+        redis.gets += r.redis.gets;
+        redis.hits += r.redis.hits;
+        redis.misses += r.redis.misses;
         established += r.established;
         failed += r.failed;
         by_peer += r.closed_by_peer;
@@ -715,6 +802,7 @@ pub fn run(cfg: &LoadConfig) -> Result<Report> {
             0.0
         },
         size,
+        redis: (cfg.proto == Proto::Redis).then_some(redis),
         latency_us: Percentiles::of(&latency),
         latency_uncorrected_us: cfg.rate.map(|_| Percentiles::of(&uncorrected)),
         connect_us: Percentiles::of(&connect),
@@ -739,6 +827,11 @@ mod tests {
             size: 64,
             path: "/plaintext".into(),
             pipeline: 1,
+            ratio: Ratio { sets: 1, gets: 10 },
+            key_maximum: 10_000_000,
+            key_prefix: "memtier-".into(),
+            data_size: 32,
+            key_ttl: None,
             depth: 1,
             rate: None,
             warmup: Duration::ZERO,
@@ -848,7 +941,7 @@ mod tests {
             check(&c, &host())
                 .unwrap_err()
                 .to_string()
-                .contains("--pipeline is for HTTP")
+                .contains("--pipeline is for HTTP and Redis")
         );
         c.proto = Proto::Http;
         assert!(check(&c, &host()).is_ok());

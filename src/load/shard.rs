@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use super::conn::{Completed, Fault, Requests, Stream};
+use super::RedisCounts;
+use super::conn::{Completed, Fault, Requests, Send, Stream};
+use crate::proto::redis::check::{Reply, Verb};
 use crate::uring::probe::Need;
 use crate::uring::{self, ConnectSteps, RingConfig};
 
@@ -35,8 +37,8 @@ uring::op_kinds! {
         Bind,
         /// CONNECT, linked after SOCKET (or BIND).
         Connect,
-        /// Send of requests from the pinned request region.
-        SendRegion,
+        /// Send of requests: from the pinned request region, or (Redis) a buffer.
+        Send,
         /// Multishot recv of answers.
         Recv,
         /// Cancel requests; its own completion carries nothing to act on.
@@ -85,7 +87,7 @@ pub struct ShardPlan {
     /// `sources[i / addrs.len() % sources.len()]`.
     pub sources: Vec<std::net::SocketAddr>,
     pub size: usize,
-    /// The request region: the echo pattern, or copies of the HTTP request.
+    /// The request region: the echo pattern, or copies of the HTTP request (Redis: empty).
     pub pattern: Box<[u8]>,
     pub kind: Requests,
     pub workload: Workload,
@@ -112,6 +114,8 @@ pub struct ShardReport {
     /// Requests due in the measured window and answered.
     pub requests: u64,
     pub errors: BTreeMap<String, u64>,
+    /// Redis: the measured requests by command and reply.
+    pub redis: RedisCounts,
     pub latency_us: Histogram<u64>,
     pub uncorrected_us: Histogram<u64>,
     pub connect_us: Histogram<u64>,
@@ -183,6 +187,8 @@ pub struct LoadShard {
     /// The current second of the window and its histogram, for `--hlog`.
     interval: (u64, Histogram<u64>),
     waiting_bufs: Vec<u32>,
+    /// Redis: send buffers done with, for the next sends.
+    spare: Vec<Vec<u8>>,
 }
 
 impl LoadShard {
@@ -210,7 +216,11 @@ impl LoadShard {
                 recv_armed: false,
                 sending: false,
                 connect_started: now,
-                stream: Stream::new(plan.first_conn + u64::from(slot), plan.size, plan.kind),
+                stream: Stream::new(
+                    plan.first_conn + u64::from(slot),
+                    plan.size,
+                    plan.kind.clone(),
+                ),
             })
             .collect();
         Ok(LoadShard {
@@ -227,6 +237,7 @@ impl LoadShard {
                 closed_by_peer: 0,
                 requests: 0,
                 errors: BTreeMap::new(),
+                redis: RedisCounts::default(),
                 latency_us: histogram(),
                 uncorrected_us: histogram(),
                 connect_us: histogram(),
@@ -238,6 +249,7 @@ impl LoadShard {
             outstanding: 0,
             interval: (0, histogram()),
             waiting_bufs: Vec::new(),
+            spare: Vec::new(),
         })
     }
 
@@ -424,12 +436,15 @@ impl LoadShard {
         if c.state != State::Open {
             return Ok(());
         }
-        if let Some((off, len)) = c.stream.next_send(Instant::now()) {
-            c.sending = true;
-            let ud = ud(Kind::SendRegion, slot);
-            self.ring.send_region(slot, self.region, off, len, ud)?;
+        let Some(send) = c.stream.next_send(Instant::now(), &mut self.spare) else {
+            return Ok(());
+        };
+        c.sending = true;
+        let ud = ud(Kind::Send, slot);
+        match send {
+            Send::Region { off, len } => self.ring.send_region(slot, self.region, off, len, ud),
+            Send::Bytes { data, start } => self.ring.send_vec(slot, data, start, ud),
         }
-        Ok(())
     }
 
     fn connect(&mut self, slot: u32) -> io::Result<()> {
@@ -479,12 +494,12 @@ impl LoadShard {
             self.ring.cancel(ud(Kind::Recv, slot), cancel)?;
         }
         if sending {
-            self.ring.cancel(ud(Kind::SendRegion, slot), cancel)?;
+            self.ring.cancel(ud(Kind::Send, slot), cancel)?;
         }
         self.ring.close_fixed(slot, ud(Kind::Close, slot))
     }
 
-    fn complete(&mut self, c: Completion) -> io::Result<()> {
+    fn complete(&mut self, mut c: Completion) -> io::Result<()> {
         let slot = c.ud.slot;
         let i = slot as usize;
         match c.ud.kind {
@@ -527,12 +542,16 @@ impl LoadShard {
                     self.close(slot)?;
                 }
             }
-            Kind::SendRegion => {
+            Kind::Send => {
                 self.clients[i].sending = false;
                 if self.clients[i].state != State::Open {
                     return Ok(());
                 }
-                match self.clients[i].stream.on_sent(c.res) {
+                let bytes = c.vec.take();
+                match self.clients[i]
+                    .stream
+                    .on_sent(c.res, bytes, &mut self.spare)
+                {
                     Ok(()) => self.try_send(slot)?,
                     Err(fault) => self.fault(slot, fault)?,
                 }
@@ -549,6 +568,14 @@ impl LoadShard {
             Fault::HttpStatus(status) => self.error(&format!("http_status:{status}"), 1),
             Fault::HttpBody => self.error("http_body_mismatch", 1),
             Fault::HttpMalformed => self.error("http_malformed", 1),
+            Fault::RedisError(prefix) => self.error(&format!("redis_error:{prefix}"), 1),
+            Fault::RedisUnexpected(verb) => {
+                let verb = match verb {
+                    Verb::Set => "set",
+                    Verb::Get => "get",
+                };
+                self.error(&format!("redis_unexpected_reply:{verb}"), 1)
+            }
             Fault::SendFailed(0) => self.error("send:sent_nothing", 1),
             Fault::SendFailed(res) => self.error(&format!("send:{}", errno_name(res)), 1),
         }
@@ -619,6 +646,13 @@ impl LoadShard {
             return;
         }
         self.report.requests += 1;
+        let r = &mut self.report.redis;
+        match d.reply {
+            Some(Reply::Stored) => r.sets += 1,
+            Some(Reply::Hit) => (r.gets, r.hits) = (r.gets + 1, r.hits + 1),
+            Some(Reply::Miss) => (r.gets, r.misses) = (r.gets + 1, r.misses + 1),
+            Some(Reply::Error(_)) | None => {}
+        }
         let corrected = micros(now - d.intended);
         let _ = self.report.latency_us.record(corrected);
         let _ = self.report.uncorrected_us.record(micros(now - d.sent_at));
