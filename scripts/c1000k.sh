@@ -4,7 +4,7 @@
 # under 60 % and memory under 80 %.
 #
 #   scripts/c1000k.sh [uring|epoll|both] [--conns N] [--rate R] [--duration S] [--batch-usec U]
-#                     [--host-netns] [--ipv6]
+#                     [--host-netns] [--ipv6] [--proto redis]
 #
 # Builds the release binaries, tunes the host (scripts/tune-host.sh; put back at the end,
 # whatever happens), starts the server on ports 6000-6049 planned for the connections, and
@@ -28,10 +28,15 @@
 # ports x the ephemeral range (IPv6 takes its ports from net.ipv4.ip_local_port_range too),
 # 1.4M at the default 28,232 and 3.2M once widened, so no --sources are needed (beyond that,
 # IPv4 loopback has all of 127.0.0.0/8, IPv6 only ::1).
+# --proto redis runs the notes' whole bar: the server speaks Redis, each heartbeat is a SET
+# of that connection's own key with a TTL (uring-load --ratio 1:0 --key-maximum CONNS
+# --key-ttl 120), every reply checked, and the server writes an access log line per command
+# and the append-only file (--appendfsync everysec) to disk. The Reactor's worker processes
+# cannot share one keyspace, so epoll-server refuses it above one process's fd limit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ENGINES=both CONNS=1000000 RATE=55000 DURATION=60 BATCH=10000 PORTS=6000-6049 NETNS=1 LISTEN=0.0.0.0 HOST=127.0.0.1
+ENGINES=both CONNS=1000000 RATE=55000 DURATION=60 BATCH=10000 PORTS=6000-6049 NETNS=1 LISTEN=0.0.0.0 HOST=127.0.0.1 PROTO=echo
 while [ $# -gt 0 ]; do
   case "$1" in
     uring|epoll|both) ENGINES=$1 ;;
@@ -41,12 +46,18 @@ while [ $# -gt 0 ]; do
     --batch-usec) BATCH=$2; shift ;;
     --host-netns) NETNS=0 ;;
     --ipv6) LISTEN=:: HOST=::1 ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    --proto) PROTO=$2; shift ;;
+    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
     *) echo "c1000k: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
 [ "$ENGINES" = both ] && ENGINES="uring epoll"
+case "$PROTO" in
+  echo) SUFFIX="" ;;
+  redis) SUFFIX=-redis ;;
+  *) echo "c1000k: --proto is echo or redis" >&2; exit 2 ;;
+esac
 [ "$(id -u)" = 0 ] || { echo "c1000k: needs root (the sysctls)" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "c1000k: needs python3" >&2; exit 1; }
 CHILD_EHASH=/proc/sys/net/ipv4/tcp_child_ehash_entries
@@ -102,6 +113,12 @@ overall=0
 for ENGINE in $ENGINES; do
   echo "== $ENGINE: server on $LISTEN ports $PORTS planned for $CONNS connections"
   SERVER_ARGS=(--host "$LISTEN" --ports "$PORTS" --max-conns "$CONNS" --batch-usec "$BATCH" --stats-json "$TMP/server.json")
+  LOAD_ARGS=()
+  if [ "$PROTO" = redis ]; then
+    rm -f "$TMP/access.log" "$TMP/appendonly.aof"
+    SERVER_ARGS+=(--proto redis --access-log "$TMP/access.log" --appendonly "$TMP/appendonly.aof" --appendfsync everysec)
+    LOAD_ARGS=(--proto redis --ratio 1:0 --key-maximum "$CONNS" --key-ttl 120)
+  fi
   "${IN_NS[@]}" target/release/$ENGINE-server "${SERVER_ARGS[@]}" >"$TMP/server.out" 2>"$TMP/server.err" &
   SERVER_PID=$!
   for _ in $(seq 600); do
@@ -112,10 +129,10 @@ for ENGINE in $ENGINES; do
   sed 's/^/  /' "$TMP/server.err"; head -1 "$TMP/server.out" | sed 's/^/  /'
   python3 scripts/c1000k-sample.py "$SERVER_PID" "$CORES" >"$TMP/samples.jsonl" &
   SAMPLER_PID=$!
-  echo "== $ENGINE: uring-load --host $HOST --conns $CONNS --rate $RATE --duration $DURATION --batch-usec $BATCH"
+  echo "== $ENGINE: uring-load --host $HOST --conns $CONNS --rate $RATE --duration $DURATION --batch-usec $BATCH ${LOAD_ARGS[*]}"
   set +e
   timeout 600 "${IN_NS[@]}" target/release/uring-load --host "$HOST" --ports "$PORTS" --conns "$CONNS" --rate "$RATE" \
-    --duration "$DURATION" --batch-usec "$BATCH" --json "$TMP/load.json" --allow-partial 2>&1 | sed -u 's/^/  /'
+    --duration "$DURATION" --batch-usec "$BATCH" --json "$TMP/load.json" --allow-partial "${LOAD_ARGS[@]}" 2>&1 | sed -u 's/^/  /'
   set -e
   kill -TERM "$SERVER_PID"
   for _ in $(seq 600); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
@@ -124,10 +141,10 @@ for ENGINE in $ENGINES; do
   wait "$SAMPLER_PID" 2>/dev/null || true
   SERVER_PID="" SAMPLER_PID=""
   tail -1 "$TMP/server.out" | sed 's/^/  /'
-  OUT=bench/results/c1000k-$DATE-$ENGINE.json
-  python3 - "$TMP" "$ENGINE" "$CONNS" "$RATE" "$DURATION" "$DATE" "$KERNEL" "$COMMIT" "$OUT" "$CORES" "$BATCH" "$NETNS" "$EHASH" "$HOST_EHASH" "$HOST" <<'PY' || overall=1
-import json, sys
-tmp, engine, conns, rate, duration, date, kernel, commit, out, cores, batch, netns, ehash, host_ehash, host = sys.argv[1:]
+  OUT=bench/results/c1000k-$DATE-$ENGINE$SUFFIX.json
+  python3 - "$TMP" "$ENGINE" "$CONNS" "$RATE" "$DURATION" "$DATE" "$KERNEL" "$COMMIT" "$OUT" "$CORES" "$BATCH" "$NETNS" "$EHASH" "$HOST_EHASH" "$HOST" "$PROTO" <<'PY' || overall=1
+import json, os, sys
+tmp, engine, conns, rate, duration, date, kernel, commit, out, cores, batch, netns, ehash, host_ehash, host, proto = sys.argv[1:]
 conns = int(conns)
 load = json.load(open(f"{tmp}/load.json"))
 samples = [json.loads(l) for l in open(f"{tmp}/samples.jsonl") if l.strip()]
@@ -148,10 +165,24 @@ checks = {
     "cpu_under_60": cpu_max < 60,
     "mem_under_80": mem_max < 80,
 }
+disk = {}
+if proto == "redis":
+    # Every command answered has its access log line and its record in the append-only
+    # file, on disk once the server has stopped.
+    totals = json.load(open(f"{tmp}/server.json"))["totals"]
+    log_lines = sum(1 for _ in open(f"{tmp}/access.log", "rb"))
+    records = open(f"{tmp}/appendonly.aof", "rb").read().count(b"*5\r\n$3\r\nSET\r\n")
+    disk = {"requests": totals["requests"], "log_lines": log_lines, "aof_records": records,
+            "aof_bytes": os.path.getsize(f"{tmp}/appendonly.aof"), "aof_syncs": totals["aof_syncs"],
+            "log_errors": totals["log_errors"], "aof_errors": totals["aof_errors"]}
+    checks["a_log_line_per_command"] = log_lines == totals["requests"] and totals["log_errors"] == 0
+    checks["an_aof_record_per_set"] = records == totals["requests"] and totals["aof_errors"] == 0
 result = {
     "engine": engine, "date": date, "kernel": kernel, "commit": commit,
     "command": f"scripts/c1000k.sh {engine} --conns {conns} --rate {rate} --duration {duration} --batch-usec {batch}"
-    + ("" if netns == "1" else " --host-netns") + (" --ipv6" if ":" in host else ""),
+    + ("" if netns == "1" else " --host-netns") + (" --ipv6" if ":" in host else "")
+    + (" --proto redis" if proto == "redis" else ""),
+    "proto": proto, "disk": disk,
     "host": host, "own_netns": netns == "1", "ehash_buckets": int(ehash), "host_ehash_buckets": int(host_ehash),
     "conns_requested": conns, "conns_established": load["conns_established"],
     "conns_failed": load["conns_failed"], "errors": load["errors"],
@@ -165,14 +196,14 @@ result = {
 json.dump(result, open(out, "w"), indent=2)
 l = load["latency_us"]
 print(f"""
-  C1000K {engine}: {'PASS' if result['pass'] else 'FAIL'}
+  C1000K {engine}{' (Redis: a SET, a log line and an AOF record per heartbeat)' if proto == 'redis' else ''}: {'PASS' if result['pass'] else 'FAIL'}
   namespace     {'its own, with' if netns == '1' else "the host's:"} a {int(ehash):,}-bucket established hash; over {host}
   connections   {load['conns_established']:,} of {conns:,} established in {load['ramp_s']:.1f}s, {load['conns_failed']} failed, errors {load['errors'] or 'none'}
   throughput    {load['throughput_rps']:,.0f} req/s over {duration}s (asked {int(rate):,})
   latency       p50 {l['p50']} us, p99 {l['p99']} us, p99.9 {l['p999']} us, max {l['max']} us
   server CPU    max {cpu_max}% of its {cores} cores while serving, mean {cpu_mean}% ({ramp_cpu_max}% max during the ramp)
   memory        max {mem_max}% of RAM in use; server RSS max {rss_max // 1024} MB; kernel TCP memory max {tcp_max // 1024} MB
-  checks        {', '.join(k + ('' if v else ' FAILED') for k, v in checks.items())}
+  checks        {', '.join(k + ('' if v else ' FAILED') for k, v in checks.items())}{chr(10) + '  disk          ' + json.dumps(disk) if disk else ''}
   wrote {out}""")
 sys.exit(0 if result["pass"] else 1)
 PY

@@ -610,6 +610,8 @@ mod tests {
         /// The timer effects seen, apart from the acts.
         parts: Vec<Reading>,
         lingers: usize,
+        /// The positions of `Effect::Hold`s.
+        held: Vec<u64>,
         effects: Vec<Effect>,
     }
 
@@ -647,6 +649,10 @@ mod tests {
                     }
                     Effect::Linger => {
                         self.lingers += 1;
+                        continue;
+                    }
+                    Effect::Hold(lsn) => {
+                        self.held.push(lsn);
                         continue;
                     }
                 };
@@ -752,6 +758,65 @@ mod tests {
 
     fn statuses(bytes: &[u8]) -> usize {
         bytes.windows(9).filter(|w| w == b"HTTP/1.1 ").count()
+    }
+
+    /// A Redis connection whose shard holds replies to writes until the journal is durable
+    /// (`--appendfsync always`).
+    fn open_redis_always() -> (Tested, Rec) {
+        use crate::proto::redis::{Config, Keyspace, Limits};
+        use crate::server::core::RedisEnv;
+        let keyspace = Keyspace::new(Config {
+            maxmemory: None,
+            journal: true,
+        });
+        let mut io = Rec {
+            http: Some(ProtoEnv {
+                limits: http::Limits::default(),
+                date: http::Date::at(0),
+                now: std::time::Instant::now(),
+                redis: Some(RedisEnv::new(
+                    std::sync::Arc::new(keyspace),
+                    Limits::default(),
+                    true,
+                )),
+            }),
+            ..Rec::default()
+        };
+        let c = Tested(Conn::accepted(1, 5, io.http.as_ref(), &mut io.effects));
+        io.record();
+        assert_eq!(io.take(), vec![Act::Arm]);
+        (c, io)
+    }
+
+    #[test]
+    fn redis_replies_after_a_write_wait_until_it_is_durable_and_keep_their_order() {
+        let (mut c, mut io) = open_redis_always();
+        // A read's reply goes at once; a write's, arriving while it is in flight, waits.
+        http_data(&mut c, &mut io, b"PING\r\n", true);
+        assert_eq!(io.take(), vec![Act::Recycle(7), Act::SendVec(7, 0)]);
+        http_data(
+            &mut c,
+            &mut io,
+            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n",
+            true,
+        );
+        assert_eq!(io.take(), vec![Act::Recycle(7)]);
+        let lsn = io.held.pop().expect("the write is held");
+        let sent = std::mem::take(&mut io.sent);
+        c.on_sent_vec(sent.len() as i32, sent, 0, &mut io);
+        assert_eq!(io.take(), vec![]);
+        // A read behind the held write waits behind it.
+        http_data(&mut c, &mut io, b"PING\r\n", true);
+        assert_eq!(io.take(), vec![Act::Recycle(7)]);
+        assert_eq!(c.queued_bytes(), 5 + 7);
+        // Durable short of it: nothing; durable to it: both, in order.
+        c.0.durable(lsn - 1, &mut io.effects);
+        io.record();
+        assert_eq!(io.take(), vec![]);
+        c.0.durable(lsn, &mut io.effects);
+        io.record();
+        assert_eq!(io.take(), vec![Act::SendVec(12, 0)]);
+        assert_eq!(io.sent, b"+OK\r\n+PONG\r\n");
     }
 
     #[test]

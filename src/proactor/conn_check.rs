@@ -17,7 +17,7 @@ use std::collections::BTreeSet;
 
 use super::conn::{Conn, Effect, Received};
 use crate::proto::http;
-use crate::server::core::HttpEnv;
+use crate::server::core::ProtoEnv;
 
 /// Provided buffers in the model's ring: few, so that it runs dry.
 const BUFS: u16 = 4;
@@ -47,7 +47,7 @@ struct Kernel {
     shut: bool,
     closed: bool,
     sent: Vec<u8>,
-    env: HttpEnv,
+    env: ProtoEnv,
 }
 
 impl Kernel {
@@ -124,7 +124,11 @@ impl Kernel {
                     assert!(!self.failed, "an error counted twice for one connection");
                     self.failed = true;
                 }
-                Effect::ShortSend | Effect::Answered(_) | Effect::Reading(_) | Effect::Linger => {}
+                Effect::ShortSend
+                | Effect::Answered(_)
+                | Effect::Hold(_)
+                | Effect::Reading(_)
+                | Effect::Linger => {}
             }
         }
     }
@@ -165,13 +169,14 @@ pub fn run(data: &[u8]) -> (Vec<u8>, Vec<u8>) {
         shut: false,
         closed: false,
         sent: Vec::new(),
-        env: HttpEnv {
+        env: ProtoEnv {
             limits: http::Limits {
                 max_header_bytes: 64 + u32::from(mode >> 1),
                 max_body_bytes: u64::from(mode),
             },
             date: http::Date::at(784_111_777),
             now: std::time::Instant::now(),
+            redis: None,
         },
     };
     // The right answer to everything delivered, and a counter for echo payloads.
@@ -179,7 +184,7 @@ pub fn run(data: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let mut reference = http::Session::new();
     let mut fill = 0u8;
     let mut fx = Vec::new();
-    let mut conn = Conn::accepted(1, 1, is_http, &mut fx);
+    let mut conn = Conn::accepted(1, 1, is_http.then_some(&k.env), &mut fx);
     k.apply(&mut fx);
     let mut take = |n: usize| -> &[u8] {
         let (a, b) = rest.split_at(n.min(rest.len()));

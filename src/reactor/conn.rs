@@ -432,10 +432,11 @@ mod tests {
     impl Shard {
         fn http() -> Shard {
             Shard {
-                http: Some(HttpEnv {
-                    limits: http::Limits::default(),
-                    date: http::Date::at(0),
+                http: Some(ProtoEnv {
+                    limits: crate::proto::http::Limits::default(),
+                    date: crate::proto::http::Date::at(0),
                     now: std::time::Instant::now(),
+                    redis: None,
                 }),
                 ..Shard::default()
             }
@@ -527,7 +528,7 @@ mod tests {
 
     #[test]
     fn echo_writes_what_it_read_straight_back_and_waits_after_a_short_read() {
-        let (mut c, mut s) = (Conn::accepted(false), Shard::default());
+        let (mut c, mut s) = (Conn::accepted(None), Shard::default());
         assert_eq!(s.next(&c), Op::Wait, "no read before the first edge");
         c.on_ready(IN | OUT);
         assert_eq!(s.recv(&mut c, b"hello", true), got());
@@ -540,7 +541,7 @@ mod tests {
 
     #[test]
     fn a_full_read_reads_again_and_rdhup_reads_on_to_the_eof() {
-        let (mut c, mut s) = (Conn::accepted(false), Shard::default());
+        let (mut c, mut s) = (Conn::accepted(None), Shard::default());
         c.on_ready(IN);
         s.recv(&mut c, &bytes(8), false);
         s.sent(&mut c, 8);
@@ -558,7 +559,7 @@ mod tests {
 
     #[test]
     fn eagain_on_a_read_waits_for_the_next_edge() {
-        let (mut c, s) = (Conn::accepted(false), Shard::default());
+        let (mut c, s) = (Conn::accepted(None), Shard::default());
         c.on_ready(IN | RDHUP);
         assert_eq!(s.next(&c), Op::Read);
         c.on_read_blocked();
@@ -567,7 +568,7 @@ mod tests {
 
     #[test]
     fn short_write_then_second_short_write_writes_exactly_the_rest() {
-        let (mut c, mut s) = (Conn::accepted(false), Shard::default());
+        let (mut c, mut s) = (Conn::accepted(None), Shard::default());
         let data = bytes(100);
         c.on_ready(IN);
         s.recv(&mut c, &data, true);
@@ -592,7 +593,10 @@ mod tests {
 
     #[test]
     fn eagain_mid_answer_queues_the_rest_and_reading_stops_until_it_is_written() {
-        let (mut c, mut s) = (Conn::accepted(true), Shard::http());
+        let (mut c, mut s) = {
+            let s = Shard::http();
+            (Conn::accepted(s.http.as_ref()), s)
+        };
         c.on_ready(IN);
         let two = [GET, GET].concat();
         let fx = s.recv(&mut c, &two, true);
@@ -621,7 +625,7 @@ mod tests {
 
     #[test]
     fn eof_with_output_queued_closes_only_after_it_is_all_written() {
-        let (mut c, mut s) = (Conn::accepted(false), Shard::default());
+        let (mut c, mut s) = (Conn::accepted(None), Shard::default());
         let data = bytes(50);
         c.on_ready(IN);
         s.recv(&mut c, &data, true);
@@ -646,7 +650,10 @@ mod tests {
 
     #[test]
     fn lingering_close_sends_the_answer_shuts_once_discards_then_closes_at_the_eof() {
-        let (mut c, mut s) = (Conn::accepted(true), Shard::http());
+        let (mut c, mut s) = {
+            let s = Shard::http();
+            (Conn::accepted(s.http.as_ref()), s)
+        };
         c.on_ready(IN);
         let fx = s.recv(&mut c, &[GET_CLOSE, GET].concat(), false);
         assert_eq!(
@@ -682,7 +689,10 @@ mod tests {
 
     #[test]
     fn a_closing_answer_that_blocks_shuts_after_its_last_byte() {
-        let (mut c, mut s) = (Conn::accepted(true), Shard::http());
+        let (mut c, mut s) = {
+            let s = Shard::http();
+            (Conn::accepted(s.http.as_ref()), s)
+        };
         c.on_ready(IN);
         s.recv(&mut c, GET_CLOSE, true);
         s.blocked(&mut c);
@@ -699,7 +709,10 @@ mod tests {
 
     #[test]
     fn header_timeout_answers_408_then_lingers() {
-        let (mut c, mut s) = (Conn::accepted(true), Shard::http());
+        let (mut c, mut s) = {
+            let s = Shard::http();
+            (Conn::accepted(s.http.as_ref()), s)
+        };
         c.on_ready(IN);
         let fx = s.recv(&mut c, b"GET / HTTP/1.1\r\nHost", true);
         assert_eq!((fx.answered, fx.reading), (0, Some(Reading::Head)));
@@ -720,7 +733,10 @@ mod tests {
 
     #[test]
     fn header_timeout_with_output_queued_answers_after_it() {
-        let (mut c, mut s) = (Conn::accepted(true), Shard::http());
+        let (mut c, mut s) = {
+            let s = Shard::http();
+            (Conn::accepted(s.http.as_ref()), s)
+        };
         c.on_ready(IN);
         s.recv(&mut c, &[GET, b"GET / HT"].concat(), true);
         let first = s.answers.clone();
@@ -742,14 +758,14 @@ mod tests {
 
     #[test]
     fn header_timeout_closes_an_echo_connection() {
-        let (mut c, mut s) = (Conn::accepted(false), Shard::default());
+        let (mut c, mut s) = (Conn::accepted(None), Shard::default());
         assert_eq!(c.time_out(None, &mut s.answers), Effects::default());
         assert_eq!(s.next(&c), Op::Close);
     }
 
     #[test]
     fn drain_during_output_writes_the_rest_then_closes_without_reading() {
-        let (mut c, mut s) = (Conn::accepted(false), Shard::default());
+        let (mut c, mut s) = (Conn::accepted(None), Shard::default());
         let data = bytes(40);
         c.on_ready(IN);
         s.recv(&mut c, &data, true);
@@ -766,11 +782,14 @@ mod tests {
 
     #[test]
     fn drain_with_nothing_owed_closes_at_once_even_while_lingering() {
-        let (mut c, s) = (Conn::accepted(false), Shard::default());
+        let (mut c, s) = (Conn::accepted(None), Shard::default());
         c.drain();
         assert_eq!(s.next(&c), Op::Close);
 
-        let (mut c, mut s) = (Conn::accepted(true), Shard::http());
+        let (mut c, mut s) = {
+            let s = Shard::http();
+            (Conn::accepted(s.http.as_ref()), s)
+        };
         c.on_ready(IN);
         s.recv(&mut c, GET_CLOSE, true);
         let n = s.answers.len();
@@ -782,7 +801,7 @@ mod tests {
 
     #[test]
     fn write_error_is_counted_once_and_closes() {
-        let (mut c, mut s) = (Conn::accepted(false), Shard::default());
+        let (mut c, mut s) = (Conn::accepted(None), Shard::default());
         c.on_ready(IN);
         s.recv(&mut c, &bytes(10), true);
         assert_eq!(
@@ -799,12 +818,12 @@ mod tests {
 
     #[test]
     fn read_error_closes_and_an_abort_closes_dropping_what_is_owed() {
-        let (mut c, s) = (Conn::accepted(false), Shard::default());
+        let (mut c, s) = (Conn::accepted(None), Shard::default());
         c.on_ready(IN);
         assert!(c.on_read_error().failed);
         assert_eq!(s.next(&c), Op::Close);
 
-        let (mut c, mut s) = (Conn::accepted(false), Shard::default());
+        let (mut c, mut s) = (Conn::accepted(None), Shard::default());
         c.on_ready(IN);
         s.recv(&mut c, &bytes(10), true);
         s.blocked(&mut c);
@@ -815,7 +834,7 @@ mod tests {
 
     #[test]
     fn a_grown_queue_is_dropped_once_written() {
-        let (mut c, mut s) = (Conn::accepted(false), Shard::default());
+        let (mut c, mut s) = (Conn::accepted(None), Shard::default());
         let data = bytes(KEEP_QUEUE_CAPACITY + 1);
         c.on_ready(IN);
         s.recv(&mut c, &data, true);

@@ -52,6 +52,24 @@ pub struct RedisEnv {
     pub now_ms: u64,
     /// `--appendfsync always`: a reply to a write waits until the journal is durable.
     pub hold: bool,
+    /// When this shard last ran the keyspace's active expiry.
+    swept: Instant,
+}
+
+/// Each shard runs the keyspace's active expiry (a bounded sweep) this often, as Redis's
+/// serverCron does at its default hz 10.
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
+
+impl RedisEnv {
+    pub fn new(keyspace: Arc<redis::Keyspace>, limits: redis::Limits, hold: bool) -> RedisEnv {
+        RedisEnv {
+            keyspace,
+            limits,
+            now_ms: unix_ms(),
+            hold,
+            swept: Instant::now(),
+        }
+    }
 }
 
 impl ProtoEnv {
@@ -184,11 +202,9 @@ impl ShardCore {
                 limits: ctx.http.unwrap_or_default(),
                 date: http::Date::now(),
                 now: Instant::now(),
-                redis: ctx.redis.as_ref().map(|r| RedisEnv {
-                    keyspace: r.keyspace.clone(),
-                    limits: r.limits,
-                    now_ms: unix_ms(),
-                    hold: r.aof.as_ref().is_some_and(|a| a.holds()),
+                redis: ctx.redis.as_ref().map(|r| {
+                    let hold = r.aof.as_ref().is_some_and(|a| a.holds());
+                    RedisEnv::new(r.keyspace.clone(), r.limits, hold)
                 }),
             }),
             gate: ctx.gate.clone(),
@@ -230,6 +246,10 @@ impl ShardCore {
             env.now = now;
             if let Some(r) = &mut env.redis {
                 r.now_ms = unix_ms();
+                if now >= r.swept + SWEEP_EVERY {
+                    r.swept = now;
+                    r.keyspace.sweep(r.now_ms);
+                }
             }
         }
     }
