@@ -94,7 +94,7 @@ impl RedisCtx {
         if let (Some(aof), Some(journal)) = (&self.aof, self.keyspace.journal()) {
             let sync = aof.policy() != crate::cli::Fsync::No;
             let mut counters = Counters::default();
-            aof.write_out(journal, sync, None, &mut counters);
+            aof.write_out(journal, sync, &mut counters);
         }
     }
 }

@@ -93,6 +93,9 @@ enum Owed {
     Input,
     /// The answers just built: `Bufs::answers`.
     Answers,
+    /// Redis with `--appendfsync always`: replies in `Conn::queue` that wait until the
+    /// journal is durable (the shard's fdatasync at the end of its turn; `durable`).
+    Held,
     /// What the socket would not take, in `Conn::queue`; `writable` once EPOLLOUT has come
     /// since the EAGAIN.
     Queued {
@@ -186,7 +189,7 @@ impl Conn {
             Owed::Input => bufs.input,
             Owed::Answers => bufs.answers,
             Owed::Queued { writable: true } => &self.queue,
-            Owed::Queued { writable: false } => return Op::Wait,
+            Owed::Queued { writable: false } | Owed::Held => return Op::Wait,
             Owed::Nothing => {
                 return match self.phase {
                     Phase::Open | Phase::Lingering { shut: true } => match self.read {
@@ -232,7 +235,11 @@ impl Conn {
                 if o.close {
                     self.phase = Phase::Lingering { shut: false };
                 }
-                if !answers.is_empty() {
+                if o.lsn.is_some() {
+                    // `always`: the replies wait in the queue for the turn's fdatasync.
+                    self.queue.extend_from_slice(answers);
+                    self.owed = Owed::Held;
+                } else if !answers.is_empty() {
                     self.owed = Owed::Answers;
                 }
             }
@@ -268,7 +275,7 @@ impl Conn {
             }
             Owed::Input => bufs.input.len(),
             Owed::Answers => bufs.answers.len(),
-            Owed::Queued { .. } => self.queue.len(),
+            Owed::Queued { .. } | Owed::Held => self.queue.len(),
         };
         self.sent += n;
         let mut fx = Effects {
@@ -301,7 +308,7 @@ impl Conn {
             Owed::Nothing => return Effects::default(),
             Owed::Input => &bufs.input[self.sent..],
             Owed::Answers => &bufs.answers[self.sent..],
-            Owed::Queued { .. } => {
+            Owed::Queued { .. } | Owed::Held => {
                 // Still waiting, as before.
                 self.owed = Owed::Queued { writable: false };
                 return Effects::default();
@@ -357,7 +364,7 @@ impl Conn {
                 }
                 answered
             }
-            Owed::Queued { .. } => env.time_out(session, &mut self.queue, log),
+            Owed::Queued { .. } | Owed::Held => env.time_out(session, &mut self.queue, log),
             Owed::Input | Owed::Answers => {
                 debug_assert!(
                     false,
@@ -376,6 +383,19 @@ impl Conn {
         }
         Effects {
             linger: true,
+            ..Effects::default()
+        }
+    }
+
+    /// The journal is durable to the lsn its replies waited for: they are written now, as
+    /// output waiting for the socket (the send deadline runs).
+    pub fn durable(&mut self) -> Effects {
+        if self.owed != Owed::Held {
+            return Effects::default();
+        }
+        self.owed = Owed::Queued { writable: true };
+        Effects {
+            owed: Some(true),
             ..Effects::default()
         }
     }
@@ -621,6 +641,53 @@ mod tests {
         assert_eq!(s.next(&c), Op::Read);
         c.on_read_blocked();
         assert_eq!(s.next(&c), Op::Wait);
+    }
+
+    #[test]
+    fn redis_replies_to_writes_wait_for_the_turns_fdatasync_and_reads_wait_behind_them() {
+        use crate::proto::redis::{Config, Keyspace, Limits};
+        use crate::server::core::RedisEnv;
+        let keyspace = Keyspace::new(Config {
+            maxmemory: None,
+            journal: true,
+        });
+        let mut s = Shard {
+            http: Some(ProtoEnv {
+                limits: crate::proto::http::Limits::default(),
+                date: crate::proto::http::Date::at(0),
+                now: std::time::Instant::now(),
+                redis: Some(RedisEnv::new(
+                    std::sync::Arc::new(keyspace),
+                    Limits::default(),
+                    true,
+                )),
+            }),
+            ..Shard::default()
+        };
+        let mut c = Conn::accepted(s.http.as_ref());
+        c.on_ready(IN);
+        // A read alone is answered at once.
+        let fx = s.recv(&mut c, b"PING\r\n", true);
+        assert_eq!((fx.answered, fx.lsn), (1, None));
+        assert_eq!(s.sent(&mut c, 7).0, b"+PONG\r\n");
+        // A write waits, and nothing is read meanwhile.
+        c.on_ready(IN);
+        let fx = s.recv(
+            &mut c,
+            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\nPING\r\n",
+            true,
+        );
+        assert_eq!(fx.answered, 2);
+        assert!(fx.lsn.is_some());
+        s.answers.clear();
+        c.on_ready(IN);
+        assert_eq!(s.next(&c), Op::Wait);
+        // Durable: written in order, as output waiting for the peer.
+        assert_eq!(c.durable().owed, Some(true));
+        assert_eq!(s.offered(&c), b"+OK\r\n+PONG\r\n");
+        let (_, fx) = s.sent(&mut c, 12);
+        assert_eq!(fx.owed, Some(false));
+        assert_eq!(s.next(&c), Op::Read);
     }
 
     #[test]

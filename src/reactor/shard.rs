@@ -121,6 +121,8 @@ pub struct Shard {
     log: Option<ShardLog>,
     /// Redis's `--appendonly`.
     aof: Option<Arc<Aof>>,
+    /// Connections (slot, generation) whose replies wait for this turn's fdatasync.
+    held: Vec<(usize, u32)>,
 }
 
 /// The journal of the keyspace a shard with an append-only file serves.
@@ -201,6 +203,7 @@ impl Shard {
                 .log
                 .map(|(file, cap, fsync)| ShardLog::new(Pending::new(file, cap, fsync))),
             aof: ctx.redis.as_ref().and_then(|r| r.aof.clone()),
+            held: Vec::new(),
         })
     }
 
@@ -216,6 +219,8 @@ impl Shard {
                 (a, b) => a.or(b),
             };
             let timeout = match wait {
+                // Replies wait for the journal's sync at the end of the turn: no waiting.
+                _ if !self.held.is_empty() => 0,
                 // epoll_wait counts whole milliseconds: round up, never a busy 0.
                 Some(t) => t.as_micros().div_ceil(1000).max(1) as i32,
                 None => -1,
@@ -259,16 +264,7 @@ impl Shard {
             if self.core.overdue(Instant::now()) {
                 self.for_each_conn(Conn::abort);
             }
-            if let Some(aof) = &self.aof {
-                // Redis's beforeSleep: what this turn's commands journaled goes to the file.
-                let sync = aof.policy() == crate::cli::Fsync::Always;
-                aof.write_out(
-                    journal(&self.core.proto),
-                    sync,
-                    None,
-                    &mut self.core.counters,
-                );
-            }
+            self.write_journal();
             let done = self.core.stopping() && self.conns.is_empty();
             if let Some(log) = &mut self.log {
                 log.maybe_flush(Instant::now(), done, &mut self.core.counters);
@@ -278,6 +274,40 @@ impl Shard {
                 return Ok(self.core.counters);
             }
         }
+    }
+
+    /// Redis's beforeSleep: what this turn's commands journaled goes to the file, with
+    /// `always` fdatasynced, and then the replies that waited for it are written.
+    fn write_journal(&mut self) {
+        let Some(aof) = &self.aof else {
+            return;
+        };
+        let sync = aof.policy() == crate::cli::Fsync::Always;
+        let durable = aof.write_out(journal(&self.core.proto), sync, &mut self.core.counters);
+        let mut held = std::mem::take(&mut self.held);
+        for (slot, generation) in held.drain(..) {
+            let Some(e) = self
+                .conns
+                .get_mut(slot)
+                .filter(|e| e.generation == generation)
+            else {
+                continue;
+            };
+            self.core.counters.aof_held += 1;
+            if durable {
+                let fx = e.conn.durable();
+                apply(slot, fx, &mut self.core.counters, &mut self.core.wheel);
+            } else {
+                // Never acknowledge a write the file may not hold: the client sees the
+                // connection close without its reply.
+                e.conn.abort();
+            }
+            // Driving it may read and hold the next commands: they wait for the next turn's
+            // sync (which then does not wait for events).
+            self.drive(slot);
+        }
+        held.append(&mut self.held);
+        self.held = held;
     }
 
     fn accept_all(&mut self, l: usize) -> io::Result<()> {
@@ -371,7 +401,7 @@ impl Shard {
             buf,
             answers,
             log: shard_log,
-            aof,
+            held,
             ..
         } = self;
         let ShardCore {
@@ -380,7 +410,12 @@ impl Shard {
             proto,
             ..
         } = core;
-        let Entry { fd, conn, log, .. } = &mut conns[slot];
+        let Entry {
+            fd,
+            conn,
+            log,
+            generation,
+        } = &mut conns[slot];
         let fd = fd.as_raw_fd();
         // Bytes of `buf` the last read of this turn filled: an echo is owed from there.
         let mut input = 0;
@@ -408,10 +443,9 @@ impl Shard {
                             input = n;
                             let fx =
                                 conn.on_recv(&buf[..n], n < buf.len(), proto.as_ref(), answers);
-                            if let (Some(lsn), Some(aof)) = (fx.lsn, aof.as_deref()) {
-                                // `always`: the writes are on the disk before their replies
-                                // go (Redis does it once per loop turn, for all clients).
-                                aof.write_out(journal(proto), true, Some(lsn), counters);
+                            if fx.lsn.is_some() {
+                                // `always`: the replies wait for the turn's fdatasync.
+                                held.push((slot, *generation));
                             }
                             if let Some(sl) = shard_log.as_mut()
                                 && let Some(done) = conn.logged()

@@ -158,21 +158,13 @@ impl Aof {
     }
 
     /// The Reactor: writes what the journal holds with write(2), and with `sync` fdatasyncs
-    /// it, marking it durable; one shard at a time. With `always`, a shard that finds the
-    /// journal already durable to `lsn` (another shard's sync covered it) does nothing.
-    pub fn write_out(
-        &self,
-        journal: &Journal,
-        sync: bool,
-        lsn: Option<u64>,
-        counters: &mut Counters,
-    ) {
+    /// it, marking it durable; one shard at a time. True unless a write or sync failed: then
+    /// (with `sync`) everything journaled before the call is in the file, and durable,
+    /// since a shard that found nothing to take came after one that wrote and synced it.
+    pub fn write_out(&self, journal: &Journal, sync: bool, counters: &mut Counters) -> bool {
         let _turn = self.turn.lock().unwrap_or_else(|e| e.into_inner());
-        if lsn.is_some_and(|l| journal.durable() >= l) {
-            return;
-        }
         let Some((bytes, end)) = journal.take(Vec::new()) else {
-            return;
+            return true;
         };
         let wrote = sys::write_all(self.file.as_raw_fd(), &bytes);
         journal.written();
@@ -181,7 +173,10 @@ impl Aof {
                 counters.aof_writes += 1;
                 counters.aof_bytes += bytes.len() as u64;
             }
-            Err(e) => return self.failed("writing", e, counters),
+            Err(e) => {
+                self.failed("writing", e, counters);
+                return false;
+            }
         }
         if sync {
             match sys::fdatasync(self.file.as_raw_fd()) {
@@ -189,9 +184,13 @@ impl Aof {
                     counters.aof_syncs += 1;
                     journal.set_durable(end);
                 }
-                Err(e) => self.failed("fsyncing", e, counters),
+                Err(e) => {
+                    self.failed("fsyncing", e, counters);
+                    return false;
+                }
             }
         }
+        true
     }
 
     /// The Reactor's `everysec` thread: fdatasyncs the file once a second until `stop`.
