@@ -126,6 +126,9 @@ impl Server {
 /// redis-benchmark's progress lines, every 250 ms, the first once the clients are connected.
 const PROBE: Duration = Duration::from_millis(600);
 
+/// The longest a probe run waits for its first rate.
+const PROBE_LIMIT: Duration = Duration::from_secs(5);
+
 /// The most requests one redis-benchmark run is given (its -n): bounds a run whose probe was
 /// far off.
 const MAX_REQUESTS: u64 = 20_000_000;
@@ -605,32 +608,40 @@ fn probe(f: &Flags, port: u16, clients: u64, pipeline: u64, test: &str) -> Resul
             let _ = tx.send(String::from_utf8_lossy(&text).to_string());
         }
     });
-    let deadline = Instant::now() + PROBE;
+    let overall = |text: &str| {
+        text.rsplit('\r')
+            .filter_map(|l| {
+                l.split("(overall: ")
+                    .nth(1)?
+                    .split(')')
+                    .next()?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .find(|r| *r > 0.0)
+    };
+    // The first lines say 0.0 while the clients connect (500 of them: a second or so).
+    let start = Instant::now();
     let mut said = String::new();
-    while let Ok(t) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+    while let Ok(t) =
+        rx.recv_timeout((start + PROBE_LIMIT).saturating_duration_since(Instant::now()))
+    {
         said = t;
+        if start.elapsed() >= PROBE && overall(&said).is_some() {
+            break;
+        }
     }
     // By PID: a child not reaped yet.
     let _ = child.kill();
     let _ = child.wait();
-    let overall = said
-        .rsplit('\r')
-        .filter_map(|l| {
-            l.split("(overall: ")
-                .nth(1)?
-                .split(')')
-                .next()?
-                .parse::<f64>()
-                .ok()
-        })
-        .find(|r| *r > 0.0);
+    let overall = overall(&said);
     overall.ok_or_else(|| {
         let err = errs.join().unwrap_or_default();
         let why = err
             .lines()
             .chain(said.lines())
             .find(|l| l.contains("Error") || l.contains("ERR"))
-            .unwrap_or("no progress line");
+            .unwrap_or("no rate in its progress lines");
         format!("redis-benchmark probe: {}", why.trim())
     })
 }
