@@ -47,7 +47,7 @@ use serde_json::{Value, json};
     override_usage = "cargo bench --bench redis [-- OPTIONS]",
     about = "uring-server and epoll-server serving Redis against Redis 7: redis-benchmark per \
              append-only mode, and uring-load at 10,000 connections and above",
-    after_help = "The default run takes about 8 minutes on 2 cores; --quick about 1.5. Needs \
+    after_help = "The default run takes about 8 minutes on 2 cores (the full command set served; less while ours refuse INCR and LPUSH), --quick about 2.5. Needs \
                   redis-server and redis-benchmark (apt-get install -y redis-server) and taskset."
 )]
 struct Flags {
