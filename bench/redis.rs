@@ -860,7 +860,9 @@ fn load_run(
         return Err(LoadErr::NotRun(why));
     }
     let dir = tmp.join(format!("{}-load", server.name()));
-    let srv = Running::start(f, server, "off", conns, nofile, &dir).map_err(LoadErr::NotRun)?;
+    // On one line: a table's note (epoll-server's refusal is on its stderr's last line).
+    let one_line = |e: String| LoadErr::NotRun(e.split_whitespace().collect::<Vec<_>>().join(" "));
+    let srv = Running::start(f, server, "off", conns, nofile, &dir).map_err(one_line)?;
     measure_load(f, srv, conns, rate, tmp).map_err(LoadErr::Failed)
 }
 
