@@ -4,7 +4,7 @@
 //! stripes' locks, relative times made absolute as Redis propagates them (`SET k v EX 10`
 //! as `SET k v PXAT <ms>`, `EXPIRE` as `PEXPIREAT`, `SPOP` as `SREM`).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::Env;
@@ -904,7 +904,7 @@ fn sadd(cx: &mut Cx<'_, '_>, a: &[&[u8]]) {
     let mut l = cx.lock(key);
     if l.get(key).is_none() {
         let set = Set {
-            members: HashSet::new(),
+            members: BTreeSet::new(),
             intset: string2ll(a[2]).is_some(),
         };
         l.insert(key, Value::Set(set), None);
@@ -957,7 +957,8 @@ fn sismember(cx: &mut Cx<'_, '_>, a: &[&[u8]]) {
     int(cx.out, i64::from(set.members.contains(a[2])));
 }
 
-/// A set's members in Redis's order: numeric for an intset; else any (a hash table's).
+/// A set's members in Redis's order: numeric for an intset; else any (a hash table's),
+/// here byte order.
 fn members(set: &Set) -> Vec<&Vec<u8>> {
     let mut m: Vec<&Vec<u8>> = set.members.iter().collect();
     if set.intset {
@@ -1008,7 +1009,7 @@ fn spop(cx: &mut Cx<'_, '_>, a: &[&[u8]]) {
     );
     let n = count.unwrap_or(1).min(set.members.len());
     let all = n == set.members.len();
-    // Redis picks at random; any members are as good here.
+    // Redis picks at random; the first are as good (and the same every run).
     let popped: Vec<Vec<u8>> = members(set).into_iter().take(n).cloned().collect();
     for m in &popped {
         set.members.remove(m);
@@ -1083,7 +1084,7 @@ fn hset(cx: &mut Cx<'_, '_>, a: &[&[u8]]) {
 /// A listpack hash grown past its bounds becomes a hash table (unordered), for good.
 fn to_big(h: &mut Hash) {
     if let Hash::Small(p) = h {
-        *h = Hash::Big(std::mem::take(p).into_iter().collect::<HashMap<_, _>>());
+        *h = Hash::Big(std::mem::take(p).into_iter().collect::<BTreeMap<_, _>>());
     }
 }
 

@@ -3,7 +3,7 @@
 //! journal: the append-only file's records, appended while the key's lock is held, so the
 //! file's order is the order in which commands on a key ran.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -51,12 +51,15 @@ pub(super) enum Value {
 pub(super) enum Hash {
     /// In insertion order.
     Small(Vec<(Vec<u8>, Vec<u8>)>),
-    Big(HashMap<Vec<u8>, Vec<u8>>),
+    /// Redis's hash table has no defined order; ordered here, so that replies depend only
+    /// on the commands run.
+    Big(BTreeMap<Vec<u8>, Vec<u8>>),
 }
 
 #[derive(Debug, Default)]
 pub(super) struct Set {
-    pub members: HashSet<Vec<u8>>,
+    /// Ordered, as `Hash::Big`.
+    pub members: BTreeSet<Vec<u8>>,
     /// Redis would hold it as an intset: replies list it in numeric order. Once false, for
     /// good (Redis never converts back).
     pub intset: bool,

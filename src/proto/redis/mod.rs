@@ -105,6 +105,11 @@ impl Session {
         Session::default()
     }
 
+    /// Bytes held of a command begun (0 when idle).
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
     /// Reads `input`, running every command it completes and appending its reply to `out`;
     /// a connection that logs records each command in `log`. Commands that arrive whole
     /// are read in place; only the start of a partial one is kept.
