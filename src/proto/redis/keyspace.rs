@@ -193,7 +193,7 @@ impl Keyspace {
     /// Locks the stripe of `key`. `journal`: the commands run are journaled (not on replay).
     pub(super) fn lock_key(&self, key: &[u8], now_ms: u64, journal: bool) -> Locked<'_> {
         let i = stripe_of(key);
-        self.locked(vec_one(i, lock(&self.stripes[i])), now_ms, journal)
+        self.locked(Guards::One(i, lock(&self.stripes[i])), now_ms, journal)
     }
 
     /// Locks the stripes of all `keys`, in ascending order (so two never deadlock).
@@ -201,16 +201,17 @@ impl Keyspace {
         let mut idx: Vec<usize> = keys.iter().map(|k| stripe_of(k)).collect();
         idx.sort_unstable();
         idx.dedup();
-        let guards = idx
-            .into_iter()
-            .map(|i| (i, lock(&self.stripes[i])))
-            .collect();
+        let guards = Guards::Many(
+            idx.into_iter()
+                .map(|i| (i, lock(&self.stripes[i])))
+                .collect(),
+        );
         self.locked(guards, now_ms, journal)
     }
 
     /// Locks every stripe, in order.
     pub(super) fn lock_all(&self, now_ms: u64, journal: bool) -> Locked<'_> {
-        let guards = (0..STRIPES).map(|i| (i, lock(&self.stripes[i]))).collect();
+        let guards = Guards::Many((0..STRIPES).map(|i| (i, lock(&self.stripes[i]))).collect());
         self.locked(guards, now_ms, journal)
     }
 
@@ -309,10 +310,29 @@ impl Keyspace {
     }
 }
 
-type Guards<'a> = Vec<(usize, MutexGuard<'a, Stripe>)>;
+/// The stripes a command holds, by index: one (most commands: no allocation) or several.
+enum Guards<'a> {
+    One(usize, MutexGuard<'a, Stripe>),
+    Many(Vec<(usize, MutexGuard<'a, Stripe>)>),
+}
 
-fn vec_one(i: usize, g: MutexGuard<'_, Stripe>) -> Guards<'_> {
-    vec![(i, g)]
+impl<'a> Guards<'a> {
+    fn iter(&self) -> impl Iterator<Item = (usize, &Stripe)> {
+        let (one, many) = match self {
+            Guards::One(i, g) => (Some((*i, &**g)), &[][..]),
+            Guards::Many(v) => (None, &v[..]),
+        };
+        one.into_iter().chain(many.iter().map(|(i, g)| (*i, &**g)))
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (usize, &mut Stripe)> {
+        let (one, many) = match self {
+            Guards::One(i, g) => (Some((*i, &mut **g)), &mut [][..]),
+            Guards::Many(v) => (None, &mut v[..]),
+        };
+        one.into_iter()
+            .chain(many.iter_mut().map(|(i, g)| (*i, &mut **g)))
+    }
 }
 
 /// Stripes locked for one command: its keys' entries, lazily expired; the memory it took
@@ -341,7 +361,7 @@ impl Locked<'_> {
     fn stripe(&mut self, key: &[u8]) -> &mut Stripe {
         let i = stripe_of(key);
         let g = self.guards.iter_mut().find(|(j, _)| *j == i);
-        &mut g.expect("the command locked its keys' stripes").1
+        g.expect("the command locked its keys' stripes").1
     }
 
     /// The live entry of `key`: an expired one is removed first (lazy expiry).
@@ -424,7 +444,7 @@ impl Locked<'_> {
 
     /// Empties every stripe (all are locked).
     pub fn clear(&mut self) {
-        for (_, s) in &mut self.guards {
+        for (_, s) in self.guards.iter_mut() {
             for (k, e) in s.map.drain() {
                 self.delta -= KEY_COST + k.len() as i64 + e.value.cost();
             }
