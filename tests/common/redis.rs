@@ -305,6 +305,110 @@ pub fn collections() -> Case {
     )
 }
 
+/// Type errors, numbers at their bounds, large collections.
+pub fn more() -> Case {
+    let fields: Vec<String> = (0..130).map(|i| format!("f{i} v{i}")).collect();
+    let ints: Vec<String> = (0..520).map(|i| (i * 7 % 1000).to_string()).collect();
+    let long = "v".repeat(65);
+    let mut steps = vec![pipelined(&[
+        "LPUSH l a",
+        "SADD s 1",
+        "HSET h f v",
+        "ZADD z 1 m",
+        "SET str v",
+        "TYPE l",
+        "TYPE s",
+        "TYPE h",
+        "TYPE z",
+        "MGET l s h z str",
+        "SET l x GET",
+        "GET l",
+        "APPEND l x",
+        "STRLEN l",
+        "INCR l",
+        "DECRBY l 1",
+        "LLEN s",
+        "LINDEX s 0",
+        "LPOP s",
+        "RPUSH s a",
+        "SADD l a",
+        "SREM l a",
+        "SISMEMBER l a",
+        "SMEMBERS l",
+        "SCARD l",
+        "SPOP l",
+        "HSET l a b",
+        "HGET l a",
+        "HGETALL l",
+        "HDEL l a",
+        "ZADD l 1 a",
+        "ZSCORE l a",
+        "ZCARD l",
+        "ZRANGE l 0 1",
+        "ZPOPMIN l",
+        "DEL l l s",
+        "EXISTS h h z",
+        "SET n 5",
+        "INCRBY n 9223372036854775807",
+        "INCRBY n 9223372036854775802",
+        "GET n",
+        "DECRBY n x",
+        "SET sp \x20",
+        "INCR sp",
+        "ZADD z 100 a 1e15 b 2.5e-7 c 1e400 d",
+        "ZADD z nan d",
+        "ZADD z 1e-400 d",
+        "ZADD q 0x10 a INF b Infinity c 1E5 e 5e-324 f -0x1.8p1 g",
+        "ZADD q 1_0 h",
+        "ZADD q 0x h",
+        "ZRANGE q 0 -1 WITHSCORES",
+        "ZRANGE q (inf +inf BYSCORE",
+        "ZRANGE q [1 2 BYSCORE",
+        "ZRANGE q 1e400 2 BYSCORE",
+        "ZRANGE q 0x1 0x10 BYSCORE",
+        "ZRANGE q nan 2 BYSCORE",
+        "ZADD z 100 a 1e15 b 2.5e-7 c -1.5e-300 d +5 e .5 f 5. g",
+        "ZRANGE z 0 -1 WITHSCORES",
+        "ZRANGE z (x 1 BYSCORE",
+        "ZRANGE z (0.5 (100 BYSCORE WITHSCORES",
+        "ZRANGE z 100 (0.5 BYSCORE REV LIMIT 1 2",
+        "ZRANGE z 0 -1 BYLEX WITHSCORES",
+        "ZRANGE z 0 1 WITHSCORES REV REV",
+        "ZADD z CH INCR 1 a",
+        "ZADD z LT CH 0 a 200 b",
+        "ZADD z GT 1 a",
+        "ZSCORE z a",
+        "EXPIREAT str -5",
+        "EXISTS str",
+        "SET str v",
+        "PEXPIRE str 9223372036854775807",
+        "PEXPIREAT str 9223372036854775807",
+        "TTL str",
+        "SELECT 0 1",
+        "HELLO 1",
+        "HELLO 4",
+        "LRANGE h 0 1",
+        "LRANGE nope 9223372036854775807 -9223372036854775808",
+        "CLIENT SETNAME a\x01",
+        "DEL s h z",
+        "FLUSHALL",
+        "DBSIZE",
+    ])];
+    steps.push(c(&format!("HSET big {}", fields.join(" "))));
+    steps.push(check(c("HGETALL big"), Check::Unordered));
+    steps.push(c(&format!("HSET long a {long} b x")));
+    steps.push(check(c("HGETALL long"), Check::Unordered));
+    steps.push(c(&format!("SADD many {}", ints.join(" "))));
+    steps.push(check(c("SMEMBERS many"), Check::Unordered));
+    steps.push(c("SADD small 3 -1 20 7"));
+    steps.push(c("SPOP small 4"));
+    steps.push(c("SADD mixed 3 1 x"));
+    steps.push(check(c("SMEMBERS mixed"), Check::Unordered));
+    steps.push(c("SREM mixed x"));
+    steps.push(check(c("SMEMBERS mixed"), Check::Unordered));
+    case("more", steps)
+}
+
 /// TTLs: relative and absolute, NX XX GT LT, and keys that expire.
 pub fn expiry() -> Case {
     let far = "4102444800"; // 2100-01-01, seconds
@@ -436,6 +540,7 @@ pub fn cases() -> Vec<Case> {
     vec![
         strings(),
         collections(),
+        more(),
         expiry(),
         inline(),
         case(
@@ -455,6 +560,7 @@ pub fn cases() -> Vec<Case> {
                 c("CLIENT GETNAME"),
             ],
         ),
+        closing("quit with args", vec![c("QUIT now")]),
         closing(
             "quit",
             vec![Step {

@@ -324,20 +324,53 @@ pub fn fmt_double(d: f64) -> String {
     }
 }
 
+/// C's strtod over the whole of `s`: decimal (Rust's parser reads the same forms, `inf`
+/// and `nan` too), or hexadecimal (`0x1.8p3`).
+fn strtod(s: &str) -> Option<f64> {
+    let (neg, body) = match s.as_bytes().first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let Some(hex) = body.strip_prefix("0x").or_else(|| body.strip_prefix("0X")) else {
+        return s.parse().ok();
+    };
+    let (digits, exp) = match hex.find(['p', 'P']) {
+        Some(i) => (&hex[..i], hex[i + 1..].parse::<i32>().ok()?),
+        None => (hex, 0),
+    };
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    if int.is_empty() && frac.is_empty() {
+        return None;
+    }
+    let mut m = 0.0f64;
+    for c in int.chars().chain(frac.chars()) {
+        m = m * 16.0 + f64::from(c.to_digit(16)?);
+    }
+    let e = exp.checked_sub(4 * frac.len() as i32)?;
+    let d = m * 2f64.powi(e);
+    Some(if neg { -d } else { d })
+}
+
 /// A double argument as Redis reads it (strtod, the whole argument, no NaN, no overflow or
-/// underflow to infinity or zero). Hex floats are not read.
+/// underflow to infinity or zero).
 fn parse_double(a: &[u8]) -> Option<f64> {
     let s = std::str::from_utf8(a).ok()?;
     if s.is_empty() || s.starts_with(|c: char| c.is_ascii_whitespace()) {
         return None;
     }
-    let d: f64 = s.parse().ok()?;
+    let d = strtod(s)?;
     let body = s.trim_start_matches(['+', '-']).to_ascii_lowercase();
     if d.is_nan() || (d.is_infinite() && body != "inf" && body != "infinity") {
         return None;
     }
-    let mantissa = body.split('e').next().unwrap_or("");
-    if d == 0.0 && mantissa.bytes().any(|b| (b'1'..=b'9').contains(&b)) {
+    let mantissa = body.split(['e', 'p']).next().unwrap_or("");
+    let mantissa = mantissa.strip_prefix("0x").unwrap_or(mantissa);
+    if d == 0.0
+        && mantissa
+            .bytes()
+            .any(|b| b.is_ascii_alphanumeric() && b != b'0')
+    {
         return None;
     }
     Some(d)
@@ -1300,7 +1333,7 @@ fn score_bound(a: &[u8]) -> Option<(f64, bool)> {
         Some(s) => (true, s),
         None => (false, a),
     };
-    let d: f64 = std::str::from_utf8(s).ok()?.parse().ok()?;
+    let d = strtod(std::str::from_utf8(s).ok()?)?;
     (!d.is_nan()).then_some((d, ex))
 }
 
@@ -1599,7 +1632,12 @@ mod tests {
         assert_eq!(parse_double(b"-inf"), Some(f64::NEG_INFINITY));
         assert_eq!(parse_double(b"+inf"), Some(f64::INFINITY));
         assert_eq!(parse_double(b".5"), Some(0.5));
-        for bad in ["", " 1", "1 ", "nan", "1e400", "1e-400", "x", "1.5x"] {
+        assert_eq!(parse_double(b"0x10"), Some(16.0));
+        assert_eq!(parse_double(b"-0x1.8p1"), Some(-3.0));
+        assert_eq!(parse_double(b"INF"), Some(f64::INFINITY));
+        for bad in [
+            "", " 1", "1 ", "nan", "1e400", "1e-400", "x", "1.5x", "0x", "0xg", "1_0",
+        ] {
             assert_eq!(parse_double(bad.as_bytes()), None, "{bad}");
         }
     }
