@@ -1512,18 +1512,26 @@ fn client(cx: &mut Cx<'_, '_>, a: &[&[u8]]) {
 
 /// CLIENT SETNAME's rule: printable ASCII without spaces; empty clears the name.
 fn set_name(cx: &mut Cx<'_, '_>, name: &[u8]) -> bool {
-    if !name.iter().all(|&b| (b'!'..=b'~').contains(&b)) {
-        err(
-            cx.out,
-            "Client names cannot contain spaces, newlines or special characters.",
-        );
+    if !valid_name(cx, name) {
         return false;
     }
     cx.client.name = (!name.is_empty()).then(|| name.into());
     true
 }
 
-/// HELLO [2 [SETNAME name]]: RESP2 only (HELLO 3 is refused), no AUTH.
+fn valid_name(cx: &mut Cx<'_, '_>, name: &[u8]) -> bool {
+    let ok = name.iter().all(|&b| (b'!'..=b'~').contains(&b));
+    if !ok {
+        err(
+            cx.out,
+            "Client names cannot contain spaces, newlines or special characters.",
+        );
+    }
+    ok
+}
+
+/// HELLO [2 [AUTH user pass] [SETNAME name]]: RESP2 only (HELLO 3 is refused); the one
+/// user is Redis's default, without a password (any password is taken).
 fn hello(cx: &mut Cx<'_, '_>, a: &[&[u8]]) {
     if let Some(v) = a.get(1) {
         match string2ll(v) {
@@ -1539,12 +1547,17 @@ fn hello(cx: &mut Cx<'_, '_>, a: &[&[u8]]) {
             }
         }
     }
-    let mut j = 2;
+    let (mut j, mut user, mut name) = (2, None, None);
     while j < a.len() {
-        if is(a[j], "setname") && j + 1 < a.len() {
-            if !set_name(cx, a[j + 1]) {
+        let more = a.len() - 1 - j;
+        if is(a[j], "auth") && more >= 2 {
+            user = Some(a[j + 1]);
+            j += 3;
+        } else if is(a[j], "setname") && more >= 1 {
+            if !valid_name(cx, a[j + 1]) {
                 return;
             }
+            name = Some(a[j + 1]);
             j += 2;
         } else {
             err_parts(
@@ -1553,6 +1566,15 @@ fn hello(cx: &mut Cx<'_, '_>, a: &[&[u8]]) {
             );
             return;
         }
+    }
+    if user.is_some_and(|u| u != b"default") {
+        cx.out.extend_from_slice(
+            b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+        );
+        return;
+    }
+    if let Some(n) = name {
+        set_name(cx, n);
     }
     let out = &mut *cx.out;
     array(out, 14);
