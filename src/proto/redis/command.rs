@@ -5,6 +5,7 @@
 //! as `SET k v PXAT <ms>`, `EXPIRE` as `PEXPIREAT`, `SPOP` as `SREM`).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::Env;
@@ -172,19 +173,18 @@ pub fn run(
         return cx.run;
     };
     // A container's subcommand: its own arity, and its own name in the arity error.
-    let mut name = c.name.to_string();
-    let mut arity = c.arity;
-    if args.len() > 1
-        && let Some(&(_, sub, a)) = SUBCOMMANDS
+    let sub = args.get(1).and_then(|s| {
+        SUBCOMMANDS
             .iter()
-            .find(|(cont, s, _)| *cont == c.name && is(args[1], s))
-    {
-        name = format!("{}|{sub}", c.name);
-        arity = a;
-    }
+            .find(|(cont, name, _)| *cont == c.name && is(s, name))
+    });
+    let arity = sub.map_or(c.arity, |s| s.2);
     let n = args.len() as i32;
     if (arity > 0 && n != arity) || n < -arity {
-        wrong_args(cx.out, &name);
+        match sub {
+            Some((_, s, _)) => wrong_args(cx.out, &format!("{}|{s}", c.name)),
+            None => wrong_args(cx.out, c.name),
+        }
         return cx.run;
     }
     if live && c.denyoom && env.keyspace.over_maxmemory() {
@@ -273,22 +273,22 @@ fn null(out: &mut Vec<u8>) {
     out.extend_from_slice(b"$-1\r\n");
 }
 
+/// `<kind><n>\r\n`, formatted in place (no allocation).
+fn header(out: &mut Vec<u8>, kind: u8, n: i64) {
+    out.push(kind);
+    let _ = write!(out, "{n}\r\n"); // a Vec takes every write
+}
+
 fn int(out: &mut Vec<u8>, n: i64) {
-    out.push(b':');
-    out.extend_from_slice(n.to_string().as_bytes());
-    out.extend_from_slice(b"\r\n");
+    header(out, b':', n);
 }
 
 fn array(out: &mut Vec<u8>, n: usize) {
-    out.push(b'*');
-    out.extend_from_slice(n.to_string().as_bytes());
-    out.extend_from_slice(b"\r\n");
+    header(out, b'*', n as i64);
 }
 
 fn bulk(out: &mut Vec<u8>, v: &[u8]) {
-    out.push(b'$');
-    out.extend_from_slice(v.len().to_string().as_bytes());
-    out.extend_from_slice(b"\r\n");
+    header(out, b'$', v.len() as i64);
     out.extend_from_slice(v);
     out.extend_from_slice(b"\r\n");
 }
@@ -603,9 +603,8 @@ fn type_(cx: &mut Cx<'_, '_>, a: &[&[u8]]) {
 
 /// EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT key time [NX|XX|GT|LT].
 fn expire(cx: &mut Cx<'_, '_>, a: &[&[u8]]) {
-    let name = a[0].to_ascii_lowercase();
-    let secs = !name.starts_with(b"p");
-    let relative = !name.ends_with(b"at");
+    let secs = is(a[0], "expire") || is(a[0], "expireat");
+    let relative = is(a[0], "expire") || is(a[0], "pexpire");
     let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
     for o in &a[3..] {
         match () {
@@ -636,22 +635,18 @@ fn expire(cx: &mut Cx<'_, '_>, a: &[&[u8]]) {
     let Some(mut when) = cx.int_arg(a[2]) else {
         return;
     };
-    let invalid = format!(
-        "invalid expire time in '{}' command",
-        String::from_utf8_lossy(&name)
-    );
-    if secs {
-        if !(i64::MIN / 1000..=i64::MAX / 1000).contains(&when) {
-            err(cx.out, &invalid);
-            return;
-        }
-        when *= 1000;
-    }
     let base = if relative { cx.env.now_ms as i64 } else { 0 };
-    if when > i64::MAX - base {
-        err(cx.out, &invalid);
+    let scaled = if secs {
+        when.checked_mul(1000)
+    } else {
+        Some(when)
+    };
+    let Some(ms) = scaled.filter(|&ms| ms <= i64::MAX - base) else {
+        let name = String::from_utf8_lossy(a[0]).to_lowercase();
+        err(cx.out, &format!("invalid expire time in '{name}' command"));
         return;
-    }
+    };
+    when = ms;
     when += base;
     let key = a[1];
     let mut l = cx.lock(key);
