@@ -4,6 +4,7 @@
 //! file's order is the order in which commands on a key ran.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::io::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -22,7 +23,7 @@ pub struct Config {
 /// Stripes: with 256, two shards seldom want the same lock at once.
 const STRIPES: usize = 256;
 /// The memory estimate's cost of a key beyond its bytes (the map's slot, the headers).
-pub(super) const KEY_COST: i64 = 64;
+const KEY_COST: i64 = 64;
 /// The cost of one element of a list, set, hash or sorted set beyond its bytes.
 pub(super) const ELEMENT_COST: i64 = 32;
 /// Active expiry's bound per `sweep` call (all stripes together), and per stripe visited:
@@ -535,9 +536,10 @@ impl Journal {
 
 /// `args` as a RESP multibulk request.
 pub fn encode(args: &[&[u8]], out: &mut Vec<u8>) {
-    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    // A Vec takes every write.
+    let _ = write!(out, "*{}\r\n", args.len());
     for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        let _ = write!(out, "${}\r\n", a.len());
         out.extend_from_slice(a);
         out.extend_from_slice(b"\r\n");
     }
