@@ -7,13 +7,12 @@ mod common;
 #[path = "common/redis.rs"]
 mod redis_cases;
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use c1m::proto::redis::{Config, Env, Keyspace, Limits, Session};
-use redis_cases::{Case, Check, cases, compare, split_replies};
+use redis_cases::{Case, Check, cases, compare_case, run_tcp};
 
 /// A redis-server of this test, ended by its PID.
 struct Redis {
@@ -50,34 +49,6 @@ impl Drop for Redis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Each step's replies from Redis.
-fn run_redis(port: u16, case: &Case) -> Vec<Vec<u8>> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to redis-server");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut all = Vec::new();
-    for (i, step) in case.steps.iter().enumerate() {
-        let last = i + 1 == case.steps.len();
-        // Redis may close before it has read it all (a protocol error).
-        let _ = s.write_all(&step.send);
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 65536];
-        loop {
-            if !(last && case.closes) && split_replies(&buf).0.len() >= step.replies {
-                break;
-            }
-            match s.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => panic!("{}: step {i}: reading Redis: {e}", case.name),
-            }
-        }
-        all.push(buf);
-        std::thread::sleep(Duration::from_millis(step.sleep_ms));
-    }
-    all
 }
 
 fn now_ms() -> u64 {
@@ -121,31 +92,6 @@ fn run_ours(ks: &Keyspace, case: &Case, cut: impl Fn(&[u8]) -> Vec<&[u8]>) -> Ve
     all
 }
 
-fn check_case(case: &Case, ours: &[Vec<u8>], theirs: &[Vec<u8>]) -> Vec<String> {
-    let mut bad = Vec::new();
-    for (i, (step, (o, t))) in case.steps.iter().zip(ours.iter().zip(theirs)).enumerate() {
-        let (o, o_rest) = split_replies(o);
-        let (t, t_rest) = split_replies(t);
-        if o.len() != t.len() || !o_rest.is_empty() || !t_rest.is_empty() {
-            bad.push(format!(
-                "{} step {i}: {} replies and {:?} left, Redis {} and {:?}",
-                case.name,
-                o.len(),
-                String::from_utf8_lossy(o_rest),
-                t.len(),
-                String::from_utf8_lossy(t_rest)
-            ));
-            continue;
-        }
-        for (j, (o, t)) in o.iter().zip(&t).enumerate() {
-            if let Err(e) = compare(step.check, o, t) {
-                bad.push(format!("{} step {i} reply {j}: {e}", case.name));
-            }
-        }
-    }
-    bad
-}
-
 #[test]
 fn replies_match_redis() {
     if !common::installed("redis-server --version", "redis-server", "redis-server") {
@@ -156,9 +102,9 @@ fn replies_match_redis() {
     let (mut bad, mut replies, mut splits) = (Vec::new(), 0, 0);
     for case in cases() {
         replies += case.steps.iter().map(|s| s.replies).sum::<usize>();
-        let theirs = run_redis(redis.port, &case);
+        let theirs = run_tcp((Ipv4Addr::LOCALHOST, redis.port).into(), &case);
         let ours = run_ours(&ks, &case, |b| vec![b]);
-        bad.extend(check_case(&case, &ours, &theirs));
+        bad.extend(compare_case(&case, &ours, &theirs));
         // The exact cases again, each step split in two at every byte.
         let exact = case
             .steps

@@ -6,6 +6,10 @@
 
 #![allow(dead_code)] // each test binary uses its own part
 
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
 /// How the replies of one step are compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Check {
@@ -697,4 +701,58 @@ pub fn compare(check: Check, ours: &[u8], theirs: &[u8]) -> Result<(), String> {
             String::from_utf8_lossy(theirs)
         ))
     }
+}
+
+/// Each step's replies from the server at `addr`, the case run on one connection.
+pub fn run_tcp(addr: SocketAddr, case: &Case) -> Vec<Vec<u8>> {
+    let mut s = TcpStream::connect(addr).expect("connect to the server");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut all = Vec::new();
+    for (i, step) in case.steps.iter().enumerate() {
+        let last = i + 1 == case.steps.len();
+        // The server may close before it has read it all (a protocol error).
+        let _ = s.write_all(&step.send);
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 65536];
+        loop {
+            if !(last && case.closes) && split_replies(&buf).0.len() >= step.replies {
+                break;
+            }
+            match s.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => panic!("{}: step {i}: reading the server: {e}", case.name),
+            }
+        }
+        all.push(buf);
+        std::thread::sleep(Duration::from_millis(step.sleep_ms));
+    }
+    all
+}
+
+/// Every difference between our replies to `case`'s steps and Redis's.
+pub fn compare_case(case: &Case, ours: &[Vec<u8>], theirs: &[Vec<u8>]) -> Vec<String> {
+    let mut bad = Vec::new();
+    for (i, (step, (o, t))) in case.steps.iter().zip(ours.iter().zip(theirs)).enumerate() {
+        let (o, o_rest) = split_replies(o);
+        let (t, t_rest) = split_replies(t);
+        if o.len() != t.len() || !o_rest.is_empty() || !t_rest.is_empty() {
+            bad.push(format!(
+                "{} step {i}: {} replies and {:?} left, Redis {} and {:?}",
+                case.name,
+                o.len(),
+                String::from_utf8_lossy(o_rest),
+                t.len(),
+                String::from_utf8_lossy(t_rest)
+            ));
+            continue;
+        }
+        for (j, (o, t)) in o.iter().zip(&t).enumerate() {
+            if let Err(e) = compare(step.check, o, t) {
+                bad.push(format!("{} step {i} reply {j}: {e}", case.name));
+            }
+        }
+    }
+    bad
 }
