@@ -126,6 +126,7 @@ static COMMANDS: &[Cmd] = &[
     cmd("client", -2, false, client),
     cmd("hello", -1, false, hello),
     cmd("info", -1, false, info),
+    cmd("config", -2, false, config),
 ];
 
 /// Subcommands: (container, name, arity).
@@ -136,6 +137,7 @@ static SUBCOMMANDS: &[(&str, &str, i32)] = &[
     ("client", "getname", 2),
     ("client", "id", 2),
     ("client", "setinfo", 4),
+    ("config", "get", -3),
 ];
 
 /// What a command runs with.
@@ -1332,7 +1334,61 @@ fn score_bound(a: &[u8]) -> Option<(f64, bool)> {
     (!d.is_nan()).then_some((d, ex))
 }
 
-/// ZRANGE key start stop [BYSCORE] [REV] [LIMIT offset count] [WITHSCORES] (not BYLEX).
+/// Whether a (score, member) is in a BYSCORE or BYLEX range.
+type InRange<'a> = dyn Fn(f64, &[u8]) -> bool + 'a;
+
+/// A BYLEX bound: `[x` includes x, `(x` excludes it, `-` and `+` are the ends.
+#[derive(Debug, Clone, Copy)]
+enum Lex<'a> {
+    Min,
+    Max,
+    At(&'a [u8], bool),
+}
+
+impl Lex<'_> {
+    fn parse(a: &[u8]) -> Option<Lex<'_>> {
+        match a.split_first()? {
+            (b'-', []) => Some(Lex::Min),
+            (b'+', []) => Some(Lex::Max),
+            (b'(', rest) => Some(Lex::At(rest, true)),
+            (b'[', rest) => Some(Lex::At(rest, false)),
+            _ => None,
+        }
+    }
+
+    /// `m` is past this lower bound.
+    fn below(self, m: &[u8]) -> bool {
+        match self {
+            Lex::Min => true,
+            Lex::Max => false,
+            Lex::At(b, ex) => {
+                if ex {
+                    m > b
+                } else {
+                    m >= b
+                }
+            }
+        }
+    }
+
+    /// `m` is before this upper bound.
+    fn above(self, m: &[u8]) -> bool {
+        match self {
+            Lex::Min => false,
+            Lex::Max => true,
+            Lex::At(b, ex) => {
+                if ex {
+                    m < b
+                } else {
+                    m <= b
+                }
+            }
+        }
+    }
+}
+
+/// ZRANGE key start stop [BYSCORE|BYLEX] [REV] [LIMIT offset count] [WITHSCORES]. BYLEX
+/// walks in score order, as Redis's does when all scores are equal (its only defined use).
 fn zrange(cx: &mut Cx<'_, '_>, a: &[&[u8]]) {
     let (mut scores, mut rev, mut byscore, mut bylex) = (false, false, false, false);
     let mut limit: Option<(i64, i64)> = None;
@@ -1376,22 +1432,27 @@ fn zrange(cx: &mut Cx<'_, '_>, a: &[&[u8]]) {
         );
         return;
     }
-    if bylex {
-        err(cx.out, "BYLEX is not supported here");
-        return;
-    }
     let key = a[1];
-    let picked: Vec<(f64, Vec<u8>)> = if byscore {
+    let picked: Vec<(f64, Vec<u8>)> = if byscore || bylex {
+        // Given as max, min with REV.
         let (lo, hi) = if rev { (a[3], a[2]) } else { (a[2], a[3]) };
-        let (Some((min, minx)), Some((max, maxx))) = (score_bound(lo), score_bound(hi)) else {
-            err(cx.out, "min or max is not a float");
-            return;
+        let inside: Box<InRange<'_>> = if byscore {
+            let (Some((min, minx)), Some((max, maxx))) = (score_bound(lo), score_bound(hi)) else {
+                err(cx.out, "min or max is not a float");
+                return;
+            };
+            Box::new(move |s, _| {
+                (if minx { s > min } else { s >= min }) && (if maxx { s < max } else { s <= max })
+            })
+        } else {
+            let (Some(min), Some(max)) = (Lex::parse(lo), Lex::parse(hi)) else {
+                err(cx.out, "min or max not valid string range item");
+                return;
+            };
+            Box::new(move |_, m| min.below(m) && max.above(m))
         };
         let mut l = cx.lock(key);
         let z = lookup!(cx, l, key, Zset, array(cx.out, 0));
-        let inside = |s: f64| {
-            (if minx { s > min } else { s >= min }) && (if maxx { s < max } else { s <= max })
-        };
         let (off, cnt) = limit.unwrap_or((0, -1));
         if off < 0 {
             array(cx.out, 0);
@@ -1402,7 +1463,7 @@ fn zrange(cx: &mut Cx<'_, '_>, a: &[&[u8]]) {
         } else {
             Box::new(z.order.iter())
         };
-        let it = it.filter(|(s, _)| inside(s.0)).skip(off as usize);
+        let it = it.filter(|(s, m)| inside(s.0, m)).skip(off as usize);
         let it = it.take(if cnt < 0 { usize::MAX } else { cnt as usize });
         it.map(|(s, m)| (s.0, m.clone())).collect()
     } else {
@@ -1587,6 +1648,33 @@ fn hello(cx: &mut Cx<'_, '_>, a: &[&[u8]]) {
     }
     bulk(out, b"modules");
     array(out, 0);
+}
+
+/// CONFIG GET of the parameters clients ask for (redis-benchmark: save, appendonly), by
+/// exact name (no glob patterns); others match nothing, as unknown ones do in Redis.
+fn config(cx: &mut Cx<'_, '_>, a: &[&[u8]]) {
+    if !is(a[1], "get") {
+        unknown_sub(cx.out, a);
+        return;
+    }
+    let ks = cx.env.keyspace;
+    let maxmemory = ks.maxmemory().unwrap_or(0).to_string();
+    let appendonly = if ks.journal().is_some() { "yes" } else { "no" };
+    let mut found = Vec::new();
+    for p in &a[2..] {
+        let v = match () {
+            _ if is(p, "save") => "",
+            _ if is(p, "appendonly") => appendonly,
+            _ if is(p, "maxmemory") => &maxmemory,
+            _ => continue,
+        };
+        found.push((*p, v));
+    }
+    array(cx.out, found.len() * 2);
+    for (p, v) in found {
+        bulk(cx.out, p);
+        bulk(cx.out, v.as_bytes());
+    }
 }
 
 /// INFO [section ...]: the server and keyspace sections (for no section, `default`, `all`

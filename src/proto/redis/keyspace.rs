@@ -186,6 +186,10 @@ impl Keyspace {
         self.used.load(Ordering::Relaxed).max(0) as u64
     }
 
+    pub(super) fn maxmemory(&self) -> Option<u64> {
+        self.maxmemory
+    }
+
     /// Over `maxmemory`: commands that may grow memory are refused.
     pub(super) fn over_maxmemory(&self) -> bool {
         self.maxmemory.is_some_and(|m| self.used_memory() > m)
