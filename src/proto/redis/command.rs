@@ -1521,8 +1521,11 @@ fn flush(cx: &mut Cx<'_, '_>, a: &[&[u8]]) {
         return;
     }
     let mut l = cx.env.keyspace.lock_all(cx.env.now_ms, cx.live);
-    l.clear();
-    cx.log(&mut l, &a[..1]);
+    // An empty keyspace stays as it is: nothing to journal.
+    if l.count().0 > 0 {
+        l.clear();
+        cx.log(&mut l, &a[..1]);
+    }
     ok(cx.out);
 }
 

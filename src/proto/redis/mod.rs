@@ -322,6 +322,8 @@ mod tests {
             maxmemory: None,
             journal: true,
         });
+        let (_, o) = replies(&ks, &req(&["FLUSHALL"]));
+        assert_eq!(o.lsn, None, "nothing to flush");
         let (_, o) = replies(&ks, &req(&["SET", "k", "v", "EX", "10"]));
         let rec = req(&["SET", "k", "v", "PXAT", &(NOW_MS + 10_000).to_string()]);
         assert_eq!(o.lsn, Some(rec.len() as u64));
