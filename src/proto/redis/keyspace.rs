@@ -295,7 +295,7 @@ impl Keyspace {
                     command::run(&refs, &env, &mut client, true, &mut out);
                     at += used;
                 }
-                Parsed::Partial(used) => {
+                Parsed::Partial(used, _) => {
                     return Replay {
                         commands,
                         valid: at + used,

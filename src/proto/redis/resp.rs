@@ -21,14 +21,51 @@ const SMALL: usize = 8;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Parsed {
     /// No whole command yet; the first `usize` bytes were empty commands (blank lines,
-    /// `*0`), to be dropped.
-    Partial(usize),
+    /// `*0`), to be dropped; how far the partial one is known good.
+    Partial(usize, Resume),
     /// A multibulk command of the first `usize` bytes: its arguments are in `Args`.
     Multibulk(usize),
     /// An inline command of the first `usize` bytes, its words unquoted.
     Inline(usize, Vec<Vec<u8>>),
     /// A malformed request; the connection closes.
     Error(Bad),
+}
+
+/// How far a partial multibulk command is known good: the offset from its start of its
+/// next `$` line, and the arguments still to come (none: nothing known). The next input is
+/// checked from there (`resume`), not from the start: a command of many small arguments
+/// arriving slowly would otherwise cost time quadratic in its arguments.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    at: u32,
+    left: u32,
+}
+
+/// Checks the partial multibulk command at the start of `data` on from `r`: false while it
+/// is still partial; true once it may be whole or malformed (`parse` it then).
+pub fn resume(data: &[u8], limits: &Limits, r: &mut Resume) -> bool {
+    while r.left > 0 {
+        let rest = &data[r.at as usize..];
+        let end = match number_line(rest, "") {
+            Ok(None) => return false,
+            Ok(Some((Some(len), next))) if rest[0] == b'$' && len >= 0 => {
+                if len as u64 > limits.max_bulk_bytes {
+                    return true;
+                }
+                next + len as usize + 2
+            }
+            _ => return true,
+        };
+        if rest.len() < end {
+            return false;
+        }
+        let Ok(at) = u32::try_from(r.at as usize + end) else {
+            return true;
+        };
+        r.at = at;
+        r.left -= 1;
+    }
+    true
 }
 
 /// A malformed request: Redis's message after `Protocol error: `.
@@ -111,21 +148,24 @@ pub fn parse<'a>(data: &'a [u8], limits: &Limits, args: &mut Args<'a>) -> Parsed
         args.clear();
         let rest = &data[at..];
         let Some(&first) = rest.first() else {
-            return Parsed::Partial(at);
+            return Parsed::Partial(at, Resume::default());
         };
         // Redis picks the request type by the first byte.
         let r = if first == b'*' {
             multibulk(rest, limits, args).map(|r| r.map(|(used, n)| (used, n, None)))
         } else {
-            inline(rest).map(|r| r.map(|(used, w)| (used, w.len(), Some(w))))
+            inline(rest).map(|r| {
+                r.ok_or_else(Resume::default)
+                    .map(|(used, w)| (used, w.len(), Some(w)))
+            })
         };
         match r {
             Err(e) => return Parsed::Error(e),
-            Ok(None) => return Parsed::Partial(at),
+            Ok(Err(resume)) => return Parsed::Partial(at, resume),
             // A blank line, or `*0` / `*-1`: nothing to run.
-            Ok(Some((used, 0, _))) => at += used,
-            Ok(Some((used, _, None))) => return Parsed::Multibulk(at + used),
-            Ok(Some((used, _, Some(words)))) => return Parsed::Inline(at + used, words),
+            Ok(Ok((used, 0, _))) => at += used,
+            Ok(Ok((used, _, None))) => return Parsed::Multibulk(at + used),
+            Ok(Ok((used, _, Some(words)))) => return Parsed::Inline(at + used, words),
         }
     }
 }
@@ -155,22 +195,32 @@ fn number_line(rest: &[u8], too_big: &'static str) -> Result<Option<(Option<i64>
     Ok(Some((string2ll(rest.get(1..cr).unwrap_or(&[])), cr + 2)))
 }
 
-/// A multibulk request: the bytes it takes and its argument count. Ok(None): not whole yet.
+/// A multibulk request: the bytes it takes and its argument count; or, not whole yet, how
+/// far it is known good.
 fn multibulk<'a>(
     rest: &'a [u8],
     limits: &Limits,
     args: &mut Args<'a>,
-) -> Result<Option<(usize, usize)>, Bad> {
+) -> Result<Result<(usize, usize), Resume>, Bad> {
     let Some((count, mut i)) = number_line(rest, "too big mbulk count string")? else {
-        return Ok(None);
+        return Ok(Err(Resume::default()));
     };
     let count = match count {
         Some(n) if n <= i64::from(i32::MAX) && n <= i64::from(limits.max_multibulk) => n,
         _ => return Err(Bad::Msg("invalid multibulk length")),
     };
-    for _ in 0..count.max(0) {
+    for k in 0..count.max(0) {
+        // Known good up to argument k, at i.
+        let progress = Resume {
+            at: u32::try_from(i).unwrap_or(0),
+            left: if i > u32::MAX as usize {
+                0
+            } else {
+                (count - k) as u32
+            },
+        };
         let Some((len, next)) = number_line(&rest[i..], "too big bulk count string")? else {
-            return Ok(None);
+            return Ok(Err(progress));
         };
         if rest[i] != b'$' {
             return Err(Bad::Dollar(rest[i]));
@@ -182,12 +232,12 @@ fn multibulk<'a>(
         let from = i + next;
         // Redis skips the two bytes after a bulk without looking at them.
         if rest.len() - from < len + 2 {
-            return Ok(None);
+            return Ok(Err(progress));
         }
         args.push(&rest[from..from + len]);
         i = from + len + 2;
     }
-    Ok(Some((i, count.max(0) as usize)))
+    Ok(Ok((i, count.max(0) as usize)))
 }
 
 /// An inline command's length and words.
@@ -381,7 +431,7 @@ mod tests {
     fn one(data: &[u8], limits: &Limits) -> Result<(usize, Vec<Vec<u8>>), Option<String>> {
         let mut args = Args::default();
         match parse(data, limits, &mut args) {
-            Parsed::Partial(_) => Err(None),
+            Parsed::Partial(..) => Err(None),
             Parsed::Multibulk(n) => Ok((n, args.as_slice().iter().map(|a| a.to_vec()).collect())),
             Parsed::Inline(n, w) => Ok((n, w)),
             Parsed::Error(e) => Err(Some(e.to_string())),
