@@ -1,11 +1,11 @@
 //! The request parser: RESP2 multibulk requests (`*2\r\n$3\r\nGET\r\n$1\r\nk\r\n`) and
 //! inline commands (`GET k\r\n`), as Redis 7.0 reads them (networking.c,
-//! processMultibulkBuffer and processInlineBuffer; sds.c, sdssplitargs). The parser keeps
-//! no state: it reads one command from the start of the bytes it is given, and a partial
-//! command is read again from its start once more bytes are there (only the `$N` lines are
-//! read again: bulks are skipped by their length). The arguments of a multibulk command are
-//! slices of the input, so a command that arrived whole is neither copied nor allocated for
-//! (up to `SMALL` arguments).
+//! processMultibulkBuffer and processInlineBuffer; sds.c, sdssplitargs). `parse` reads one
+//! command from the start of the bytes it is given; of a partial multibulk command it says
+//! how far it is known good (`Resume`), so that the next input is checked from there and
+//! the command parsed once, when whole. The arguments of a multibulk command are slices of
+//! the input: a command that arrived whole is neither copied nor allocated for (up to
+//! `SMALL` arguments).
 
 use std::fmt;
 
