@@ -153,6 +153,12 @@ pub struct Keyspace {
     sweep_at: AtomicUsize,
 }
 
+/// A key whose deadline is `t` is gone at `now` once now is past it (Redis's keyIsExpired:
+/// `now > when`).
+fn expired(t: u64, now: u64) -> bool {
+    now > t
+}
+
 fn lock(m: &Mutex<Stripe>) -> MutexGuard<'_, Stripe> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -245,7 +251,7 @@ impl Keyspace {
                 let Some((t, key)) = s.ttl.first().cloned() else {
                     break;
                 };
-                if t > now_ms {
+                if !expired(t, now_ms) {
                     break;
                 }
                 if let Some((_, cost)) = s.remove(&key) {
@@ -373,7 +379,7 @@ impl Locked<'_> {
     pub fn get(&mut self, key: &[u8]) -> Option<&mut Entry> {
         let now = self.now_ms;
         let s = self.stripe(key);
-        let expired = s.map.get(key)?.expire.is_some_and(|t| t <= now);
+        let expired = s.map.get(key)?.expire.is_some_and(|t| expired(t, now));
         if expired {
             let cost = s.remove(key).map_or(0, |(_, c)| c);
             self.delta -= cost;
@@ -400,7 +406,7 @@ impl Locked<'_> {
             return false;
         };
         self.delta -= cost;
-        e.expire.is_none_or(|t| t > now)
+        e.expire.is_none_or(|t| !expired(t, now))
     }
 
     /// Sets or clears the TTL of the live `key`.

@@ -470,10 +470,10 @@ mod tests {
         input.extend(req(&["SET", "forever", "v"]));
         replies(&ks, &input);
         assert_eq!(ks.len(), 3002);
-        assert_eq!(ks.sweep(NOW_MS), 0, "nothing expired yet");
+        assert_eq!(ks.sweep(NOW_MS + 10), 0, "nothing past its deadline yet");
         let mut removed = Vec::new();
         loop {
-            match ks.sweep(NOW_MS + 10) {
+            match ks.sweep(NOW_MS + 11) {
                 0 => break,
                 n => removed.push(n),
             }
