@@ -1475,15 +1475,24 @@ fn zrange(cx: &mut Cx<'_, '_>, a: &[&[u8]]) {
             array(cx.out, 0);
             return;
         };
-        let it: Box<dyn Iterator<Item = &(Score, Vec<u8>)>> = if rev {
-            Box::new(z.order.iter().rev())
+        // The ranks in ascending order; walked to from the nearer end (a BTreeSet has no
+        // rank index: O(distance)).
+        let last = z.order.len() - 1;
+        let (from, to) = if rev { (last - e, last - s) } else { (s, e) };
+        let n = to - from + 1;
+        let mut picked: Vec<(f64, Vec<u8>)> = if from <= last - to {
+            let it = z.order.iter().skip(from).take(n);
+            it.map(|(s, m)| (s.0, m.clone())).collect()
         } else {
-            Box::new(z.order.iter())
+            let it = z.order.iter().rev().skip(last - to).take(n);
+            let mut v: Vec<_> = it.map(|(s, m)| (s.0, m.clone())).collect();
+            v.reverse();
+            v
         };
-        it.skip(s)
-            .take(e - s + 1)
-            .map(|(s, m)| (s.0, m.clone()))
-            .collect()
+        if rev {
+            picked.reverse();
+        }
+        picked
     };
     array(cx.out, picked.len() * if scores { 2 } else { 1 });
     for (s, m) in &picked {
