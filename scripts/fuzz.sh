@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs every cargo-fuzz target for SECONDS each (default 60): the HTTP parser and the
-# Proactor's connection state machine. CI runs `scripts/fuzz.sh 30`; the long run is
-# `scripts/fuzz.sh 3600`. Corpora grow in fuzz/corpus/<target> (seeded from fuzz/seeds/);
-# a finding is saved in fuzz/artifacts/<target>/ and the script exits non-zero.
+# Runs every cargo-fuzz target for SECONDS each (default 60): the HTTP parser, the
+# Proactor's connection state machine, the Redis protocol's session. CI runs
+# `scripts/fuzz.sh 30`; the long run is `scripts/fuzz.sh 3600`. Corpora grow in
+# fuzz/corpus/<target> (seeded from fuzz/seeds/); a finding is saved in
+# fuzz/artifacts/<target>/ and the script exits non-zero.
 #
 # cargo-fuzz needs nightly compiler flags. With a nightly toolchain it is used; otherwise the
 # stable compiler is told to accept them (RUSTC_BOOTSTRAP=1): the only toolchain a machine
@@ -26,7 +27,7 @@ else
 fi
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
-for target in http_parser conn_events; do
+for target in http_parser conn_events redis_parser; do
     mkdir -p "corpus/$target"
     echo "== fuzz $target for ${secs}s"
     status=0

@@ -3,9 +3,13 @@
 //! journal: the append-only file's records, appended while the key's lock is held, so the
 //! file's order is the order in which commands on a key ran.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::io::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use super::command::{self, Client};
+use super::resp::{self, Args, Parsed};
 
 /// How a keyspace is set up.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -16,21 +20,166 @@ pub struct Config {
     pub journal: bool,
 }
 
-type Stripe = Mutex<HashMap<Vec<u8>, Vec<u8>>>;
+/// Stripes: with 256, two shards seldom want the same lock at once.
+const STRIPES: usize = 256;
+/// The memory estimate's cost of a key beyond its bytes (the map's slot, the headers).
+const KEY_COST: i64 = 64;
+/// The cost of one element of a list, set, hash or sorted set beyond its bytes.
+pub(super) const ELEMENT_COST: i64 = 32;
+/// Active expiry's bound per `sweep` call (all stripes together), and per stripe visited:
+/// like Redis's 20 keys per sampling round, a few rounds.
+const SWEEP_MAX: u32 = 1000;
+const SWEEP_STRIPE: u32 = 80;
+
+/// A small hash keeps its insertion order, as Redis 7.0's listpack encoding does, up to
+/// hash-max-listpack-entries (128) fields of at most hash-max-listpack-value (64) bytes.
+pub(super) const HASH_SMALL_ENTRIES: usize = 128;
+pub(super) const HASH_SMALL_VALUE: usize = 64;
+/// A set of integers only is kept sorted, as Redis 7.0's intset, up to
+/// set-max-intset-entries (512).
+pub(super) const INTSET_ENTRIES: usize = 512;
+
+#[derive(Debug)]
+pub(super) enum Value {
+    Str(Vec<u8>),
+    List(VecDeque<Vec<u8>>),
+    Hash(Hash),
+    Set(Set),
+    Zset(Zset),
+}
+
+#[derive(Debug)]
+pub(super) enum Hash {
+    /// In insertion order.
+    Small(Vec<(Vec<u8>, Vec<u8>)>),
+    /// Redis's hash table has no defined order; ordered here, so that replies depend only
+    /// on the commands run.
+    Big(BTreeMap<Vec<u8>, Vec<u8>>),
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Set {
+    /// Ordered, as `Hash::Big`.
+    pub members: BTreeSet<Vec<u8>>,
+    /// Redis would hold it as an intset: replies list it in numeric order. Once false, for
+    /// good (Redis never converts back).
+    pub intset: bool,
+}
+
+/// A sorted set: scores by member, and (score, member) in order.
+#[derive(Debug, Default)]
+pub(super) struct Zset {
+    pub scores: HashMap<Vec<u8>, f64>,
+    pub order: BTreeSet<(Score, Vec<u8>)>,
+}
+
+/// A score ordered as Redis orders them (never NaN).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Score(pub f64);
+
+impl Eq for Score {}
+impl PartialOrd for Score {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Score {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&o.0)
+    }
+}
+
+impl Value {
+    /// The memory estimate of the value; O(elements), so only when a value comes or goes.
+    pub(super) fn cost(&self) -> i64 {
+        let each = |n: usize| n as i64 + ELEMENT_COST;
+        match self {
+            Value::Str(s) => s.len() as i64,
+            Value::List(l) => l.iter().map(|e| each(e.len())).sum(),
+            Value::Hash(Hash::Small(v)) => v.iter().map(|(f, x)| each(f.len() + x.len())).sum(),
+            Value::Hash(Hash::Big(m)) => m.iter().map(|(f, x)| each(f.len() + x.len())).sum(),
+            Value::Set(s) => s.members.iter().map(|m| each(m.len())).sum(),
+            Value::Zset(z) => z.scores.keys().map(|m| 2 * each(m.len())).sum(),
+        }
+    }
+
+    /// An empty collection is no key (Redis deletes it).
+    fn is_empty(&self) -> bool {
+        match self {
+            Value::Str(_) => false,
+            Value::List(l) => l.is_empty(),
+            Value::Hash(Hash::Small(v)) => v.is_empty(),
+            Value::Hash(Hash::Big(m)) => m.is_empty(),
+            Value::Set(s) => s.members.is_empty(),
+            Value::Zset(z) => z.scores.is_empty(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct Entry {
+    pub value: Value,
+    /// Unix ms after which the key is gone.
+    pub expire: Option<u64>,
+}
+
+/// One stripe's keys, and those with a TTL in expiry order (for active expiry).
+#[derive(Debug, Default)]
+pub(super) struct Stripe {
+    map: HashMap<Vec<u8>, Entry>,
+    ttl: BTreeSet<(u64, Vec<u8>)>,
+}
+
+impl Stripe {
+    /// Removes `key`; its cost.
+    fn remove(&mut self, key: &[u8]) -> Option<(Entry, i64)> {
+        let e = self.map.remove(key)?;
+        if let Some(t) = e.expire {
+            self.ttl.remove(&(t, key.to_vec()));
+        }
+        let cost = KEY_COST + key.len() as i64 + e.value.cost();
+        Some((e, cost))
+    }
+}
 
 #[derive(Debug)]
 pub struct Keyspace {
-    stripes: Box<[Stripe]>,
+    stripes: Box<[Mutex<Stripe>]>,
     journal: Option<Journal>,
+    maxmemory: Option<u64>,
+    /// The memory estimate, bytes.
+    used: AtomicI64,
+    /// The stripe the next sweep starts at.
+    sweep_at: AtomicUsize,
 }
 
-const STRIPES: usize = 256;
+/// A key whose deadline is `t` is gone at `now` once now is past it (Redis's keyIsExpired:
+/// `now > when`).
+fn expired(t: u64, now: u64) -> bool {
+    now > t
+}
+
+fn lock(m: &Mutex<Stripe>) -> MutexGuard<'_, Stripe> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn stripe_of(key: &[u8]) -> usize {
+    // FNV-1a.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in key {
+        h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+    }
+    (h % STRIPES as u64) as usize
+}
 
 impl Keyspace {
     pub fn new(config: Config) -> Keyspace {
         Keyspace {
             stripes: (0..STRIPES).map(|_| Mutex::default()).collect(),
             journal: config.journal.then(Journal::default),
+            maxmemory: config.maxmemory,
+            used: AtomicI64::new(0),
+            sweep_at: AtomicUsize::new(0),
         }
     }
 
@@ -38,77 +187,279 @@ impl Keyspace {
         self.journal.as_ref()
     }
 
-    fn stripe(&self, key: &[u8]) -> &Stripe {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for &b in key {
-            h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+    /// The memory estimate: keys, values, and a per key and per element overhead.
+    pub fn used_memory(&self) -> u64 {
+        self.used.load(Ordering::Relaxed).max(0) as u64
+    }
+
+    pub(super) fn maxmemory(&self) -> Option<u64> {
+        self.maxmemory
+    }
+
+    /// Over `maxmemory`: commands that may grow memory are refused.
+    pub(super) fn over_maxmemory(&self) -> bool {
+        self.maxmemory.is_some_and(|m| self.used_memory() > m)
+    }
+
+    /// Locks the stripe of `key`. `journal`: the commands run are journaled (not on replay).
+    pub(super) fn lock_key(&self, key: &[u8], now_ms: u64, journal: bool) -> Locked<'_> {
+        let i = stripe_of(key);
+        self.locked(Guards::One(i, lock(&self.stripes[i])), now_ms, journal)
+    }
+
+    /// Locks the stripes of all `keys`, in ascending order (so two never deadlock).
+    pub(super) fn lock_keys(&self, keys: &[&[u8]], now_ms: u64, journal: bool) -> Locked<'_> {
+        let mut idx: Vec<usize> = keys.iter().map(|k| stripe_of(k)).collect();
+        idx.sort_unstable();
+        idx.dedup();
+        let guards = Guards::Many(
+            idx.into_iter()
+                .map(|i| (i, lock(&self.stripes[i])))
+                .collect(),
+        );
+        self.locked(guards, now_ms, journal)
+    }
+
+    /// Locks every stripe, in order.
+    pub(super) fn lock_all(&self, now_ms: u64, journal: bool) -> Locked<'_> {
+        let guards = Guards::Many((0..STRIPES).map(|i| (i, lock(&self.stripes[i]))).collect());
+        self.locked(guards, now_ms, journal)
+    }
+
+    fn locked<'a>(&'a self, guards: Guards<'a>, now_ms: u64, journal: bool) -> Locked<'a> {
+        Locked {
+            ks: self,
+            guards,
+            now_ms,
+            journal: if journal { self.journal.as_ref() } else { None },
+            delta: 0,
+            lsn: None,
         }
-        &self.stripes[(h % STRIPES as u64) as usize]
     }
 
-    pub(super) fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        let s = self.stripe(key).lock().unwrap_or_else(|e| e.into_inner());
-        s.get(key).cloned()
+    /// Active expiry: removes expired keys, at most `SWEEP_MAX` a call and `SWEEP_STRIPE`
+    /// per stripe, starting where the last call stopped; the earliest deadlines first, each
+    /// found in O(log n) (never a scan of the keys). How many it removed.
+    pub fn sweep(&self, now_ms: u64) -> u32 {
+        let mut removed = 0;
+        let first = self.sweep_at.load(Ordering::Relaxed);
+        for n in 0..STRIPES {
+            let i = (first + n) % STRIPES;
+            let mut s = lock(&self.stripes[i]);
+            let mut here = 0;
+            while here < SWEEP_STRIPE && removed < SWEEP_MAX {
+                let Some((t, key)) = s.ttl.first().cloned() else {
+                    break;
+                };
+                if !expired(t, now_ms) {
+                    break;
+                }
+                if let Some((_, cost)) = s.remove(&key) {
+                    self.used.fetch_sub(cost, Ordering::Relaxed);
+                }
+                here += 1;
+                removed += 1;
+            }
+            if removed >= SWEEP_MAX {
+                self.sweep_at.store(i, Ordering::Relaxed);
+                return removed;
+            }
+        }
+        removed
     }
 
-    /// Sets `key`, journaling `args`; the journal position after the record.
-    pub(super) fn set(&self, key: &[u8], value: &[u8], args: &[&[u8]]) -> Option<u64> {
-        let mut s = self.stripe(key).lock().unwrap_or_else(|e| e.into_inner());
-        s.insert(key.to_vec(), value.to_vec());
-        self.journal.as_ref().map(|j| j.append(args))
-    }
-
-    /// Active expiry: removes some expired keys, a bounded amount of work. How many.
-    pub fn sweep(&self, _now_ms: u64) -> u32 {
-        0
-    }
-
-    /// Keys held.
+    /// Keys held (some may have expired and not yet be removed, as Redis's DBSIZE counts).
     pub fn len(&self) -> u64 {
-        self.stripes
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len() as u64)
-            .sum()
+        self.stripes.iter().map(|s| lock(s).map.len() as u64).sum()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Runs the commands of an append-only file's contents, as at start.
+    /// Runs the commands of an append-only file's contents, as at start: none is journaled
+    /// again, nor refused for memory.
     pub fn replay(&self, bytes: &[u8], now_ms: u64) -> Replay {
-        let limits = super::Limits::default();
-        let mut parser = super::resp::Parser::default();
-        parser.feed(bytes);
-        let mut commands = 0;
-        let mut out = Vec::new();
         let env = super::Env {
             keyspace: self,
-            limits,
+            limits: super::Limits::default(),
             now_ms,
             now: std::time::Instant::now(),
         };
+        let mut client = Client::default();
+        let (mut commands, mut at, mut out) = (0, 0, Vec::new());
+        let mut args = Args::default();
         loop {
-            match parser.next(&limits) {
-                super::resp::Parsed::Command => {
-                    out.clear();
-                    super::command::replay(&parser.args(), &env, &mut out);
-                    commands += 1;
+            out.clear();
+            match resp::parse(&bytes[at..], &env.limits, &mut args) {
+                Parsed::Multibulk(used) => {
+                    command::run(args.as_slice(), &env, &mut client, true, &mut out);
+                    at += used;
                 }
-                super::resp::Parsed::Partial => break,
-                super::resp::Parsed::Error(e) => {
+                Parsed::Inline(used, words) => {
+                    let refs: Vec<&[u8]> = words.iter().map(Vec::as_slice).collect();
+                    command::run(&refs, &env, &mut client, true, &mut out);
+                    at += used;
+                }
+                Parsed::Partial(used, _) => {
                     return Replay {
                         commands,
-                        valid: parser.position(),
+                        valid: at + used,
+                        error: None,
+                    };
+                }
+                Parsed::Error(e) => {
+                    return Replay {
+                        commands,
+                        valid: at,
                         error: Some(e.to_string()),
                     };
                 }
             }
+            commands += 1;
         }
-        Replay {
-            commands,
-            valid: parser.position(),
-            error: None,
+    }
+}
+
+/// The stripes a command holds, by index: one (most commands: no allocation) or several.
+enum Guards<'a> {
+    One(usize, MutexGuard<'a, Stripe>),
+    Many(Vec<(usize, MutexGuard<'a, Stripe>)>),
+}
+
+impl<'a> Guards<'a> {
+    fn iter(&self) -> impl Iterator<Item = (usize, &Stripe)> {
+        let (one, many) = match self {
+            Guards::One(i, g) => (Some((*i, &**g)), &[][..]),
+            Guards::Many(v) => (None, &v[..]),
+        };
+        one.into_iter().chain(many.iter().map(|(i, g)| (*i, &**g)))
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (usize, &mut Stripe)> {
+        let (one, many) = match self {
+            Guards::One(i, g) => (Some((*i, &mut **g)), &mut [][..]),
+            Guards::Many(v) => (None, &mut v[..]),
+        };
+        one.into_iter()
+            .chain(many.iter_mut().map(|(i, g)| (*i, &mut **g)))
+    }
+}
+
+/// Stripes locked for one command: its keys' entries, lazily expired; the memory it took
+/// or freed (settled when it ends); and the journal record it appended.
+pub(super) struct Locked<'a> {
+    ks: &'a Keyspace,
+    guards: Guards<'a>,
+    now_ms: u64,
+    journal: Option<&'a Journal>,
+    delta: i64,
+    /// The position after the record appended, if one was.
+    pub lsn: Option<u64>,
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        self.ks.used.fetch_add(self.delta, Ordering::Relaxed);
+    }
+}
+
+impl Locked<'_> {
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    fn stripe(&mut self, key: &[u8]) -> &mut Stripe {
+        let i = stripe_of(key);
+        let g = self.guards.iter_mut().find(|(j, _)| *j == i);
+        g.expect("the command locked its keys' stripes").1
+    }
+
+    /// The live entry of `key`: an expired one is removed first (lazy expiry).
+    pub fn get(&mut self, key: &[u8]) -> Option<&mut Entry> {
+        let now = self.now_ms;
+        let s = self.stripe(key);
+        let expired = s.map.get(key)?.expire.is_some_and(|t| expired(t, now));
+        if expired {
+            let cost = s.remove(key).map_or(0, |(_, c)| c);
+            self.delta -= cost;
+            return None;
+        }
+        self.stripe(key).map.get_mut(key)
+    }
+
+    /// Sets `key` to `value`, replacing what it held; with `expire`, or without a TTL.
+    pub fn insert(&mut self, key: &[u8], value: Value, expire: Option<u64>) {
+        self.remove(key);
+        self.delta += KEY_COST + key.len() as i64 + value.cost();
+        let s = self.stripe(key);
+        if let Some(t) = expire {
+            s.ttl.insert((t, key.to_vec()));
+        }
+        s.map.insert(key.to_vec(), Entry { value, expire });
+    }
+
+    /// Removes `key`; whether it was there, live.
+    pub fn remove(&mut self, key: &[u8]) -> bool {
+        let now = self.now_ms;
+        let Some((e, cost)) = self.stripe(key).remove(key) else {
+            return false;
+        };
+        self.delta -= cost;
+        e.expire.is_none_or(|t| !expired(t, now))
+    }
+
+    /// Sets or clears the TTL of the live `key`.
+    pub fn set_expire(&mut self, key: &[u8], expire: Option<u64>) {
+        let s = self.stripe(key);
+        let Some(e) = s.map.get_mut(key) else { return };
+        let old = std::mem::replace(&mut e.expire, expire);
+        if let Some(t) = old {
+            s.ttl.remove(&(t, key.to_vec()));
+        }
+        if let Some(t) = expire {
+            s.ttl.insert((t, key.to_vec()));
+        }
+    }
+
+    /// Removes `key` if it is an empty collection (after a pop or a removal).
+    pub fn drop_if_empty(&mut self, key: &[u8]) {
+        if self
+            .stripe(key)
+            .map
+            .get(key)
+            .is_some_and(|e| e.value.is_empty())
+        {
+            self.remove(key);
+        }
+    }
+
+    /// Memory the command took (or, negative, freed) in place.
+    pub fn charge(&mut self, bytes: i64) {
+        self.delta += bytes;
+    }
+
+    /// Journals the command `args` (it changed the keyspace), under the locks.
+    pub fn log(&mut self, args: &[&[u8]]) {
+        if let Some(j) = self.journal {
+            self.lsn = Some(j.append(args));
+        }
+    }
+
+    /// All keys (every stripe is locked), and how many have a TTL.
+    pub fn count(&self) -> (u64, u64) {
+        self.guards.iter().fold((0, 0), |(k, t), (_, s)| {
+            (k + s.map.len() as u64, t + s.ttl.len() as u64)
+        })
+    }
+
+    /// Empties every stripe (all are locked).
+    pub fn clear(&mut self) {
+        for (_, s) in self.guards.iter_mut() {
+            for (k, e) in s.map.drain() {
+                self.delta -= KEY_COST + k.len() as i64 + e.value.cost();
+            }
+            s.ttl.clear();
         }
     }
 }
@@ -195,9 +546,10 @@ impl Journal {
 
 /// `args` as a RESP multibulk request.
 pub fn encode(args: &[&[u8]], out: &mut Vec<u8>) {
-    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    // A Vec takes every write.
+    let _ = write!(out, "*{}\r\n", args.len());
     for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        let _ = write!(out, "${}\r\n", a.len());
         out.extend_from_slice(a);
         out.extend_from_slice(b"\r\n");
     }
