@@ -173,7 +173,7 @@ p = r.pipeline(transaction=False)
 for i in range(100):
     p.set(f"p{i}", i)
 assert all(p.execute())
-assert r.dbsize() == 108
+assert r.dbsize() == 107
 try:
     r.incr("k")
     raise SystemExit("INCR of a string answered")

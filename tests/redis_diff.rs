@@ -135,3 +135,30 @@ fn replies_match_redis() {
         bad.join("\n")
     );
 }
+
+/// The same cases over TCP against each engine (started with two shards, so that cases
+/// land on both): the replies must be Redis's, as at library level.
+fn engine_replies_match_redis(engine: common::Engine) {
+    if !common::installed("redis-server --version", "redis-server", "redis-server") {
+        return;
+    }
+    let redis = Redis::start();
+    let ports = common::free_ports(1);
+    let server = common::Server::start(engine, &ports, &["--proto", "redis", "--cores", "2"]);
+    let ours_at = (Ipv4Addr::LOCALHOST, common::first_port(&ports)).into();
+    let mut bad = Vec::new();
+    for case in cases() {
+        let theirs = run_tcp((Ipv4Addr::LOCALHOST, redis.port).into(), &case);
+        let ours = run_tcp(ours_at, &case);
+        bad.extend(compare_case(&case, &ours, &theirs));
+    }
+    server.stop();
+    assert!(
+        bad.is_empty(),
+        "{engine:?}: {} differences:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
+}
+
+common::per_engine!(engine_replies_match_redis);

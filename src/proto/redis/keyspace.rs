@@ -293,12 +293,12 @@ impl Keyspace {
             out.clear();
             match resp::parse(&bytes[at..], &env.limits, &mut args) {
                 Parsed::Multibulk(used) => {
-                    command::run(args.as_slice(), &env, &mut client, true, &mut out);
+                    command::run(args.as_slice(), &env, &mut client, false, &mut out);
                     at += used;
                 }
                 Parsed::Inline(used, words) => {
                     let refs: Vec<&[u8]> = words.iter().map(Vec::as_slice).collect();
-                    command::run(&refs, &env, &mut client, true, &mut out);
+                    command::run(&refs, &env, &mut client, false, &mut out);
                     at += used;
                 }
                 Parsed::Partial(used, _) => {
