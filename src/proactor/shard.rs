@@ -191,7 +191,11 @@ impl Shard {
         let mut cqes = Cqes::default();
         loop {
             let timeout = self.wait_timeout(Instant::now());
-            self.ring.submit_and_wait(timeout)?;
+            if self.aof.as_ref().is_some_and(ShardAof::urgent) {
+                self.ring.submit_and_wait_unbatched(timeout)?;
+            } else {
+                self.ring.submit_and_wait(timeout)?;
+            }
             self.turn(&mut cqes)?;
             if self.finished() {
                 return Ok(self.finish());
@@ -514,23 +518,20 @@ impl Shard {
         Ok(())
     }
 
-    /// The append-only file's part of a turn: the next batch (or sync) to the ring, then
-    /// the replies its durability lets go.
+    /// The append-only file's part of a turn: the replies its durability lets go, then the
+    /// next batch (or sync) to the ring.
     fn aof_turn(&mut self) -> io::Result<()> {
         let Some(aof) = &mut self.aof else {
             return Ok(());
         };
-        let next = aof.next_op();
-        self.submit_aof(next)?;
         let mut released = std::mem::take(&mut self.released);
-        if let Some(aof) = &mut self.aof {
-            aof.release(&mut released);
-        }
+        aof.release(&mut released);
         for (slot, generation, lsn) in released.drain(..) {
             self.drive(slot, generation, |conn, _, out| conn.durable(lsn, out))?;
         }
         self.released = released;
-        Ok(())
+        let next = self.aof.as_mut().and_then(ShardAof::next_op);
+        self.submit_aof(next)
     }
 
     fn submit_aof(&mut self, op: Option<AofOp>) -> io::Result<()> {

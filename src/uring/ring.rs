@@ -229,8 +229,18 @@ impl<K: Op> Ring<K> {
 
     /// Submits what is queued and waits for at least one completion, or until `timeout`.
     pub fn submit_and_wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.wait_with(timeout, self.batch_usec)
+    }
+
+    /// `submit_and_wait` without the minimum wait: back at the first completion, for a
+    /// waiter that something waits on (replies held until a sync completes).
+    pub fn submit_and_wait_unbatched(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.wait_with(timeout, 0)
+    }
+
+    fn wait_with(&mut self, timeout: Option<Duration>, batch_usec: u32) -> io::Result<()> {
         self.enters += 1;
-        let res = match (timeout, self.batch_usec) {
+        let res = match (timeout, batch_usec) {
             (None, 0) => self.uring.submit_and_wait(1),
             (Some(t), 0) => {
                 let ts = types::Timespec::from(t);
