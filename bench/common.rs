@@ -227,6 +227,28 @@ impl Proc {
 }
 
 /// Waits up to `limit` for `child`; past it, kills it (SIGKILL, by its PID) and says so.
+/// Starts `cmd` (its stderr piped), waits for it within `limit` as `wait_bounded` does, and
+/// returns how it exited with what it said on stderr.
+pub fn run_bounded(
+    cmd: &mut std::process::Command,
+    limit: Duration,
+    what: &str,
+) -> Result<(std::process::ExitStatus, String), String> {
+    use std::io::Read as _;
+    let mut child = cmd
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("start {what}: {e}"))?;
+    let mut err = child.stderr.take().expect("stderr is piped");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let st = wait_bounded(&mut child, limit, what)?;
+    Ok((st, reader.join().unwrap_or_default()))
+}
+
 pub fn wait_bounded(
     child: &mut Child,
     limit: Duration,

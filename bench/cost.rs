@@ -32,7 +32,6 @@
 mod common;
 
 use std::fmt::Write as _;
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -630,17 +629,9 @@ fn uring_load(o: &Opts, ports: &str, conns: u64, rate: Option<f64>) -> Result<Va
     if let Some(r) = rate {
         cmd.args(["--rate", &format!("{r:.0}")]);
     }
-    let mut child = cmd.spawn().map_err(|e| format!("start uring-load: {e}"))?;
-    let mut err = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
     // Room for connecting 100,000 and for the closing.
     let limit = Duration::from_secs_f64(o.runs.warmup + o.runs.duration + 120.0);
-    let st = common::wait_bounded(&mut child, limit, "uring-load")?;
-    let stderr = reader.join().unwrap_or_default();
+    let (st, stderr) = common::run_bounded(&mut cmd, limit, "uring-load")?;
     if !st.success() {
         return Err(format!("uring-load failed ({st}): {stderr}"));
     }

@@ -995,17 +995,9 @@ fn uring_load(
     if let Some(r) = rate {
         cmd.args(["--rate", &format!("{r:.0}")]);
     }
-    let mut child = cmd.spawn().map_err(|e| format!("start uring-load: {e}"))?;
-    let mut err = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
     // Room for connecting and for the closing.
     let limit = Duration::from_secs_f64(f.runs.warmup + f.runs.duration + 60.0);
-    let st = common::wait_bounded(&mut child, limit, "uring-load")?;
-    let stderr = reader.join().unwrap_or_default();
+    let (st, stderr) = common::run_bounded(&mut cmd, limit, "uring-load")?;
     if !st.success() {
         return Err(format!("uring-load failed ({st}): {}", stderr.trim()));
     }

@@ -269,16 +269,7 @@ impl Pending {
     /// `$request_time`.
     fn http(&mut self, peer: Option<SocketAddr>, l: &Logged, counters: &mut Counters) {
         use std::io::Write as _;
-        self.begin_line();
-        let time = self.time.at(SystemTime::now());
-        let buf = &mut self.buf;
-        match peer {
-            Some(p) => {
-                let _ = write!(buf, "{}", p.ip());
-            }
-            None => buf.push(b'-'),
-        }
-        let _ = write!(buf, " - - [{time}] \"");
+        let buf = self.begin_request(peer);
         escape(&l.line, buf);
         let _ = write!(buf, "\" {} {} \"", l.status, l.body_bytes);
         escape_or_dash(&l.referer, buf);
@@ -294,16 +285,7 @@ impl Pending {
     /// or `ERR` (an error reply).
     fn redis(&mut self, peer: Option<SocketAddr>, l: &redis::Logged, counters: &mut Counters) {
         use std::io::Write as _;
-        self.begin_line();
-        let time = self.time.at(SystemTime::now());
-        let buf = &mut self.buf;
-        match peer {
-            Some(p) => {
-                let _ = write!(buf, "{}", p.ip());
-            }
-            None => buf.push(b'-'),
-        }
-        let _ = write!(buf, " - - [{time}] \"");
+        let buf = self.begin_request(peer);
         for (i, a) in l.args.iter().enumerate() {
             if i > 0 {
                 buf.push(b' ');
@@ -332,6 +314,22 @@ impl Pending {
                 }
             }
         }
+    }
+
+    /// Begins a request's line, `$remote_addr - - [$time_local] "`, for the request to follow.
+    fn begin_request(&mut self, peer: Option<SocketAddr>) -> &mut Vec<u8> {
+        use std::io::Write as _;
+        self.begin_line();
+        let time = self.time.at(SystemTime::now());
+        let buf = &mut self.buf;
+        match peer {
+            Some(p) => {
+                let _ = write!(buf, "{}", p.ip());
+            }
+            None => buf.push(b'-'),
+        }
+        let _ = write!(buf, " - - [{time}] \"");
+        buf
     }
 
     fn begin_line(&mut self) {
