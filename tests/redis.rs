@@ -1,7 +1,8 @@
 //! `--proto redis` against both engines, over real sockets, with real Redis tools: redis-cli,
 //! redis-benchmark's default run, the redis-py client library; one keyspace across shards;
 //! the append-only file under SIGKILL for each fsync policy, a torn last record, a malformed
-//! file; the access log's line per command; and the flags' errors.
+//! file; --maxmemory and --max-bulk-bytes; the access log's line per command; and the
+//! flags' errors.
 
 mod common;
 
@@ -411,7 +412,46 @@ fn the_access_log_has_a_line_per_command(engine: Engine) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `--maxmemory`: over it, a SET gets Redis's OOM error; reads and deletes still work.
+fn maxmemory_refuses_writes_with_redis_error(engine: Engine) {
+    let ports = free_ports(1);
+    let server = start(engine, &ports, &["--maxmemory", "4096"]);
+    let mut c = Client::connect(first_port(&ports));
+    let big = "x".repeat(8192);
+    assert_eq!(c.call(&["SET", "a", &big]), "+OK\r\n");
+    assert_eq!(
+        c.call(&["SET", "b", "1"]),
+        "-OOM command not allowed when used memory > 'maxmemory'.\r\n"
+    );
+    assert_eq!(c.call(&["STRLEN", "a"]), ":8192\r\n");
+    assert_eq!(c.call(&["DEL", "a"]), ":1\r\n");
+    assert_eq!(c.call(&["SET", "b", "1"]), "+OK\r\n");
+    drop(c);
+    server.stop();
+}
+
+/// `--max-bulk-bytes`: a bulk over it is Redis's protocol error, and the connection closes.
+fn a_bulk_over_the_limit_is_a_protocol_error(engine: Engine) {
+    let ports = free_ports(1);
+    let server = start(engine, &ports, &["--max-bulk-bytes", "100"]);
+    let mut c = Client::connect(first_port(&ports));
+    assert_eq!(c.call(&["SET", "k", &"y".repeat(100)]), "+OK\r\n");
+    c.send(&["SET", "k", &"y".repeat(101)]).unwrap();
+    assert_eq!(
+        c.reply().unwrap(),
+        "-ERR Protocol error: invalid bulk length\r\n"
+    );
+    assert!(
+        c.reply().is_err(),
+        "the connection closes after a protocol error"
+    );
+    drop(c);
+    server.stop();
+}
+
 common::per_engine!(
+    maxmemory_refuses_writes_with_redis_error,
+    a_bulk_over_the_limit_is_a_protocol_error,
     redis_cli_sets_and_gets,
     redis_benchmark_default_run_has_no_errors,
     redis_py_drives_it,
