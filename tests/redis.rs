@@ -449,7 +449,33 @@ fn a_bulk_over_the_limit_is_a_protocol_error(engine: Engine) {
     server.stop();
 }
 
+/// Keys past their TTL that nobody reads go by the active sweep (DBSIZE counts every key
+/// held, expired or not, as Redis's does).
+fn active_expiry_removes_keys_nobody_reads(engine: Engine) {
+    let ports = free_ports(1);
+    let server = start(engine, &ports, &[]);
+    let mut c = Client::connect(first_port(&ports));
+    for i in 0..100 {
+        assert_eq!(
+            c.call(&["SET", &format!("t{i}"), "v", "PX", "50"]),
+            "+OK\r\n"
+        );
+    }
+    assert_eq!(c.call(&["SET", "stays", "v"]), "+OK\r\n");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.call(&["DBSIZE"]) != ":1\r\n" {
+        assert!(
+            Instant::now() < deadline,
+            "expired keys still held after 5 s"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    drop(c);
+    server.stop();
+}
+
 common::per_engine!(
+    active_expiry_removes_keys_nobody_reads,
     maxmemory_refuses_writes_with_redis_error,
     a_bulk_over_the_limit_is_a_protocol_error,
     redis_cli_sets_and_gets,

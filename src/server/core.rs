@@ -52,12 +52,12 @@ pub struct RedisEnv {
     pub now_ms: u64,
     /// `--appendfsync always`: a reply to a write waits until the journal is durable.
     pub hold: bool,
-    /// When this shard last ran the keyspace's active expiry.
+    /// When this shard last asked whether the keyspace's active expiry is due.
     swept: Instant,
 }
 
-/// Each shard runs the keyspace's active expiry (a bounded sweep) this often, as Redis's
-/// serverCron does at its default hz 10.
+/// The keyspace's active expiry (a bounded sweep) runs this often, by whichever shard comes
+/// first (`Keyspace::sweep_due`), as Redis's serverCron does at its default hz 10.
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
 impl RedisEnv {
@@ -248,7 +248,10 @@ impl ShardCore {
                 r.now_ms = unix_ms();
                 if now >= r.swept + SWEEP_EVERY {
                     r.swept = now;
-                    r.keyspace.sweep(r.now_ms);
+                    let every = SWEEP_EVERY.as_millis() as u64;
+                    if r.keyspace.sweep_due(r.now_ms, every) {
+                        r.keyspace.sweep(r.now_ms);
+                    }
                 }
             }
         }

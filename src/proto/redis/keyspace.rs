@@ -151,6 +151,8 @@ pub struct Keyspace {
     used: AtomicI64,
     /// The stripe the next sweep starts at.
     sweep_at: AtomicUsize,
+    /// When the last sweep began (unix ms): `sweep_due` lets one shard a period sweep.
+    swept_ms: AtomicU64,
 }
 
 /// A key whose deadline is `t` is gone at `now` once now is past it (Redis's keyIsExpired:
@@ -180,7 +182,20 @@ impl Keyspace {
             maxmemory: config.maxmemory,
             used: AtomicI64::new(0),
             sweep_at: AtomicUsize::new(0),
+            swept_ms: AtomicU64::new(0),
         }
+    }
+
+    /// Whether the caller should `sweep` now: `every_ms` have passed since the last sweep
+    /// began; of the shards that ask at once, one is told so. The server sweeps at Redis's
+    /// rate (hz 10), however many shards it has.
+    pub fn sweep_due(&self, now_ms: u64, every_ms: u64) -> bool {
+        let last = self.swept_ms.load(Ordering::Relaxed);
+        now_ms >= last + every_ms
+            && self
+                .swept_ms
+                .compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
     }
 
     pub fn journal(&self) -> Option<&Journal> {

@@ -460,6 +460,18 @@ mod tests {
     }
 
     #[test]
+    fn one_sweep_a_period_whatever_asks() {
+        let ks = Keyspace::new(Config::default());
+        assert!(ks.sweep_due(NOW_MS, 100));
+        assert!(
+            !ks.sweep_due(NOW_MS, 100),
+            "a second shard in the same period"
+        );
+        assert!(!ks.sweep_due(NOW_MS + 99, 100));
+        assert!(ks.sweep_due(NOW_MS + 100, 100));
+    }
+
+    #[test]
     fn sweep_removes_expired_keys_a_bounded_amount_at_a_time() {
         let ks = Keyspace::new(Config::default());
         let mut input = Vec::new();
