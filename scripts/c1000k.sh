@@ -4,7 +4,7 @@
 # under 60 % and memory under 80 %.
 #
 #   scripts/c1000k.sh [uring|epoll|both] [--conns N] [--rate R] [--duration S] [--batch-usec U]
-#                     [--host-netns] [--ipv6] [--proto redis]
+#                     [--host-netns] [--ipv6] [--proto redis [--appendfsync P]]
 #
 # Builds the release binaries, tunes the host (scripts/tune-host.sh; put back at the end,
 # whatever happens), starts the server on ports 6000-6049 planned for the connections, and
@@ -31,12 +31,12 @@
 # --proto redis runs the notes' whole bar: the server speaks Redis, each heartbeat is a SET
 # of that connection's own key with a TTL (uring-load --ratio 1:0 --key-maximum CONNS
 # --key-ttl 120), every reply checked, and the server writes an access log line per command
-# and the append-only file (--appendfsync everysec) to disk. The Reactor's worker processes
+# and the append-only file (--appendfsync P, default everysec) to disk. The Reactor's worker processes
 # cannot share one keyspace, so epoll-server refuses it above one process's fd limit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ENGINES=both CONNS=1000000 RATE=55000 DURATION=60 BATCH=10000 PORTS=6000-6049 NETNS=1 LISTEN=0.0.0.0 HOST=127.0.0.1 PROTO=echo
+ENGINES=both CONNS=1000000 RATE=55000 DURATION=60 BATCH=10000 PORTS=6000-6049 NETNS=1 LISTEN=0.0.0.0 HOST=127.0.0.1 PROTO=echo FSYNC=everysec
 while [ $# -gt 0 ]; do
   case "$1" in
     uring|epoll|both) ENGINES=$1 ;;
@@ -47,6 +47,7 @@ while [ $# -gt 0 ]; do
     --host-netns) NETNS=0 ;;
     --ipv6) LISTEN=:: HOST=::1 ;;
     --proto) PROTO=$2; shift ;;
+    --appendfsync) FSYNC=$2; shift ;;
     -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
     *) echo "c1000k: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -116,7 +117,7 @@ for ENGINE in $ENGINES; do
   LOAD_ARGS=()
   if [ "$PROTO" = redis ]; then
     rm -f "$TMP/access.log" "$TMP/appendonly.aof"
-    SERVER_ARGS+=(--proto redis --access-log "$TMP/access.log" --appendonly "$TMP/appendonly.aof" --appendfsync everysec)
+    SERVER_ARGS+=(--proto redis --access-log "$TMP/access.log" --appendonly "$TMP/appendonly.aof" --appendfsync "$FSYNC")
     LOAD_ARGS=(--proto redis --ratio 1:0 --key-maximum "$CONNS" --key-ttl 120)
   fi
   "${IN_NS[@]}" target/release/$ENGINE-server "${SERVER_ARGS[@]}" >"$TMP/server.out" 2>"$TMP/server.err" &
@@ -142,9 +143,9 @@ for ENGINE in $ENGINES; do
   SERVER_PID="" SAMPLER_PID=""
   tail -1 "$TMP/server.out" | sed 's/^/  /'
   OUT=bench/results/c1000k-$DATE-$ENGINE$SUFFIX.json
-  python3 - "$TMP" "$ENGINE" "$CONNS" "$RATE" "$DURATION" "$DATE" "$KERNEL" "$COMMIT" "$OUT" "$CORES" "$BATCH" "$NETNS" "$EHASH" "$HOST_EHASH" "$HOST" "$PROTO" <<'PY' || overall=1
+  python3 - "$TMP" "$ENGINE" "$CONNS" "$RATE" "$DURATION" "$DATE" "$KERNEL" "$COMMIT" "$OUT" "$CORES" "$BATCH" "$NETNS" "$EHASH" "$HOST_EHASH" "$HOST" "$PROTO" "$FSYNC" <<'PY' || overall=1
 import json, os, sys
-tmp, engine, conns, rate, duration, date, kernel, commit, out, cores, batch, netns, ehash, host_ehash, host, proto = sys.argv[1:]
+tmp, engine, conns, rate, duration, date, kernel, commit, out, cores, batch, netns, ehash, host_ehash, host, proto, fsync = sys.argv[1:]
 conns = int(conns)
 load = json.load(open(f"{tmp}/load.json"))
 samples = [json.loads(l) for l in open(f"{tmp}/samples.jsonl") if l.strip()]
@@ -181,7 +182,7 @@ result = {
     "engine": engine, "date": date, "kernel": kernel, "commit": commit,
     "command": f"scripts/c1000k.sh {engine} --conns {conns} --rate {rate} --duration {duration} --batch-usec {batch}"
     + ("" if netns == "1" else " --host-netns") + (" --ipv6" if ":" in host else "")
-    + (" --proto redis" if proto == "redis" else ""),
+    + (f" --proto redis --appendfsync {fsync}" if proto == "redis" else ""),
     "proto": proto, "disk": disk,
     "host": host, "own_netns": netns == "1", "ehash_buckets": int(ehash), "host_ehash_buckets": int(host_ehash),
     "conns_requested": conns, "conns_established": load["conns_established"],
