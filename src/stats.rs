@@ -94,7 +94,7 @@ counters! {
         aof_bytes: "Bytes written to the append-only file.",
         aof_syncs: "fdatasyncs of the append-only file (--appendfsync always or everysec).",
         aof_errors: "Append-only file writes or fdatasyncs that failed.",
-        aof_held: "Redis replies held until the append-only file was durable (--appendfsync always).",
+        aof_held: "Reads whose Redis replies waited for the append-only file to be durable (--appendfsync always).",
     }
     gauges {
         output_owed: "Connections whose output waits for the peer to take it (the Proactor: a send in flight; the Reactor: a queue waiting for EPOLLOUT).",
@@ -220,7 +220,7 @@ impl Summary {
         };
         let aof = if t.aof_writes + t.aof_errors > 0 {
             format!(
-                ", append-only file: {} B in {} writes, {} fsyncs, {} errors, {} replies held",
+                ", append-only file: {} B in {} writes, {} fsyncs, {} errors, {} reads held",
                 t.aof_bytes, t.aof_writes, t.aof_syncs, t.aof_errors, t.aof_held,
             )
         } else {

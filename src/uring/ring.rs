@@ -644,13 +644,16 @@ impl<K: Op> Ring<K> {
         unsafe { self.push(&e) }
     }
 
-    /// Reads the eventfd `fd` (8 bytes) into the ring's own counter.
+    /// Reads the eventfd `fd` (8 bytes) into the ring's own counter. Several reads may be in
+    /// flight (a server shard's stop and durability eventfds) and share it: its value is
+    /// never read, an eventfd read only consumes the count.
     pub fn read_eventfd(&mut self, fd: RawFd, ud: UserData<K>) -> io::Result<()> {
         let ptr: *mut u64 = &mut *self.wake_buf;
         let e = opcode::Read::new(types::Fd(fd), ptr.cast(), 8)
             .build()
             .user_data(ud.encode());
-        // SAFETY: the counter is boxed in the ring and only the kernel writes it.
+        // SAFETY: the counter is boxed in the ring, outlives every operation (the ring leaks
+        // it if any is in flight at drop), and only the kernel writes it, whichever read.
         unsafe { self.push(&e) }
     }
 }
