@@ -138,7 +138,10 @@ impl ShardAof {
                 })
             }
             _ => {
-                let e = io::Error::from_raw_os_error(-res.min(-1));
+                let e = match res {
+                    0 => io::Error::from(io::ErrorKind::WriteZero),
+                    _ => io::Error::from_raw_os_error(-res),
+                };
                 self.aof.failed("writing", e, counters);
                 if !always {
                     self.done();

@@ -505,8 +505,11 @@ impl Shard {
                 self.submit_aof(next)?;
             }
             Kind::Durable => {
-                // The held replies are looked at after the turn; read the next signal.
-                if !self.core.stopping()
+                // The held replies are looked at after the turn; read the next signal. A
+                // failed read is not retried (it would fail again, every turn): the held
+                // replies are then looked at on the shard's other wake-ups.
+                if c.res > 0
+                    && !self.core.stopping()
                     && let Some(fd) = self.aof.as_ref().and_then(ShardAof::notify_fd)
                 {
                     self.ring
