@@ -473,6 +473,142 @@ pub struct EpollArgs {
     pub worker_share_slot: Option<usize>,
 }
 
+/// The server models of the notes this project comes from, each serving echo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
+pub enum Model {
+    /// Blocking accept, serve one client to its end, then the next: concurrency 1.
+    Iterative,
+    /// A process per connection (fork), children reaped on SIGCHLD.
+    Fork,
+    /// A thread per connection, with a bounded stack (--stack-kib).
+    Thread,
+    /// One thread, select(2): an fd at or above FD_SETSIZE (1024) is refused.
+    Select,
+    /// One thread, poll(2).
+    Poll,
+    /// Level-triggered epoll with a callback per event (the notes' reactor.c, libevent).
+    EpollLt,
+    /// The project's Reactor: runs `epoll-server` (edge-triggered epoll).
+    EpollEt,
+    /// Signal-driven I/O: F_SETSIG with a real-time signal, taken by sigwaitinfo; a queue
+    /// overflow (SIGIO) falls back to polling every connection.
+    Sigio,
+    /// One epoll I/O thread feeding a pool of worker threads through a request queue.
+    HalfSyncHalfReactor,
+    /// A pool of threads: the leader waits on epoll and hands the role on before it serves.
+    LeaderFollowers,
+    /// The simulated Proactor: an epoll thread does the reads and writes, workers get the
+    /// completed data.
+    SimProactor,
+    /// POSIX AIO: aio_read/aio_write with completion notification (glibc runs them on
+    /// threads of its own).
+    PosixAio,
+    /// The project's Proactor: runs `uring-server` (io_uring).
+    Uring,
+}
+
+impl Model {
+    pub const ALL: [Model; 13] = [
+        Model::Iterative,
+        Model::Fork,
+        Model::Thread,
+        Model::Select,
+        Model::Poll,
+        Model::EpollLt,
+        Model::EpollEt,
+        Model::Sigio,
+        Model::HalfSyncHalfReactor,
+        Model::LeaderFollowers,
+        Model::SimProactor,
+        Model::PosixAio,
+        Model::Uring,
+    ];
+
+    /// The name `--model` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Model::Iterative => "iterative",
+            Model::Fork => "fork",
+            Model::Thread => "thread",
+            Model::Select => "select",
+            Model::Poll => "poll",
+            Model::EpollLt => "epoll-lt",
+            Model::EpollEt => "epoll-et",
+            Model::Sigio => "sigio",
+            Model::HalfSyncHalfReactor => "half-sync-half-reactor",
+            Model::LeaderFollowers => "leader-followers",
+            Model::SimProactor => "sim-proactor",
+            Model::PosixAio => "posix-aio",
+            Model::Uring => "uring",
+        }
+    }
+}
+
+impl fmt::Display for Model {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Every server model of the notes, one at a time, serving echo: from the one-client server
+/// to the Proactor, measured with the same client, flags and output as the two servers.
+///
+/// Each model is a small module of src/models/, written the way the notes describe it and
+/// done correctly (short writes, EINTR, EAGAIN, half-close, reset). `epoll-et` and `uring`
+/// run the project's own servers, epoll-server and uring-server, with these flags. The plan
+/// line says what the model can hold here and which wall stops it; asking for more is an error.
+///
+/// Try: `model-server --model poll --ports 6000 --stats`, and `uring-load --ports 6000`.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "model-server", version)]
+pub struct ModelArgs {
+    /// The server model.
+    #[arg(long, value_enum, required_unless_present_any = ["completions", "man"])]
+    pub model: Option<Model>,
+
+    /// The process may run on this many cores (default: every core it may use).
+    #[arg(long, value_name = "N")]
+    pub cores: Option<usize>,
+
+    /// Ports to listen on: one port, a range A-B, or a comma list of both.
+    #[arg(long, default_value = "6000", value_name = "PORTS")]
+    pub ports: PortList,
+
+    /// Address to listen on: IPv4, or IPv6 (`::` takes IPv4 too, as IPv4-mapped addresses).
+    #[arg(long, default_value = "0.0.0.0", value_name = "ADDR")]
+    pub host: std::net::IpAddr,
+
+    /// The most connections held at once: the model is planned for it (an error if it
+    /// cannot hold them here), and closes connections beyond it as soon as they are accepted.
+    /// Default: what the model holds here.
+    #[arg(long, value_name = "N")]
+    pub max_conns: Option<u64>,
+
+    /// Worker threads of the pool models (half-sync-half-reactor, leader-followers,
+    /// sim-proactor).
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub threads: usize,
+
+    /// Stack size of each thread the models start (thread: one per connection), in KiB.
+    #[arg(long, default_value_t = 64, value_name = "KIB")]
+    pub stack_kib: usize,
+
+    /// Print a stats line every second.
+    #[arg(long)]
+    pub stats: bool,
+
+    /// Write the exit summary as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub stats_json: Option<PathBuf>,
+
+    /// On SIGINT/SIGTERM, how long owed output may take before connections are cut.
+    #[arg(long, default_value = "5", value_name = "SECONDS")]
+    pub shutdown_timeout: f64,
+
+    #[command(flatten)]
+    pub install: Install,
+}
+
 /// An io_uring load generator: holds many connections, checks every answer, reports latency.
 ///
 /// Every connection is a direct descriptor (no fd each, so one process holds far more than
@@ -780,6 +916,7 @@ mod tests {
         UringArgs::command().debug_assert();
         EpollArgs::command().debug_assert();
         LoadCli::command().debug_assert();
+        ModelArgs::command().debug_assert();
     }
 
     #[test]
@@ -789,6 +926,7 @@ mod tests {
             UringArgs::command(),
             EpollArgs::command(),
             LoadCli::command(),
+            ModelArgs::command(),
         ] {
             for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
                 let mut script = Vec::new();

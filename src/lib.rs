@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod load;
+pub mod models;
 pub mod plan;
 pub mod proactor;
 pub mod proto;

@@ -2,8 +2,9 @@
 //! a number of shards and their fixed-file tables, or an error that names the limit and the fix.
 //! Pure code: the limits come in as values, so every message is unit-tested.
 
+use crate::cli::Model;
 use crate::error::Error;
-use crate::sys::limits::HostLimits;
+use crate::sys::limits::{HostLimits, TaskLimits};
 
 /// The kernel's cap on one ring's fixed-file table (IORING_MAX_FIXED_FILES).
 pub const MAX_FIXED_FILES: u64 = 1 << 20;
@@ -376,6 +377,207 @@ fn too_many_fds(what: String, limits: &HostLimits, max_ports: u64) -> Error {
              limit cannot be raised without CAP_SYS_RESOURCE)"
         ),
     }
+}
+
+/// select(2)'s fd_set holds only fds below this (glibc's FD_SETSIZE).
+pub const FD_SETSIZE: u64 = libc::FD_SETSIZE as u64;
+/// Threads (or processes) a model leaves the host for everything else.
+const TASK_RESERVE: u64 = 256;
+/// Memory a forked child costs beyond what it shares with its parent (page tables, its
+/// stack, the pages it writes): a planning figure; `cargo bench --bench models` measures it.
+const FORK_CHILD_BYTES: u64 = 512 << 10;
+/// The read buffer of a model's blocking connection (thread, fork): echo needs no more.
+pub const MODEL_BUF_BYTES: usize = 16 << 10;
+/// Share of MemTotal a model may plan to use for its threads or processes.
+const MODEL_MEM_PCT: u64 = 50;
+
+/// What model-server was asked for.
+#[derive(Debug, Clone)]
+pub struct ModelRequest {
+    pub model: Model,
+    pub max_conns: Option<u64>,
+    pub ports: usize,
+    /// Worker threads of the pool models.
+    pub threads: usize,
+    /// Stack of each thread a model starts, in KiB.
+    pub stack_kib: usize,
+}
+
+/// How a model will run: what it holds here, and the wall that stops it there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelPlan {
+    pub model: Model,
+    /// The most connections it holds at once on this host.
+    pub holds: u64,
+    /// What stops it at `holds`.
+    pub wall: String,
+    /// What it runs for: `--max-conns`, or `holds`.
+    pub max_conns: u64,
+    /// Threads and processes it uses at most (the process itself included).
+    pub threads: u64,
+    pub processes: u64,
+}
+
+impl ModelPlan {
+    pub fn describe(&self) -> String {
+        format!(
+            "model {}: holds {} connections here ({}); runs for {}, with at most {} threads \
+             and {} processes",
+            self.model, self.holds, self.wall, self.max_conns, self.threads, self.processes
+        )
+    }
+}
+
+/// Plans `req.model` (not `epoll-et` or `uring`, which plan as their servers do): what it
+/// holds within the fd limit, FD_SETSIZE, the threads or processes the host allows and
+/// memory; an error naming the wall if `--max-conns` is beyond it.
+pub fn plan_model(
+    req: &ModelRequest,
+    limits: &HostLimits,
+    tasks: &TaskLimits,
+) -> Result<ModelPlan, Error> {
+    let ports = req.ports as u64;
+    // One process holds every connection's fd, its listeners and a few of its own.
+    let fds = limits.nofile_soft.saturating_sub(ports + FD_RESERVE);
+    let fd_wall = (
+        fds,
+        format!(
+            "RLIMIT_NOFILE {}: one fd per connection",
+            limits.nofile_soft
+        ),
+    );
+    let room = tasks.room().saturating_sub(TASK_RESERVE);
+    let task_wall = |what: &str| {
+        (
+            room,
+            format!(
+                "{what}: kernel.threads-max {}, kernel.pid_max {}, {} running{}",
+                tasks.threads_max,
+                tasks.pid_max,
+                tasks.tasks_now,
+                tasks
+                    .nproc
+                    .map(|n| format!(", RLIMIT_NPROC {n}"))
+                    .unwrap_or_default()
+            ),
+        )
+    };
+    let mem = limits.mem_total * MODEL_MEM_PCT / 100;
+    let lowest = |walls: Vec<(u64, String)>| walls.into_iter().min_by_key(|w| w.0).unwrap();
+    let pool = req.threads as u64;
+    let thread_bytes = (req.stack_kib * 1024 + MODEL_BUF_BYTES) as u64;
+    let (holds, wall, threads, processes) = match req.model {
+        Model::Iterative => {
+            let wall = format!(
+                "it serves one connection at a time; the others wait in the listen backlog, at \
+                 most net.core.somaxconn {}",
+                limits.somaxconn
+            );
+            (1, wall, 1, 1)
+        }
+        Model::Fork => {
+            let (n, wall) = lowest(vec![
+                task_wall("a process per connection"),
+                (
+                    mem / FORK_CHILD_BYTES,
+                    format!(
+                        "{} KiB a child, within {MODEL_MEM_PCT} % of MemTotal",
+                        FORK_CHILD_BYTES >> 10
+                    ),
+                ),
+            ]);
+            (n, wall, 1, n + 1)
+        }
+        Model::Thread | Model::PosixAio => {
+            let what = match req.model {
+                Model::Thread => "a thread per connection",
+                _ => "glibc's AIO runs each pending read on a thread",
+            };
+            let (n, wall) = lowest(vec![
+                fd_wall,
+                task_wall(what),
+                (
+                    mem / thread_bytes,
+                    format!(
+                        "{} KiB a thread (--stack-kib and its buffer), within {MODEL_MEM_PCT} % \
+                         of MemTotal",
+                        thread_bytes >> 10
+                    ),
+                ),
+            ]);
+            (n, wall, n + 1, 1)
+        }
+        Model::Select => {
+            // stdin, stdout, stderr, the listeners, the stop eventfd and the counters'
+            // memfd sit below the connections.
+            let below = FD_SETSIZE.saturating_sub(3 + ports + 2);
+            let (n, wall) = lowest(vec![
+                fd_wall,
+                (
+                    below,
+                    format!(
+                        "FD_SETSIZE {FD_SETSIZE}: an fd_set holds only fds below it, and fds \
+                         at or above it are refused"
+                    ),
+                ),
+            ]);
+            (n, wall, 1, 1)
+        }
+        Model::Poll | Model::EpollLt | Model::Sigio => (fds, fd_wall.1, 1, 1),
+        Model::HalfSyncHalfReactor | Model::SimProactor => (fds, fd_wall.1, 1 + pool, 1),
+        Model::LeaderFollowers => (fds, fd_wall.1, pool, 1),
+        Model::EpollEt | Model::Uring => {
+            unreachable!("{} is planned by its own server", req.model)
+        }
+    };
+    if threads > 1 && threads.saturating_sub(1) > room.max(1) {
+        let (_, wall) = task_wall("the pool's threads");
+        return Err(Error::Limit {
+            what: format!("--threads {pool} is more than the host lets start ({wall})"),
+            fix: "lower --threads".into(),
+        });
+    }
+    let max_conns = req.max_conns.unwrap_or(holds);
+    if max_conns > holds {
+        let fix = match req.model {
+            Model::Iterative => "that is the model: any other holds more".to_string(),
+            Model::Select => "lower --max-conns, or use --model poll or epoll-lt, which have no \
+                              FD_SETSIZE"
+                .to_string(),
+            _ if wall.starts_with("RLIMIT_NOFILE") => format!(
+                "lower --max-conns, raise RLIMIT_NOFILE (its hard limit is {} here), or use \
+                 --model uring, whose connections take no fd",
+                limits.nofile_hard
+            ),
+            _ => "lower --max-conns, raise the limit named, or use a model with a fixed number \
+                  of threads (poll, epoll-lt, leader-followers)"
+                .to_string(),
+        };
+        return Err(Error::Limit {
+            what: format!(
+                "--model {} holds at most {holds} connections here ({wall}), not --max-conns \
+                 {max_conns}",
+                req.model
+            ),
+            fix,
+        });
+    }
+    if max_conns == 0 {
+        return Err(Error::BadFlag("--max-conns must be at least 1".into()));
+    }
+    let (threads, processes) = match req.model {
+        Model::Thread | Model::PosixAio => (max_conns + 1, 1),
+        Model::Fork => (1, max_conns + 1),
+        _ => (threads, processes),
+    };
+    Ok(ModelPlan {
+        model: req.model,
+        holds,
+        wall,
+        max_conns,
+        threads,
+        processes,
+    })
 }
 
 #[cfg(test)]

@@ -211,7 +211,7 @@ pub fn say(line: impl std::fmt::Display) {
 }
 
 /// The user-facing error for a failed bind or listen on `addr`.
-fn bind_error(addr: SocketAddr, e: io::Error) -> Error {
+pub fn bind_error(addr: SocketAddr, e: io::Error) -> Error {
     match e.raw_os_error() {
         Some(libc::EADDRINUSE) => Error::PortInUse(addr),
         Some(libc::EADDRNOTAVAIL) => Error::BadFlag(format!(

@@ -109,6 +109,65 @@ impl HostLimits {
     }
 }
 
+/// What bounds the threads and processes a server may start, read at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskLimits {
+    /// kernel.threads-max: threads (and processes) the whole host may have.
+    pub threads_max: u64,
+    /// kernel.pid_max: every thread takes an id below it.
+    pub pid_max: u64,
+    /// Threads on the host now (/proc/loadavg's fourth field).
+    pub tasks_now: u64,
+    /// RLIMIT_NPROC, the soft limit on this user's threads; None when it does not apply
+    /// (unlimited, or root, whom the kernel does not hold to it).
+    pub nproc: Option<u64>,
+}
+
+impl TaskLimits {
+    pub fn read() -> io::Result<Self> {
+        let one = |path: &str| -> io::Result<u64> {
+            numbers(&read_proc(path)?).first().copied().ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("cannot parse {path}"))
+            })
+        };
+        let loadavg = read_proc("/proc/loadavg")?;
+        let tasks_now = loadavg
+            .split_whitespace()
+            .nth(3)
+            .and_then(|f| f.split_once('/'))
+            .and_then(|(_, total)| total.parse().ok())
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, "cannot parse /proc/loadavg")
+            })?;
+        let mut rl = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: the pointer is to a live local rlimit, which getrlimit(2) fills.
+        unsafe { syscall!(getrlimit(libc::RLIMIT_NPROC, &mut rl)) }?;
+        // SAFETY: geteuid(2) takes nothing and cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        Ok(TaskLimits {
+            threads_max: one("/proc/sys/kernel/threads-max")?,
+            pid_max: one("/proc/sys/kernel/pid_max")?,
+            tasks_now,
+            nproc: (!root && rl.rlim_cur != libc::RLIM_INFINITY).then_some(rl.rlim_cur),
+        })
+    }
+
+    /// Threads (or processes) that may still be started here.
+    pub fn room(&self) -> u64 {
+        let host = self
+            .threads_max
+            .min(self.pid_max)
+            .saturating_sub(self.tasks_now);
+        match self.nproc {
+            Some(n) => host.min(n.saturating_sub(self.tasks_now.min(n))),
+            None => host,
+        }
+    }
+}
+
 #[cfg(test)]
 impl HostLimits {
     /// The limits of this project's machines (ARCHITECTURE.md, measured facts), for tests of
@@ -124,6 +183,19 @@ impl HostLimits {
             tcp_mem: Some([287_898, 383_866, 575_796]),
             ehash_entries: Some(262_144),
             mem_total: 24 << 30,
+        }
+    }
+}
+
+#[cfg(test)]
+impl TaskLimits {
+    /// This project's machines: root (no RLIMIT_NPROC), about 200 threads running.
+    pub fn measured_here() -> Self {
+        TaskLimits {
+            threads_max: 192_000,
+            pid_max: 32_768,
+            tasks_now: 200,
+            nproc: None,
         }
     }
 }

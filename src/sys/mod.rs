@@ -333,6 +333,94 @@ pub fn epoll_wait(
     }
 }
 
+/// The calling thread's kernel id.
+pub fn gettid() -> u32 {
+    // SAFETY: gettid(2) takes nothing and cannot fail.
+    unsafe { libc::gettid() as u32 }
+}
+
+/// Accepts one connection on `listener`, blocking unless the listener is non-blocking; the
+/// socket is blocking.
+pub fn accept(listener: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: null address and length pointers are allowed (the peer's address is not
+    // wanted); nothing else is a pointer.
+    let fd = unsafe {
+        syscall!(accept4(
+            listener,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC
+        ))
+    }?;
+    // SAFETY: accept4(2) just returned this fd and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// shutdown(2) of the read side: a read blocked on the socket (in any thread) returns 0, and
+/// so does every later one; on a listener, a blocked accept returns EINVAL.
+pub fn shutdown_read(fd: RawFd) -> io::Result<()> {
+    // SAFETY: shutdown(2) takes no pointers: an fd and a flag.
+    unsafe { syscall!(shutdown(fd, libc::SHUT_RD)) }.map(drop)
+}
+
+/// Restricts the calling thread (and the threads and processes it starts after) to `cpus`.
+pub fn set_cpus(cpus: &[usize]) -> io::Result<()> {
+    // SAFETY: cpu_set_t is a plain bit array; all-zero is a valid (empty) set.
+    let mut set: libc::cpu_set_t = unsafe { mem::zeroed() };
+    for &cpu in cpus {
+        if cpu >= libc::CPU_SETSIZE as usize {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        // SAFETY: `cpu` is below CPU_SETSIZE (checked above), the bit count of `set`.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: the mask pointer is to a live local cpu_set_t and the size is its size;
+    // sched_setaffinity(2) only reads it.
+    unsafe {
+        syscall!(sched_setaffinity(
+            0,
+            mem::size_of::<libc::cpu_set_t>(),
+            &set
+        ))
+    }
+    .map(drop)
+}
+
+/// Context switches (voluntary and not) of this process's threads, the ended ones
+/// included, and (`children`) of the children it has waited for.
+pub fn context_switches(children: bool) -> u64 {
+    let who = if children {
+        libc::RUSAGE_CHILDREN
+    } else {
+        libc::RUSAGE_SELF
+    };
+    // SAFETY: rusage is plain data; all-zero is valid and getrusage overwrites it.
+    let mut ru: libc::rusage = unsafe { mem::zeroed() };
+    // SAFETY: the pointer is to a live local rusage, which getrusage(2) fills.
+    if unsafe { syscall!(getrusage(who, &mut ru)) }.is_err() {
+        return 0;
+    }
+    (ru.ru_nvcsw + ru.ru_nivcsw) as u64
+}
+
+/// poll(2) on `fds` for at most `timeout_ms` (-1: no limit): how many have events;
+/// EINTR is 0.
+pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
+    // SAFETY: the pointer and count describe the caller's live, writable slice of pollfds,
+    // whose revents poll(2) writes.
+    match unsafe {
+        syscall!(poll(
+            fds.as_mut_ptr(),
+            fds.len() as libc::nfds_t,
+            timeout_ms
+        ))
+    } {
+        Ok(n) => Ok(n as usize),
+        Err(e) if e.raw_os_error() == Some(libc::EINTR) => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
 /// Accepts one connection as a non-blocking socket.
 pub fn accept_nonblocking(listener: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: null address and length pointers are allowed (the peer's address is not

@@ -259,6 +259,18 @@ impl Server {
         Server::spawn(cmd, engine.into(), ports, extra)
     }
 
+    /// `model-server --model MODEL` on `family`'s loopback address with `extra` flags (its
+    /// `target.engine` is unused: nothing here starts it by engine).
+    pub fn start_model(model: &str, family: Family, ports: &str, extra: &[&str]) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_model-server"));
+        cmd.args(["--model", model]);
+        let target = Target {
+            engine: Engine::Epoll,
+            family,
+        };
+        Server::spawn(cmd, target, ports, extra)
+    }
+
     fn spawn(mut cmd: Command, target: Target, ports: &str, extra: &[&str]) -> Server {
         let stats_path = std::env::temp_dir().join(format!(
             "c1m-test-{}-{}.json",

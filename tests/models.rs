@@ -1,0 +1,322 @@
+//! The server models (`model-server --model NAME`): every model passes the echo suite within
+//! what it holds, over real loopback sockets with every byte checked; then what is one
+//! model's own: select's FD_SETSIZE refusal, fork's reaped children, the capacity errors.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::thread;
+use std::time::Duration;
+
+use common::{Family, Server, first_port, free_ports, random_bytes, u};
+
+/// One `#[test]` per model for each test body `fn NAME(model: &str)`:
+/// `per_model!(NAME)` adds `mod NAME { #[test] fn iterative() .. }`.
+macro_rules! per_model {
+    ($($case:ident),+ $(,)?) => {
+        $(
+            mod $case {
+                per_model!(@cases $case: iterative "iterative", fork "fork", thread "thread",
+                    select "select", poll "poll", epoll_lt "epoll-lt", epoll_et "epoll-et",
+                    sigio "sigio", half_sync_half_reactor "half-sync-half-reactor",
+                    leader_followers "leader-followers", sim_proactor "sim-proactor",
+                    posix_aio "posix-aio", uring "uring");
+            }
+        )+
+    };
+    (@cases $case:ident: $($name:ident $model:literal),+) => {
+        $(
+            #[test]
+            fn $name() {
+                super::$case($model)
+            }
+        )+
+    };
+}
+
+/// How many clients a test runs at once against `model`: the iterative server serves one.
+fn at_once(model: &str, n: u64) -> u64 {
+    if model == "iterative" { 1 } else { n }
+}
+
+fn start(model: &str, ports: &str, extra: &[&str]) -> Server {
+    Server::start_model(model, Family::V4, ports, extra)
+}
+
+/// Writes `data` and half-closes in one thread while reading to EOF in this one.
+fn echo_stream(stream: TcpStream, data: Vec<u8>) -> Vec<u8> {
+    let mut w = stream.try_clone().unwrap();
+    let writer = thread::spawn(move || {
+        w.write_all(&data).unwrap();
+        w.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut got = Vec::new();
+    (&stream).read_to_end(&mut got).unwrap();
+    writer.join().unwrap();
+    got
+}
+
+fn exact_echo_from_1_byte_to_1_mib_over_several_ports(model: &str) {
+    let ports = free_ports(3);
+    let server = start(model, &ports, &[]);
+    let mut bytes = 0u64;
+    for (size, conns) in [(1, 50), (100, 50), (4096, 16), (65_543, 8), (1 << 20, 4)] {
+        let conns = at_once(model, conns);
+        let (code, r) = server.load(&[
+            "--conns",
+            &conns.to_string(),
+            "--size",
+            &size.to_string(),
+            "--requests",
+            "3",
+        ]);
+        assert_eq!(code, 0, "{model} size {size}: {r}");
+        assert_eq!(u(&r, "conns_established"), conns, "{model} size {size}");
+        assert_eq!(u(&r, "requests"), conns * 3, "{model} size {size}");
+        assert!(r["errors"].as_object().unwrap().is_empty(), "{r}");
+        bytes += conns * 3 * size;
+    }
+    // A foreign client too: random bytes through std sockets on every port, one at a time.
+    for (i, port) in ports.split(',').enumerate() {
+        let data = random_bytes(300_001 + i, i as u64 + 1);
+        let s = TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).unwrap();
+        assert_eq!(echo_stream(s, data.clone()), data, "{model} port {port}");
+        bytes += data.len() as u64;
+    }
+    let stats = server.stop();
+    assert_eq!(u(&stats, "totals.bytes_in"), bytes, "{model}: {stats}");
+    assert_eq!(u(&stats, "totals.bytes_out"), bytes, "{model}: {stats}");
+    assert_eq!(u(&stats, "totals.accepted"), u(&stats, "totals.closed"));
+    assert_eq!(u(&stats, "totals.conn_errors"), 0, "{stats}");
+}
+
+fn many_connections_at_once_each_answered(model: &str) {
+    let ports = free_ports(2);
+    let server = start(model, &ports, &[]);
+    let conns = at_once(model, 500);
+    let (code, r) = server.load(&["--conns", &conns.to_string(), "--duration", "1"]);
+    assert_eq!(code, 0, "{model}: {r}");
+    assert_eq!(u(&r, "conns_established"), conns, "{model}");
+    assert!(
+        u(&r, "requests") >= conns,
+        "{model}: every connection answered: {r}"
+    );
+    let stats = server.stop();
+    assert_eq!(u(&stats, "totals.accepted"), conns, "{model}: {stats}");
+    assert_eq!(u(&stats, "totals.closed"), conns, "{model}: {stats}");
+    assert_eq!(u(&stats, "totals.bytes_in"), u(&stats, "totals.bytes_out"));
+}
+
+fn half_close_echoes_what_arrived_then_closes(model: &str) {
+    let ports = free_ports(1);
+    let server = start(model, &ports, &[]);
+    for n in [0usize, 1, 70_000, 1 << 20] {
+        let data = random_bytes(n, 9);
+        let s = TcpStream::connect(("127.0.0.1", first_port(&ports))).unwrap();
+        // read_to_end returning is the server's close: EOF after exactly the echo.
+        assert_eq!(echo_stream(s, data.clone()), data, "{model} {n} bytes");
+    }
+    let stats = server.stop();
+    assert_eq!(u(&stats, "totals.accepted"), 4, "{model}: {stats}");
+    assert_eq!(u(&stats, "totals.closed"), 4, "{model}: {stats}");
+    assert_eq!(u(&stats, "totals.conn_errors"), 0, "{model}: {stats}");
+}
+
+fn client_reset_mid_stream_frees_the_connection_and_others_go_on(model: &str) {
+    let ports = free_ports(1);
+    let server = start(model, &ports, &[]);
+    let port = first_port(&ports);
+    let mut victim = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    victim.write_all(&random_bytes(256 * 1024, 3)).unwrap();
+    let victim = socket2::Socket::from(victim);
+    victim.set_linger(Some(Duration::ZERO)).unwrap();
+    drop(victim); // RST, with the echo unread
+    let data = random_bytes(500_000, 4);
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    assert_eq!(echo_stream(s, data.clone()), data, "{model}");
+    thread::sleep(Duration::from_millis(200));
+    let stats = server.stop();
+    assert_eq!(u(&stats, "totals.accepted"), 2, "{model}: {stats}");
+    assert_eq!(
+        u(&stats, "totals.closed"),
+        2,
+        "{model}: the reset one was freed"
+    );
+    assert_eq!(u(&stats, "totals.conn_errors"), 1, "{model}: {stats}");
+}
+
+/// Byte `i` of connection `c`'s stream, so a reader can check a prefix without a copy.
+fn stream_byte(c: usize, i: usize) -> u8 {
+    (i.wrapping_mul(7).wrapping_add(c * 13) % 251) as u8
+}
+
+fn sigterm_while_busy_answers_what_arrived_and_exits_zero(model: &str) {
+    let ports = free_ports(2);
+    let mut server = start(model, &ports, &["--shutdown-timeout", "2"]);
+    let clients_n = at_once(model, 8) as usize;
+    let mut clients = Vec::new();
+    for c in 0..clients_n {
+        let port: u16 = ports.split(',').nth(c % 2).unwrap().parse().unwrap();
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let writer = thread::spawn(move || {
+            let mut sent = 0usize;
+            let mut chunk = vec![0u8; 16 * 1024];
+            loop {
+                for (j, b) in chunk.iter_mut().enumerate() {
+                    *b = stream_byte(c, sent + j);
+                }
+                match w.write(&chunk) {
+                    Ok(n) => sent += n,
+                    Err(_) => return sent,
+                }
+            }
+        });
+        let reader = thread::spawn(move || {
+            let mut s = s;
+            let mut got = 0usize;
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => return got,
+                    Ok(n) => {
+                        for (j, b) in buf[..n].iter().enumerate() {
+                            assert_eq!(*b, stream_byte(c, got + j), "conn {c} byte {}", got + j);
+                        }
+                        got += n;
+                    }
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => return got,
+                }
+            }
+        });
+        clients.push((writer, reader));
+    }
+    thread::sleep(Duration::from_millis(500));
+    let stats = server.stop_within(Duration::from_secs(8));
+    let mut echoed = 0;
+    for (writer, reader) in clients {
+        let got = reader.join().unwrap();
+        let sent = writer.join().unwrap();
+        assert!(got <= sent);
+        echoed += got;
+    }
+    assert!(echoed > 0, "{model}: the clients were busy");
+    // Everything the server read, it handed back before closing.
+    assert_eq!(
+        u(&stats, "totals.bytes_in"),
+        u(&stats, "totals.bytes_out"),
+        "{model}: {stats}"
+    );
+    assert_eq!(
+        u(&stats, "totals.accepted"),
+        clients_n as u64,
+        "{model}: {stats}"
+    );
+    assert_eq!(
+        u(&stats, "totals.closed"),
+        clients_n as u64,
+        "{model}: {stats}"
+    );
+}
+
+fn a_peer_that_does_not_read_is_pushed_back_then_gets_every_byte(model: &str) {
+    let ports = free_ports(1);
+    let server = start(model, &ports, &[]);
+    let s = TcpStream::connect(("127.0.0.1", first_port(&ports))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    // Write without reading until the writes block: the server stopped reading us.
+    let mut w = s.try_clone().unwrap();
+    let writer = thread::spawn(move || {
+        let mut sent = 0usize;
+        let chunk: Vec<u8> = (0..65_536).map(|i| stream_byte(7, i)).collect();
+        while sent < 256 << 20 {
+            let off = sent % chunk.len();
+            match w.write(&chunk[off..]) {
+                Ok(n) => sent += n,
+                Err(_) => break, // timed out: pushed back
+            }
+        }
+        sent
+    });
+    let sent = writer.join().unwrap();
+    assert!(
+        sent < 64 << 20,
+        "{model}: {sent} bytes went in while nothing was read: the server kept reading"
+    );
+    // Now read: exactly what was written comes back, then EOF after our half-close.
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut got = Vec::with_capacity(sent);
+    (&s).read_to_end(&mut got).unwrap();
+    assert_eq!(got.len(), sent, "{model}");
+    assert!(
+        got.iter()
+            .enumerate()
+            .all(|(i, b)| *b == stream_byte(7, i % 65_536))
+    );
+    let stats = server.stop();
+    assert_eq!(u(&stats, "totals.bytes_out"), sent as u64, "{model}");
+}
+
+per_model!(
+    exact_echo_from_1_byte_to_1_mib_over_several_ports,
+    many_connections_at_once_each_answered,
+    half_close_echoes_what_arrived_then_closes,
+    client_reset_mid_stream_frees_the_connection_and_others_go_on,
+    sigterm_while_busy_answers_what_arrived_and_exits_zero,
+    a_peer_that_does_not_read_is_pushed_back_then_gets_every_byte,
+);
+
+// --- What is one model's own ---
+
+/// Runs model-server with `args` and expects it to refuse them: its exit code and stderr.
+fn refused(args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_model-server"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{args:?} started");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_target_beyond_a_models_wall_is_an_error_naming_it() {
+    let ports = free_ports(1);
+    for (model, max, wall) in [
+        ("select", "2000", "FD_SETSIZE 1024"),
+        ("thread", "30000", "RLIMIT_NOFILE"),
+        ("poll", "30000", "RLIMIT_NOFILE"),
+        ("iterative", "2", "one connection at a time"),
+    ] {
+        let (code, err) = refused(&["--model", model, "--ports", &ports, "--max-conns", max]);
+        assert_eq!(code, 1, "{model}: {err}");
+        assert!(
+            err.contains(&format!("--model {model} holds at most")),
+            "{model}: {err}"
+        );
+        assert!(err.contains(wall), "{model}: {err}");
+    }
+    let (code, err) = refused(&["--ports", &ports]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--model"), "{err}");
+}
+
+// --- fork ---
+
+// --- thread ---
+
+// --- select ---
+
+// --- poll and epoll-lt ---
+
+// --- sigio ---
+
+// --- the thread pools ---
+
+// --- posix-aio ---
+
+// --- epoll-et and uring ---
