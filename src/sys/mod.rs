@@ -1,8 +1,12 @@
 //! Raw system calls behind one `syscall!` helper: sockets and their options, CPU affinity,
 //! eventfd, signals. Nearly all of the crate's `unsafe` outside the io_uring modules is here.
 
+pub mod aio;
 pub mod limits;
 pub mod notify;
+pub mod process;
+pub mod select;
+pub mod sigio;
 pub mod user;
 
 use std::io;
@@ -314,6 +318,27 @@ pub fn epoll_add(epfd: RawFd, fd: RawFd, events: u32, token: u64) -> io::Result<
     // SAFETY: the event pointer is to a live local epoll_event, which epoll_ctl(2) only reads
     // (the kernel keeps a copy, not the pointer).
     unsafe { syscall!(epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev)) }.map(drop)
+}
+
+/// Changes the events (and token) `fd` is registered with; re-arms an EPOLLONESHOT one.
+pub fn epoll_modify(epfd: RawFd, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: token };
+    // SAFETY: the event pointer is to a live local epoll_event, which epoll_ctl(2) only reads.
+    unsafe { syscall!(epoll_ctl(epfd, libc::EPOLL_CTL_MOD, fd, &mut ev)) }.map(drop)
+}
+
+/// Removes `fd` from the epoll set (closing it does too, once no other fd refers to its file).
+pub fn epoll_delete(epfd: RawFd, fd: RawFd) -> io::Result<()> {
+    // SAFETY: a null event pointer is allowed for EPOLL_CTL_DEL (Linux 2.6.9+).
+    unsafe {
+        syscall!(epoll_ctl(
+            epfd,
+            libc::EPOLL_CTL_DEL,
+            fd,
+            std::ptr::null_mut()
+        ))
+    }
+    .map(drop)
 }
 
 /// Waits up to `timeout_ms` (-1: forever) for events; returns how many were written.

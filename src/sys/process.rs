@@ -1,0 +1,1 @@
+//! fork(2), waitpid(2) and SIGCHLD for the fork model.

@@ -1,0 +1,1 @@
+//! select(2) and its fd_set, for the select model.
