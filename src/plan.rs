@@ -588,6 +588,82 @@ mod tests {
         HostLimits::measured_here()
     }
 
+    fn model(model: Model, max_conns: Option<u64>) -> Result<ModelPlan, Error> {
+        let req = ModelRequest {
+            model,
+            max_conns,
+            ports: 1,
+            threads: 4,
+            stack_kib: 64,
+        };
+        plan_model(&req, &host(), &TaskLimits::measured_here())
+    }
+
+    #[test]
+    fn each_model_is_held_by_its_own_wall() {
+        let holds = |m| model(m, None).unwrap();
+        assert_eq!(holds(Model::Iterative).holds, 1);
+        // FD_SETSIZE less stdio, the listener, the stop eventfd and the counters' memfd.
+        let select = holds(Model::Select);
+        assert_eq!(select.holds, 1024 - 6);
+        assert!(
+            select.wall.starts_with("FD_SETSIZE 1024"),
+            "{}",
+            select.wall
+        );
+        for m in [Model::Poll, Model::EpollLt, Model::Sigio, Model::Thread] {
+            let p = holds(m);
+            assert_eq!(p.holds, 20_000 - 1 - FD_RESERVE, "{m}");
+            assert!(p.wall.starts_with("RLIMIT_NOFILE 20000"), "{m}: {}", p.wall);
+        }
+        // 512 KiB a child within half of 24 GiB comes before pid_max's 32,768.
+        let fork = holds(Model::Fork);
+        assert_eq!(fork.holds, 24_576);
+        assert!(fork.wall.starts_with("512 KiB a child"), "{}", fork.wall);
+        assert_eq!(fork.processes, fork.holds + 1);
+        assert_eq!(holds(Model::Thread).threads, 20_000 - FD_RESERVE);
+        assert_eq!(holds(Model::LeaderFollowers).threads, 4);
+        assert_eq!(holds(Model::HalfSyncHalfReactor).threads, 5);
+    }
+
+    #[test]
+    fn a_target_beyond_the_wall_names_it_and_the_way_past() {
+        let err = |m, n| model(m, Some(n)).unwrap_err().to_string();
+        let e = err(Model::Select, 2000);
+        assert!(e.contains("--model select holds at most 1018"), "{e}");
+        assert!(e.contains("use --model poll or epoll-lt"), "{e}");
+        let e = err(Model::Poll, 50_000);
+        assert!(e.contains("RLIMIT_NOFILE 20000"), "{e}");
+        assert!(e.contains("--model uring"), "{e}");
+        let e = err(Model::Fork, 40_000);
+        assert!(e.contains("512 KiB a child"), "{e}");
+        let few = |mut t: TaskLimits| {
+            t.pid_max = 4096;
+            t
+        };
+        let tasks = few(TaskLimits::measured_here());
+        let req = ModelRequest {
+            model: Model::Thread,
+            max_conns: Some(5000),
+            ports: 1,
+            threads: 4,
+            stack_kib: 64,
+        };
+        let e = plan_model(&req, &host(), &tasks).unwrap_err().to_string();
+        assert!(
+            e.contains("a thread per connection: kernel.threads-max"),
+            "{e}"
+        );
+        assert!(e.contains("kernel.pid_max 4096"), "{e}");
+        let e = err(Model::Iterative, 2);
+        assert!(e.contains("one connection at a time"), "{e}");
+        assert_eq!(model(Model::Poll, Some(10_000)).unwrap().max_conns, 10_000);
+        assert!(matches!(
+            model(Model::Poll, Some(0)),
+            Err(Error::BadFlag(_))
+        ));
+    }
+
     fn req(max_conns: Option<u64>, cores: Option<usize>, ports: usize) -> Request {
         Request {
             engine: EngineKind::Uring,
