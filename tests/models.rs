@@ -311,7 +311,127 @@ fn a_target_beyond_a_models_wall_is_an_error_naming_it() {
 
 // --- select ---
 
+/// Open fds of process `pid` below FD_SETSIZE, those that stay open: the supervisor's
+/// moment-long read of /proc/self/status is left out.
+fn fds_below_fd_setsize(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map_while(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.parse::<usize>().ok())
+                .is_some_and(|fd| fd < libc::FD_SETSIZE)
+        })
+        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| !t.starts_with("/proc")))
+        .count()
+}
+
+/// One byte there and back on `s`: true if it echoed, false if the server had closed it
+/// (EOF, or the reset its close with our byte unread sends; a reset of a half-closed
+/// socket reads as EPIPE).
+fn echoes_or_closed(s: &mut TcpStream, byte: u8) -> bool {
+    let closed =
+        |e: &std::io::Error| matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    if let Err(e) = s.write_all(&[byte]) {
+        assert!(closed(&e), "write: {e}");
+        return false;
+    }
+    let mut got = [0u8; 1];
+    match s.read(&mut got) {
+        Ok(1) => {
+            assert_eq!(got[0], byte);
+            true
+        }
+        Ok(_) => false,
+        Err(e) => {
+            assert!(closed(&e), "read: {e}");
+            false
+        }
+    }
+}
+
+#[test]
+fn select_refuses_fds_at_or_above_fd_setsize_cleanly_and_counted() {
+    let ports = free_ports(1);
+    // 1018 is the plan's maximum for one port: FD_SETSIZE less stdin, stdout, stderr, the
+    // listener, the stop eventfd and the counters' memfd. The server holds at least those
+    // (and whatever else it inherited), so the fds below FD_SETSIZE run out before the
+    // cap is reached: every connection past them is refused, none is over the cap.
+    let mut server = start("select", &ports, &["--max-conns", "1018"]);
+    let free = libc::FD_SETSIZE - fds_below_fd_setsize(server.pid());
+    assert!(free <= 1018, "the plan reserves too few fds: {free} free");
+    // One connection at a time, each answered or closed before the next: the server takes
+    // the lowest fd free each time, so it holds the first `free` and refuses the rest. A
+    // read of /proc/self/status by its supervisor can take the last fd below FD_SETSIZE for
+    // a moment, refusing one early; the next connection takes it then: go on until 10 in a
+    // row are refused.
+    let port = first_port(&ports);
+    let (mut held, mut refused, mut in_a_row) = (Vec::new(), 0u64, 0);
+    while in_a_row < 10 {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        if echoes_or_closed(&mut s, held.len() as u8) {
+            held.push(s);
+            in_a_row = 0;
+        } else {
+            refused += 1;
+            in_a_row += 1;
+        }
+        assert!(
+            held.len() + (refused as usize) < 2 * 1024,
+            "the server never refused"
+        );
+    }
+    assert_eq!(held.len(), free, "held every fd below FD_SETSIZE, no more");
+    // The connections held are served as before.
+    for (i, s) in held.iter_mut().enumerate().step_by(100) {
+        assert!(
+            echoes_or_closed(s, 0xA5 ^ i as u8),
+            "connection {i} still served"
+        );
+    }
+    let data = random_bytes(200_000, 18);
+    let last = held.pop().unwrap();
+    assert_eq!(echo_stream(last, data.clone()), data);
+    let stats = server.stop_within(Duration::from_secs(10));
+    assert_eq!(u(&stats, "totals.refused"), refused, "{stats}");
+    assert_eq!(u(&stats, "totals.over_cap"), 0, "{stats}");
+    assert_eq!(u(&stats, "totals.accepted"), free as u64, "{stats}");
+    assert_eq!(u(&stats, "totals.closed"), free as u64, "{stats}");
+    assert_eq!(u(&stats, "totals.conn_errors"), 0, "{stats}");
+}
+
 // --- poll and epoll-lt ---
+
+/// 3,000 connections, all held at once by one thread, each answered.
+fn thousands_of_connections_at_once(model: &str) {
+    let ports = free_ports(2);
+    let server = start(model, &ports, &[]);
+    let (code, r) = server.load(&["--conns", "3000", "--duration", "1"]);
+    assert_eq!(code, 0, "{model}: {r}");
+    assert_eq!(u(&r, "conns_established"), 3000, "{model}: {r}");
+    assert_eq!(u(&r, "conns_closed_by_peer"), 0, "{model}: {r}");
+    // No request left unanswered (that is an error), so each connection's first was.
+    assert!(r["errors"].as_object().unwrap().is_empty(), "{model}: {r}");
+    assert!(u(&r, "requests") >= 3000, "{model}: {r}");
+    let stats = server.stop();
+    assert_eq!(u(&stats, "totals.accepted"), 3000, "{model}: {stats}");
+    assert_eq!(u(&stats, "totals.closed"), 3000, "{model}: {stats}");
+    assert_eq!(u(&stats, "totals.refused"), 0, "{model}: {stats}");
+    assert_eq!(u(&stats, "totals.over_cap"), 0, "{model}: {stats}");
+    assert_eq!(u(&stats, "totals.bytes_in"), u(&stats, "totals.bytes_out"));
+}
+
+#[test]
+fn poll_holds_thousands_of_connections_at_once() {
+    thousands_of_connections_at_once("poll");
+}
+
+#[test]
+fn epoll_lt_holds_thousands_of_connections_at_once() {
+    thousands_of_connections_at_once("epoll-lt");
+}
 
 // --- sigio ---
 

@@ -17,6 +17,7 @@ mod posix_aio;
 mod select;
 mod sigio;
 mod sim_proactor;
+mod table;
 mod thread;
 
 use std::io::{self, Write};
