@@ -437,6 +437,134 @@ fn epoll_lt_holds_thousands_of_connections_at_once() {
 
 // --- the thread pools ---
 
+/// One `#[test]` per pool model for each test body `fn NAME(model: &str)`.
+macro_rules! per_pool {
+    ($($case:ident),+ $(,)?) => {
+        $(
+            mod $case {
+                #[test]
+                fn half_sync_half_reactor() {
+                    super::$case("half-sync-half-reactor")
+                }
+                #[test]
+                fn leader_followers() {
+                    super::$case("leader-followers")
+                }
+                #[test]
+                fn sim_proactor() {
+                    super::$case("sim-proactor")
+                }
+            }
+        )+
+    };
+}
+
+/// Streams `total` bytes of connection `c`'s pattern to `port` and reads the echo back while
+/// it goes, checking every byte's place: a little at a time through a small receive
+/// buffer, and only after a pause in which the server's send buffer fills (`total` is more
+/// than it grows to), so that its writes come up short and wait for EPOLLOUT.
+fn slow_reader_stream(port: u16, c: usize, total: usize) {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    sock.connect(&addr.into()).unwrap();
+    let s = TcpStream::from(sock);
+    let mut w = s.try_clone().unwrap();
+    let writer = thread::spawn(move || {
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut sent = 0;
+        while sent < total {
+            let n = chunk.len().min(total - sent);
+            for (j, b) in chunk[..n].iter_mut().enumerate() {
+                *b = stream_byte(c, sent + j);
+            }
+            w.write_all(&chunk[..n]).unwrap();
+            sent += n;
+        }
+        w.shutdown(Shutdown::Write).unwrap();
+    });
+    thread::sleep(Duration::from_millis(300));
+    let (mut got, mut buf) = (0, [0u8; 1000]);
+    loop {
+        match (&s).read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                for (j, b) in buf[..n].iter().enumerate() {
+                    assert_eq!(*b, stream_byte(c, got + j), "conn {c} byte {}", got + j);
+                }
+                got += n;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => panic!("conn {c} after {got} bytes: {e}"),
+        }
+    }
+    writer.join().unwrap();
+    assert_eq!(got, total, "conn {c}");
+}
+
+/// Eight requests outstanding on each of 200 connections, served by eight threads: a
+/// server read takes several requests, or parts of them, and any two reads of one
+/// connection served out of order show as a byte that does not verify (uring-load checks
+/// every echo against what it sent, in order). Meanwhile 8 slow readers stream 2 MiB more
+/// than a socket's send buffer grows to (tcp_wmem's maximum) each, so that replies also
+/// come up short and wait while other threads serve the rest.
+fn pipelined_bytes_stay_in_order_across_many_threads(model: &str) {
+    let ports = free_ports(2);
+    let server = start(model, &ports, &["--threads", "8"]);
+    let port = first_port(&ports);
+    let wmem = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem").unwrap();
+    let wmem_max: usize = wmem.split_whitespace().nth(2).unwrap().parse().unwrap();
+    let (slow, slow_bytes) = (8, wmem_max + (2 << 20));
+    let readers: Vec<_> = (0..slow)
+        .map(|c| thread::spawn(move || slow_reader_stream(port, c, slow_bytes)))
+        .collect();
+    let (conns, requests, size) = (200u64, 40u64, 3000u64);
+    let (code, r) = server.load(&[
+        "--conns",
+        &conns.to_string(),
+        "--depth",
+        "8",
+        "--size",
+        &size.to_string(),
+        "--requests",
+        &requests.to_string(),
+    ]);
+    assert_eq!(code, 0, "{model}: {r}");
+    assert_eq!(u(&r, "conns_established"), conns, "{model}: {r}");
+    assert_eq!(u(&r, "requests"), conns * requests, "{model}: {r}");
+    assert!(r["errors"].as_object().unwrap().is_empty(), "{model}: {r}");
+    for r in readers {
+        r.join().unwrap();
+    }
+    let stats = server.stop();
+    let bytes = conns * requests * size + (slow * slow_bytes) as u64;
+    assert_eq!(u(&stats, "totals.bytes_in"), bytes, "{model}: {stats}");
+    assert_eq!(u(&stats, "totals.bytes_out"), bytes, "{model}: {stats}");
+    assert!(u(&stats, "totals.short_sends") > 0, "{model}: {stats}");
+    assert_eq!(
+        u(&stats, "totals.closed"),
+        conns + slow as u64,
+        "{model}: {stats}"
+    );
+    assert_eq!(u(&stats, "totals.conn_errors"), 0, "{model}: {stats}");
+}
+
+/// `--threads 8` starts eight threads (the default 4, with the model's and the
+/// supervisor's threads, makes at most 6).
+fn the_pool_has_as_many_threads_as_asked(model: &str) {
+    let ports = free_ports(1);
+    let server = start(model, &ports, &["--threads", "8"]);
+    let (code, r) = server.load(&["--conns", "4", "--requests", "10"]);
+    assert_eq!(code, 0, "{model}: {r}");
+    let stats = server.stop();
+    assert!(u(&stats, "threads_max") >= 8, "{model}: {stats}");
+}
+
+per_pool!(
+    pipelined_bytes_stay_in_order_across_many_threads,
+    the_pool_has_as_many_threads_as_asked,
+);
+
 // --- posix-aio ---
 
 // --- epoll-et and uring ---

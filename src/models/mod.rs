@@ -13,6 +13,7 @@ mod half_sync;
 mod iterative;
 mod leader_followers;
 mod poll;
+mod pool;
 mod posix_aio;
 mod select;
 mod sigio;
