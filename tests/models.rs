@@ -315,6 +315,60 @@ fn a_target_beyond_a_models_wall_is_an_error_naming_it() {
 
 // --- sigio ---
 
+/// Lowers running server's RLIMIT_SIGPENDING (soft and hard) to `n` with prlimit(1): at most
+/// `n` signals queued for its user, then the kernel sends SIGIO instead.
+fn limit_sigpending(server: &Server, n: u32) {
+    let out = std::process::Command::new("prlimit")
+        .args([
+            "--pid",
+            &server.pid().to_string(),
+            &format!("--sigpending={n}"),
+        ])
+        .output()
+        .expect("prlimit(1), of util-linux, runs");
+    assert!(
+        out.status.success(),
+        "prlimit: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn sigio_queue_overflow_falls_back_to_poll_and_serves_every_byte() {
+    let ports = free_ports(2);
+    let server = start("sigio", &ports, &[]);
+    // 16 queued signals for 300 connections opening at once and talking: the queue fills.
+    limit_sigpending(&server, 16);
+    let (conns, requests, size) = (300u64, 20u64, 100u64);
+    let (code, r) = server.load(&[
+        "--conns",
+        &conns.to_string(),
+        "--requests",
+        &requests.to_string(),
+        "--size",
+        &size.to_string(),
+    ]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(u(&r, "conns_established"), conns, "{r}");
+    assert_eq!(
+        u(&r, "requests"),
+        conns * requests,
+        "every request answered: {r}"
+    );
+    assert!(r["errors"].as_object().unwrap().is_empty(), "{r}");
+    let stats = server.stop();
+    assert!(
+        u(&stats, "overflows") > 0,
+        "the queue never overflowed: {stats}"
+    );
+    let bytes = conns * requests * size;
+    assert_eq!(u(&stats, "totals.bytes_in"), bytes, "{stats}");
+    assert_eq!(u(&stats, "totals.bytes_out"), bytes, "{stats}");
+    assert_eq!(u(&stats, "totals.accepted"), conns, "{stats}");
+    assert_eq!(u(&stats, "totals.closed"), conns, "{stats}");
+    assert_eq!(u(&stats, "totals.conn_errors"), 0, "{stats}");
+}
+
 // --- the thread pools ---
 
 // --- posix-aio ---
