@@ -435,6 +435,60 @@ fn epoll_lt_holds_thousands_of_connections_at_once() {
 
 // --- sigio ---
 
+/// Lowers running server's RLIMIT_SIGPENDING (soft and hard) to `n` with prlimit(1): at most
+/// `n` signals queued for its user, then the kernel sends SIGIO instead.
+fn limit_sigpending(server: &Server, n: u32) {
+    let out = std::process::Command::new("prlimit")
+        .args([
+            "--pid",
+            &server.pid().to_string(),
+            &format!("--sigpending={n}"),
+        ])
+        .output()
+        .expect("prlimit(1), of util-linux, runs");
+    assert!(
+        out.status.success(),
+        "prlimit: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn sigio_queue_overflow_falls_back_to_poll_and_serves_every_byte() {
+    let ports = free_ports(2);
+    let server = start("sigio", &ports, &[]);
+    // 16 queued signals for 300 connections opening at once and talking: the queue fills.
+    limit_sigpending(&server, 16);
+    let (conns, requests, size) = (300u64, 20u64, 100u64);
+    let (code, r) = server.load(&[
+        "--conns",
+        &conns.to_string(),
+        "--requests",
+        &requests.to_string(),
+        "--size",
+        &size.to_string(),
+    ]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(u(&r, "conns_established"), conns, "{r}");
+    assert_eq!(
+        u(&r, "requests"),
+        conns * requests,
+        "every request answered: {r}"
+    );
+    assert!(r["errors"].as_object().unwrap().is_empty(), "{r}");
+    let stats = server.stop();
+    assert!(
+        u(&stats, "overflows") > 0,
+        "the queue never overflowed: {stats}"
+    );
+    let bytes = conns * requests * size;
+    assert_eq!(u(&stats, "totals.bytes_in"), bytes, "{stats}");
+    assert_eq!(u(&stats, "totals.bytes_out"), bytes, "{stats}");
+    assert_eq!(u(&stats, "totals.accepted"), conns, "{stats}");
+    assert_eq!(u(&stats, "totals.closed"), conns, "{stats}");
+    assert_eq!(u(&stats, "totals.conn_errors"), 0, "{stats}");
+}
+
 // --- the thread pools ---
 
 /// One `#[test]` per pool model for each test body `fn NAME(model: &str)`.
@@ -566,5 +620,44 @@ per_pool!(
 );
 
 // --- posix-aio ---
+
+#[test]
+fn posix_aio_holds_a_glibc_thread_per_pending_read_and_the_stop_ends_them() {
+    let ports = free_ports(1);
+    let server = start("posix-aio", &ports, &["--shutdown-timeout", "2"]);
+    let port = first_port(&ports);
+    let n = 200u64;
+    let clients: Vec<TcpStream> = (0..n)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    // One byte echoed on each, one connection after another: every one is accepted and has
+    // its next read pending in a helper thread (with too few helpers, a read would wait for
+    // one to free up, and this would time out).
+    for (i, c) in clients.iter().enumerate() {
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        (&*c).write_all(&[i as u8]).unwrap();
+        let mut b = [0u8];
+        (&*c).read_exact(&mut b).unwrap();
+        assert_eq!(b[0], i as u8, "connection {i}");
+    }
+    // The supervisor samples /proc/self/status's Threads every 100 ms.
+    thread::sleep(Duration::from_millis(400));
+    // The stop ends 200 reads blocked in helpers (aio_cancel cannot; shutdown does).
+    let stats = server.stop();
+    assert!(
+        u(&stats, "threads_max") >= n,
+        "a helper thread per pending read: {stats}"
+    );
+    assert_eq!(u(&stats, "totals.accepted"), n, "{stats}");
+    assert_eq!(u(&stats, "totals.closed"), n, "{stats}");
+    assert_eq!(u(&stats, "totals.conn_errors"), 0, "{stats}");
+    assert_eq!(u(&stats, "totals.bytes_in"), n, "{stats}");
+    assert_eq!(u(&stats, "totals.bytes_out"), n, "{stats}");
+    for c in clients {
+        let mut rest = Vec::new();
+        (&c).read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "EOF after the echo");
+    }
+}
 
 // --- epoll-et and uring ---

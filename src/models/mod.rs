@@ -176,6 +176,9 @@ pub struct ModelSummary {
     pub processes_max: u64,
     /// Context switches of every thread and reaped child.
     pub context_switches: u64,
+    /// Times sigio's real-time signal queue overflowed (SIGIO came) and every fd was polled
+    /// instead; 0 for the other models.
+    pub overflows: u64,
     #[serde(flatten)]
     pub summary: Summary,
 }
@@ -277,6 +280,7 @@ pub fn run(args: &ModelArgs) -> Result<ModelSummary> {
         threads_max,
         processes_max,
         context_switches: sys::context_switches(false) + sys::context_switches(true),
+        overflows: stats.get(Field::Overflows),
         summary: Summary::new(
             model.name(),
             started,
