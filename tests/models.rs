@@ -425,6 +425,41 @@ fn fork_sigterm_with_live_connections_ends_every_child() {
     assert_eq!(u(&stats, "totals.conn_errors"), 0, "{stats}");
 }
 
+#[test]
+fn fork_a_child_cut_at_the_deadline_dies_with_the_server() {
+    let ports = free_ports(1);
+    let mut server = start("fork", &ports, &["--shutdown-timeout", "0.5"]);
+    let _held = held_connections(first_port(&ports), 1);
+    let alive = children_of(server.pid());
+    assert_eq!(alive.len(), 1, "{alive:?}");
+    let child = alive[0].clone();
+    // A child that cannot finish by the deadline: stopped, as surely stuck as one blocked
+    // writing to a peer that does not read (and not at the mercy of the kernel's buffers).
+    c1m::sys::kill(child.pid, libc::SIGSTOP).unwrap();
+    let stats = server.stop_within(Duration::from_secs(5));
+    assert_eq!(u(&stats, "totals.accepted"), 1, "{stats}");
+    assert_eq!(
+        u(&stats, "totals.closed"),
+        0,
+        "the connection was cut: {stats}"
+    );
+    // Dead (gone, or a zombie left to init) soon after the server: SIGKILL at its exit.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        match proc_stat(child.pid).map(|(p, _)| p) {
+            Some(p) if p.start == child.start && !matches!(p.state, 'Z' | 'X') => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "child {} outlived the server: {p:?}",
+                    child.pid
+                );
+                thread::sleep(Duration::from_millis(20));
+            }
+            _ => break,
+        }
+    }
+}
+
 // --- thread ---
 
 #[test]

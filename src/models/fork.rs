@@ -26,6 +26,8 @@ use crate::plan::MODEL_BUF_BYTES;
 use crate::sys::{self, process, process::ChildExits};
 
 pub fn run(ctx: Ctx) -> io::Result<()> {
+    // pipe2 and sigaction.
+    ctx.stats.add(Field::Syscalls, 2);
     let exits = ChildExits::watch()?;
     let mut live = HashSet::new();
     let served = accept_loop(&ctx, &exits, &mut live);
@@ -45,6 +47,7 @@ fn accept_loop(ctx: &Ctx, exits: &ChildExits, live: &mut HashSet<u32>) -> io::Re
         .collect();
     // Allocated before any fork: each child echoes through its copy and allocates nothing.
     let mut buf = vec![0; MODEL_BUF_BYTES];
+    ctx.stats.call();
     let parent = std::process::id();
     loop {
         ctx.stats.call();

@@ -1,7 +1,7 @@
 //! fork(2), waitpid(2) and SIGCHLD for the fork model: a child that runs a closure and
 //! `_exit`s, SIGCHLD as a readable pipe (the self-pipe trick), and what a child sets up:
 //! its fds, death with its parent, and the stop signals that shut its connection's reads.
-//! close_range(2) needs Linux 5.9.
+//! close_range(2) needs Linux 5.9 and glibc 2.34.
 
 use std::io;
 use std::os::fd::RawFd;
