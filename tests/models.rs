@@ -307,7 +307,182 @@ fn a_target_beyond_a_models_wall_is_an_error_naming_it() {
 
 // --- fork ---
 
+/// A process of /proc: its pid, state (`Z` a zombie) and start time (in clock ticks after
+/// boot: with the pid, it names the process even if the pid is reused later).
+#[derive(Debug, Clone, PartialEq)]
+struct Proc {
+    pid: u32,
+    state: char,
+    start: u64,
+}
+
+/// The fields of /proc/PID/stat after the command name (which may hold spaces and
+/// parentheses): state, ppid, ..., the start time at index 19.
+fn proc_stat(pid: u32) -> Option<(Proc, u32)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest: Vec<&str> = text[text.rfind(')')? + 1..].split_whitespace().collect();
+    let proc = Proc {
+        pid,
+        state: rest[0].chars().next()?,
+        start: rest[19].parse().ok()?,
+    };
+    Some((proc, rest[1].parse().ok()?))
+}
+
+/// The processes whose parent is `parent`, zombies included (whichever of its threads
+/// forked them).
+fn children_of(parent: u32) -> Vec<Proc> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(proc_stat)
+        .filter(|(_, ppid)| *ppid == parent)
+        .map(|(p, _)| p)
+        .collect()
+}
+
+/// `n` connections to `port`, each echoed one byte (so its server side is being served).
+fn held_connections(port: u16, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|i| {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.write_all(&[i as u8]).unwrap();
+            let mut b = [0u8];
+            s.read_exact(&mut b).unwrap();
+            assert_eq!(b[0], i as u8, "connection {i}");
+            s
+        })
+        .collect()
+}
+
+#[test]
+fn fork_serves_each_connection_in_a_child_and_leaves_no_zombie() {
+    let ports = free_ports(1);
+    let server = start("fork", &ports, &[]);
+    let conns = held_connections(first_port(&ports), 50);
+    let alive = children_of(server.pid());
+    assert_eq!(alive.len(), 50, "a process per connection: {alive:?}");
+    assert!(alive.iter().all(|p| p.state != 'Z'), "{alive:?}");
+    // The supervisor samples the children gauge every 100 ms.
+    thread::sleep(Duration::from_millis(500));
+    drop(conns);
+    // Each child exits at its EOF, and the server (still running) reaps it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = children_of(server.pid());
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "children left 5 s after their connections closed: {left:?}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let stats = server.stop();
+    assert_eq!(u(&stats, "totals.accepted"), 50, "{stats}");
+    assert_eq!(u(&stats, "totals.closed"), 50, "{stats}");
+    assert_eq!(u(&stats, "totals.conn_errors"), 0, "{stats}");
+    assert_eq!(
+        u(&stats, "processes_max"),
+        51,
+        "the server and 50 children: {stats}"
+    );
+}
+
+#[test]
+fn fork_sigterm_with_live_connections_ends_every_child() {
+    let ports = free_ports(1);
+    let mut server = start("fork", &ports, &["--shutdown-timeout", "5"]);
+    let conns = held_connections(first_port(&ports), 20);
+    let alive = children_of(server.pid());
+    assert_eq!(alive.len(), 20, "{alive:?}");
+    // Well within --shutdown-timeout: the children stopped, they were not cut.
+    let stats = server.stop_within(Duration::from_secs(4));
+    for (i, mut s) in conns.into_iter().enumerate() {
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut b = [0u8; 16];
+        assert_eq!(
+            s.read(&mut b).unwrap(),
+            0,
+            "connection {i}: EOF, owing nothing"
+        );
+    }
+    for child in &alive {
+        let now = proc_stat(child.pid).map(|(p, _)| p);
+        assert!(
+            now.as_ref().is_none_or(|p| p.start != child.start),
+            "child {} outlived the server: {now:?}",
+            child.pid
+        );
+    }
+    assert_eq!(u(&stats, "totals.accepted"), 20, "{stats}");
+    assert_eq!(
+        u(&stats, "totals.closed"),
+        20,
+        "each child closed its own: {stats}"
+    );
+    assert_eq!(u(&stats, "totals.conn_errors"), 0, "{stats}");
+}
+
+#[test]
+fn fork_a_child_cut_at_the_deadline_dies_with_the_server() {
+    let ports = free_ports(1);
+    let mut server = start("fork", &ports, &["--shutdown-timeout", "0.5"]);
+    let _held = held_connections(first_port(&ports), 1);
+    let alive = children_of(server.pid());
+    assert_eq!(alive.len(), 1, "{alive:?}");
+    let child = alive[0].clone();
+    // A child that cannot finish by the deadline: stopped, as surely stuck as one blocked
+    // writing to a peer that does not read (and not at the mercy of the kernel's buffers).
+    c1m::sys::kill(child.pid, libc::SIGSTOP).unwrap();
+    let stats = server.stop_within(Duration::from_secs(5));
+    assert_eq!(u(&stats, "totals.accepted"), 1, "{stats}");
+    assert_eq!(
+        u(&stats, "totals.closed"),
+        0,
+        "the connection was cut: {stats}"
+    );
+    // Dead (gone, or a zombie left to init) soon after the server: SIGKILL at its exit.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        match proc_stat(child.pid).map(|(p, _)| p) {
+            Some(p) if p.start == child.start && !matches!(p.state, 'Z' | 'X') => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "child {} outlived the server: {p:?}",
+                    child.pid
+                );
+                thread::sleep(Duration::from_millis(20));
+            }
+            _ => break,
+        }
+    }
+}
+
 // --- thread ---
+
+#[test]
+fn thread_runs_a_thread_per_connection_and_sigterm_ends_them() {
+    let ports = free_ports(1);
+    let server = start("thread", &ports, &[]);
+    let conns = held_connections(first_port(&ports), 100);
+    let stats = server.stop();
+    for (i, mut s) in conns.into_iter().enumerate() {
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut b = [0u8; 16];
+        assert_eq!(
+            s.read(&mut b).unwrap(),
+            0,
+            "connection {i}: EOF, owing nothing"
+        );
+    }
+    // The 100 connections' threads, the main thread and the accepting one.
+    assert!(u(&stats, "threads_max") >= 102, "{stats}");
+    assert_eq!(u(&stats, "totals.accepted"), 100, "{stats}");
+    assert_eq!(u(&stats, "totals.closed"), 100, "{stats}");
+    assert_eq!(u(&stats, "totals.conn_errors"), 0, "{stats}");
+}
 
 // --- select ---
 
