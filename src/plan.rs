@@ -413,7 +413,8 @@ pub struct ModelPlan {
     pub wall: String,
     /// What it runs for: `--max-conns`, or `holds`.
     pub max_conns: u64,
-    /// Threads and processes it uses at most (the process itself included).
+    /// Threads and processes it uses at most: the threads of model-server's process, its
+    /// supervising main thread included, and the processes, itself included.
     pub threads: u64,
     pub processes: u64,
 }
@@ -570,6 +571,8 @@ pub fn plan_model(
         Model::Fork => (1, max_conns + 1),
         _ => (threads, processes),
     };
+    // The supervisor: model-server's main thread, beside the model's.
+    let threads = threads + 1;
     Ok(ModelPlan {
         model: req.model,
         holds,
@@ -621,9 +624,11 @@ mod tests {
         assert_eq!(fork.holds, 24_576);
         assert!(fork.wall.starts_with("512 KiB a child"), "{}", fork.wall);
         assert_eq!(fork.processes, fork.holds + 1);
-        assert_eq!(holds(Model::Thread).threads, 20_000 - FD_RESERVE);
-        assert_eq!(holds(Model::LeaderFollowers).threads, 4);
-        assert_eq!(holds(Model::HalfSyncHalfReactor).threads, 5);
+        // The connections' threads, the accepting one and the supervisor.
+        assert_eq!(holds(Model::Thread).threads, 20_000 - 1 - FD_RESERVE + 2);
+        assert_eq!(holds(Model::LeaderFollowers).threads, 4 + 1);
+        assert_eq!(holds(Model::HalfSyncHalfReactor).threads, 4 + 2);
+        assert_eq!(holds(Model::Poll).threads, 2);
     }
 
     #[test]

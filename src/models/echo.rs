@@ -60,11 +60,16 @@ pub fn write_all(fd: RawFd, mut bytes: &[u8], stats: &Stats) -> io::Result<()> {
     Ok(())
 }
 
-/// Serves echo on blocking socket `fd` until the peer closes it (or the model shuts its
-/// read side to stop): each read's bytes are written back whole before the next read, so
-/// nothing received is ever owed at a read.
-pub fn serve(fd: RawFd, buf: &mut [u8], stats: &Stats) -> End {
+/// Serves echo on blocking socket `fd` until the peer closes it, or until `stopping` says
+/// the model stops (which also shuts the read side, so that a blocked read returns): each
+/// read's bytes are written back whole before the next read, so nothing received is ever
+/// owed at a read, and a stop ends the connection there. (After SHUT_RD Linux still takes
+/// what the peer sends, so a peer that keeps sending would keep a reader going.)
+pub fn serve(fd: RawFd, buf: &mut [u8], stats: &Stats, stopping: impl Fn() -> bool) -> End {
     loop {
+        if stopping() {
+            return End::Closed;
+        }
         match read(fd, buf, stats) {
             Ok(0) => return End::Closed,
             Ok(n) => {

@@ -97,7 +97,7 @@ fn serve_child(ctx: &Ctx, conn: RawFd, buf: &mut [u8], parent: u32) -> i32 {
         .and_then(|()| process::die_with_parent(parent))
         .and_then(|()| process::shut_reads_on_stop(conn));
     let end = match ready {
-        Ok(()) => echo::serve(conn, buf, &ctx.stats),
+        Ok(()) => echo::serve(conn, buf, &ctx.stats, process::stop_came),
         Err(e) => End::Failed(e),
     };
     // The exit closes the connection: the peer's EOF comes after this count.

@@ -53,7 +53,7 @@ pub fn run(ctx: Ctx) -> io::Result<()> {
             if ctx.stop.is_set() {
                 let _ = sys::shutdown_read(conn.as_raw_fd());
             }
-            let end = echo::serve(conn.as_raw_fd(), &mut buf, &ctx.stats);
+            let end = echo::serve(conn.as_raw_fd(), &mut buf, &ctx.stats, || ctx.stop.is_set());
             *serving.lock().unwrap_or_else(|p| p.into_inner()) = None;
             ctx.stats.call();
             drop(conn);

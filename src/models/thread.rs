@@ -97,7 +97,7 @@ fn serve(ctx: &Ctx, conn: OwnedFd, live: &Live) {
         let _ = sys::shutdown_read(fd);
     }
     let mut buf = vec![0; MODEL_BUF_BYTES];
-    let end = echo::serve(fd, &mut buf, &ctx.stats);
+    let end = echo::serve(fd, &mut buf, &ctx.stats, || ctx.stop.is_set());
     live.lock().fds.remove(&fd);
     ctx.stats.call();
     drop(conn);

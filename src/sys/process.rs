@@ -181,6 +181,13 @@ pub fn die_with_parent(parent: u32) -> io::Result<()> {
 
 /// The connection whose reads a stop signal shuts (in a forked child); -1 for none.
 static STOP_READS: AtomicI32 = AtomicI32::new(-1);
+/// A stop signal has come (in a forked child).
+static STOPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether a stop signal has come since `shut_reads_on_stop` (in a forked child).
+pub fn stop_came() -> bool {
+    STOPPED.load(Ordering::Acquire)
+}
 
 /// In a forked child (which inherits SIGINT and SIGTERM blocked): from now on SIGINT or
 /// SIGTERM shuts the read side of `fd`, so the read the child is blocked in, or its next,
@@ -208,6 +215,7 @@ pub fn shut_reads_on_stop(fd: RawFd) -> io::Result<()> {
 }
 
 extern "C" fn on_stop(_sig: libc::c_int) {
+    STOPPED.store(true, Ordering::Release);
     let fd = STOP_READS.load(Ordering::Acquire);
     // SAFETY: errno is this thread's, saved and restored around the call; shutdown(2) is
     // async-signal-safe and takes no pointers.
