@@ -362,15 +362,18 @@ pub fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// PIDs of a process and its children (the Reactor's workers).
+/// PIDs of a process and its children (the Reactor's workers, nginx's, the fork model's),
+/// whichever of its threads started them.
 pub fn family(pid: u32) -> Vec<u32> {
     let mut all = vec![pid];
-    let kids =
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    all.extend(
-        kids.split_whitespace()
-            .filter_map(|p| p.parse::<u32>().ok()),
-    );
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"));
+    for task in tasks.into_iter().flatten().filter_map(Result::ok) {
+        let kids = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        all.extend(
+            kids.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
     all
 }
 

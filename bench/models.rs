@@ -15,9 +15,10 @@
 //!   glibc's AIO threads, fork's children. Only the intervals inside uring-load's measured
 //!   window count. The models' own count of their system calls is shown beside it.
 //! - memory per connection: the server's resident memory (VmRSS of it and its children) and
-//!   the host's TCP socket memory (/proc/net/sockstat, both ends of every connection: the
-//!   client's sockets are on this host too), in the middle of the window, less what they were
-//!   before the load, over the connections.
+//!   the kernel's (unreclaimable slab, /proc/meminfo SUnreclaim: sockets, epoll items,
+//!   files; both ends of every connection, since the client's sockets are on this host too),
+//!   in the middle of the window, less what they were before the load, over the
+//!   connections. Below 1,000 connections these are within the noise of the host.
 //! - threads and processes: the most seen at once in the server's process tree.
 //!
 //! A model that cannot hold a count refuses it at start, naming its wall (`--max-conns`
@@ -162,7 +163,8 @@ struct Measured {
     own_syscalls_per_req: f64,
     ctx_switches_per_req: f64,
     rss_bytes_per_conn: f64,
-    /// Both ends of each connection (the client's sockets are on this host too).
+    /// The kernel's slab memory, both ends of each connection (the client's sockets are on
+    /// this host too).
     kernel_bytes_per_conn: f64,
     threads: u64,
     processes: u64,
@@ -329,7 +331,7 @@ fn run(o: &Opts, model: Model, conns: u64, rate: Option<u64>, rep: usize) -> Res
         ctx_switches_per_req: per_req(counts.ctx_switches),
         rss_bytes_per_conn: at_mid.rss_kib.saturating_sub(base.rss_kib) as f64 * 1024.0
             / conns as f64,
-        kernel_bytes_per_conn: at_mid.tcp_pages.saturating_sub(base.tcp_pages) as f64 * 4096.0
+        kernel_bytes_per_conn: at_mid.slab_kib.saturating_sub(base.slab_kib) as f64 * 1024.0
             / conns as f64,
         threads: peak
             .threads
@@ -367,8 +369,9 @@ struct Snapshot {
     rss_kib: u64,
     threads: u64,
     processes: u64,
-    /// The host's TCP socket memory, pages (/proc/net/sockstat).
-    tcp_pages: u64,
+    /// The host's unreclaimable slab memory, KiB (/proc/meminfo SUnreclaim): where the
+    /// kernel keeps sockets, their epoll items and files.
+    slab_kib: u64,
 }
 
 impl Snapshot {
@@ -378,22 +381,17 @@ impl Snapshot {
             rss_kib: common::status_sum(&family, "VmRSS:", false),
             threads: common::status_sum(&family, "Threads:", false),
             processes: family.len() as u64,
-            tcp_pages: tcp_pages(),
+            slab_kib: slab_kib(),
         }
     }
 }
 
-fn tcp_pages() -> u64 {
-    std::fs::read_to_string("/proc/net/sockstat")
+fn slab_kib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
         .unwrap_or_default()
         .lines()
-        .find(|l| l.starts_with("TCP:"))
-        .and_then(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            f.iter()
-                .position(|w| *w == "mem")
-                .and_then(|i| f.get(i + 1)?.parse().ok())
-        })
+        .find_map(|l| l.strip_prefix("SUnreclaim:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }
 
@@ -592,8 +590,8 @@ fn write_results(o: &Opts, runs: &[Run], secs: f64) -> Result<(), String> {
          fixed rate {} req/s over all connections\n- CPU, syscalls and context switches: `perf \
          stat` on the server's whole tree over the measured window; \"own\": the model's own \
          count of its system calls over its whole run (glibc's AIO threads not included). \
-         Memory: resident (server tree) and TCP socket memory (host, both ends) per connection, \
-         mid-window, less before the load.\n",
+         Memory per connection: resident (server tree) and kernel slab (host, both ends), \
+         mid-window, less before the load (noise below 1,000 connections).\n",
         o.machine,
         o.cpus.server_cpus.as_str(),
         o.cpus.load_cpus.as_str(),
@@ -606,7 +604,7 @@ fn write_results(o: &Opts, runs: &[Run], secs: f64) -> Result<(), String> {
         let _ = writeln!(
             md,
             "\n## {}\n\n| model | conns | req/s | p50 us | p99 us | CPU us/req | syscalls/req \
-             (own) | ctx sw/req | RSS B/conn | TCP B/conn | threads | procs | note |\n|---|---|\
+             (own) | ctx sw/req | RSS B/conn | kernel B/conn | threads | procs | note |\n|---|---|\
              ---|---|---|---|---|---|---|---|---|---|---|",
             rate.map_or("Closed loop".to_string(), |r| format!(
                 "Fixed rate, {r} req/s"
