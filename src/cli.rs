@@ -357,10 +357,10 @@ pub struct ServerArgs {
     pub send_timeout: f64,
 
     /// Batch wake-ups: a shard's wait for events may take up to this many microseconds to
-    /// gather more once one is there (io_uring: until 64 completions, the kernel's minimum
-    /// wait, 6.12+; epoll: one sleep, then the events gathered meanwhile). Fewer wake-ups and
-    /// less CPU per request, for about this much more latency plus the batch's own work;
-    /// none once 64 are waiting. 0: off. Default: each engine's measured best
+    /// gather more once one is there (io_uring: until 64 completions, or one per connection
+    /// held if it holds fewer, the kernel's minimum wait, 6.12+; epoll: one sleep, then the
+    /// events gathered meanwhile). Fewer wake-ups and less CPU per request, for about this
+    /// much more latency plus the batch's own work; none once 64 are waiting. 0: off. Default: each engine's measured best
     /// (uring-server 200, epoll-server 0; scripts/batch-sweep.sh).
     #[arg(long, value_name = "USEC")]
     pub batch_usec: Option<u32>,

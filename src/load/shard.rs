@@ -262,7 +262,9 @@ impl LoadShard {
     }
 
     fn turn(&mut self, cqes: &mut Vec<Completion>, timeout: Duration) -> io::Result<()> {
-        self.ring.submit_and_wait(Some(timeout))?;
+        // As the server's shards do: no more completions than it holds connections.
+        self.ring
+            .submit_and_wait(Some(timeout), self.clients.len())?;
         self.ring.drain(cqes);
         for c in cqes.drain(..) {
             self.complete(c)?;

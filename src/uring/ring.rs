@@ -111,6 +111,8 @@ pub struct Ring<K> {
     /// Operations pushed whose final completion has not been seen.
     in_flight: usize,
     batch_usec: u32,
+    /// Completions the next batched wait waits for (`submit_and_wait`).
+    want: usize,
     /// io_uring_enter calls made.
     pub enters: u64,
     kinds: std::marker::PhantomData<K>,
@@ -153,6 +155,7 @@ impl<K: Op> Ring<K> {
             wake_buf: Box::new(0),
             one: Box::new(1),
             batch_usec: cfg.batch_usec,
+            want: BATCH_WANT,
             in_flight: 0,
             enters: 0,
             kinds: std::marker::PhantomData,
@@ -228,7 +231,11 @@ impl<K: Op> Ring<K> {
     }
 
     /// Submits what is queued and waits for at least one completion, or until `timeout`.
-    pub fn submit_and_wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+    /// Batched (`batch_usec`), it waits for `want` completions (at most `BATCH_WANT`) before
+    /// the minimum wait has passed: a caller with few connections asks for no more than they
+    /// can complete, or each of their round trips would wait out the whole minimum.
+    pub fn submit_and_wait(&mut self, timeout: Option<Duration>, want: usize) -> io::Result<()> {
+        self.want = want.clamp(1, BATCH_WANT);
         self.wait_with(timeout, self.batch_usec)
     }
 
@@ -254,7 +261,7 @@ impl<K: Op> Ring<K> {
                 // one, it goes back to sleep until a completion or the timeout.
                 let ts = types::Timespec::from(t.unwrap_or(IDLE_WAIT));
                 let args = types::SubmitArgs::new().timespec(&ts).min_wait_usec(usec);
-                self.uring.submitter().submit_with_args(BATCH_WANT, &args)
+                self.uring.submitter().submit_with_args(self.want, &args)
             }
         };
         match res {
