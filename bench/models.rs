@@ -14,7 +14,8 @@
 //!   `context-switches`), so every thread and process it starts later is counted with it:
 //!   glibc's AIO threads, fork's children. Only the intervals inside uring-load's measured
 //!   window count. The models' own count of their system calls is shown beside it.
-//! - memory per connection: the server's resident memory (VmRSS of it and its children) and
+//! - memory per connection: the server's resident memory (the proportional set size of it
+//!   and its children, so that pages fork's children share count once) and
 //!   the kernel's (unreclaimable slab, /proc/meminfo SUnreclaim: sockets, epoll items,
 //!   files; both ends of every connection, since the client's sockets are on this host too),
 //!   in the middle of the window, less what they were before the load, over the
@@ -162,7 +163,8 @@ struct Measured {
     /// The model's own count of its system calls, over its whole run, per request it served.
     own_syscalls_per_req: f64,
     ctx_switches_per_req: f64,
-    rss_bytes_per_conn: f64,
+    /// Proportional set size, server tree.
+    pss_bytes_per_conn: f64,
     /// The kernel's slab memory, both ends of each connection (the client's sockets are on
     /// this host too).
     kernel_bytes_per_conn: f64,
@@ -329,7 +331,7 @@ fn run(o: &Opts, model: Model, conns: u64, rate: Option<u64>, rep: usize) -> Res
         syscalls_per_req: per_req(counts.syscalls),
         own_syscalls_per_req: own as f64 / served.max(1) as f64,
         ctx_switches_per_req: per_req(counts.ctx_switches),
-        rss_bytes_per_conn: at_mid.rss_kib.saturating_sub(base.rss_kib) as f64 * 1024.0
+        pss_bytes_per_conn: at_mid.pss_kib.saturating_sub(base.pss_kib) as f64 * 1024.0
             / conns as f64,
         kernel_bytes_per_conn: at_mid.slab_kib.saturating_sub(base.slab_kib) as f64 * 1024.0
             / conns as f64,
@@ -366,7 +368,8 @@ fn stop(srv: common::Proc, stats: &std::path::Path, model: Model) -> Result<Valu
 /// What the server's process tree holds at one moment.
 #[derive(Default, Clone, Copy, Debug)]
 struct Snapshot {
-    rss_kib: u64,
+    /// Proportional set size of the tree, KiB.
+    pss_kib: u64,
     threads: u64,
     processes: u64,
     /// The host's unreclaimable slab memory, KiB (/proc/meminfo SUnreclaim): where the
@@ -378,12 +381,28 @@ impl Snapshot {
     fn take(pid: u32) -> Snapshot {
         let family = common::family(pid);
         Snapshot {
-            rss_kib: common::status_sum(&family, "VmRSS:", false),
+            pss_kib: pss_kib(&family),
             threads: common::status_sum(&family, "Threads:", false),
             processes: family.len() as u64,
             slab_kib: slab_kib(),
         }
     }
+}
+
+/// The proportional set size of `pids`, summed (/proc/PID/smaps_rollup): each page shared
+/// by n of them counts 1/n to each, so fork's children, which share their parent's pages
+/// copy-on-write, are not counted n times over as their VmRSS would be.
+fn pss_kib(pids: &[u32]) -> u64 {
+    pids.iter()
+        .map(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/smaps_rollup"))
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum()
 }
 
 fn slab_kib() -> u64 {
@@ -590,7 +609,7 @@ fn write_results(o: &Opts, runs: &[Run], secs: f64) -> Result<(), String> {
          fixed rate {} req/s over all connections\n- CPU, syscalls and context switches: `perf \
          stat` on the server's whole tree over the measured window; \"own\": the model's own \
          count of its system calls over its whole run (glibc's AIO threads not included). \
-         Memory per connection: resident (server tree) and kernel slab (host, both ends), \
+         Memory per connection: resident (PSS of the server tree) and kernel slab (host, both ends), \
          mid-window, less before the load (noise below 1,000 connections).\n",
         o.machine,
         o.cpus.server_cpus.as_str(),
@@ -604,7 +623,7 @@ fn write_results(o: &Opts, runs: &[Run], secs: f64) -> Result<(), String> {
         let _ = writeln!(
             md,
             "\n## {}\n\n| model | conns | req/s | p50 us | p99 us | CPU us/req | syscalls/req \
-             (own) | ctx sw/req | RSS B/conn | kernel B/conn | threads | procs | note |\n|---|---|\
+             (own) | ctx sw/req | PSS B/conn | kernel B/conn | threads | procs | note |\n|---|---|\
              ---|---|---|---|---|---|---|---|---|---|---|",
             rate.map_or("Closed loop".to_string(), |r| format!(
                 "Fixed rate, {r} req/s"
@@ -686,7 +705,7 @@ fn row(r: &Run) -> String {
                 m.syscalls_per_req,
                 m.own_syscalls_per_req,
                 m.ctx_switches_per_req,
-                m.rss_bytes_per_conn,
+                m.pss_bytes_per_conn,
                 m.kernel_bytes_per_conn,
                 m.threads,
                 m.processes,
