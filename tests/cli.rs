@@ -366,10 +366,11 @@ fn load_beyond_the_ephemeral_ports_is_refused_with_the_fix() {
     }
 }
 
-const BINARIES: [(&str, &str); 3] = [
+const BINARIES: [(&str, &str); 4] = [
     ("uring-server", env!("CARGO_BIN_EXE_uring-server")),
     ("epoll-server", env!("CARGO_BIN_EXE_epoll-server")),
     ("uring-load", env!("CARGO_BIN_EXE_uring-load")),
+    ("model-server", env!("CARGO_BIN_EXE_model-server")),
 ];
 
 /// What bash offers for `words` (the last one being completed), with `bin`'s script loaded.
@@ -412,6 +413,13 @@ fn bash_completes_each_binarys_flags() {
             "--connect-i",
             "--connect-inflight",
         ),
+        (
+            BINARIES[3].0,
+            BINARIES[3].1,
+            &["--model", "--stack-kib", "--max-conns"][..],
+            "--stack",
+            "--stack-kib",
+        ),
     ] {
         let (code, script, err) = run(bin, &["--completions", "bash"]);
         assert_eq!(code, 0, "{name}: {err}");
@@ -428,6 +436,9 @@ fn bash_completes_each_binarys_flags() {
         bash_completes(load.0, load.1, &["--proto", "\"\""]).trim(),
         "echo http redis"
     );
+    let models = bash_completes(BINARIES[3].0, BINARIES[3].1, &["--model", "\"\""]);
+    assert!(models.contains("leader-followers"), "{models}");
+    assert_eq!(models.split_whitespace().count(), 13, "{models}");
 }
 
 #[test]
