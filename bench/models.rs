@@ -66,6 +66,9 @@ struct Flags {
     /// The models [default: all thirteen]
     #[arg(long, value_name = "LIST", value_delimiter = ',', value_enum)]
     models: Option<Vec<Model>>,
+    /// Draw FILE.svg again from a result FILE.json this bench wrote, and run nothing
+    #[arg(long, value_name = "FILE.json")]
+    replot: Option<std::path::PathBuf>,
     /// The fixed rate of the open-loop runs, requests a second over all connections
     #[arg(long, value_name = "R", default_value_t = 10_000)]
     rate: u64,
@@ -103,6 +106,13 @@ fn main() {
             .mut_arg("warmup", |a| a.default_value("0.5"))
             .mut_arg("reps", |a| a.default_value("1"))
     });
+    if let Some(file) = &f.replot {
+        if let Err(e) = replot(file) {
+            eprintln!("models: {}: {e}", file.display());
+            std::process::exit(1);
+        }
+        return;
+    }
     let o = Opts {
         conns: f.conns.unwrap_or_else(|| {
             let mut c = vec![10, 100, 1000, 10_000];
@@ -206,6 +216,25 @@ fn bench(o: &Opts) -> Result<(), String> {
         }
     }
     write_results(o, &runs, started.elapsed().as_secs_f64())
+}
+
+/// `--replot`: the plot of a recorded result, written beside it.
+fn replot(file: &std::path::Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(file).map_err(|e| e.to_string())?;
+    let json: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    let runs = json["runs"].as_array().ok_or("no runs")?;
+    let models: Vec<Model> = Model::ALL
+        .into_iter()
+        .filter(|m| runs.iter().any(|r| r["model"] == m.name()))
+        .collect();
+    let mut conns: Vec<u64> = runs.iter().filter_map(|r| r["conns"].as_u64()).collect();
+    conns.sort_unstable();
+    conns.dedup();
+    let svg = file.with_extension("svg");
+    std::fs::write(&svg, plot(&models, &conns, &json["runs"])?)
+        .map_err(|e| format!("{}: {e}", svg.display()))?;
+    eprintln!("models: wrote {}", svg.display());
+    Ok(())
 }
 
 /// perf must be able to count the server's events.
@@ -669,7 +698,7 @@ fn write_results(o: &Opts, runs: &[Run], secs: f64) -> Result<(), String> {
         "json",
         &(serde_json::to_string_pretty(&json).map_err(|e| e.to_string())? + "\n"),
     )?;
-    write("svg", &plot(o, runs)?)?;
+    write("svg", &plot(&o.models, &o.conns, &json["runs"])?)?;
     print!("{md}");
     eprintln!("models: wrote {stem}.md, .json and .svg");
     Ok(())
@@ -740,8 +769,10 @@ fn color(i: usize) -> RGBColor {
 /// requests a second, p99 us).
 type Line = (usize, Model, Vec<(f64, f64, f64)>);
 
-/// Closed loop: throughput and p99 against connections (log), a line per model.
-fn plot(o: &Opts, runs: &[Run]) -> Result<String, String> {
+/// Closed loop: throughput and p99 against connections (log), a line per model through
+/// the medians of its runs; from the runs as the JSON file records them.
+fn plot(models: &[Model], conns: &[u64], runs: &Value) -> Result<String, String> {
+    let runs = runs.as_array().ok_or("no runs to plot")?;
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (1200, 560)).into_drawing_area();
@@ -753,24 +784,33 @@ fn plot(o: &Opts, runs: &[Run]) -> Result<String, String> {
             )
             .map_err(|e| e.to_string())?;
         let panels = root.split_evenly((1, 2));
-        let lines: Vec<Line> = o
-            .models
+        let median = |m: Model, c: u64, key: &str| {
+            let mut v: Vec<f64> = runs
+                .iter()
+                .filter(|r| r["model"] == m.name() && r["conns"] == c && r["rate_rps"].is_null())
+                .filter_map(|r| r[key].as_f64())
+                .collect();
+            (!v.is_empty()).then(|| common::median(&mut v))
+        };
+        let lines: Vec<Line> = models
             .iter()
             .enumerate()
             .map(|(i, &m)| {
-                let pts = runs
+                let pts = conns
                     .iter()
-                    .filter(|r| r.model == m.name() && r.rate_rps.is_none())
-                    .filter_map(|r| match &r.outcome {
-                        Outcome::Measured(x) => Some((r.conns as f64, x.rps, x.p99_us.max(1.0))),
-                        Outcome::Cannot { .. } => None,
+                    .filter_map(|&c| {
+                        Some((
+                            c as f64,
+                            median(m, c, "rps")?,
+                            median(m, c, "p99_us")?.max(1.0),
+                        ))
                     })
                     .collect();
                 (i, m, pts)
             })
             .collect();
-        let xmax = o.conns.iter().copied().max().unwrap_or(10) as f64 * 1.5;
-        let xmin = o.conns.iter().copied().min().unwrap_or(10) as f64 / 1.5;
+        let xmax = conns.iter().copied().max().unwrap_or(10) as f64 * 1.5;
+        let xmin = conns.iter().copied().min().unwrap_or(10) as f64 / 1.5;
         let rps_max = lines
             .iter()
             .flat_map(|l| l.2.iter().map(|p| p.1))
@@ -786,22 +826,38 @@ fn plot(o: &Opts, runs: &[Run]) -> Result<String, String> {
             &lines,
             (xmin..xmax).log_scale(),
             0.0..rps_max,
-            "throughput",
-            "requests / s",
-            |p| p.1,
+            Panel {
+                caption: "throughput",
+                y_desc: "requests / s",
+                y: |p| p.1,
+                legend: None,
+            },
         )?;
+        // p99 grows with the connections (closed loop: Little's law), so the upper left
+        // is free.
         panel(
             &panels[1],
             &lines,
             (xmin..xmax).log_scale(),
             (1.0..p99_hi).log_scale(),
-            "p99 latency",
-            "p99 us (log)",
-            |p| p.2,
+            Panel {
+                caption: "p99 latency",
+                y_desc: "p99 us (log)",
+                y: |p| p.2,
+                legend: Some(SeriesLabelPosition::UpperLeft),
+            },
         )?;
         root.present().map_err(|e| e.to_string())?;
     }
     Ok(svg)
+}
+
+/// What one panel shows of the lines, and where its legend goes (none: the other panel's).
+struct Panel {
+    caption: &'static str,
+    y_desc: &'static str,
+    y: fn(&(f64, f64, f64)) -> f64,
+    legend: Option<SeriesLabelPosition>,
 }
 
 fn panel<X, Y>(
@@ -809,9 +865,12 @@ fn panel<X, Y>(
     lines: &[Line],
     x_range: X,
     y_range: Y,
-    caption: &str,
-    y_desc: &str,
-    y: fn(&(f64, f64, f64)) -> f64,
+    Panel {
+        caption,
+        y_desc,
+        y,
+        legend,
+    }: Panel,
 ) -> Result<(), String>
 where
     X: plotters::coord::ranged1d::AsRangedCoord<Value = f64>,
@@ -847,13 +906,15 @@ where
             .draw_series(pts.iter().map(|p| Circle::new((p.0, y(p)), 3, c.filled())))
             .map_err(err)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 11))
-        .draw()
-        .map_err(err)?;
+    if let Some(at) = legend {
+        chart
+            .configure_series_labels()
+            .position(at)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 11))
+            .draw()
+            .map_err(err)?;
+    }
     Ok(())
 }
