@@ -690,8 +690,9 @@ macro_rules! per_pool {
 
 /// Streams `total` bytes of connection `c`'s pattern to `port` and reads the echo back while
 /// it goes, checking every byte's place: a little at a time through a small receive
-/// buffer, and only after a pause in which the server's send buffer fills (`total` is more
-/// than it grows to), so that its writes come up short and wait for EPOLLOUT.
+/// buffer, and only once everything is written (or 3 s have passed): `total` is more than
+/// the server's send buffer grows to, so that by then its writes have come up short and
+/// wait for EPOLLOUT (a fixed pause was not enough on a busy machine: the reader kept up).
 fn slow_reader_stream(port: u16, c: usize, total: usize) {
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
@@ -699,6 +700,7 @@ fn slow_reader_stream(port: u16, c: usize, total: usize) {
     sock.connect(&addr.into()).unwrap();
     let s = TcpStream::from(sock);
     let mut w = s.try_clone().unwrap();
+    let (written, all_written) = std::sync::mpsc::channel();
     let writer = thread::spawn(move || {
         let mut chunk = vec![0u8; 64 * 1024];
         let mut sent = 0;
@@ -711,8 +713,11 @@ fn slow_reader_stream(port: u16, c: usize, total: usize) {
             sent += n;
         }
         w.shutdown(Shutdown::Write).unwrap();
+        let _ = written.send(());
     });
-    thread::sleep(Duration::from_millis(300));
+    // The buffers on the way hold more than `total`, so the writer finishes; the bound is
+    // for a host whose buffers are smaller.
+    let _ = all_written.recv_timeout(Duration::from_secs(3));
     let (mut got, mut buf) = (0, [0u8; 1000]);
     loop {
         match (&s).read(&mut buf) {
