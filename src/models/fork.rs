@@ -36,44 +36,21 @@ pub fn run(ctx: Ctx) -> io::Result<()> {
 }
 
 fn accept_loop(ctx: &Ctx, exits: &ChildExits, live: &mut HashSet<u32>) -> io::Result<()> {
-    let mut waits: Vec<libc::pollfd> = [ctx.stop.fd(), exits.fd()]
-        .into_iter()
-        .chain(ctx.listeners.iter().map(|l| l.as_raw_fd()))
-        .map(|fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
     // Allocated before any fork: each child echoes through its copy and allocates nothing.
     let mut buf = vec![0; MODEL_BUF_BYTES];
     ctx.stats.call();
     let parent = std::process::id();
-    loop {
-        ctx.stats.call();
-        sys::poll(&mut waits, -1)?;
-        if ctx.stop.is_set() {
-            return Ok(());
-        }
-        if waits[1].revents != 0 {
-            reap(ctx, exits, live)?;
-        }
-        for ready in waits[2..].iter().filter(|w| w.revents != 0) {
-            ctx.stats.call();
-            let conn = match sys::accept(ready.fd) {
-                Ok(c) => c,
-                Err(e) => {
-                    ctx.accept_failed(e)?;
-                    continue;
-                }
-            };
-            if !ctx.admit() {
-                continue;
-            }
+    // `live` is reaped into between accepts, and forked into at each.
+    let live = std::cell::RefCell::new(live);
+    super::accept_blocking(
+        ctx,
+        &[exits.fd()],
+        |_| reap(ctx, exits, &mut live.borrow_mut()),
+        |conn| {
             ctx.stats.call();
             match process::fork(|| serve_child(ctx, conn.as_raw_fd(), &mut buf, parent)) {
                 Ok(pid) => {
-                    live.insert(pid);
+                    live.borrow_mut().insert(pid);
                     ctx.stats.add(Field::Children, 1);
                 }
                 // EAGAIN (RLIMIT_NPROC, pid_max) or ENOMEM: this connection is refused.
@@ -84,8 +61,9 @@ fn accept_loop(ctx: &Ctx, exits: &ChildExits, live: &mut HashSet<u32>) -> io::Re
             }
             ctx.stats.call();
             drop(conn);
-        }
-    }
+            Ok(())
+        },
+    )
 }
 
 /// The child's life, after the fork: its exit status. It makes only system calls and

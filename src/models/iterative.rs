@@ -22,33 +22,12 @@ pub fn run(ctx: Ctx) -> io::Result<()> {
             let _ = sys::shutdown_read(fd);
         }
     }));
-    let mut waits: Vec<libc::pollfd> = std::iter::once(ctx.stop.fd())
-        .chain(ctx.listeners.iter().map(|l| l.as_raw_fd()))
-        .map(|fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
     let mut buf = vec![0; MODEL_BUF_BYTES];
-    loop {
-        ctx.stats.call();
-        sys::poll(&mut waits, -1)?;
-        if ctx.stop.is_set() {
-            return Ok(());
-        }
-        for ready in waits[1..].iter().filter(|w| w.revents != 0) {
-            ctx.stats.call();
-            let conn = match sys::accept(ready.fd) {
-                Ok(c) => c,
-                Err(e) => {
-                    ctx.accept_failed(e)?;
-                    continue;
-                }
-            };
-            if !ctx.admit() {
-                continue;
-            }
+    super::accept_blocking(
+        &ctx,
+        &[],
+        |_| Ok(()),
+        |conn| {
             *serving.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.as_raw_fd());
             if ctx.stop.is_set() {
                 let _ = sys::shutdown_read(conn.as_raw_fd());
@@ -61,6 +40,7 @@ pub fn run(ctx: Ctx) -> io::Result<()> {
                 End::Closed => ctx.closed(None),
                 End::Failed(e) => ctx.closed(Some(&e)),
             }
-        }
-    }
+            Ok(())
+        },
+    )
 }

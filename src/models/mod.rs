@@ -94,6 +94,48 @@ impl Ctx {
     }
 }
 
+/// The blocking models' wait for clients (iterative, fork, thread): poll(2) over the stop
+/// eventfd, the model's own `extra` fds and the listeners, then a blocking accept on each
+/// listener with a client, and `ctx.admit`. `on_extra(i)` runs when extra fd i is readable,
+/// `each` with every connection admitted; it returns at the stop (or an error either
+/// returns). The notes' servers have one port and block in accept; poll says which of
+/// several ports has the client.
+pub fn accept_blocking(
+    ctx: &Ctx,
+    extra: &[RawFd],
+    mut on_extra: impl FnMut(usize) -> io::Result<()>,
+    mut each: impl FnMut(OwnedFd) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut waits: Vec<libc::pollfd> = std::iter::once(ctx.stop.fd())
+        .chain(extra.iter().copied())
+        .chain(ctx.listeners.iter().map(|l| l.as_raw_fd()))
+        .map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let listeners = 1 + extra.len();
+    loop {
+        ctx.stats.call();
+        sys::poll(&mut waits, -1)?;
+        if ctx.stop.is_set() {
+            return Ok(());
+        }
+        for i in (1..listeners).filter(|&i| waits[i].revents != 0) {
+            on_extra(i - 1)?;
+        }
+        for ready in waits[listeners..].iter().filter(|w| w.revents != 0) {
+            ctx.stats.call();
+            match sys::accept(ready.fd) {
+                Ok(conn) if ctx.admit() => each(conn)?,
+                Ok(_) => {}
+                Err(e) => ctx.accept_failed(e)?,
+            }
+        }
+    }
+}
+
 /// How a model is told to stop, by SIGINT or SIGTERM: a flag, an eventfd that becomes
 /// readable (for the models that wait in select, poll or epoll), and hooks the model
 /// registers for what those cannot wake (a blocked accept or read, a signal wait).

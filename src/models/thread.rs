@@ -42,32 +42,11 @@ pub fn run(ctx: Ctx) -> io::Result<()> {
 }
 
 fn accept_loop(ctx: &Arc<Ctx>, live: &Arc<Live>) -> io::Result<()> {
-    let mut waits: Vec<libc::pollfd> = std::iter::once(ctx.stop.fd())
-        .chain(ctx.listeners.iter().map(|l| l.as_raw_fd()))
-        .map(|fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    loop {
-        ctx.stats.call();
-        sys::poll(&mut waits, -1)?;
-        if ctx.stop.is_set() {
-            return Ok(());
-        }
-        for ready in waits[1..].iter().filter(|w| w.revents != 0) {
-            ctx.stats.call();
-            let conn = match sys::accept(ready.fd) {
-                Ok(c) => c,
-                Err(e) => {
-                    ctx.accept_failed(e)?;
-                    continue;
-                }
-            };
-            if !ctx.admit() {
-                continue;
-            }
+    super::accept_blocking(
+        ctx,
+        &[],
+        |_| Ok(()),
+        |conn| {
             // Counted before it starts, so the wait at the stop cannot miss it.
             live.lock().threads += 1;
             let (ctx2, live2) = (ctx.clone(), live.clone());
@@ -83,8 +62,9 @@ fn accept_loop(ctx: &Arc<Ctx>, live: &Arc<Live>) -> io::Result<()> {
                 ctx.stats.add(Field::Refused, 1);
                 ctx.closed(None);
             }
-        }
-    }
+            Ok(())
+        },
+    )
 }
 
 /// A connection's thread.
