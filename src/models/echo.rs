@@ -30,20 +30,16 @@ pub fn read(fd: RawFd, buf: &mut [u8], stats: &Stats) -> io::Result<usize> {
     r
 }
 
-/// write(2), counted.
+/// write(2), counted (a write that took nothing is no send).
 pub fn write(fd: RawFd, buf: &[u8], stats: &Stats) -> io::Result<usize> {
     stats.call();
-    stats.add(Field::Sends, 1);
     let r = sys::write(fd, buf);
-    match r {
-        Ok(n) => {
-            stats.add(Field::BytesOut, n as u64);
-            if n < buf.len() {
-                stats.add(Field::ShortSends, 1);
-            }
+    if let Ok(n) = r {
+        stats.add(Field::Sends, 1);
+        stats.add(Field::BytesOut, n as u64);
+        if n < buf.len() {
+            stats.add(Field::ShortSends, 1);
         }
-        // A write(2) that took nothing: not a send.
-        Err(_) => stats.sub(Field::Sends, 1),
     }
     r
 }

@@ -203,23 +203,7 @@ pub fn allowed_cpus() -> io::Result<Vec<usize>> {
 
 /// Pins the calling thread to one CPU.
 pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
-    if cpu >= libc::CPU_SETSIZE as usize {
-        return Err(io::Error::from_raw_os_error(libc::EINVAL));
-    }
-    // SAFETY: cpu_set_t is a plain bit array; all-zero is a valid (empty) set.
-    let mut set: libc::cpu_set_t = unsafe { mem::zeroed() };
-    // SAFETY: `cpu` is below CPU_SETSIZE (checked above), the bit count of `set`.
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: the mask pointer is to a live local cpu_set_t and the size is its size;
-    // sched_setaffinity(2) only reads it.
-    unsafe {
-        syscall!(sched_setaffinity(
-            0,
-            mem::size_of::<libc::cpu_set_t>(),
-            &set
-        ))
-    }
-    .map(drop)
+    set_cpus(&[cpu])
 }
 
 /// A non-blocking eventfd, used to wake a shard blocked in io_uring_enter.

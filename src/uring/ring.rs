@@ -111,8 +111,6 @@ pub struct Ring<K> {
     /// Operations pushed whose final completion has not been seen.
     in_flight: usize,
     batch_usec: u32,
-    /// Completions the next batched wait waits for (`submit_and_wait`).
-    want: usize,
     /// io_uring_enter calls made.
     pub enters: u64,
     kinds: std::marker::PhantomData<K>,
@@ -155,7 +153,6 @@ impl<K: Op> Ring<K> {
             wake_buf: Box::new(0),
             one: Box::new(1),
             batch_usec: cfg.batch_usec,
-            want: BATCH_WANT,
             in_flight: 0,
             enters: 0,
             kinds: std::marker::PhantomData,
@@ -235,17 +232,21 @@ impl<K: Op> Ring<K> {
     /// the minimum wait has passed: a caller with few connections asks for no more than they
     /// can complete, or each of their round trips would wait out the whole minimum.
     pub fn submit_and_wait(&mut self, timeout: Option<Duration>, want: usize) -> io::Result<()> {
-        self.want = want.clamp(1, BATCH_WANT);
-        self.wait_with(timeout, self.batch_usec)
+        self.wait_with(timeout, self.batch_usec, want.clamp(1, BATCH_WANT))
     }
 
     /// `submit_and_wait` without the minimum wait: back at the first completion, for a
     /// waiter that something waits on (replies held until a sync completes).
     pub fn submit_and_wait_unbatched(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        self.wait_with(timeout, 0)
+        self.wait_with(timeout, 0, 1)
     }
 
-    fn wait_with(&mut self, timeout: Option<Duration>, batch_usec: u32) -> io::Result<()> {
+    fn wait_with(
+        &mut self,
+        timeout: Option<Duration>,
+        batch_usec: u32,
+        want: usize,
+    ) -> io::Result<()> {
         self.enters += 1;
         let res = match (timeout, batch_usec) {
             (None, 0) => self.uring.submit_and_wait(1),
@@ -261,7 +262,7 @@ impl<K: Op> Ring<K> {
                 // one, it goes back to sleep until a completion or the timeout.
                 let ts = types::Timespec::from(t.unwrap_or(IDLE_WAIT));
                 let args = types::SubmitArgs::new().timespec(&ts).min_wait_usec(usec);
-                self.uring.submitter().submit_with_args(self.want, &args)
+                self.uring.submitter().submit_with_args(want, &args)
             }
         };
         match res {
