@@ -446,7 +446,10 @@ impl Shard {
                 debug_assert_eq!(kind == Kind::SendVec, c.vec.is_some());
                 // Every send submitted ends in one completion, a cancelled one too.
                 self.core.counters.output_owed -= 1;
+                // Only an echo connection's line counts its bytes: HTTP's and Redis's would
+                // touch the connection's log entry once more per request, for nothing.
                 if c.res > 0
+                    && self.core.proto.is_none()
                     && let Some(log) = &mut self.log
                 {
                     log.sent(slot, generation, c.res as u32);
@@ -686,7 +689,9 @@ impl Shard {
         }
         if len > 0 {
             self.core.wheel.received(slot);
-            if let Some(log) = &mut self.log {
+            if self.core.proto.is_none()
+                && let Some(log) = &mut self.log
+            {
                 log.received(slot, generation, len);
             }
         }

@@ -16,7 +16,7 @@
 //! (the Reactor).
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::proto::http::Logged;
-use crate::proto::{Done, redis};
+use crate::proto::{Done, digits, redis};
 use crate::stats::Counters;
 use crate::sys;
 
@@ -110,17 +110,35 @@ fn format_local(unix: i64) -> String {
     )
 }
 
-/// Seconds with millisecond resolution, as nginx's `$request_time` and `$session_time`.
-fn seconds(d: Duration) -> Seconds {
-    Seconds(d)
+/// Appends `d` in seconds with millisecond resolution, as nginx's `$request_time` and
+/// `$session_time`.
+fn push_seconds(out: &mut Vec<u8>, d: Duration) {
+    digits::push(out, d.as_secs());
+    let ms = d.subsec_millis();
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (ms / 100) as u8,
+        b'0' + (ms / 10 % 10) as u8,
+        b'0' + (ms % 10) as u8,
+    ]);
 }
 
-/// Seconds with millisecond resolution, written without an allocation.
-struct Seconds(Duration);
-
-impl std::fmt::Display for Seconds {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{:03}", self.0.as_secs(), self.0.subsec_millis())
+/// Appends `$remote_addr`: the peer's address, `-` if unknown.
+fn push_addr(out: &mut Vec<u8>, peer: Option<SocketAddr>) {
+    use std::io::Write as _;
+    match peer.map(|p| p.ip()) {
+        Some(IpAddr::V4(ip)) => {
+            for (i, o) in ip.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                digits::push(out, o.into());
+            }
+        }
+        Some(ip) => {
+            let _ = write!(out, "{ip}");
+        }
+        None => out.push(b'-'),
     }
 }
 
@@ -246,36 +264,38 @@ impl Pending {
     /// An echo connection closed: its line (nginx stream's `basic` format; the session ended,
     /// so its status is 200).
     pub fn echo(&mut self, c: &ConnLog, now: Instant, counters: &mut Counters) {
-        use std::io::Write as _;
         self.begin_line();
         let time = self.time.at(SystemTime::now());
         let buf = &mut self.buf;
-        match c.peer {
-            Some(p) => {
-                let _ = write!(buf, "{}", p.ip());
-            }
-            None => buf.push(b'-'),
-        }
-        let took = seconds(now.saturating_duration_since(c.since));
-        let _ = writeln!(
-            buf,
-            " [{time}] TCP 200 {} {} {took}",
-            c.bytes_out, c.bytes_in
-        );
+        push_addr(buf, c.peer);
+        buf.extend_from_slice(b" [");
+        buf.extend_from_slice(time.as_bytes());
+        buf.extend_from_slice(b"] TCP 200 ");
+        digits::push(buf, c.bytes_out);
+        buf.push(b' ');
+        digits::push(buf, c.bytes_in);
+        buf.push(b' ');
+        push_seconds(buf, now.saturating_duration_since(c.since));
+        buf.push(b'\n');
         self.end_line(counters);
     }
 
     /// An HTTP request was answered: its line, nginx's `combined` format plus
     /// `$request_time`.
     fn http(&mut self, peer: Option<SocketAddr>, l: &Logged, counters: &mut Counters) {
-        use std::io::Write as _;
         let buf = self.begin_request(peer);
         escape(&l.line, buf);
-        let _ = write!(buf, "\" {} {} \"", l.status, l.body_bytes);
+        buf.extend_from_slice(b"\" ");
+        digits::push(buf, l.status.into());
+        buf.push(b' ');
+        digits::push(buf, l.body_bytes.into());
+        buf.extend_from_slice(b" \"");
         escape_or_dash(&l.referer, buf);
         buf.extend_from_slice(b"\" \"");
         escape_or_dash(&l.user_agent, buf);
-        let _ = writeln!(buf, "\" {}", seconds(l.took));
+        buf.extend_from_slice(b"\" ");
+        push_seconds(buf, l.took);
+        buf.push(b'\n');
         self.end_line(counters);
     }
 
@@ -284,7 +304,6 @@ impl Pending {
     /// cut at `redis::LOG_ARG_MAX`, `...` if more) escaped as nginx escapes, `$reply` `OK`
     /// or `ERR` (an error reply).
     fn redis(&mut self, peer: Option<SocketAddr>, l: &redis::Logged, counters: &mut Counters) {
-        use std::io::Write as _;
         let buf = self.begin_request(peer);
         for (i, a) in l.args.iter().enumerate() {
             if i > 0 {
@@ -295,8 +314,11 @@ impl Pending {
         if l.more {
             buf.extend_from_slice(b" ...");
         }
-        let reply = if l.error { "ERR" } else { "OK" };
-        let _ = writeln!(buf, "\" {reply} {} {}", l.reply_bytes, seconds(l.took));
+        buf.extend_from_slice(if l.error { b"\" ERR " } else { b"\" OK " });
+        digits::push(buf, l.reply_bytes.into());
+        buf.push(b' ');
+        push_seconds(buf, l.took);
+        buf.push(b'\n');
         self.end_line(counters);
     }
 
@@ -318,17 +340,13 @@ impl Pending {
 
     /// Begins a request's line, `$remote_addr - - [$time_local] "`, for the request to follow.
     fn begin_request(&mut self, peer: Option<SocketAddr>) -> &mut Vec<u8> {
-        use std::io::Write as _;
         self.begin_line();
         let time = self.time.at(SystemTime::now());
         let buf = &mut self.buf;
-        match peer {
-            Some(p) => {
-                let _ = write!(buf, "{}", p.ip());
-            }
-            None => buf.push(b'-'),
-        }
-        let _ = write!(buf, " - - [{time}] \"");
+        push_addr(buf, peer);
+        buf.extend_from_slice(b" - - [");
+        buf.extend_from_slice(time.as_bytes());
+        buf.extend_from_slice(b"] \"");
         buf
     }
 
@@ -434,7 +452,22 @@ mod tests {
             zone.len() == 5 && (zone.starts_with('+') || zone.starts_with('-')),
             "{text}"
         );
-        assert_eq!(seconds(Duration::from_millis(1_234)).to_string(), "1.234");
-        assert_eq!(seconds(Duration::from_micros(999)).to_string(), "0.000");
+        let secs = |d| {
+            let mut out = Vec::new();
+            push_seconds(&mut out, d);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(secs(Duration::from_millis(1_234)), "1.234");
+        assert_eq!(secs(Duration::from_micros(999)), "0.000");
+        assert_eq!(secs(Duration::from_millis(60_050)), "60.050");
+        let addr = |a: Option<&str>| {
+            let mut out = Vec::new();
+            push_addr(&mut out, a.map(|a| a.parse().unwrap()));
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(addr(Some("127.0.0.1:80")), "127.0.0.1");
+        assert_eq!(addr(Some("10.200.3.255:1")), "10.200.3.255");
+        assert_eq!(addr(Some("[::1]:80")), "::1");
+        assert_eq!(addr(None), "-");
     }
 }

@@ -5,7 +5,6 @@
 //! as `SET k v PXAT <ms>`, `EXPIRE` as `PEXPIREAT`, `SPOP` as `SREM`).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::Env;
@@ -14,6 +13,7 @@ use super::keyspace::{
     Value, Zset,
 };
 use super::resp::string2ll;
+use crate::proto::digits;
 
 /// What running one command did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -278,7 +278,8 @@ fn null(out: &mut Vec<u8>) {
 /// `<kind><n>\r\n`, formatted in place (no allocation).
 fn header(out: &mut Vec<u8>, kind: u8, n: i64) {
     out.push(kind);
-    let _ = write!(out, "{n}\r\n"); // a Vec takes every write
+    digits::push_signed(out, n);
+    out.extend_from_slice(b"\r\n");
 }
 
 fn int(out: &mut Vec<u8>, n: i64) {
@@ -524,7 +525,7 @@ fn set(cx: &mut Cx<'_, '_>, a: &[&[u8]]) {
                     }
                 }
             }
-            (true, e.expire)
+            (true, e.expire())
         }
     };
     if (nx && found) || (xx && !found) {
@@ -538,7 +539,7 @@ fn set(cx: &mut Cx<'_, '_>, a: &[&[u8]]) {
     match at {
         Some(ms) => cx.log(
             &mut l,
-            &[b"SET", key, val, b"PXAT", ms.to_string().as_bytes()],
+            &[b"SET", key, val, b"PXAT", digits::text(ms, &mut [0; 20])],
         ),
         None if keepttl => cx.log(&mut l, &[b"SET", key, val, b"KEEPTTL"]),
         None => cx.log(&mut l, &[b"SET", key, val]),
@@ -656,7 +657,7 @@ fn expire(cx: &mut Cx<'_, '_>, a: &[&[u8]]) {
         int(cx.out, 0);
         return;
     };
-    let cur = e.expire.map(|t| t as i64);
+    let cur = e.expire().map(|t| t as i64);
     let refused = (nx && cur.is_some())
         || (xx && cur.is_none())
         || (gt && cur.is_none_or(|c| when <= c))
@@ -680,7 +681,7 @@ fn ttl(cx: &mut Cx<'_, '_>, a: &[&[u8]]) {
     let ms = is(a[0], "pttl");
     let mut l = cx.lock(a[1]);
     let now = l.now_ms();
-    let n = match l.get(a[1]).map(|e| e.expire) {
+    let n = match l.get(a[1]).map(|e| e.expire()) {
         None => -2,
         Some(None) => -1,
         Some(Some(t)) => {
@@ -693,7 +694,7 @@ fn ttl(cx: &mut Cx<'_, '_>, a: &[&[u8]]) {
 
 fn persist(cx: &mut Cx<'_, '_>, a: &[&[u8]]) {
     let mut l = cx.lock(a[1]);
-    let had = l.get(a[1]).is_some_and(|e| e.expire.is_some());
+    let had = l.get(a[1]).is_some_and(|e| e.expire().is_some());
     if had {
         l.set_expire(a[1], None);
         cx.log(&mut l, a);
@@ -726,7 +727,7 @@ fn incr(cx: &mut Cx<'_, '_>, a: &[&[u8]]) {
         None => (0, None),
         Some(e) => match &e.value {
             Value::Str(s) => match string2ll(s) {
-                Some(n) => (n, e.expire),
+                Some(n) => (n, e.expire()),
                 None => {
                     err(cx.out, NOT_INT);
                     return;

@@ -495,6 +495,43 @@ mod tests {
         assert_eq!(ks.len(), 2);
     }
 
+    /// Keys gain, change, lose and regain TTLs in every way the commands allow; the keys the
+    /// sweep knows to have one stay exactly those (INFO's count, and what expires).
+    #[test]
+    fn the_keys_with_a_ttl_stay_known_through_every_change() {
+        let ks = Keyspace::new(Config::default());
+        let mut ttl = std::collections::BTreeMap::new();
+        let mut x: u64 = 7;
+        for _ in 0..20_000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let key = format!("k{}", (x >> 33) % 300);
+            let (cmd, has): (Vec<&str>, Option<bool>) = match (x >> 20) % 6 {
+                0 => (vec!["SET", &key, "v", "EX", "100"], Some(true)),
+                1 => (vec!["SET", &key, "v"], Some(false)),
+                2 => (vec!["PERSIST", &key], ttl.get(&key).map(|_| false)),
+                3 => (vec!["EXPIRE", &key, "50"], ttl.get(&key).map(|_| true)),
+                4 => (vec!["DEL", &key], None),
+                _ => (
+                    vec!["SET", &key, "v", "KEEPTTL"],
+                    Some(ttl.get(&key) == Some(&true)),
+                ),
+            };
+            replies(&ks, &req(&cmd));
+            match has {
+                Some(h) => ttl.insert(key, h),
+                None => ttl.remove(&key),
+            };
+        }
+        let with = ttl.values().filter(|&&h| h).count() as u64;
+        let counted = ks.lock_all(NOW_MS, false).count();
+        assert_eq!(counted, (ttl.len() as u64, with));
+        while ks.sweep(NOW_MS + 200_000) > 0 {}
+        assert_eq!(ks.len(), ttl.len() as u64 - with);
+        assert_eq!(ks.lock_all(NOW_MS, false).count().1, 0);
+    }
+
     #[test]
     fn over_maxmemory_commands_that_grow_are_refused() {
         let ks = Keyspace::new(Config {
