@@ -471,6 +471,14 @@ pub struct EpollArgs {
     /// Internal: the slot of that count holding this worker's own share.
     #[arg(long, hide = true, requires = "worker_gate_fd")]
     pub worker_share_slot: Option<usize>,
+    /// Internal: Redis, the worker proxies its connections to the keyspace owner listening
+    /// on this abstract unix socket.
+    #[arg(long, hide = true, value_name = "NAME", requires = "worker_index")]
+    pub worker_owner: Option<String>,
+    /// Internal: run as the keyspace owner of a master's Redis workers, listening on this
+    /// abstract unix socket.
+    #[arg(long, hide = true, value_name = "NAME", requires = "worker_cpu")]
+    pub keyspace_owner: Option<String>,
 }
 
 /// The server models of the notes this project comes from, each serving echo.
