@@ -255,7 +255,7 @@ impl Drop for RedisServer {
     }
 }
 
-/// 1,000 commands in one write, and a request sent one byte at a time: every reply, in
+/// 6,000 commands (about 170 KB) in one write, and a request sent one byte at a time: every reply, in
 /// order, on connections of both workers.
 #[test]
 fn pipelined_and_byte_split_requests_are_answered_in_order() {
@@ -267,7 +267,7 @@ fn pipelined_and_byte_split_requests_are_answered_in_order() {
     for (n, c) in cs.iter_mut().enumerate() {
         let mut batch = Vec::new();
         let mut want = String::new();
-        for i in 0..1000 {
+        for i in 0..3000 {
             let (k, v) = (format!("p{n}:{i}"), format!("v{i}"));
             batch.extend(redis_cases::encode(&[b"SET", k.as_bytes(), v.as_bytes()]));
             batch.extend(redis_cases::encode(&[b"GET", k.as_bytes()]));

@@ -1035,7 +1035,11 @@ mod tests {
         let fx = s.recv(&mut c, b"PING\r\n", true);
         assert!(!fx.forward, "what follows the close is discarded");
         c.on_eof();
-        assert_eq!(s.next(&c), Op::Close, "the owner holds nothing: no close for it");
+        assert_eq!(
+            s.next(&c),
+            Op::Close,
+            "the owner holds nothing: no close for it"
+        );
     }
 
     #[test]
