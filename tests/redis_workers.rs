@@ -574,3 +574,44 @@ fn the_master_s_summary_counts_each_command_once() {
     assert_eq!(u(&per[2], "requests"), 80, "{stats}");
     assert_eq!(u(&per[2], "accepted"), 0, "{stats}");
 }
+
+/// The RSS of process `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// A client that sends 1 MiB of GETs of a 4 KiB value (190 MB of replies) and reads none
+/// for a while: the worker forwards a read only once the owner ran the last and its
+/// replies are written, so no process holds more than about one read's replies (12 MB);
+/// then every reply arrives, in order.
+#[test]
+fn a_client_that_does_not_read_holds_at_most_about_one_read_of_replies() {
+    let ports = free_ports(2);
+    let server = start(&ports, &[]);
+    let mut c = clients(&ports, 1).pop().unwrap();
+    let value = "x".repeat(4096);
+    assert_eq!(c.call(&["SET", "k", &value]), "+OK\r\n");
+    let get = redis_cases::encode(&[b"GET", b"k"]);
+    let n = (1 << 20) / get.len();
+    let mut w = c.r.get_ref().try_clone().unwrap();
+    let writer = thread::spawn(move || w.write_all(&get.repeat(n)));
+    thread::sleep(Duration::from_millis(1000));
+    for pid in server.children() {
+        assert!(rss(pid) < 100 << 20, "pid {pid} holds {} bytes", rss(pid));
+    }
+    let reply = format!("$4096\r\n{value}\r\n");
+    let mut buf = vec![0; reply.len()];
+    for i in 0..n {
+        c.r.read_exact(&mut buf).unwrap();
+        assert!(buf == reply.as_bytes(), "reply {i}");
+    }
+    writer.join().unwrap().unwrap();
+    drop(c);
+    server.stop();
+}

@@ -16,7 +16,9 @@
 //!
 //! Redis in a worker process (`Conn::proxied`): the keyspace is another process's (the
 //! owner, `super::owner`), so what is read is forwarded to it (`Effects::forward`) and its
-//! replies come back later (`on_reply`), queued as output. The connection ends with the
+//! replies come back later (`on_reply`), queued as output. The next read waits until the
+//! owner has run the last (`on_ran`) and its replies are written, so a peer that does not
+//! read holds at most one read's replies, as in one process. The connection ends with the
 //! owner in a handshake: whichever side closes first, the worker's close (`Op::Unlink`) is
 //! answered by the owner's after every reply owed, and the owner's own (QUIT, a protocol
 //! error) is a closing answer, lingering as HTTP's does.
@@ -159,6 +161,8 @@ pub struct Conn {
     log: Option<Box<Capture>>,
     /// Proxied (Redis in a worker process): its standing with the keyspace owner.
     link: Option<Link>,
+    /// Proxied: reads forwarded that the owner has not yet run.
+    forwarded: u32,
 }
 
 impl Conn {
@@ -174,6 +178,7 @@ impl Conn {
             session: env.map(|e| Box::new(e.session())),
             log: None,
             link: None,
+            forwarded: 0,
         }
     }
 
@@ -231,6 +236,8 @@ impl Conn {
             Owed::Queued { writable: false } | Owed::Held => return Op::Wait,
             Owed::Nothing => {
                 return match self.phase {
+                    // Proxied: the owner runs one read before the next is forwarded.
+                    Phase::Open if self.forwarded > 0 => Op::Wait,
                     Phase::Open | Phase::Lingering { shut: true } => match self.read {
                         Read::Blocked => Op::Wait,
                         Read::Ready | Read::ToEof => Op::Read,
@@ -270,7 +277,10 @@ impl Conn {
             return fx;
         }
         match (&mut self.session, http) {
-            _ if self.link.is_some() => fx.forward = true,
+            _ if self.link.is_some() => {
+                fx.forward = true;
+                self.forwarded += 1;
+            }
             (Some(session), Some(env)) => {
                 answers.clear();
                 let o = env.input(session, input, answers, self.log.as_deref_mut());
@@ -463,6 +473,11 @@ impl Conn {
             }
             _ => Effects::default(),
         }
+    }
+
+    /// Proxied: the owner has run a read forwarded (its replies came before).
+    pub fn on_ran(&mut self) {
+        self.forwarded = self.forwarded.saturating_sub(1);
     }
 
     /// Proxied: the worker's close was sent to the owner.
@@ -983,9 +998,13 @@ mod tests {
     fn a_proxied_connection_forwards_its_reads_and_writes_the_owners_replies() {
         let (mut c, mut s) = (Conn::proxied(), Shard::default());
         c.on_ready(IN);
-        let fx = s.recv(&mut c, b"PING\r\nPI", true);
+        let fx = s.recv(&mut c, b"PING\r\nPI", false);
         assert_eq!((fx.forward, fx.answered), (true, 0));
-        assert_eq!(s.next(&c), Op::Wait, "the replies come from the owner");
+        assert_eq!(
+            s.next(&c),
+            Op::Wait,
+            "the owner runs a read before the next"
+        );
         assert_eq!(c.on_reply(b"+PONG\r\n").owed, Some(true));
         // More replies while some are queued join them.
         assert_eq!(c.on_reply(b"+PONG\r\n"), Effects::default());
@@ -996,6 +1015,8 @@ mod tests {
         c.on_ready(OUT);
         assert_eq!(s.offered(&c), b"NG\r\n+PONG\r\n");
         assert_eq!(s.sent(&mut c, 11).1, wrote_queue());
+        assert_eq!(s.next(&c), Op::Wait);
+        c.on_ran();
         // Reading resumes, on to EAGAIN.
         assert_eq!(s.next(&c), Op::Read);
         c.on_read_blocked();
@@ -1006,16 +1027,20 @@ mod tests {
     fn a_proxied_connection_s_eof_waits_for_the_owner_s_answering_close() {
         let (mut c, mut s) = (Conn::proxied(), Shard::default());
         c.on_ready(IN | RDHUP);
-        assert!(s.recv(&mut c, b"SET k v\r\n", true).forward);
+        assert!(s.recv(&mut c, b"SET k v\r\nGET k\r\n", true).forward);
+        assert_eq!(s.next(&c), Op::Wait);
+        c.on_reply(b"+OK\r\n");
+        s.sent(&mut c, 5);
+        c.on_ran();
         assert_eq!(s.next(&c), Op::Read);
         c.on_eof();
         assert_eq!(s.next(&c), Op::Unlink);
         assert!(c.owner_open());
         c.on_unlinked();
         assert!(!c.owner_open(), "the shard sent its close once");
-        assert_eq!(s.next(&c), Op::Wait, "the reply is still owed");
-        c.on_reply(b"+OK\r\n");
-        s.sent(&mut c, 5);
+        assert_eq!(s.next(&c), Op::Wait, "the owner's close is awaited");
+        c.on_reply(b"$1\r\nv\r\n");
+        s.sent(&mut c, 7);
         assert_eq!(s.next(&c), Op::Wait);
         c.on_owner_close();
         assert_eq!(s.next(&c), Op::Close);

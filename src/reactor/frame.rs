@@ -5,7 +5,8 @@
 //! A frame is a 13-byte header, kind (1 byte), connection id (u64, little-endian), payload
 //! length (u32, little-endian), then the payload. Worker to owner: `Open` (payload: the
 //! peer's address as text, or empty), `Data` (the client's bytes), `Close` (no payload).
-//! Owner to worker: `Data` (replies) and `Close` (no payload). A payload is at most
+//! Owner to worker: `Data` (replies), `Ran` (no payload: one data frame's bytes have been
+//! run, their replies sent before it) and `Close` (no payload). A payload is at most
 //! `MAX_PAYLOAD` bytes; longer data goes as several frames. Anything else is a broken link.
 
 use std::fmt;
@@ -22,6 +23,7 @@ const MAX_PEER: usize = 128;
 const OPEN: u8 = 1;
 const DATA: u8 = 2;
 const CLOSE: u8 = 3;
+const RAN: u8 = 4;
 
 /// One frame, borrowing its payload from the buffer it was decoded from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +34,10 @@ pub enum Frame<'a> {
     Data { id: u64, bytes: &'a [u8] },
     /// Connection `id` ends (see `owner` for who sends it when).
     Close { id: u64 },
+    /// The owner has run one data frame of connection `id` (its replies came first): the
+    /// worker forwards a connection's next read only then, as one process answers a read
+    /// before it reads the next.
+    Ran { id: u64 },
 }
 
 /// Bytes that are not a frame: the link is broken and is closed.
@@ -80,6 +86,11 @@ pub fn close(out: &mut Vec<u8>, id: u64) {
     header(out, CLOSE, id, 0);
 }
 
+/// Appends a `Ran` frame.
+pub fn ran(out: &mut Vec<u8>, id: u64) {
+    header(out, RAN, id, 0);
+}
+
 /// The first frame of `buf` and the bytes it took; None while it is not all there.
 pub fn decode(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, FrameError> {
     let Some(head) = buf.get(..HEADER) else {
@@ -91,7 +102,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, FrameError> {
     let max = match kind {
         OPEN => MAX_PEER,
         DATA => MAX_PAYLOAD,
-        CLOSE => 0,
+        CLOSE | RAN => 0,
         k => return Err(FrameError::Kind(k)),
     };
     if len as usize > max {
@@ -114,7 +125,8 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, FrameError> {
             }
         }
         DATA => Frame::Data { id, bytes: payload },
-        _ => Frame::Close { id },
+        CLOSE => Frame::Close { id },
+        _ => Frame::Ran { id },
     };
     Ok(Some((frame, end)))
 }
@@ -185,6 +197,7 @@ mod tests {
         open(&mut out, 8, None);
         data(&mut out, 7, b"PING\r\n");
         data(&mut out, 7, b"");
+        ran(&mut out, 7);
         close(&mut out, u64::MAX);
         assert_eq!(
             all(&out).unwrap(),
@@ -198,6 +211,7 @@ mod tests {
                     id: 7,
                     bytes: b"PING\r\n"
                 },
+                Frame::Ran { id: 7 },
                 Frame::Close { id: u64::MAX },
             ]
         );
@@ -250,6 +264,9 @@ mod tests {
         assert!(matches!(decode(&out), Err(FrameError::TooLong { .. })));
         out.clear();
         header(&mut out, CLOSE, 1, 1);
+        assert!(matches!(decode(&out), Err(FrameError::TooLong { .. })));
+        out.clear();
+        header(&mut out, RAN, 1, 1);
         assert!(matches!(decode(&out), Err(FrameError::TooLong { .. })));
         out.clear();
         header(&mut out, OPEN, 1, 3);

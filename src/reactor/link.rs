@@ -16,7 +16,8 @@ use crate::sys;
 
 /// Output gathered for a link above this stops what feeds it (the owner reads no more from
 /// that link, a worker reads no more from its clients) until it is written: memory stays
-/// bounded whichever side is slow. 1 MiB is sixteen full 64 KiB reads.
+/// bounded whichever side is slow, however many connections share the link (each has at
+/// most one read in flight, `Frame::Ran`). 1 MiB is sixteen full 64 KiB reads.
 pub const OUT_BOUND: usize = 1024 * 1024;
 
 /// One read from a link takes up to this (as one read from a client).

@@ -16,9 +16,12 @@
 //! `link::OUT_BOUND` is not read until it is written (the worker then stops reading its
 //! clients). A link's EOF (its worker died or stopped) drops its clients.
 //!
-//! Closes: the owner answers a worker's close frame with its own, after the replies owed;
-//! after QUIT or a protocol error it sends the reply, then its close, and forgets the
-//! client; frames for a client it no longer holds are dropped.
+//! Each data frame run is followed by a `Ran` frame after its replies: the worker forwards
+//! a connection's next read only then (and once those replies are written), so a client
+//! that does not read holds one read's replies, as in one process. Closes: the owner
+//! answers a worker's close frame with its own, after the replies owed; after QUIT or a
+//! protocol error it sends the reply, then its close, and forgets the client; frames for a
+//! client it no longer holds are dropped.
 
 use std::collections::HashMap;
 use std::io;
@@ -89,6 +92,8 @@ struct Piece {
     end: usize,
     /// A write it answers waits for this turn's fdatasync (`always`).
     journaled: bool,
+    /// It answers a data frame: a `Ran` follows its replies.
+    ran: bool,
     /// Its close follows (QUIT, a protocol error, or the answer to the worker's close).
     close: bool,
 }
@@ -343,6 +348,9 @@ impl Owner {
                 continue;
             }
             frame::data(&mut link.wire.out, p.id, bytes);
+            if p.ran {
+                frame::ran(&mut link.wire.out, p.id);
+            }
             if p.close {
                 frame::close(&mut link.wire.out, p.id);
             }
@@ -407,25 +415,26 @@ fn take_frames(
                     sl.pending.answered(c.peer, capture.done(), counters);
                     sl.added(counters);
                 }
-                let end = link.replies.len();
-                if o.answers > 0 || o.close {
-                    link.pieces.push(Piece {
-                        id,
-                        end,
-                        journaled: o.lsn.is_some(),
-                        close: o.close,
-                    });
-                }
+                link.pieces.push(Piece {
+                    id,
+                    end: link.replies.len(),
+                    journaled: o.lsn.is_some(),
+                    ran: true,
+                    close: o.close,
+                });
                 if o.close {
                     link.clients.remove(&id);
                 }
             }
+            // Only the owner sends it.
+            Frame::Ran { .. } => {}
             Frame::Close { id } => {
                 if link.clients.remove(&id).is_some() {
                     link.pieces.push(Piece {
                         id,
                         end: link.replies.len(),
                         journaled: false,
+                        ran: false,
                         close: true,
                     });
                 }

@@ -678,12 +678,12 @@ impl Shard {
         }
     }
 
-    /// A frame from the owner: replies for a connection, or its close. One for a connection
+    /// A frame from the owner: replies for a connection, that a read was run, or its close.
+    /// One for a connection
     /// already closed here (its slot may hold a new one) is dropped.
     fn on_frame(&mut self, f: Frame<'_>) {
-        let (id, bytes) = match f {
-            Frame::Data { id, bytes } => (id, Some(bytes)),
-            Frame::Close { id } => (id, None),
+        let id = match f {
+            Frame::Data { id, .. } | Frame::Close { id } | Frame::Ran { id } => id,
             Frame::Open { .. } => return,
         };
         let Some(Token::Conn { slot, generation }) = Token::decode(id) else {
@@ -697,12 +697,14 @@ impl Shard {
         else {
             return;
         };
-        match bytes {
-            Some(b) => {
-                let fx = e.conn.on_reply(b);
+        match f {
+            Frame::Data { bytes, .. } => {
+                let fx = e.conn.on_reply(bytes);
                 apply(slot, fx, &mut self.core.counters, &mut self.core.wheel);
             }
-            None => e.conn.on_owner_close(),
+            Frame::Ran { .. } => e.conn.on_ran(),
+            Frame::Close { .. } => e.conn.on_owner_close(),
+            Frame::Open { .. } => {}
         }
         self.drive(slot);
     }
