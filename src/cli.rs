@@ -446,8 +446,11 @@ pub struct UringArgs {
 ///
 /// Built the way the best epoll servers are: edge-triggered, non-blocking, one loop per
 /// shard, no locks, writes straight from the shard's read buffer. Above what one process's
-/// fd limit holds, its shards are worker processes under a master (nginx style). The same
-/// flags, output lines and protocol code as uring-server, so the two compare on equal terms.
+/// fd limit holds, its shards are worker processes under a master (nginx style); with
+/// `--proto redis` one more process, the keyspace owner, holds the keyspace (and the
+/// append-only file and access log) for them all, and is never restarted: if it dies the
+/// keyspace is lost and the server ends. The same flags, output lines and protocol code as
+/// uring-server, so the two compare on equal terms.
 ///
 /// Try: `epoll-server --ports 6000 --stats`, and from another shell `uring-load --ports 6000`.
 #[derive(Parser, Debug, Clone)]
