@@ -329,36 +329,7 @@ impl Owner {
     /// closed without its replies. A write error drops the link.
     fn send_replies(&mut self, slot: usize, durable: bool) {
         let link = &mut self.links[slot];
-        let mut at = 0;
-        let mut failed: Vec<u64> = Vec::new();
-        for p in link.pieces.drain(..) {
-            let bytes = &link.replies[at..p.end];
-            at = p.end;
-            if p.journaled {
-                self.core.counters.aof_held += 1;
-            }
-            if failed.contains(&p.id) {
-                continue;
-            }
-            if p.journaled && !durable {
-                // Never acknowledge a write the file may not hold.
-                failed.push(p.id);
-                link.clients.remove(&p.id);
-                frame::close(&mut link.wire.out, p.id);
-                continue;
-            }
-            frame::data(&mut link.wire.out, p.id, bytes);
-            if p.ran {
-                frame::ran(&mut link.wire.out, p.id);
-            }
-            if p.close {
-                frame::close(&mut link.wire.out, p.id);
-            }
-        }
-        link.replies.clear();
-        if link.replies.capacity() > OUT_BOUND {
-            link.replies = Vec::new();
-        }
+        frame_replies(link, durable, &mut self.core.counters);
         if let Err(e) = link.wire.flush(&mut self.core.counters) {
             crate::server::say(format!(
                 "epoll-server keyspace owner: dropping a worker's link: {e}"
@@ -373,6 +344,42 @@ impl Owner {
         if self.core.begin_stop(Instant::now()) {
             self.listener = None;
         }
+    }
+}
+
+/// Frames `link`'s replies of this turn into its output, in order: each piece's replies,
+/// its `Ran`, its `Close`. Unless `durable`, a client with a piece whose write waited for the
+/// sync is closed there instead, without that reply or any after it.
+fn frame_replies(link: &mut Link, durable: bool, counters: &mut Counters) {
+    let mut at = 0;
+    let mut failed: Vec<u64> = Vec::new();
+    for p in link.pieces.drain(..) {
+        let bytes = &link.replies[at..p.end];
+        at = p.end;
+        if p.journaled {
+            counters.aof_held += 1;
+        }
+        if failed.contains(&p.id) {
+            continue;
+        }
+        if p.journaled && !durable {
+            // Never acknowledge a write the file may not hold.
+            failed.push(p.id);
+            link.clients.remove(&p.id);
+            frame::close(&mut link.wire.out, p.id);
+            continue;
+        }
+        frame::data(&mut link.wire.out, p.id, bytes);
+        if p.ran {
+            frame::ran(&mut link.wire.out, p.id);
+        }
+        if p.close {
+            frame::close(&mut link.wire.out, p.id);
+        }
+    }
+    link.replies.clear();
+    if link.replies.capacity() > OUT_BOUND {
+        link.replies = Vec::new();
     }
 }
 
@@ -442,4 +449,133 @@ fn take_frames(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::redis::{Config, Keyspace, Limits};
+    use crate::server::core::RedisEnv;
+
+    /// An environment serving a journaled keyspace; `hold`: `--appendfsync always`.
+    fn env(hold: bool) -> ProtoEnv {
+        let keyspace = Keyspace::new(Config {
+            maxmemory: None,
+            journal: true,
+        });
+        ProtoEnv {
+            limits: crate::proto::http::Limits::default(),
+            date: crate::proto::http::Date::at(0),
+            now: Instant::now(),
+            redis: Some(RedisEnv::new(Arc::new(keyspace), Limits::default(), hold)),
+        }
+    }
+
+    fn link() -> Link {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        Link {
+            wire: Wire::new(a.into()),
+            generation: 0,
+            clients: HashMap::new(),
+            unread: false,
+            replies: Vec::new(),
+            pieces: Vec::new(),
+        }
+    }
+
+    /// Feeds `frames` (built by `build`) to `link`, then frames its replies.
+    fn turn(link: &mut Link, env: &ProtoEnv, durable: bool, build: impl Fn(&mut Vec<u8>)) {
+        let mut inbox = Inbox::default();
+        let mut bytes = Vec::new();
+        build(&mut bytes);
+        inbox.extend(&bytes);
+        let mut counters = Counters::default();
+        take_frames(&mut inbox, link, env, &mut counters, None).unwrap();
+        frame_replies(link, durable, &mut counters);
+    }
+
+    /// What the link's output holds, frame by frame.
+    fn sent(link: &mut Link) -> Vec<String> {
+        let out = std::mem::take(&mut link.wire.out);
+        let mut frames = Vec::new();
+        let mut at = 0;
+        while let Some((f, used)) = frame::decode(&out[at..]).unwrap() {
+            frames.push(match f {
+                Frame::Data { id, bytes } => format!("{id} {}", String::from_utf8_lossy(bytes)),
+                Frame::Ran { id } => format!("{id} ran"),
+                Frame::Close { id } => format!("{id} close"),
+                Frame::Open { id, .. } => format!("{id} open"),
+            });
+            at += used;
+        }
+        frames
+    }
+
+    #[test]
+    fn each_data_frame_s_replies_are_followed_by_its_ran() {
+        let (env, mut l) = (env(false), link());
+        turn(&mut l, &env, true, |b| {
+            frame::open(b, 1, None);
+            frame::open(b, 2, None);
+            frame::data(b, 1, b"SET k v\r\nGET ");
+            frame::data(b, 2, b"GET k\r\n");
+            frame::data(b, 1, b"k\r\n");
+        });
+        assert_eq!(
+            sent(&mut l),
+            [
+                "1 +OK\r\n",
+                "1 ran",
+                "2 $1\r\nv\r\n",
+                "2 ran",
+                "1 $1\r\nv\r\n",
+                "1 ran"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_sync_closes_the_clients_whose_writes_it_held_without_their_replies() {
+        let (env, mut l) = (env(true), link());
+        turn(&mut l, &env, false, |b| {
+            frame::open(b, 1, None);
+            frame::open(b, 2, None);
+            frame::data(b, 1, b"PING\r\n");
+            frame::data(b, 1, b"SET k v\r\n");
+            frame::data(b, 2, b"PING\r\n");
+            frame::data(b, 1, b"PING\r\n");
+        });
+        assert_eq!(
+            sent(&mut l),
+            ["1 +PONG\r\n", "1 ran", "1 close", "2 +PONG\r\n", "2 ran"]
+        );
+        assert!(!l.clients.contains_key(&1) && l.clients.contains_key(&2));
+    }
+
+    #[test]
+    fn quit_replies_then_closes_and_what_follows_is_dropped() {
+        let (env, mut l) = (env(false), link());
+        turn(&mut l, &env, true, |b| {
+            frame::open(b, 1, None);
+            frame::data(b, 1, b"QUIT\r\nPING\r\n");
+            frame::data(b, 1, b"PING\r\n");
+            // The worker's close crossed the owner's: nothing answers it.
+            frame::close(b, 1);
+        });
+        assert_eq!(sent(&mut l), ["1 +OK\r\n", "1 ran", "1 close"]);
+        assert!(l.clients.is_empty());
+    }
+
+    #[test]
+    fn a_worker_s_close_is_answered_after_the_replies_owed() {
+        let (env, mut l) = (env(false), link());
+        turn(&mut l, &env, true, |b| {
+            frame::open(b, 1, None);
+            frame::data(b, 1, b"PING\r\n");
+            frame::close(b, 1);
+            frame::data(b, 7, b"PING\r\n");
+        });
+        assert_eq!(sent(&mut l), ["1 +PONG\r\n", "1 ran", "1 close"]);
+        assert!(l.clients.is_empty());
+    }
 }
