@@ -5,8 +5,9 @@
 //! differential script's replies as through one process (and as Redis's, if installed),
 //! pipelined and byte-split requests, QUIT and protocol errors closing only their client, a
 //! killed worker's clients dropped while the others go on, the owner's death ending the
-//! server, `always` under a SIGKILL of the whole process group, the access log, and each
-//! command counted once in the master's summary.
+//! server, `always` under a SIGKILL of the whole process group, the access log, each
+//! command counted once in the master's summary, and the memory a client that does not
+//! read can hold.
 
 mod common;
 #[path = "common/redis.rs"]
