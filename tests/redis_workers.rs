@@ -616,3 +616,37 @@ fn a_client_that_does_not_read_holds_at_most_about_one_read_of_replies() {
     drop(c);
     server.stop();
 }
+
+/// redis-benchmark's default run (every command it tries, 20 clients) through the workers:
+/// no error, and the summary counts every command it sent.
+#[test]
+fn redis_benchmark_default_run_has_no_errors_through_workers() {
+    if !common::installed(
+        "command -v redis-benchmark",
+        "redis-benchmark",
+        "redis-tools",
+    ) {
+        return;
+    }
+    let ports = free_ports(2);
+    let server = start(&ports, &[]);
+    let out = Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", ports.split(',').next().unwrap()])
+        .args(["-q", "-n", "1000", "-c", "20"])
+        .output()
+        .expect("run redis-benchmark");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    let rates = text.matches("requests per second").count();
+    assert!(rates >= 15, "a test is missing: {text}");
+    assert!(!text.to_lowercase().contains("err"), "{text}");
+    let stats = server.stop();
+    assert_eq!(u(&stats, "totals.conn_errors"), 0, "{stats}");
+    // 1,000 commands a test, and its CONFIG GETs of save and appendonly at the start.
+    assert_eq!(
+        u(&stats, "totals.requests"),
+        1000 * rates as u64 + 2,
+        "{stats}"
+    );
+}
