@@ -31,8 +31,10 @@
 # --proto redis runs the notes' whole bar: the server speaks Redis, each heartbeat is a SET
 # of that connection's own key with a TTL (uring-load --ratio 1:0 --key-maximum CONNS
 # --key-ttl 120), every reply checked, and the server writes an access log line per command
-# and the append-only file (--appendfsync P, default everysec) to disk. The Reactor's worker processes
-# cannot share one keyspace, so epoll-server refuses it above one process's fd limit.
+# and the append-only file (--appendfsync P, default everysec) to disk. epoll-server's worker
+# processes cannot share memory: its keyspace, file and log are one more process's, the keyspace
+# owner, to which the workers proxy their Redis connections (one thread there runs every
+# command).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

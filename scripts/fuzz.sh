@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every cargo-fuzz target for SECONDS each (default 60): the HTTP parser, the
-# Proactor's connection state machine, the Redis protocol's session. CI runs
+# Proactor's connection state machine, the Redis protocol's session, the Reactor's link
+# frames between Redis workers and the keyspace owner. CI runs
 # `scripts/fuzz.sh 30`; the long run is `scripts/fuzz.sh 3600`. Corpora grow in
 # fuzz/corpus/<target> (seeded from fuzz/seeds/); a finding is saved in
 # fuzz/artifacts/<target>/ and the script exits non-zero.
@@ -27,7 +28,7 @@ else
 fi
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
-for target in http_parser conn_events redis_parser; do
+for target in http_parser conn_events redis_parser link_frames; do
     mkdir -p "corpus/$target"
     echo "== fuzz $target for ${secs}s"
     status=0

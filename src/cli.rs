@@ -446,8 +446,11 @@ pub struct UringArgs {
 ///
 /// Built the way the best epoll servers are: edge-triggered, non-blocking, one loop per
 /// shard, no locks, writes straight from the shard's read buffer. Above what one process's
-/// fd limit holds, its shards are worker processes under a master (nginx style). The same
-/// flags, output lines and protocol code as uring-server, so the two compare on equal terms.
+/// fd limit holds, its shards are worker processes under a master (nginx style); with
+/// `--proto redis` one more process, the keyspace owner, holds the keyspace (and the
+/// append-only file and access log) for them all, and is never restarted: if it dies the
+/// keyspace is lost and the server ends. The same flags, output lines and protocol code as
+/// uring-server, so the two compare on equal terms.
 ///
 /// Try: `epoll-server --ports 6000 --stats`, and from another shell `uring-load --ports 6000`.
 #[derive(Parser, Debug, Clone)]
@@ -471,6 +474,14 @@ pub struct EpollArgs {
     /// Internal: the slot of that count holding this worker's own share.
     #[arg(long, hide = true, requires = "worker_gate_fd")]
     pub worker_share_slot: Option<usize>,
+    /// Internal: Redis, the worker proxies its connections to the keyspace owner listening
+    /// on this abstract unix socket.
+    #[arg(long, hide = true, value_name = "NAME", requires = "worker_index")]
+    pub worker_owner: Option<String>,
+    /// Internal: run as the keyspace owner of a master's Redis workers, listening on this
+    /// abstract unix socket.
+    #[arg(long, hide = true, value_name = "NAME", requires = "worker_cpu")]
+    pub keyspace_owner: Option<String>,
 }
 
 /// The server models of the notes this project comes from, each serving echo.

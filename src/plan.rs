@@ -67,6 +67,9 @@ pub struct Plan {
     pub per_shard: u64,
     /// Shards (rings) one thread drives: 1, or up to all of a core's (Uring).
     pub rings_per_thread: usize,
+    /// Redis over worker processes (Epoll): one more process holds the keyspace, set by the
+    /// engine (the plan itself knows no protocol).
+    pub keyspace_owner: bool,
     /// Things the user should know that do not stop the server.
     pub warnings: Vec<String>,
 }
@@ -123,8 +126,15 @@ impl Plan {
         if self.workers > 1 {
             format!(
                 "plan: {} connections -> {} worker processes of one shard each ({} per core; an \
-                 epoll process holds at most RLIMIT_NOFILE fds), {} per worker planned",
-                self.max_conns, self.workers, per_core, self.per_shard
+                 epoll process holds at most RLIMIT_NOFILE fds){}, {} per worker planned",
+                self.max_conns,
+                self.workers,
+                per_core,
+                match self.keyspace_owner {
+                    true => " and a keyspace owner",
+                    false => "",
+                },
+                self.per_shard
             )
         } else if self.table_slots > 0 {
             format!(
@@ -186,6 +196,7 @@ pub fn worker(cpu: usize, cap: u64) -> Plan {
         per_shard: cap,
         shard_cap: cap,
         rings_per_thread: 1,
+        keyspace_owner: false,
         warnings: Vec::new(),
     }
 }
@@ -365,6 +376,7 @@ pub fn plan(req: &Request, allowed_cpus: &[usize], limits: &HostLimits) -> Resul
         shard_cap,
         per_shard,
         rings_per_thread,
+        keyspace_owner: false,
         warnings,
     })
 }

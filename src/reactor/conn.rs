@@ -13,6 +13,15 @@
 //! is sent, and the close follows at once. After an HTTP answer that ends the connection no
 //! request is read; once its last byte is sent the write side is shut, and what the peer
 //! still sends is read and discarded until its EOF (`Phase::Lingering`).
+//!
+//! Redis in a worker process (`Conn::proxied`): the keyspace is another process's (the
+//! owner, `super::owner`), so what is read is forwarded to it (`Effects::forward`) and its
+//! replies come back later (`on_reply`), queued as output. The next read waits until the
+//! owner has run the last (`on_ran`) and its replies are written, so a peer that does not
+//! read holds at most one read's replies, as in one process. The connection ends with the
+//! owner in a handshake: whichever side closes first, the worker's close (`Op::Unlink`) is
+//! answered by the owner's after every reply owed, and the owner's own (QUIT, a protocol
+//! error) is a closing answer, lingering as HTTP's does.
 
 use crate::proto::http::Reading;
 use crate::proto::{Capture, Done, Session};
@@ -39,6 +48,9 @@ pub enum Op<'a> {
     /// Shut the write side, then report `on_shut`. Its result does not matter: a peer already
     /// gone is seen by the reads that follow.
     ShutWrite,
+    /// Proxied: tell the owner the connection ends (a close frame), then report
+    /// `on_unlinked`; its replies still owed come before its answering close.
+    Unlink,
     /// Close the socket and drop the connection.
     Close,
     /// Nothing until the next readiness event or deadline.
@@ -65,6 +77,8 @@ pub struct Effects {
     /// Redis with `--appendfsync always`: the answers may be written only once the journal
     /// is durable to this position.
     pub lsn: Option<u64>,
+    /// Proxied: the bytes just read (`Bufs::input`) go to the keyspace owner.
+    pub forward: bool,
     /// A write took fewer bytes than offered; the rest is written next.
     pub short_send: bool,
     /// The connection ends on an error (set once per connection).
@@ -121,6 +135,16 @@ enum Phase {
     Closing,
 }
 
+/// A proxied connection's standing with the keyspace owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Open,
+    /// The worker's close is sent; the owner's answering one is awaited.
+    Closing,
+    /// The owner has closed: it holds nothing of the connection any more.
+    Closed,
+}
+
 #[derive(Debug)]
 pub struct Conn {
     phase: Phase,
@@ -135,6 +159,10 @@ pub struct Conn {
     session: Option<Box<Session>>,
     /// With `--access-log`: the requests' fields, and those answered, for the shard.
     log: Option<Box<Capture>>,
+    /// Proxied (Redis in a worker process): its standing with the keyspace owner.
+    link: Option<Link>,
+    /// Proxied: reads forwarded that the owner has not yet run.
+    forwarded: u32,
 }
 
 impl Conn {
@@ -149,7 +177,23 @@ impl Conn {
             queue: Vec::new(),
             session: env.map(|e| Box::new(e.session())),
             log: None,
+            link: None,
+            forwarded: 0,
         }
+    }
+
+    /// A Redis connection just accepted by a worker process, whose bytes go to the keyspace
+    /// owner (the shard has sent it the open frame).
+    pub fn proxied() -> Conn {
+        Conn {
+            link: Some(Link::Open),
+            ..Conn::accepted(None)
+        }
+    }
+
+    /// Proxied, and the owner still holds the connection: it must be told of the close.
+    pub fn owner_open(&self) -> bool {
+        self.link == Some(Link::Open)
     }
 
     /// HTTP, Redis: keep each request's log fields (`--access-log`); `logged` hands them
@@ -192,12 +236,19 @@ impl Conn {
             Owed::Queued { writable: false } | Owed::Held => return Op::Wait,
             Owed::Nothing => {
                 return match self.phase {
+                    // Proxied: the owner runs one read before the next is forwarded.
+                    Phase::Open if self.forwarded > 0 => Op::Wait,
                     Phase::Open | Phase::Lingering { shut: true } => match self.read {
                         Read::Blocked => Op::Wait,
                         Read::Ready | Read::ToEof => Op::Read,
                     },
                     Phase::Lingering { shut: false } => Op::ShutWrite,
-                    Phase::PeerDone | Phase::Draining | Phase::Closing => Op::Close,
+                    Phase::PeerDone | Phase::Draining => match self.link {
+                        Some(Link::Open) => Op::Unlink,
+                        Some(Link::Closing) => Op::Wait,
+                        Some(Link::Closed) | None => Op::Close,
+                    },
+                    Phase::Closing => Op::Close,
                 };
             }
         };
@@ -226,6 +277,10 @@ impl Conn {
             return fx;
         }
         match (&mut self.session, http) {
+            _ if self.link.is_some() => {
+                fx.forward = true;
+                self.forwarded += 1;
+            }
             (Some(session), Some(env)) => {
                 answers.clear();
                 let o = env.input(session, input, answers, self.log.as_deref_mut());
@@ -397,6 +452,46 @@ impl Conn {
         Effects {
             owed: Some(true),
             ..Effects::default()
+        }
+    }
+
+    /// Proxied: the owner sent `bytes` of replies; they are written as output waiting for
+    /// the socket (the send deadline runs), and nothing is read until they are.
+    pub fn on_reply(&mut self, bytes: &[u8]) -> Effects {
+        if self.phase == Phase::Closing || bytes.is_empty() {
+            return Effects::default();
+        }
+        self.queue.extend_from_slice(bytes);
+        match self.owed {
+            Owed::Nothing => {
+                self.owed = Owed::Queued { writable: true };
+                self.sent = 0;
+                Effects {
+                    owed: Some(true),
+                    ..Effects::default()
+                }
+            }
+            _ => Effects::default(),
+        }
+    }
+
+    /// Proxied: the owner has run a read forwarded (its replies came before).
+    pub fn on_ran(&mut self) {
+        self.forwarded = self.forwarded.saturating_sub(1);
+    }
+
+    /// Proxied: the worker's close was sent to the owner.
+    pub fn on_unlinked(&mut self) {
+        self.link = Some(Link::Closing);
+    }
+
+    /// Proxied: the owner closed the connection. After the worker's close it only answers
+    /// it; on its own (QUIT, a protocol error) it is a closing answer: the replies are
+    /// written, then the write side is shut and the rest of the input discarded.
+    pub fn on_owner_close(&mut self) {
+        self.link = Some(Link::Closed);
+        if self.phase == Phase::Open {
+            self.phase = Phase::Lingering { shut: false };
         }
     }
 
@@ -897,6 +992,90 @@ mod tests {
         c.abort();
         c.on_ready(OUT);
         assert_eq!(s.next(&c), Op::Close);
+    }
+
+    #[test]
+    fn a_proxied_connection_forwards_its_reads_and_writes_the_owners_replies() {
+        let (mut c, mut s) = (Conn::proxied(), Shard::default());
+        c.on_ready(IN);
+        let fx = s.recv(&mut c, b"PING\r\nPI", false);
+        assert_eq!((fx.forward, fx.answered), (true, 0));
+        assert_eq!(
+            s.next(&c),
+            Op::Wait,
+            "the owner runs a read before the next"
+        );
+        assert_eq!(c.on_reply(b"+PONG\r\n").owed, Some(true));
+        // More replies while some are queued join them.
+        assert_eq!(c.on_reply(b"+PONG\r\n"), Effects::default());
+        s.sent(&mut c, 3);
+        s.blocked(&mut c);
+        c.on_ready(IN);
+        assert_eq!(s.next(&c), Op::Wait, "no read while replies are owed");
+        c.on_ready(OUT);
+        assert_eq!(s.offered(&c), b"NG\r\n+PONG\r\n");
+        assert_eq!(s.sent(&mut c, 11).1, wrote_queue());
+        assert_eq!(s.next(&c), Op::Wait);
+        c.on_ran();
+        // Reading resumes, on to EAGAIN.
+        assert_eq!(s.next(&c), Op::Read);
+        c.on_read_blocked();
+        assert_eq!(s.next(&c), Op::Wait);
+    }
+
+    #[test]
+    fn a_proxied_connection_s_eof_waits_for_the_owner_s_answering_close() {
+        let (mut c, mut s) = (Conn::proxied(), Shard::default());
+        c.on_ready(IN | RDHUP);
+        assert!(s.recv(&mut c, b"SET k v\r\nGET k\r\n", true).forward);
+        assert_eq!(s.next(&c), Op::Wait);
+        c.on_reply(b"+OK\r\n");
+        s.sent(&mut c, 5);
+        c.on_ran();
+        assert_eq!(s.next(&c), Op::Read);
+        c.on_eof();
+        assert_eq!(s.next(&c), Op::Unlink);
+        assert!(c.owner_open());
+        c.on_unlinked();
+        assert!(!c.owner_open(), "the shard sent its close once");
+        assert_eq!(s.next(&c), Op::Wait, "the owner's close is awaited");
+        c.on_reply(b"$1\r\nv\r\n");
+        s.sent(&mut c, 7);
+        assert_eq!(s.next(&c), Op::Wait);
+        c.on_owner_close();
+        assert_eq!(s.next(&c), Op::Close);
+    }
+
+    #[test]
+    fn the_owner_s_own_close_is_a_closing_answer_that_lingers() {
+        let (mut c, mut s) = (Conn::proxied(), Shard::default());
+        c.on_ready(IN);
+        s.recv(&mut c, b"QUIT\r\nPING\r\n", true);
+        c.on_reply(b"+OK\r\n");
+        c.on_owner_close();
+        s.sent(&mut c, 5);
+        assert_eq!(s.next(&c), Op::ShutWrite);
+        c.on_shut();
+        c.on_ready(IN | RDHUP);
+        let fx = s.recv(&mut c, b"PING\r\n", true);
+        assert!(!fx.forward, "what follows the close is discarded");
+        c.on_eof();
+        assert_eq!(
+            s.next(&c),
+            Op::Close,
+            "the owner holds nothing: no close for it"
+        );
+    }
+
+    #[test]
+    fn an_aborted_proxied_connection_closes_at_once_and_still_owes_the_owner_its_close() {
+        let (mut c, mut s) = (Conn::proxied(), Shard::default());
+        c.on_ready(IN);
+        s.recv(&mut c, b"GET k\r\n", true);
+        c.abort();
+        assert_eq!(s.next(&c), Op::Close);
+        assert!(c.owner_open());
+        assert_eq!(c.on_reply(b"$-1\r\n"), Effects::default());
     }
 
     #[test]

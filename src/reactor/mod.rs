@@ -1,16 +1,21 @@
 //! The Reactor: an edge-triggered epoll echo server, the baseline the Proactor is measured
 //! against. Where one process's fd limit holds the target, the shards are threads of one
-//! process; where it does not, they are worker processes (nginx style) under a master.
+//! process; where it does not, they are worker processes (nginx style) under a master,
+//! and Redis's one keyspace is held by one more process, the keyspace owner (`owner`), to
+//! which the workers proxy their Redis connections.
 
 pub mod conn;
+pub mod frame;
+pub mod link;
 pub mod log;
+pub mod owner;
 pub mod shard;
 pub mod worker;
 
 use std::io;
 use std::sync::Arc;
 
-use crate::cli::{EpollArgs, ServerArgs};
+use crate::cli::{EpollArgs, Proto, ServerArgs};
 use crate::error::{Error, Result};
 use crate::plan::{self, EngineKind, Plan};
 use crate::server::{self, Engine, Output, ShardCtx};
@@ -24,6 +29,8 @@ struct EpollConfig {
     /// Connections each shard may hold: its share of the process's fds.
     cap: usize,
     batch_usec: u32,
+    /// A Redis worker: the keyspace owner's socket, to which its connections are proxied.
+    owner: Option<String>,
 }
 
 impl EpollConfig {
@@ -31,6 +38,7 @@ impl EpollConfig {
         EpollConfig {
             cap: plan.shard_cap as usize,
             batch_usec: args.batch_usec(EngineKind::Epoll),
+            owner: None,
         }
     }
 }
@@ -50,7 +58,7 @@ impl Engine for EpollConfig {
     ) -> io::Result<Vec<Counters>> {
         let [ctx] = <[ShardCtx; 1]>::try_from(ctxs)
             .unwrap_or_else(|c| panic!("a Reactor thread runs one shard, not {}", c.len()));
-        let shard = Shard::new(ctx, self.cap)?;
+        let shard = Shard::new(ctx, self.cap, self.owner.as_deref())?;
         ready();
         Ok(vec![shard.run()?])
     }
@@ -59,27 +67,14 @@ impl Engine for EpollConfig {
 /// Checks the flags and plans, starting nothing (`--check-config`).
 pub fn check(args: &EpollArgs) -> Result<Plan> {
     server::validate(&args.server)?;
-    let plan = server::make_plan(&args.server, EngineKind::Epoll, 1)?;
-    one_keyspace(&args.server, &plan)?;
-    Ok(plan)
+    make_plan(&args.server)
 }
 
-/// Redis serves one keyspace, which the shards of one process share: worker processes
-/// would each hold their own, silently disagreeing, so a plan that needs them is refused.
-fn one_keyspace(args: &ServerArgs, plan: &Plan) -> Result<()> {
-    if args.proto == crate::cli::Proto::Redis && plan.workers > 1 {
-        return Err(Error::Limit {
-            what: format!(
-                "--proto redis serves one keyspace from one process, and {} connections need \
-                 {} worker processes here (each holds {})",
-                plan.max_conns, plan.workers, plan.shard_cap
-            ),
-            fix: "lower --max-conns to what one process holds, raise the hard RLIMIT_NOFILE, \
-                  or use uring-server (its connections take no fds)"
-                .into(),
-        });
-    }
-    Ok(())
+/// The plan; with Redis and worker processes, it has a keyspace owner too.
+fn make_plan(args: &ServerArgs) -> Result<Plan> {
+    let mut plan = server::make_plan(args, EngineKind::Epoll, 1)?;
+    plan.keyspace_owner = args.proto == Proto::Redis && plan.workers > 1;
+    Ok(plan)
 }
 
 /// Runs the server (or, with the hidden `--worker-*` flags, one worker of it) until
@@ -87,6 +82,9 @@ fn one_keyspace(args: &ServerArgs, plan: &Plan) -> Result<()> {
 pub fn run(args: &EpollArgs) -> Result<Summary> {
     server::validate(&args.server)?;
     sys::block_stop_signals().map_err(|e| Error::io("blocking signals", e))?;
+    if let (Some(name), Some(cpu)) = (&args.keyspace_owner, args.worker_cpu) {
+        return run_owner(&args.server, name, cpu);
+    }
     if let (Some(_), Some(cpu), Some(cap)) = (args.worker_index, args.worker_cpu, args.worker_cap) {
         return run_worker(
             &args.server,
@@ -94,11 +92,11 @@ pub fn run(args: &EpollArgs) -> Result<Summary> {
             cap,
             args.worker_gate_fd,
             args.worker_share_slot,
+            args.worker_owner.as_deref(),
         );
     }
     let pid_file = server::PidFile::claim(&args.server)?;
-    let plan = server::make_plan(&args.server, EngineKind::Epoll, 1)?;
-    one_keyspace(&args.server, &plan)?;
+    let plan = make_plan(&args.server)?;
     server::check_ports(&args.server)?;
     server::print_plan("epoll-server", &plan);
     if plan.workers > 1 {
@@ -117,15 +115,36 @@ pub fn run(args: &EpollArgs) -> Result<Summary> {
     )
 }
 
+/// Runs the keyspace owner of a master's Redis workers on `cpu`, listening for their links
+/// on the abstract unix socket `name`: the keyspace, the append-only file (replayed here)
+/// and the access log are this process's.
+fn run_owner(args: &ServerArgs, name: &str, cpu: usize) -> Result<Summary> {
+    let listener = link::listen(name)
+        .map_err(|e| Error::io(format!("listening for workers on @{name}"), e))?;
+    let plan = plan::worker(cpu, 0);
+    server::serve(
+        &owner::OwnerEngine,
+        args,
+        &plan,
+        &plan.threads(),
+        vec![vec![listener]],
+        Output::Worker,
+        None,
+        None,
+    )
+}
+
 /// Runs one worker process's single shard on `cpu`, holding at most `cap` connections, for
 /// the master that started it (and, with `--max-conns`, counting them in the master's
-/// shared counter at `gate_fd`, its own share of it in slot `share`).
+/// shared counter at `gate_fd`, its own share of it in slot `share`). A Redis worker
+/// proxies its connections to the keyspace owner on `owner`.
 fn run_worker(
     args: &ServerArgs,
     cpu: usize,
     cap: u64,
     gate_fd: Option<i32>,
     share: Option<usize>,
+    owner: Option<&str>,
 ) -> Result<Summary> {
     let gate = match (gate_fd, args.max_conns) {
         (Some(fd), Some(max)) => {
@@ -144,8 +163,22 @@ fn run_worker(
     };
     let listeners = server::bind_listeners(args, 1, true, sys::LISTEN_BACKLOG)?;
     let plan = plan::worker(cpu, cap);
+    // A Redis worker only carries bytes: the keyspace, the append-only file and the access
+    // log are the owner's, so none is opened here.
+    let mut local = args.clone();
+    if owner.is_some() {
+        local.proto = Proto::Echo;
+        local.appendonly = None;
+        local.maxmemory = None;
+        local.access_log = "off".into();
+    }
+    let args = &local;
+    let config = EpollConfig {
+        owner: owner.map(str::to_string),
+        ..EpollConfig::new(args, &plan)
+    };
     server::serve(
-        &EpollConfig::new(args, &plan),
+        &config,
         args,
         &plan,
         &plan.threads(),

@@ -19,6 +19,13 @@
 //! Each read lands in one buffer per shard (no buffer held by an idle connection) and HTTP's
 //! answers to it in a second one; the reply is written from there (see `conn`).
 //!
+//! Redis in a worker process: the connections are proxied (`Conn::proxied`) to the keyspace
+//! owner over the shard's link (`link::Wire`, token `Token::Link`). What they read is
+//! framed into the link's output, written once at the end of the turn; its replies are
+//! decoded from the link as they come and handed to their connections. While the link's
+//! output is above its bound, connections that would read are noted (`paused`) and read
+//! again once it is written.
+//!
 //! Beyond the `--max-conns` cap (shared by the process's shards) a connection is closed as
 //! soon as it is accepted. Idle and header deadlines live in one timer wheel per shard
 //! (`timer::Wheel`), keyed by slot; epoll_wait returns at least once per tick while any is set.
@@ -30,6 +37,8 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use super::conn::{Bufs, Conn, Effects, Op};
+use super::frame::{self, Frame};
+use super::link::{self, Wire};
 use super::log::ShardLog;
 use std::sync::Arc;
 
@@ -55,6 +64,8 @@ pub enum Token {
     Wake,
     /// The shard's listener of this index.
     Listener(u32),
+    /// A Redis worker's link to the keyspace owner.
+    Link,
     Conn {
         slot: u32,
         generation: u32,
@@ -65,11 +76,13 @@ pub enum Token {
 pub const GEN_MASK: u32 = 0x7FFF_FFFF;
 const RESERVED: u64 = 1 << 63;
 const WAKE: u64 = u64::MAX;
+const LINK: u64 = u64::MAX - 1;
 
 impl Token {
     pub fn encode(self) -> u64 {
         match self {
             Token::Wake => WAKE,
+            Token::Link => LINK,
             Token::Listener(l) => RESERVED | u64::from(l),
             Token::Conn { slot, generation } => {
                 u64::from(generation & GEN_MASK) << 32 | u64::from(slot)
@@ -81,6 +94,7 @@ impl Token {
     pub fn decode(v: u64) -> Option<Token> {
         match v {
             WAKE => Some(Token::Wake),
+            LINK => Some(Token::Link),
             _ if v & RESERVED == 0 => Some(Token::Conn {
                 slot: v as u32,
                 generation: (v >> 32) as u32,
@@ -123,10 +137,15 @@ pub struct Shard {
     aof: Option<Arc<Aof>>,
     /// Connections (slot, generation) whose replies wait for this turn's fdatasync.
     held: Vec<(usize, u32)>,
+    /// A Redis worker's link to the keyspace owner: its connections are proxied.
+    link: Option<Wire>,
+    /// Connections (slot, generation) that would read while the link's output was above
+    /// its bound.
+    paused: Vec<(usize, u32)>,
 }
 
 /// The journal of the keyspace a shard with an append-only file serves.
-fn journal(proto: &Option<ProtoEnv>) -> &Journal {
+pub(super) fn journal(proto: &Option<ProtoEnv>) -> &Journal {
     proto
         .as_ref()
         .and_then(|p| p.redis.as_ref())
@@ -171,8 +190,25 @@ fn apply(slot: usize, fx: Effects, counters: &mut Counters, wheel: &mut Wheel) {
 }
 
 impl Shard {
-    pub fn new(ctx: ShardCtx, cap: usize) -> io::Result<Self> {
+    /// A shard holding at most `cap` connections; a Redis worker's connects to the
+    /// keyspace owner listening on `owner`.
+    pub fn new(ctx: ShardCtx, cap: usize, owner: Option<&str>) -> io::Result<Self> {
         let epoll = sys::epoll_create()?;
+        let link = match owner {
+            Some(name) => {
+                let fd = link::connect(name).map_err(|e| {
+                    io::Error::new(e.kind(), format!("connecting to the keyspace owner: {e}"))
+                })?;
+                sys::epoll_add(
+                    epoll.as_raw_fd(),
+                    fd.as_raw_fd(),
+                    CONN_EVENTS,
+                    Token::Link.encode(),
+                )?;
+                Some(Wire::new(fd))
+            }
+            None => None,
+        };
         for (l, fd) in ctx.listeners.iter().enumerate() {
             let ev = (libc::EPOLLIN | libc::EPOLLET) as u32;
             let token = Token::Listener(l as u32).encode();
@@ -204,6 +240,8 @@ impl Shard {
                 .map(|(file, cap, fsync)| ShardLog::new(Pending::new(file, cap, fsync))),
             aof: ctx.redis.as_ref().and_then(|r| r.aof.clone()),
             held: Vec::new(),
+            link,
+            paused: Vec::new(),
         })
     }
 
@@ -242,6 +280,7 @@ impl Shard {
                 match Token::decode(ev.u64) {
                     Some(Token::Wake) => self.begin_stop(),
                     Some(Token::Listener(l)) => self.accept_all(l as usize)?,
+                    Some(Token::Link) => self.link_ready(ev.events)?,
                     Some(Token::Conn { slot, generation }) => {
                         let slot = slot as usize;
                         match self.conns.get_mut(slot) {
@@ -265,6 +304,7 @@ impl Shard {
                 self.for_each_conn(Conn::abort);
             }
             self.write_journal();
+            self.flush_link()?;
             let done = self.core.stopping() && self.conns.is_empty();
             if let Some(log) = &mut self.log {
                 log.maybe_flush(Instant::now(), done, &mut self.core.counters);
@@ -359,16 +399,26 @@ impl Shard {
                         let peer = sys::peer_addr(fd.as_raw_fd()).ok();
                         Box::new(ConnLog::new(peer, Instant::now()))
                     });
-                    entry.insert(Entry {
-                        fd,
-                        generation: self.next_gen,
-                        conn: {
+                    let conn = match &mut self.link {
+                        Some(wire) => {
+                            // The owner logs its commands, so it is told the peer.
+                            self.core.counters.syscalls += 1;
+                            let peer = sys::peer_addr(fd.as_raw_fd()).ok();
+                            frame::open(&mut wire.out, token.encode(), peer);
+                            Conn::proxied()
+                        }
+                        None => {
                             let mut c = Conn::accepted(self.core.proto.as_ref());
                             if self.log.is_some() {
                                 c.log_requests();
                             }
                             c
-                        },
+                        }
+                    };
+                    entry.insert(Entry {
+                        fd,
+                        generation: self.next_gen,
+                        conn,
                         log,
                     });
                     self.core.counters.accepted += 1;
@@ -402,6 +452,8 @@ impl Shard {
             answers,
             log: shard_log,
             held,
+            link,
+            paused,
             ..
         } = self;
         let ShardCore {
@@ -427,6 +479,11 @@ impl Shard {
             let fx = match conn.next(bufs) {
                 Op::Wait => return,
                 Op::Close => break,
+                Op::Read if link.as_ref().is_some_and(Wire::congested) => {
+                    // Read again once the owner has taken the link's output.
+                    paused.push((slot, *generation));
+                    return;
+                }
                 Op::Read => {
                     counters.syscalls += 1;
                     match sys::read(fd, buf) {
@@ -443,6 +500,13 @@ impl Shard {
                             input = n;
                             let fx =
                                 conn.on_recv(&buf[..n], n < buf.len(), proto.as_ref(), answers);
+                            if let (true, Some(wire)) = (fx.forward, link.as_mut()) {
+                                let id = Token::Conn {
+                                    slot: slot as u32,
+                                    generation: *generation,
+                                };
+                                frame::data(&mut wire.out, id.encode(), &buf[..n]);
+                            }
                             if fx.lsn.is_some() {
                                 // `always`: the replies wait for the turn's fdatasync.
                                 held.push((slot, *generation));
@@ -479,6 +543,17 @@ impl Shard {
                         Err(e) if is_intr(&e) => continue,
                         Err(_) => conn.on_write_error(),
                     }
+                }
+                Op::Unlink => {
+                    if let Some(wire) = link.as_mut() {
+                        let id = Token::Conn {
+                            slot: slot as u32,
+                            generation: *generation,
+                        };
+                        frame::close(&mut wire.out, id.encode());
+                    }
+                    conn.on_unlinked();
+                    continue;
                 }
                 Op::ShutWrite => {
                     counters.syscalls += 1;
@@ -542,6 +617,13 @@ impl Shard {
     fn close(&mut self, slot: usize) {
         // Dropping the fd closes it, which also takes it out of the epoll set.
         let gone = self.conns.remove(slot);
+        if let (true, Some(wire)) = (gone.conn.owner_open(), &mut self.link) {
+            let id = Token::Conn {
+                slot: slot as u32,
+                generation: gone.generation,
+            };
+            frame::close(&mut wire.out, id.encode());
+        }
         if gone.conn.waits_for_peer() {
             self.core.counters.output_owed -= 1;
         }
@@ -558,6 +640,103 @@ impl Shard {
         self.core.counters.closed += 1;
     }
 
+    /// An event on the link to the keyspace owner: EPOLLOUT lets the end of the turn write
+    /// again; anything else reads it to EAGAIN, handing each frame to its connection. The
+    /// owner gone (EOF, an error, bytes that are no frame) ends the worker: its
+    /// connections' keyspace is lost.
+    fn link_ready(&mut self, events: u32) -> io::Result<()> {
+        let Some(wire) = &mut self.link else {
+            return Ok(());
+        };
+        if events & libc::EPOLLOUT as u32 != 0 {
+            wire.writable();
+        }
+        if events & !(libc::EPOLLOUT as u32) == 0 {
+            return Ok(());
+        }
+        loop {
+            let Some(wire) = &mut self.link else {
+                return Ok(());
+            };
+            match wire.read_once(&mut self.core.counters)? {
+                None => return Ok(()),
+                Some(0) => return Err(owner_gone("closed the link")),
+                Some(_) => {}
+            }
+            let mut inbox = std::mem::take(&mut wire.inbox);
+            let taken = loop {
+                match inbox.next_frame() {
+                    Ok(Some(f)) => self.on_frame(f),
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(owner_gone(&e.to_string())),
+                }
+            };
+            if let Some(wire) = &mut self.link {
+                wire.inbox = inbox;
+            }
+            taken?;
+        }
+    }
+
+    /// A frame from the owner: replies for a connection, that a read was run, or its close.
+    /// One for a connection
+    /// already closed here (its slot may hold a new one) is dropped.
+    fn on_frame(&mut self, f: Frame<'_>) {
+        let id = match f {
+            Frame::Data { id, .. } | Frame::Close { id } | Frame::Ran { id } => id,
+            Frame::Open { .. } => return,
+        };
+        let Some(Token::Conn { slot, generation }) = Token::decode(id) else {
+            return;
+        };
+        let slot = slot as usize;
+        let Some(e) = self
+            .conns
+            .get_mut(slot)
+            .filter(|e| e.generation == generation)
+        else {
+            return;
+        };
+        match f {
+            Frame::Data { bytes, .. } => {
+                let fx = e.conn.on_reply(bytes);
+                apply(slot, fx, &mut self.core.counters, &mut self.core.wheel);
+            }
+            Frame::Ran { .. } => e.conn.on_ran(),
+            Frame::Close { .. } => e.conn.on_owner_close(),
+            Frame::Open { .. } => {}
+        }
+        self.drive(slot);
+    }
+
+    /// The end of a turn: the frames it gathered go to the owner in one write; once the
+    /// link's output is under its bound, the connections it paused read again.
+    fn flush_link(&mut self) -> io::Result<()> {
+        let Some(wire) = &mut self.link else {
+            return Ok(());
+        };
+        wire.flush(&mut self.core.counters)
+            .map_err(|e| owner_gone(&e.to_string()))?;
+        if wire.congested() || self.paused.is_empty() {
+            return Ok(());
+        }
+        for (slot, generation) in std::mem::take(&mut self.paused) {
+            if self
+                .conns
+                .get(slot)
+                .is_some_and(|e| e.generation == generation)
+            {
+                self.drive(slot);
+            }
+        }
+        match &mut self.link {
+            Some(wire) => wire
+                .flush(&mut self.core.counters)
+                .map_err(|e| owner_gone(&e.to_string())),
+            None => Ok(()),
+        }
+    }
+
     fn begin_stop(&mut self) {
         if !self.core.begin_stop(Instant::now()) {
             return;
@@ -569,6 +748,14 @@ impl Shard {
     }
 }
 
+/// The error that ends a Redis worker whose keyspace owner is gone.
+fn owner_gone(why: &str) -> io::Error {
+    io::Error::other(format!(
+        "the keyspace owner is gone ({why}): its keyspace is lost, and the master ends the \
+         server"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -577,6 +764,7 @@ mod tests {
     fn tokens_round_trip() {
         for t in [
             Token::Wake,
+            Token::Link,
             Token::Listener(0),
             Token::Listener(49),
             Token::Listener(u32::MAX),
@@ -616,6 +804,6 @@ mod tests {
     #[test]
     fn unknown_tokens_are_none() {
         assert_eq!(Token::decode(RESERVED | 1 << 32), None);
-        assert_eq!(Token::decode(u64::MAX - 1), None);
+        assert_eq!(Token::decode(u64::MAX - 2), None);
     }
 }

@@ -6,6 +6,13 @@
 //! forwards SIGINT/SIGTERM by PID, restarts a worker that dies, and exits once all have. On
 //! SIGHUP the master reads the config file again and writes what can change live to each
 //! worker's stdin (`server::LiveSettings`, one JSON line), and restarts take it too.
+//!
+//! Redis: the master first starts the keyspace owner (`super::owner`, the same binary with
+//! the hidden `--keyspace-owner`), waits for it to be ready, then the workers, which proxy
+//! to it. Its counters are summed as a worker's (the last of `per_shard`). It is not
+//! restarted: the keyspace would be lost, so its death ends the server (exit 1). At the
+//! stop the workers go first (they finish what their clients are owed, which the owner
+//! answers), then the owner, which writes out the journal last.
 
 use clap::ValueEnum;
 use std::cell::Cell;
@@ -15,6 +22,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use super::link;
 use crate::cli::ServerArgs;
 use crate::error::{Error, Result};
 use crate::plan::{EngineKind, Plan};
@@ -88,6 +96,17 @@ struct Spawner<'a> {
     plan: &'a Plan,
     gate: Option<&'a sys::SharedCounter>,
     tx: mpsc::Sender<Msg>,
+    /// Redis: the keyspace owner's socket name.
+    owner: Option<String>,
+}
+
+/// What a child of the master runs as.
+#[derive(Debug, Clone, Copy)]
+enum Role<'a> {
+    /// A worker; with Redis, proxying to the keyspace owner on this socket.
+    Worker { owner: Option<&'a str> },
+    /// The keyspace owner, listening on this socket.
+    Owner(&'a str),
 }
 
 impl Spawner<'_> {
@@ -100,10 +119,28 @@ impl Spawner<'_> {
             self.plan.shard_cap,
             self.gate,
             self.tx.clone(),
+            Role::Worker {
+                owner: self.owner.as_deref(),
+            },
+        )
+    }
+
+    /// The keyspace owner, as child `self.plan.workers` (after the workers' slots).
+    fn spawn_owner(&self, name: &str) -> Result<Child> {
+        spawn(
+            &self.settings.get().over(self.args),
+            self.plan.workers,
+            0,
+            self.plan.shard_cpus[0],
+            0,
+            None,
+            self.tx.clone(),
+            Role::Owner(name),
         )
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn spawn(
     args: &ServerArgs,
     index: usize,
@@ -112,6 +149,7 @@ fn spawn(
     cap: u64,
     gate: Option<&sys::SharedCounter>,
     tx: mpsc::Sender<Msg>,
+    role: Role<'_>,
 ) -> Result<Child> {
     let exe = std::env::current_exe().map_err(|e| Error::io("finding this program", e))?;
     let mut cmd = Command::new(exe);
@@ -120,6 +158,32 @@ fn spawn(
     }
     // The master speaks to systemd for its workers (NotifyAccess=main would drop theirs).
     cmd.env_remove("NOTIFY_SOCKET");
+    match role {
+        Role::Worker { owner } => {
+            cmd.args(["--worker-index", &index.to_string()])
+                .args(["--worker-cap", &cap.to_string()]);
+            if let Some(name) = owner {
+                cmd.args(["--worker-owner", name]);
+            }
+        }
+        Role::Owner(name) => {
+            cmd.args(["--keyspace-owner", name])
+                .args(["--max-bulk-bytes", &args.max_bulk_bytes.to_string()])
+                .args([
+                    "--appendfsync",
+                    args.appendfsync
+                        .to_possible_value()
+                        .expect("no variant is skipped")
+                        .get_name(),
+                ]);
+            if let Some(path) = &args.appendonly {
+                cmd.arg("--appendonly").arg(path);
+            }
+            if let Some(max) = args.maxmemory {
+                cmd.args(["--maxmemory", &max.to_string()]);
+            }
+        }
+    }
     if let (Some(max), Some(gate)) = (args.max_conns, gate) {
         // Every worker counts its connections in the one shared counter, against the cap.
         // ...and its own share in slot 1 + index, which the master gives back if it dies.
@@ -156,18 +220,15 @@ fn spawn(
             "--batch-usec",
             &args.batch_usec(EngineKind::Epoll).to_string(),
         ])
-        .args([
-            "--worker-index",
-            &index.to_string(),
-            "--worker-cpu",
-            &cpu.to_string(),
-        ])
-        .args(["--worker-cap", &cap.to_string()])
+        .args(["--worker-cpu", &cpu.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .map_err(|e| Error::io("starting a worker process", e))?;
+        .map_err(|e| match role {
+            Role::Worker { .. } => Error::io("starting a worker process", e),
+            Role::Owner(_) => Error::io("starting the keyspace owner", e),
+        })?;
     let stdout = child.stdout.take().expect("stdout was piped");
     thread::spawn(move || {
         for line in BufReader::new(stdout)
@@ -264,7 +325,11 @@ pub fn run_master(
         None => None,
     };
     // What `--metrics` serves: each worker's latest counters, copied in by `supervise`.
-    let latest = Arc::new(Mutex::new(vec![Counters::default(); plan.workers]));
+    let owner = plan
+        .keyspace_owner
+        .then(|| link::socket_name(std::process::id()));
+    let children = plan.workers + usize::from(owner.is_some());
+    let latest = Arc::new(Mutex::new(vec![Counters::default(); children]));
     if let Some(addr) = args.metrics {
         let latest = latest.clone();
         let source = Arc::new(move || latest.lock().map(|l| l.clone()).unwrap_or_default());
@@ -276,19 +341,29 @@ pub fn run_master(
         plan,
         gate: gate.as_ref(),
         tx,
+        owner,
     };
-    let mut workers = Vec::with_capacity(plan.workers);
+    // The owner listens before any worker connects to it.
+    let owner = match &spawner.owner {
+        Some(name) => Some(start_owner(&spawner, name, &rx)?),
+        None => None,
+    };
+    let mut workers = Vec::with_capacity(children);
     for index in 0..plan.workers {
         match spawner.spawn(index, 0) {
             Ok(child) => workers.push(Worker::new(child)),
             Err(e) => {
+                workers.extend(owner);
                 signal_all(&mut workers, libc::SIGKILL);
                 return Err(e);
             }
         }
     }
-
     let mut ready = vec![false; workers.len()];
+    if let Some(o) = owner {
+        workers.push(o);
+        ready.push(true);
+    }
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut failure = None;
     while failure.is_none() && !ready.iter().all(|r| *r) {
@@ -346,26 +421,12 @@ pub fn run_master(
         }
     }
 
-    // Stop every worker and wait for all, cutting off any that outlive the shutdown timeout.
-    signal_all(&mut workers, libc::SIGTERM);
-    let limit = Instant::now()
-        + Duration::from_secs_f64(spawner.settings.get().shutdown_timeout)
-        + Duration::from_secs(5);
-    while workers.iter().any(|w| !w.eof) {
-        match rx.recv_timeout(limit.saturating_duration_since(Instant::now())) {
-            Ok(Msg::Line(i, g, line)) if g == workers[i].generation => {
-                take_line(&mut workers[i], &line)
-            }
-            Ok(Msg::Eof(i, g)) if g == workers[i].generation => workers[i].eof = true,
-            Ok(_) => {}
-            Err(_) => {
-                signal_all(&mut workers, libc::SIGKILL);
-                failure.get_or_insert(Error::Shard {
-                    shard: 0,
-                    reason: "a worker did not stop in time and was killed".into(),
-                });
-                break;
-            }
+    // Stop every worker and wait for all, cutting off any that outlive the shutdown timeout;
+    // then the keyspace owner, which answers the workers until they are gone.
+    let timeout = Duration::from_secs_f64(spawner.settings.get().shutdown_timeout);
+    for which in [0..plan.workers, plan.workers..workers.len()] {
+        if let Some(e) = stop(&mut workers, which, &rx, timeout) {
+            failure.get_or_insert(e);
         }
     }
     for (i, w) in workers.iter_mut().enumerate() {
@@ -408,6 +469,55 @@ pub fn run_master(
         });
     }
     Ok(summary)
+}
+
+/// Starts the keyspace owner listening on `name`, and waits until it is ready.
+fn start_owner(spawner: &Spawner<'_>, name: &str, rx: &mpsc::Receiver<Msg>) -> Result<Worker> {
+    let mut owner = Worker::new(spawner.spawn_owner(name)?);
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let failure = loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(Msg::Line(_, _, line)) if line == "ready" => return Ok(owner),
+            Ok(Msg::Line(..)) => {}
+            Ok(Msg::Eof(..)) => break "exited before it was ready (its error is above)",
+            Err(_) => break "was not ready in time",
+        }
+    };
+    let _ = sys::kill(owner.child.id(), libc::SIGKILL);
+    let _ = owner.child.wait();
+    Err(Error::Shard {
+        shard: spawner.plan.workers,
+        reason: format!("the keyspace owner {failure}"),
+    })
+}
+
+/// Sends SIGTERM to `workers[which]` and waits for their last lines, killing them if they
+/// outlive the shutdown `timeout` (plus 5 s).
+fn stop(
+    workers: &mut [Worker],
+    which: std::ops::Range<usize>,
+    rx: &mpsc::Receiver<Msg>,
+    timeout: Duration,
+) -> Option<Error> {
+    signal_all(&mut workers[which.clone()], libc::SIGTERM);
+    let limit = Instant::now() + timeout + Duration::from_secs(5);
+    while workers[which.clone()].iter().any(|w| !w.eof) {
+        match rx.recv_timeout(limit.saturating_duration_since(Instant::now())) {
+            Ok(Msg::Line(i, g, line)) if g == workers[i].generation => {
+                take_line(&mut workers[i], &line)
+            }
+            Ok(Msg::Eof(i, g)) if g == workers[i].generation => workers[i].eof = true,
+            Ok(_) => {}
+            Err(_) => {
+                signal_all(&mut workers[which.clone()], libc::SIGKILL);
+                return Some(Error::Shard {
+                    shard: which.start,
+                    reason: "a worker did not stop in time and was killed".into(),
+                });
+            }
+        }
+    }
+    None
 }
 
 /// What became of the workers: the slots that died, and the slots restarted (one entry
@@ -463,7 +573,23 @@ fn supervise(
             }
         }
         let now = Instant::now();
-        for (i, w) in workers.iter_mut().enumerate() {
+        if spawner.owner.is_some()
+            && let Some(o) = workers.get_mut(spawner.plan.workers)
+            && let Ok(Some(st)) = o.child.try_wait()
+        {
+            o.exited = true;
+            server::say(format!(
+                "epoll-server: the keyspace owner (pid {}) died: {st}; the keyspace is lost \
+                 with it (it is not restarted), so the server ends",
+                o.child.id()
+            ));
+            fate.died.push(spawner.plan.workers);
+            return Some(Error::Shard {
+                shard: spawner.plan.workers,
+                reason: "the keyspace owner died".into(),
+            });
+        }
+        for (i, w) in workers.iter_mut().enumerate().take(spawner.plan.workers) {
             if !w.exited
                 && let Ok(Some(st)) = w.child.try_wait()
             {
