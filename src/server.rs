@@ -641,16 +641,18 @@ pub fn serve<E: Engine>(
     let stopped = std::sync::atomic::AtomicBool::new(false);
     let (per_shard, failure) = thread::scope(|scope| {
         // The Reactor's `everysec` fsyncs on a thread of its own, as Redis's do (the
-        // Proactor's shards fsync through their rings).
+        // Proactor's shards fsync through their rings); its counts go with the first shard's.
+        let mut syncer = None;
         if let Some(aof) = redis.as_ref().and_then(|r| r.aof.as_deref())
             && E::KIND == EngineKind::Epoll
             && aof.policy() == crate::cli::Fsync::Everysec
         {
             let stopped = &stopped;
-            thread::Builder::new()
+            let h = thread::Builder::new()
                 .name("aof-sync".into())
                 .spawn_scoped(scope, move || aof.sync_every_second(stopped))
                 .map_err(|e| Error::io("spawning the append-only file's sync thread", e))?;
+            syncer = Some(h);
         }
         let mut handles = Vec::with_capacity(threads.len());
         for (cpu, mine) in threads {
@@ -680,7 +682,10 @@ pub fn serve<E: Engine>(
                 Err(e) => {
                     wake_all(&wakes);
                     let failure = Some(Error::io("spawning a shard thread", e));
-                    return Ok((join_all(handles, threads, &shared).0, failure));
+                    let per_shard = join_all(handles, threads, &shared).0;
+                    // The sync thread ends with the scope only once told to.
+                    stopped.store(true, Ordering::Release);
+                    return Ok((per_shard, failure));
                 }
             }
         }
@@ -733,8 +738,11 @@ pub fn serve<E: Engine>(
             }
         }
         wake_all(&wakes);
-        let (per_shard, join_failure) = join_all(handles, threads, &shared);
+        let (mut per_shard, join_failure) = join_all(handles, threads, &shared);
         stopped.store(true, Ordering::Release);
+        if let (Some(h), Some(first)) = (syncer, per_shard.first_mut()) {
+            *first += h.join().unwrap_or_default();
+        }
         Ok((per_shard, failure.or(join_failure)))
     })?;
     if let Some(r) = &redis {

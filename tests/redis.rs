@@ -374,6 +374,40 @@ fn redis_flags_need_redis(engine: Engine) {
     assert!(err.contains("are for --proto redis"), "{err}");
 }
 
+/// `everysec` fsyncs about once a second while there are writes, and the summary counts
+/// each (the Reactor's fsyncs are on a thread of their own).
+fn everysec_fsyncs_are_counted(engine: Engine) {
+    let dir = temp_dir(&format!("everysec-{engine:?}"));
+    let aof = dir.join("appendonly.aof");
+    let ports = free_ports(1);
+    let server = start(
+        engine,
+        &ports,
+        &[
+            "--appendonly",
+            aof.to_str().unwrap(),
+            "--appendfsync",
+            "everysec",
+        ],
+    );
+    let mut c = Client::connect(first_port(&ports));
+    let until = Instant::now() + Duration::from_millis(2500);
+    let mut n = 0;
+    while Instant::now() < until {
+        assert_eq!(c.call(&["SET", "k", &n.to_string()]), "+OK\r\n");
+        n += 1;
+        thread::sleep(Duration::from_millis(20));
+    }
+    drop(c);
+    let stats = server.stop();
+    let syncs = stats["totals"]["aof_syncs"].as_u64().unwrap();
+    assert!(
+        (2..=4).contains(&syncs),
+        "{syncs} fsyncs in 2.5 s of writes"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// One line per command: `127.0.0.1 - - [time] "SET k v" OK 5 0.000`.
 fn the_access_log_has_a_line_per_command(engine: Engine) {
     let dir = temp_dir(&format!("log-{engine:?}"));
@@ -484,6 +518,7 @@ common::per_engine!(
     one_keyspace_across_shards,
     always_loses_no_acknowledged_write,
     everysec_loses_at_most_two_seconds,
+    everysec_fsyncs_are_counted,
     a_torn_last_record_is_cut_and_said,
     a_malformed_file_is_refused,
     redis_flags_need_redis,

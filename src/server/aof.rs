@@ -193,17 +193,20 @@ impl Aof {
         true
     }
 
-    /// The Reactor's `everysec` thread: fdatasyncs the file once a second until `stop`.
-    pub fn sync_every_second(&self, stop: &AtomicBool) {
+    /// The Reactor's `everysec` thread: fdatasyncs the file once a second until `stop`; what
+    /// it counted (its fsyncs and their failures).
+    pub fn sync_every_second(&self, stop: &AtomicBool) -> Counters {
         let mut counters = Counters::default();
         while !stop.load(Ordering::Acquire) {
             std::thread::sleep(Duration::from_millis(100));
             if self.sync_due() {
-                if let Err(e) = sys::fdatasync(self.file.as_raw_fd()) {
-                    self.failed("fsyncing", e, &mut counters);
+                match sys::fdatasync(self.file.as_raw_fd()) {
+                    Ok(()) => counters.aof_syncs += 1,
+                    Err(e) => self.failed("fsyncing", e, &mut counters),
                 }
             }
         }
+        counters
     }
 
     /// A write or fsync failed: said once on stderr (by any shard), counted each time. Redis
