@@ -181,6 +181,32 @@ fn a_key_set_through_one_worker_is_read_through_every_worker() {
     server.stop();
 }
 
+/// The nice value of process `pid` (/proc/PID/stat's 19th field).
+fn nice(pid: u32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_comm = stat.rsplit_once(") ").unwrap().1;
+    after_comm.split(' ').nth(16).unwrap().parse().unwrap()
+}
+
+/// The owner runs every worker's commands: it is given the CFS weight of many workers
+/// (root here; without CAP_SYS_NICE it says so and runs at theirs).
+#[test]
+fn the_owner_runs_at_a_higher_priority_than_the_workers() {
+    let ports = free_ports(2);
+    let server = start(&ports, &[]);
+    let (workers, owner) = roles(&server);
+    // SAFETY: geteuid(2) takes nothing and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        assert_eq!(nice(owner), -15);
+    }
+    // The workers keep the nice value they were started with (this test's).
+    let ours = nice(std::process::id());
+    for w in workers {
+        assert_eq!(nice(w), ours);
+    }
+    server.stop();
+}
+
 /// The differential script through the workers: byte for byte Redis's replies where
 /// redis-server is installed, and one process's replies (themselves checked against Redis
 /// by `tests/redis_diff.rs`) in any case.

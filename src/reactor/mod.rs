@@ -115,10 +115,23 @@ pub fn run(args: &EpollArgs) -> Result<Summary> {
     )
 }
 
+/// The keyspace owner's nice value: its CFS weight is about 28 workers'.
+const OWNER_NICE: i32 = -15;
+
 /// Runs the keyspace owner of a master's Redis workers on `cpu`, listening for their links
 /// on the abstract unix socket `name`: the keyspace, the append-only file (replayed here)
 /// and the access log are this process's.
 fn run_owner(args: &ServerArgs, name: &str, cpu: usize) -> Result<Summary> {
+    // Every command of every worker runs here, while up to 32 workers and the clients share
+    // its core; at CFS's equal weights it waited in the run queue most of the time: at
+    // 1,000,000 connections 40,000-44,000 req/s and seconds-long stalls that had the
+    // master kill workers at their stop, against 51,000 at nice -15 (bench/results/README.md).
+    if let Err(e) = sys::set_nice(OWNER_NICE) {
+        eprintln!(
+            "epoll-server keyspace owner: at the workers' priority (nice {OWNER_NICE} needs \
+             CAP_SYS_NICE: {e}); with many busy workers on its core it may fall behind"
+        );
+    }
     let listener = link::listen(name)
         .map_err(|e| Error::io(format!("listening for workers on @{name}"), e))?;
     let plan = plan::worker(cpu, 0);

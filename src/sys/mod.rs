@@ -206,6 +206,13 @@ pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
     set_cpus(&[cpu])
 }
 
+/// Sets the calling thread's nice value (threads it starts later inherit it); raising
+/// priority (below 0) needs CAP_SYS_NICE.
+pub fn set_nice(nice: i32) -> io::Result<()> {
+    // SAFETY: setpriority(2) takes no pointers; PRIO_PROCESS with 0 is the calling thread.
+    unsafe { syscall!(setpriority(libc::PRIO_PROCESS, 0, nice)) }.map(|_| ())
+}
+
 /// A non-blocking eventfd, used to wake a shard blocked in io_uring_enter.
 pub fn eventfd() -> io::Result<OwnedFd> {
     // SAFETY: eventfd(2) takes no pointers: a count and flags in, a new fd or -1 out.
