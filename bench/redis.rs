@@ -19,9 +19,10 @@
 //!    server at a time, fresh for each run, the servers alternating in each repetition. The
 //!    connections come from several 127.0.0.x source addresses (`--sources`) to the one
 //!    port Redis listens on, the same for all three. CPU per request: the server's user+sys,
-//!    sampled every 20 ms and read at the edges of uring-load's measured window. Redis holds
-//!    at most RLIMIT_NOFILE - 32 clients and epoll-server refuses Redis where it would need
-//!    worker processes (one keyspace per process): such cells say so.
+//!    sampled every 20 ms and read at the edges of uring-load's measured window (with
+//!    epoll-server's worker processes and keyspace owner, all of them). Redis holds at most
+//!    RLIMIT_NOFILE - 32 clients: such cells say so. Past one process's connections
+//!    epoll-server runs worker processes and a keyspace owner (20,000 connections here).
 //!
 //! Writes bench/results/redis-<date>-<kernel>-<commit>.md and .json. Flags: `-- --help`.
 
@@ -244,7 +245,7 @@ enum Process {
 impl Running {
     /// Starts `kind` pinned to the server CPUs on a free port, its files in `dir`, with the
     /// append-only mode `aof` and room for `conns` connections. The error says why it did not
-    /// come up (for epoll-server past one process's connections, its refusal).
+    /// come up.
     fn start(
         f: &Flags,
         kind: Server,
