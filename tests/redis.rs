@@ -5,9 +5,9 @@
 //! flags' errors.
 
 mod common;
+#[path = "common/redis.rs"]
+mod redis_cases;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{Engine, Server, first_port, free_ports, u};
+use redis_cases::Client;
 
 /// A fresh directory for one test's files.
 fn temp_dir(name: &str) -> PathBuf {
@@ -29,57 +30,6 @@ fn start(engine: Engine, ports: &str, extra: &[&str]) -> Server {
     let mut args = vec!["--proto", "redis"];
     args.extend(extra);
     Server::start(engine, ports, &args)
-}
-
-/// A RESP2 client: requests out, whole replies back as their bytes.
-struct Client {
-    r: BufReader<TcpStream>,
-}
-
-impl Client {
-    fn connect(port: u16) -> Client {
-        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        Client {
-            r: BufReader::new(s),
-        }
-    }
-
-    fn send(&mut self, args: &[&str]) -> std::io::Result<()> {
-        let mut req = format!("*{}\r\n", args.len());
-        for a in args {
-            req += &format!("${}\r\n{a}\r\n", a.len());
-        }
-        self.r.get_mut().write_all(req.as_bytes())
-    }
-
-    /// One whole reply, as its bytes.
-    fn reply(&mut self) -> std::io::Result<String> {
-        let mut line = String::new();
-        if self.r.read_line(&mut line)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        let n: i64 = line[1..].trim_end().parse().unwrap_or(0);
-        match line.as_bytes()[0] {
-            b'$' if n >= 0 => {
-                let mut body = vec![0; n as usize + 2];
-                self.r.read_exact(&mut body)?;
-                line += &String::from_utf8_lossy(&body);
-            }
-            b'*' => {
-                for _ in 0..n.max(0) {
-                    line += &self.reply()?;
-                }
-            }
-            _ => {}
-        }
-        Ok(line)
-    }
-
-    fn call(&mut self, args: &[&str]) -> String {
-        self.send(args).unwrap();
-        self.reply().unwrap()
-    }
 }
 
 fn redis_cli(port: u16, args: &[&str]) -> String {

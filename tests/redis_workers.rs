@@ -22,7 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Engine, Server, free_ports, u};
+use common::{Engine, Server, first_port, free_ports, u};
+use redis_cases::Client;
 
 /// RLIMIT_NOFILE 400: one process holds about 260 connections, so 300 need 2 workers.
 const NOFILE: u32 = 400;
@@ -80,61 +81,6 @@ fn holder(pids: &[u32], client: &TcpStream) -> Option<u32> {
             .flatten()
             .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_str() == Some(&link)))
     })
-}
-
-/// A RESP2 client: requests out, whole replies back as their bytes.
-struct Client {
-    r: BufReader<TcpStream>,
-}
-
-impl Client {
-    fn connect(port: u16) -> Client {
-        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.set_nodelay(true).unwrap();
-        Client {
-            r: BufReader::new(s),
-        }
-    }
-
-    fn send(&mut self, args: &[&str]) -> std::io::Result<()> {
-        let refs: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-        self.r.get_mut().write_all(&redis_cases::encode(&refs))
-    }
-
-    /// One whole reply, as its bytes.
-    fn reply(&mut self) -> std::io::Result<String> {
-        let mut line = String::new();
-        if self.r.read_line(&mut line)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        let n: i64 = line[1..].trim_end().parse().unwrap_or(0);
-        match line.as_bytes()[0] {
-            b'$' if n >= 0 => {
-                let mut body = vec![0; n as usize + 2];
-                self.r.read_exact(&mut body)?;
-                line += &String::from_utf8_lossy(&body);
-            }
-            b'*' => {
-                for _ in 0..n.max(0) {
-                    line += &self.reply()?;
-                }
-            }
-            _ => {}
-        }
-        Ok(line)
-    }
-
-    fn call(&mut self, args: &[&str]) -> String {
-        self.send(args).unwrap();
-        self.reply().unwrap()
-    }
-
-    /// The server closed the connection (what it sent before is read and returned).
-    fn closed(&mut self) -> Option<Vec<u8>> {
-        let mut rest = Vec::new();
-        self.r.read_to_end(&mut rest).ok().map(|_| rest)
-    }
 }
 
 /// `n` clients over the ports of `ports` in turn.
@@ -205,6 +151,51 @@ fn the_owner_runs_at_a_higher_priority_than_the_workers() {
         assert_eq!(nice(w), ours);
     }
     server.stop();
+}
+
+/// The owner's socket is named in the network namespace, where any process may connect: a
+/// link from another user is closed unread, and what it sent never reaches the keyspace.
+#[test]
+fn a_link_from_another_user_is_refused() {
+    assert_eq!(
+        // SAFETY: geteuid(2) takes nothing and cannot fail.
+        unsafe { libc::geteuid() },
+        0,
+        "this test connects as another user (nobody): run it as root, as CI does"
+    );
+    let ports = free_ports(2);
+    let server = start(&ports, &[]);
+    let mut frames = Vec::new();
+    c1m::reactor::frame::open(&mut frames, 1, None);
+    let set = redis_cases::encode(&[b"SET", b"k", b"intruder"]);
+    c1m::reactor::frame::data(&mut frames, 1, &set);
+    let hex: String = frames.iter().map(|b| format!("{b:02x}")).collect();
+    let name = c1m::reactor::link::socket_name(server.pid());
+    // The owner closes the link unread: EOF, or a reset for the bytes it never read.
+    let script = [
+        "import socket, sys",
+        "s = socket.socket(socket.AF_UNIX)",
+        "s.connect('\\0' + sys.argv[1])",
+        "s.sendall(bytes.fromhex(sys.argv[2]))",
+        "s.settimeout(5)",
+        "try:",
+        "    print(len(s.recv(100)))",
+        "except ConnectionResetError:",
+        "    print(0)",
+    ]
+    .join("\n");
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["/usr/bin/python3", "-c", &script, &name, &hex])
+        .output()
+        .expect("run setpriv (util-linux) and /usr/bin/python3");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0", "{out:?}");
+    let mut c = Client::connect(first_port(&ports));
+    assert_eq!(c.call(&["GET", "k"]), "$-1\r\n");
+    drop(c);
+    let stats = server.stop();
+    assert_eq!(stats["totals"]["refused"].as_u64(), Some(1), "{stats}");
 }
 
 /// The differential script through the workers: byte for byte Redis's replies where

@@ -243,6 +243,23 @@ impl Owner {
             self.core.counters.syscalls += 1;
             match sys::accept_nonblocking(listener.as_raw_fd()) {
                 Ok(fd) => {
+                    // The socket's name is public to the network namespace: a link is taken
+                    // only from a process of this server's user, as the workers are.
+                    self.core.counters.syscalls += 1;
+                    // SAFETY: geteuid(2) takes nothing and cannot fail.
+                    let ours = unsafe { libc::geteuid() };
+                    match sys::peer_uid(fd.as_raw_fd()) {
+                        Ok(uid) if uid == ours => {}
+                        other => {
+                            self.core.counters.refused += 1;
+                            eprintln!(
+                                "epoll-server keyspace owner: refused a link from {} (not \
+                                 this server's user {ours})",
+                                other.map_or_else(|e| e.to_string(), |uid| format!("uid {uid}"))
+                            );
+                            continue;
+                        }
+                    }
                     self.next_gen = self.next_gen.wrapping_add(1) & GEN_MASK;
                     let entry = self.links.vacant_entry();
                     let token = Token::Conn {

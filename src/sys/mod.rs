@@ -453,6 +453,26 @@ pub fn accept_nonblocking(listener: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// The user id of the process at the other end of unix socket `fd` (SO_PEERCRED: the one
+/// that connected).
+pub fn peer_uid(fd: RawFd) -> io::Result<u32> {
+    // SAFETY: ucred is plain data; all-zero is valid and the kernel overwrites it.
+    let mut cred: libc::ucred = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: the pointers are to the live local ucred and its length, which getsockopt(2)
+    // fills (never beyond `len`).
+    unsafe {
+        syscall!(getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len
+        ))
+    }?;
+    Ok(cred.uid)
+}
+
 /// The peer's address of a connected socket (getpeername(2)), IPv4-mapped IPv6 shown as IPv4.
 pub fn peer_addr(fd: RawFd) -> io::Result<SocketAddr> {
     // SAFETY: sockaddr_storage is plain data; all-zero is valid and the kernel overwrites it.
