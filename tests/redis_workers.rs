@@ -20,7 +20,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Engine, Server, first_port, free_ports, u};
 use redis_cases::Client;
@@ -83,6 +83,10 @@ fn holder(pids: &[u32], client: &TcpStream) -> Option<u32> {
     })
 }
 
+/// Clients enough that SO_REUSEPORT puts some on each of two workers (all on one: odds of
+/// 2^-23; with 10 it happened in CI).
+const SPREAD: usize = 24;
+
 /// `n` clients over the ports of `ports` in turn.
 fn clients(ports: &str, n: usize) -> Vec<Client> {
     let ports: Vec<u16> = ports.split(',').map(|p| p.parse().unwrap()).collect();
@@ -112,14 +116,14 @@ fn a_key_set_through_one_worker_is_read_through_every_worker() {
     let ports = free_ports(2);
     let server = start(&ports, &[]);
     let (workers, _) = roles(&server);
-    let mut cs = clients(&ports, 16);
+    let mut cs = clients(&ports, SPREAD);
     spread(&workers, &mut cs);
     assert_eq!(cs[0].call(&["SET", "k", "v1"]), "+OK\r\n");
     for c in &mut cs {
         assert_eq!(c.call(&["GET", "k"]), "$2\r\nv1\r\n");
         c.call(&["INCR", "n"]);
     }
-    assert_eq!(cs[7].call(&["GET", "n"]), "$2\r\n16\r\n");
+    assert_eq!(cs[7].call(&["GET", "n"]), format!("$2\r\n{SPREAD}\r\n"));
     assert_eq!(cs[3].call(&["DBSIZE"]), ":2\r\n");
     let info = cs[5].call(&["INFO", "keyspace"]);
     assert!(info.contains("db0:keys=2,expires=0"), "{info}");
@@ -212,7 +216,7 @@ fn the_differential_script_replies_as_one_process_and_redis_do() {
         &["--proto", "redis", "--cores", "2"],
     );
     let redis = common::installed("redis-server --version", "redis-server", "redis-server")
-        .then(RedisServer::start);
+        .then(redis_cases::Redis::start);
     let through: Vec<u16> = ports.split(',').map(|p| p.parse().unwrap()).collect();
     let mut bad = Vec::new();
     for (i, case) in redis_cases::cases().iter().enumerate() {
@@ -242,37 +246,6 @@ fn the_differential_script_replies_as_one_process_and_redis_do() {
     );
 }
 
-/// A redis-server of this test, ended by its PID.
-struct RedisServer {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl RedisServer {
-    fn start() -> RedisServer {
-        let port = common::first_port(&free_ports(1));
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not listen");
-            thread::sleep(Duration::from_millis(20));
-        }
-        RedisServer { child, port }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// 6,000 commands (about 170 KB) in one write, and a request sent one byte at a time: every reply, in
 /// order, on connections of both workers.
 #[test]
@@ -280,7 +253,7 @@ fn pipelined_and_byte_split_requests_are_answered_in_order() {
     let ports = free_ports(2);
     let server = start(&ports, &[]);
     let (workers, _) = roles(&server);
-    let mut cs = clients(&ports, 8);
+    let mut cs = clients(&ports, SPREAD);
     spread(&workers, &mut cs);
     for (n, c) in cs.iter_mut().enumerate() {
         let mut batch = Vec::new();
@@ -315,7 +288,7 @@ fn quit_and_a_protocol_error_close_only_their_client() {
     let ports = free_ports(2);
     let server = start(&ports, &[]);
     let (workers, _) = roles(&server);
-    let mut cs = clients(&ports, 12);
+    let mut cs = clients(&ports, SPREAD);
     let held = spread(&workers, &mut cs);
     // A QUIT and a protocol error on each worker.
     let quit = (0..cs.len()).find(|&i| held[i] == workers[0]).unwrap();
@@ -339,8 +312,8 @@ fn quit_and_a_protocol_error_close_only_their_client() {
     }
     drop(cs);
     let stats = server.stop();
-    assert_eq!(u(&stats, "totals.accepted"), 12, "{stats}");
-    assert_eq!(u(&stats, "totals.closed"), 12, "{stats}");
+    assert_eq!(u(&stats, "totals.accepted"), SPREAD as u64, "{stats}");
+    assert_eq!(u(&stats, "totals.closed"), SPREAD as u64, "{stats}");
 }
 
 /// A worker killed: its clients are cut, the owner drops them, the others (and the
@@ -350,7 +323,7 @@ fn a_killed_worker_s_clients_are_dropped_while_the_others_go_on() {
     let ports = free_ports(2);
     let mut server = start(&ports, &[]);
     let (workers, _) = roles(&server);
-    let mut cs = clients(&ports, 12);
+    let mut cs = clients(&ports, SPREAD);
     let held = spread(&workers, &mut cs);
     assert_eq!(cs[0].call(&["SET", "k", "kept"]), "+OK\r\n");
     let victim = workers[0];
@@ -376,7 +349,7 @@ fn a_killed_worker_s_clients_are_dropped_while_the_others_go_on() {
     // The restarted worker connects to the owner again: new clients reach both workers.
     thread::sleep(Duration::from_millis(200));
     let (workers, _) = roles(&server);
-    let mut fresh = clients(&ports, 16);
+    let mut fresh = clients(&ports, SPREAD);
     spread(&workers, &mut fresh);
     for c in &mut fresh {
         assert_eq!(c.call(&["GET", "k"]), "$4\r\nkept\r\n");
@@ -533,7 +506,7 @@ fn the_access_log_has_a_line_per_command_through_workers() {
     let ports = free_ports(2);
     let server = start(&ports, &["--access-log", log.to_str().unwrap()]);
     let (workers, _) = roles(&server);
-    let mut cs = clients(&ports, 8);
+    let mut cs = clients(&ports, SPREAD);
     spread(&workers, &mut cs);
     for (i, c) in cs.iter_mut().enumerate() {
         assert_eq!(c.call(&["SET", &format!("k{i}"), "v"]), "+OK\r\n");
@@ -544,8 +517,8 @@ fn the_access_log_has_a_line_per_command_through_workers() {
     let text = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     // `spread`'s PING, a SET and an unknown command from each client.
-    assert_eq!(lines.len(), 24, "{text}");
-    for i in 0..8 {
+    assert_eq!(lines.len(), 3 * SPREAD, "{text}");
+    for i in 0..SPREAD {
         let set = format!("\"SET k{i} v\" OK 5 ");
         assert!(
             lines
@@ -559,7 +532,7 @@ fn the_access_log_has_a_line_per_command_through_workers() {
             .iter()
             .filter(|l| l.contains("\"NOSUCH\" ERR "))
             .count(),
-        8
+        SPREAD
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -571,10 +544,10 @@ fn the_master_s_summary_counts_each_command_once() {
     let ports = free_ports(2);
     let server = start(&ports, &[]);
     let (workers, _) = roles(&server);
-    let mut cs = clients(&ports, 10);
+    let mut cs = clients(&ports, SPREAD);
     spread(&workers, &mut cs);
     // `spread`'s PING on each, and 7 more.
-    let mut bytes_out = 10 * 7;
+    let mut bytes_out = SPREAD as u64 * 7;
     for c in &mut cs {
         for _ in 0..7 {
             bytes_out += c.call(&["PING"]).len() as u64;
@@ -583,13 +556,13 @@ fn the_master_s_summary_counts_each_command_once() {
     drop(cs);
     thread::sleep(Duration::from_millis(200));
     let stats = server.stop();
-    assert_eq!(u(&stats, "totals.requests"), 80, "{stats}");
-    assert_eq!(u(&stats, "totals.accepted"), 10, "{stats}");
+    assert_eq!(u(&stats, "totals.requests"), SPREAD as u64 * 8, "{stats}");
+    assert_eq!(u(&stats, "totals.accepted"), SPREAD as u64, "{stats}");
     assert_eq!(u(&stats, "totals.bytes_out"), bytes_out, "{stats}");
     let per = stats["per_shard"].as_array().unwrap();
     assert_eq!(per.len(), 3, "two workers and the owner: {stats}");
     // The owner (last) ran every command and accepted no client.
-    assert_eq!(u(&per[2], "requests"), 80, "{stats}");
+    assert_eq!(u(&per[2], "requests"), SPREAD as u64 * 8, "{stats}");
     assert_eq!(u(&per[2], "accepted"), 0, "{stats}");
 }
 
